@@ -1,0 +1,113 @@
+"""Base message types and the typed bindings between subjects and messages.
+
+Evolution rules (msgspec's schema-evolution guide, applied):
+- a new field always has a default, so old senders still decode;
+- a field's type never changes and a field is never renamed;
+- a breaking change is a new class with a new tag (`"...v2"`), decoded side by side.
+
+Every message carries its tag in the `type` field, so a payload names its own
+contract and golden samples under tests/ prove old bytes keep decoding.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+
+def new_id() -> str:
+    """A random, unique id for commands, events and requests (UUID4, hex)."""
+    return uuid.uuid4().hex
+
+
+def now() -> float:
+    """Seconds since the epoch, the one clock format on the wire."""
+    return time.time()
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Root of every contract. Subclasses set `tag="<noun>.<verb>.v<N>"`."""
+
+
+class ErrorReply(Message, tag="error.v1"):
+    """How any failure crosses the wire; the caller turns it into a `RemoteError`."""
+
+    code: str
+    message: str
+    retryable: bool = False
+    details: dict[str, str] = {}
+
+
+class Command(Message):
+    """An instruction to one service, delivered at least once.
+
+    `command_id` is the idempotency key: it is also sent as `Nats-Msg-Id` so
+    JetStream drops duplicate publishes, and handlers record it so a redelivery
+    does no work twice.
+    """
+
+    command_id: str = msgspec.field(default_factory=new_id)
+    issued_at: float = msgspec.field(default_factory=now)
+
+
+class Event(Message):
+    """A fact that happened; persisted in the EVT stream for replay and audit."""
+
+    event_id: str = msgspec.field(default_factory=new_id)
+    occurred_at: float = msgspec.field(default_factory=now)
+
+
+class Ok(Message, tag="ok.v1"):
+    """The reply of an RPC whose only answer is that it worked."""
+
+
+ReqT = TypeVar("ReqT", bound=Message)
+RepT = TypeVar("RepT", bound=Message)
+CmdT = TypeVar("CmdT", bound=Command)
+EvtT = TypeVar("EvtT", bound=Event)
+
+
+@dataclass(frozen=True)
+class Rpc(Generic[ReqT, RepT]):
+    """A request/reply endpoint: its subject, request type and reply type."""
+
+    service: str
+    name: str
+    subject: str
+    request: type[ReqT]
+    reply: type[RepT]
+
+
+@dataclass(frozen=True)
+class CommandSpec(Generic[CmdT]):
+    """A command kind: the owning service, its subject and its message type."""
+
+    service: str
+    name: str
+    subject: str
+    message: type[CmdT]
+
+
+@dataclass(frozen=True)
+class EventSpec(Generic[EvtT]):
+    """An event kind: its subject in the EVT stream and its message type."""
+
+    subject: str
+    message: type[EvtT]
+
+
+def encode(message: Message) -> bytes:
+    """The wire encoding of every contract (JSON: readable with `nats sub`)."""
+    return _ENCODER.encode(message)
+
+
+def decoder(kind: Any) -> msgspec.json.Decoder[Any]:
+    """A decoder built once for a message type or a union of them."""
+    return msgspec.json.Decoder(kind)
+
+
+_ENCODER = msgspec.json.Encoder()

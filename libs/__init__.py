@@ -1,0 +1,1 @@
+"""Libraries shared by Slipway's services: bus, service runner, storage, crypto, logging."""

@@ -1,0 +1,14 @@
+"""The typed bus: RPC, commands, events and live streams over NATS and JetStream.
+
+    bus = await Bus.connect(url, service=Service.GATEWAY)
+    reply = await bus.call(keyring.DATAKEY_GENERATE, GenerateDataKey(...))
+    await bus.send(builder.BUILD, BuildRequested(...))
+    await bus.publish(gateway.APP_CREATED, AppCreated(...))
+
+See `bus.py` for the connection and RPC, `consumer.py` for at-least-once delivery.
+"""
+
+from slipway.libs.bus.bus import Bus, ensure_streams
+from slipway.libs.bus.consumer import Consumer, Delivery, Route, route
+
+__all__ = ["Bus", "Consumer", "Delivery", "Route", "ensure_streams", "route"]

@@ -1,0 +1,436 @@
+"""The connection every service holds: typed RPC, command and event publishing, live streams.
+
+RPC is core NATS request/reply with a queue group per service, so any number of
+instances share the load. Commands and events go through JetStream with the
+message id as `Nats-Msg-Id`, so a retried publish is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext, api
+from nats.nuid import NUID
+
+from slipway.contracts import subjects
+from slipway.contracts.base import (
+    Command,
+    CommandSpec,
+    ErrorReply,
+    Event,
+    EventSpec,
+    Message,
+    Rpc,
+    encode,
+    new_id,
+)
+from slipway.libs.bus import context
+from slipway.libs.bus.consumer import Consumer, Route
+from slipway.libs.errors import (
+    Internal,
+    InvalidRequest,
+    RemoteError,
+    SlipwayError,
+    Timeout,
+    Unavailable,
+)
+
+log = structlog.get_logger("slipway.bus")
+
+ReqT = TypeVar("ReqT", bound=Message)
+RepT = TypeVar("RepT", bound=Message)
+CmdT = TypeVar("CmdT", bound=Command)
+EvtT = TypeVar("EvtT", bound=Event)
+
+# Errors after which a JetStream publish may be retried: the message id makes it safe.
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    asyncio.TimeoutError,
+)
+
+
+@dataclass
+class EndpointStats:
+    """Counters the `$SRV.STATS` discovery reply reports for one RPC endpoint."""
+
+    name: str
+    subject: str
+    queue_group: str
+    num_requests: int = 0
+    num_errors: int = 0
+    processing_time_ns: int = 0
+    last_error: str = ""
+
+
+@dataclass
+class _Endpoint:
+    stats: EndpointStats
+    subscription: Subscription
+    semaphore: asyncio.Semaphore
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+async def ensure_streams(js: JetStreamContext, *, evt_max_age: float = 30 * 86400) -> None:
+    """Create or update the CMD, EVT and DLQ streams; safe to call at every start."""
+    configs = [
+        api.StreamConfig(
+            name=subjects.STREAM_CMD,
+            subjects=[subjects.CMD_ALL],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            duplicate_window=120.0,
+        ),
+        api.StreamConfig(
+            name=subjects.STREAM_EVT,
+            subjects=[subjects.EVT_ALL],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=evt_max_age,
+            duplicate_window=120.0,
+        ),
+        api.StreamConfig(
+            name=subjects.STREAM_DLQ,
+            subjects=[subjects.DLQ_ALL],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=30 * 86400.0,
+            duplicate_window=120.0,
+        ),
+    ]
+    for config in configs:
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                # Another instance created it between our look and our add.
+                await js.update_stream(config)
+        else:
+            await js.update_stream(config)
+
+
+class Bus:
+    """One service instance's typed connection to NATS."""
+
+    def __init__(self, nc: NatsClient, service: str, instance: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=5.0)
+        self.service = service
+        self.instance = instance
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._reply_decoders: dict[str, msgspec.json.Decoder[Any]] = {}
+        self._consumers: list[Any] = []
+        self._stopping = False
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: str | list[str],
+        service: str,
+        *,
+        instance: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        connect_timeout: float = 5.0,
+    ) -> Bus:
+        """Connect as `service`, with its own inbox prefix, reconnecting forever."""
+        instance = instance or NUID().next().decode()[-8:].lower()
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats.error", error=repr(exc))
+
+        async def on_disconnected() -> None:
+            log.warning("nats.disconnected")
+
+        async def on_reconnected() -> None:
+            log.info("nats.reconnected")
+
+        nc = await nats.connect(
+            servers,
+            name=f"{service}-{instance}",
+            user=user,
+            password=password,
+            inbox_prefix=subjects.inbox_prefix(service, instance),
+            connect_timeout=connect_timeout,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            allow_reconnect=True,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
+        return cls(nc, service, instance)
+
+    async def ensure_streams(self) -> None:
+        """Create the platform's streams if missing (idempotent)."""
+        await ensure_streams(self.js)
+
+    # ---- request / reply -------------------------------------------------------------
+
+    async def call(self, rpc: Rpc[ReqT, RepT], request: ReqT, *, timeout: float = 5.0) -> RepT:
+        """Send `request` to `rpc`'s service; return its typed reply or raise a RemoteError."""
+        if type(request) is not rpc.request:
+            raise TypeError(f"{rpc.name} takes {rpc.request.__name__}, not {type(request).__name__}")
+        rid = context.request_id()
+        headers = {context.REQUEST_ID_HEADER: rid} if rid else None
+        try:
+            msg = await self.nc.request(rpc.subject, encode(request), timeout=timeout, headers=headers)
+        except nats.errors.NoRespondersError:
+            raise Unavailable(f"no {rpc.service} instance is serving {rpc.name}") from None
+        except nats.errors.TimeoutError:
+            raise Timeout(f"{rpc.service} did not answer {rpc.name} within {timeout:g}s") from None
+        try:
+            reply = self._reply_decoder(rpc).decode(msg.data)
+        except msgspec.DecodeError as exc:
+            raise Internal(f"malformed reply to {rpc.name}: {exc}") from None
+        if isinstance(reply, ErrorReply):
+            raise RemoteError.from_reply(reply)
+        assert isinstance(reply, rpc.reply)
+        return reply
+
+    def _reply_decoder(self, rpc: Rpc[Any, Any]) -> msgspec.json.Decoder[Any]:
+        decoder = self._reply_decoders.get(rpc.subject)
+        if decoder is None:
+            kind: Any = rpc.reply | ErrorReply if rpc.reply is not ErrorReply else ErrorReply
+            decoder = self._reply_decoders[rpc.subject] = msgspec.json.Decoder(kind)
+        return decoder
+
+    async def serve(
+        self,
+        rpc: Rpc[ReqT, RepT],
+        handler: Callable[[ReqT], Awaitable[RepT]],
+        *,
+        concurrency: int = 64,
+    ) -> None:
+        """Answer `rpc` with `handler`, in the service's queue group, `concurrency` at a time."""
+        if rpc.subject in self._endpoints:
+            raise ValueError(f"{rpc.subject} is already served")
+        decoder = msgspec.json.Decoder(rpc.request)
+        stats = EndpointStats(name=rpc.name, subject=rpc.subject, queue_group=rpc.service)
+        semaphore = asyncio.Semaphore(concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def handle(msg: Msg) -> None:
+            try:
+                await self._handle_request(rpc, decoder, handler, stats, msg)
+            finally:
+                semaphore.release()
+
+        async def on_message(msg: Msg) -> None:
+            # Waiting here, in the subscription's reader, is the backpressure: beyond
+            # `concurrency` requests, new ones stay queued in the client.
+            await semaphore.acquire()
+            task = asyncio.create_task(handle(msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        subscription = await self.nc.subscribe(rpc.subject, queue=rpc.service, cb=on_message)
+        # The server knows the subscription only after a round trip: until then a
+        # caller would get "no responders".
+        await self.nc.flush()
+        self._endpoints[rpc.subject] = _Endpoint(stats, subscription, semaphore, tasks)
+
+    async def _handle_request(
+        self,
+        rpc: Rpc[ReqT, RepT],
+        decoder: msgspec.json.Decoder[ReqT],
+        handler: Callable[[ReqT], Awaitable[RepT]],
+        stats: EndpointStats,
+        msg: Msg,
+    ) -> None:
+        started = time.perf_counter_ns()
+        headers = msg.headers or {}
+        ctx = context.MessageContext(
+            subject=msg.subject,
+            caller=subjects.caller_of(msg.reply),
+            request_id=headers.get(context.REQUEST_ID_HEADER) or new_id(),
+            headers=headers,
+        )
+        context.enter(ctx)
+        structlog.contextvars.bind_contextvars(
+            subject=ctx.subject, caller=ctx.caller, request_id=ctx.request_id
+        )
+        reply: Message
+        try:
+            request = decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            reply = InvalidRequest(f"malformed {rpc.name} request: {exc}").to_reply()
+        else:
+            try:
+                reply = await handler(request)
+            except SlipwayError as exc:
+                reply = exc.to_reply()
+            except Exception:
+                log.exception("rpc.crashed")
+                reply = Internal(f"{rpc.service} failed to handle {rpc.name}").to_reply()
+        stats.num_requests += 1
+        if isinstance(reply, ErrorReply):
+            stats.num_errors += 1
+            stats.last_error = f"{reply.code}: {reply.message}"
+        if msg.reply:
+            try:
+                await msg.respond(encode(reply))
+            except nats.errors.Error as exc:
+                log.warning("rpc.reply_failed", error=repr(exc))
+        elapsed = time.perf_counter_ns() - started
+        stats.processing_time_ns += elapsed
+        outcome = reply.code if isinstance(reply, ErrorReply) else "ok"
+        log.info("rpc", endpoint=rpc.name, outcome=outcome, duration_ms=round(elapsed / 1e6, 3))
+
+    def endpoint_stats(self) -> list[EndpointStats]:
+        """Counters of every served endpoint, for the discovery protocol."""
+        return [endpoint.stats for endpoint in self._endpoints.values()]
+
+    # ---- commands and events -----------------------------------------------------------
+
+    async def send(self, spec: CommandSpec[CmdT], command: CmdT, *, retry_for: float = 30.0) -> bool:
+        """Store `command` in the CMD stream; False when JetStream saw its id before."""
+        if type(command) is not spec.message:
+            raise TypeError(f"{spec.name} takes {spec.message.__name__}")
+        ack = await self.publish_persistent(
+            spec.subject, encode(command), msg_id=command.command_id, retry_for=retry_for
+        )
+        return not ack.duplicate
+
+    async def publish(self, spec: EventSpec[EvtT], event: EvtT, *, retry_for: float = 30.0) -> bool:
+        """Store `event` in the EVT stream; False when JetStream saw its id before."""
+        if type(event) is not spec.message:
+            raise TypeError(f"{spec.subject} carries {spec.message.__name__}")
+        ack = await self.publish_persistent(
+            spec.subject, encode(event), msg_id=event.event_id, retry_for=retry_for
+        )
+        return not ack.duplicate
+
+    async def publish_persistent(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str,
+        headers: dict[str, str] | None = None,
+        retry_for: float = 30.0,
+    ) -> api.PubAck:
+        """Publish to JetStream and wait for the stored-on-disk acknowledgement.
+
+        Transient failures (a restarting server, a lost reply) are retried until
+        `retry_for` seconds have passed; the message id makes every retry safe.
+        """
+        all_headers = {"Nats-Msg-Id": msg_id}
+        rid = context.request_id()
+        if rid:
+            all_headers[context.REQUEST_ID_HEADER] = rid
+        if headers:
+            all_headers.update(headers)
+        deadline = time.monotonic() + retry_for
+        delay = 0.05
+        while True:
+            try:
+                return await self.js.publish(subject, payload, headers=all_headers)
+            except _TRANSIENT as exc:
+                if time.monotonic() + delay > deadline:
+                    raise Unavailable(f"JetStream did not store {subject}: {exc!r}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def consume_commands(self, routes: list[Route[Any]], **options: Any) -> Consumer:
+        """Start this service's durable consumer on the CMD work queue."""
+        service = subjects.Service(self.service)
+        consumer = Consumer(
+            self,
+            stream=subjects.STREAM_CMD,
+            durable=subjects.durable(service, "cmd"),
+            filter_subjects=[subjects.cmd_filter(service)],
+            routes=routes,
+            **options,
+        )
+        await consumer.start()
+        return consumer
+
+    async def consume_events(
+        self, purpose: str, routes: list[Route[Any]], **options: Any
+    ) -> Consumer:
+        """Start a durable consumer named for `purpose` on the EVT stream."""
+        consumer = Consumer(
+            self,
+            stream=subjects.STREAM_EVT,
+            durable=subjects.durable(subjects.Service(self.service), purpose),
+            filter_subjects=[r.subject for r in routes],
+            routes=routes,
+            **options,
+        )
+        await consumer.start()
+        return consumer
+
+    # ---- live, ephemeral streams ----------------------------------------------------------
+
+    async def live_publish(self, subject: str, data: bytes) -> None:
+        """Send one chunk to whoever is listening on a live subject; nothing is stored."""
+        await self.nc.publish(subject, data)
+
+    async def live_subscribe(self, subject: str) -> AsyncIterator[bytes]:
+        """Yield the chunks published on a live subject until the caller stops."""
+        subscription = await self.nc.subscribe(subject)
+        try:
+            async for msg in subscription.messages:
+                yield msg.data
+        finally:
+            await subscription.unsubscribe()
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def track(self, consumer: Any) -> None:
+        """Let `stop_taking_work` and `wait_idle` reach a consumer started on this bus."""
+        self._consumers.append(consumer)
+
+    async def stop_taking_work(self) -> None:
+        """Stop receiving requests and commands; work already received goes on."""
+        self._stopping = True
+        for endpoint in self._endpoints.values():
+            # drain, not unsubscribe: requests already delivered to us are still answered.
+            try:
+                await endpoint.subscription.drain()
+            except nats.errors.Error:
+                pass
+        for consumer in self._consumers:
+            consumer.stop()
+
+    async def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait for in-flight handlers; False if some were still running at the timeout."""
+        pending: set[asyncio.Task[Any]] = set()
+        for endpoint in self._endpoints.values():
+            pending |= endpoint.tasks
+        waiters = [consumer.wait_idle() for consumer in self._consumers]
+        if not pending and not waiters:
+            return True
+        everything = [*pending, *(asyncio.ensure_future(w) for w in waiters)]
+        done, still = await asyncio.wait(everything, timeout=timeout)
+        return not still
+
+    async def close(self) -> None:
+        """Flush what was published and close the connection."""
+        if self.nc.is_closed:
+            return
+        try:
+            await self.nc.drain()
+        except (TimeoutError, nats.errors.Error):
+            await self.nc.close()

@@ -1,0 +1,235 @@
+"""At-least-once handling of commands (stream CMD) and events (stream EVT).
+
+Each consumer is a durable JetStream pull consumer with explicit acks:
+
+- a handler that returns → ack;
+- a handler that raises → nak with the next backoff delay, redelivered later;
+- a handler still running → `in_progress` keeps the message from timing out;
+- a process that dies mid-handler → the server redelivers after `ack_wait`;
+- the last allowed delivery fails, the payload is malformed, or no handler
+  exists for the subject → the message is copied to `slipway.dlq.<service>...`
+  (stream DLQ) with the reason in headers, then acked. The service keeps running.
+
+Handlers therefore run more than once sometimes: they must be idempotent, keyed by
+the command or event id (see `slipway.libs.storage.claim`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.msg import Msg
+from nats.js import api
+
+from slipway.contracts import subjects
+from slipway.contracts.base import Command, CommandSpec, Event, EventSpec
+from slipway.libs.bus import context
+
+log = structlog.get_logger("slipway.bus")
+
+M = TypeVar("M", Command, Event)
+MsgT = TypeVar("MsgT", bound=Command | Event)
+
+DEFAULT_BACKOFF = (1.0, 5.0, 15.0, 60.0)
+
+
+@dataclass(frozen=True)
+class Route(Generic[MsgT]):
+    """One subject's message type and handler."""
+
+    subject: str
+    decoder: msgspec.json.Decoder[MsgT]
+    handler: Callable[[MsgT], Awaitable[None]]
+
+
+def route(
+    spec: CommandSpec[Any] | EventSpec[Any], handler: Callable[[Any], Awaitable[None]]
+) -> Route[Any]:
+    """Bind a handler to a command or event kind."""
+    return Route(spec.subject, msgspec.json.Decoder(spec.message), handler)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What JetStream says about one delivery of a message."""
+
+    subject: str
+    stream_sequence: int
+    num_delivered: int
+
+
+class Consumer:
+    """A durable pull consumer that dispatches by subject to typed handlers."""
+
+    def __init__(
+        self,
+        bus: Any,
+        *,
+        stream: str,
+        durable: str,
+        filter_subjects: list[str],
+        routes: Iterable[Route[Any]],
+        max_deliver: int = 5,
+        backoff: tuple[float, ...] = DEFAULT_BACKOFF,
+        ack_wait: float = 30.0,
+        concurrency: int = 8,
+    ) -> None:
+        self.bus = bus
+        self.stream = stream
+        self.durable = durable
+        self.filter_subjects = filter_subjects
+        self.routes = {r.subject: r for r in routes}
+        self.max_deliver = max_deliver
+        self.backoff = backoff
+        self.ack_wait = ack_wait
+        self.concurrency = concurrency
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        """Create or update the durable consumer, then start fetching."""
+        config = api.ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            # Redelivery is bounded by us, not the server, so the last failure
+            # can be moved to the dead-letter stream instead of lingering.
+            max_deliver=-1,
+            max_ack_pending=max(self.concurrency * 4, 64),
+        )
+        if len(self.filter_subjects) == 1:
+            config.filter_subject = self.filter_subjects[0]
+        else:
+            config.filter_subjects = self.filter_subjects
+        await self.bus.js.add_consumer(self.stream, config)
+        self._subscription = await self.bus.js.pull_subscribe_bind(
+            self.durable, stream=self.stream
+        )
+        self.bus.track(self)
+        self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"consumer:{self.durable}")
+
+    def stop(self) -> None:
+        """Stop fetching; messages already fetched are still handled."""
+        self._stopping.set()
+
+    async def wait_idle(self) -> None:
+        """Wait until the fetch loop has ended and every handler has finished."""
+        if self._loop_task is not None:
+            await self._loop_task
+        while self._inflight:
+            await asyncio.wait(set(self._inflight))
+
+    async def _fetch_loop(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._inflight)
+            if free <= 0:
+                await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                # A short expiry so that stop() is honoured promptly.
+                messages = await self._subscription.fetch(free, timeout=0.5)
+            except (TimeoutError, nats.errors.TimeoutError):
+                failures = 0
+                continue
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                # The server is restarting, or the connection is reconnecting: wait, retry.
+                failures += 1
+                log.warning("consumer.fetch_failed", durable=self.durable, error=repr(exc))
+                await asyncio.sleep(min(0.1 * 2**failures, 2.0))
+                continue
+            failures = 0
+            for msg in messages:
+                task = asyncio.create_task(self._handle(msg))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    async def _handle(self, msg: Msg) -> None:
+        started = time.perf_counter()
+        meta = msg.metadata
+        delivery = Delivery(msg.subject, meta.sequence.stream, meta.num_delivered)
+        headers = msg.headers or {}
+        ctx = context.MessageContext(
+            subject=msg.subject,
+            request_id=headers.get(context.REQUEST_ID_HEADER),
+            headers=headers,
+            delivery=delivery.num_delivered,
+        )
+        context.enter(ctx)
+        structlog.contextvars.bind_contextvars(
+            subject=msg.subject, request_id=ctx.request_id, delivery=delivery.num_delivered
+        )
+        route = self.routes.get(msg.subject)
+        if route is None:
+            await self._dead_letter(msg, delivery, "no handler for this subject")
+            return
+        try:
+            message = route.decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            await self._dead_letter(msg, delivery, f"malformed payload: {exc}")
+            return
+        if delivery.num_delivered > self.max_deliver:
+            # Delivered again after the process died on what was its last try.
+            await self._dead_letter(msg, delivery, "delivery limit reached")
+            return
+        structlog.contextvars.bind_contextvars(message_type=type(message).__name__)
+        keepalive = asyncio.create_task(self._keep_alive(msg))
+        try:
+            await route.handler(message)
+        except Exception as exc:
+            keepalive.cancel()
+            if delivery.num_delivered >= self.max_deliver:
+                log.exception("message.failed", durable=self.durable)
+                await self._dead_letter(msg, delivery, f"handler failed: {exc!r}")
+            else:
+                delay = self.backoff[min(delivery.num_delivered - 1, len(self.backoff) - 1)]
+                log.warning(
+                    "message.retry", durable=self.durable, error=repr(exc), retry_in_s=delay
+                )
+                await self._settle(msg.nak(delay=delay))
+            return
+        keepalive.cancel()
+        await self._settle(msg.ack())
+        log.info(
+            "message",
+            durable=self.durable,
+            outcome="ok",
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        # Long handlers (builds, deploys) tell the server they are still working.
+        while True:
+            await asyncio.sleep(self.ack_wait / 3)
+            await self._settle(msg.in_progress())
+
+    async def _settle(self, action: Awaitable[Any]) -> None:
+        try:
+            await action
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            # Lost ack: the message comes back and the idempotent handler skips it.
+            log.warning("message.settle_failed", durable=self.durable, error=repr(exc))
+
+    async def _dead_letter(self, msg: Msg, delivery: Delivery, reason: str) -> None:
+        log.error("message.dead_letter", durable=self.durable, reason=reason)
+        await self.bus.publish_persistent(
+            subjects.dead_letter(self.bus.service, msg.subject),
+            msg.data,
+            msg_id=f"dlq-{self.stream}-{delivery.stream_sequence}",
+            headers={
+                "Slipway-Dead-Reason": reason[:500],
+                "Slipway-Original-Subject": msg.subject,
+                "Slipway-Deliveries": str(delivery.num_delivered),
+            },
+        )
+        await self._settle(msg.ack())

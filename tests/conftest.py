@@ -1,0 +1,67 @@
+"""Fixtures shared by the whole suite: a real nats-server per test, unique names, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from slipway.libs.bus import Bus
+from slipway.libs.natsserver import NatsServer
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server with JetStream on disk, on a free loopback port, for one test."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def bus_factory(nats_server: NatsServer) -> AsyncIterator[Callable[[str], Awaitable[Bus]]]:
+    """Connect buses as any service; all are closed at the end of the test."""
+    buses: list[Bus] = []
+
+    async def connect(service: str) -> Bus:
+        bus = await Bus.connect(nats_server.url, service)
+        await bus.ensure_streams()
+        buses.append(bus)
+        return bus
+
+    yield connect
+    for bus in buses:
+        await bus.close()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for subjects and names, so tests never collide."""
+    return uuid.uuid4().hex[:10]
+
+
+async def assert_eventually(
+    check: Callable[[], Awaitable[T] | T], *, timeout: float = 10.0, interval: float = 0.05
+) -> T:
+    """Retry `check` until it stops raising AssertionError (no bare sleeps in tests)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+                result = await result
+            return result  # type: ignore[return-value]
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(interval)
