@@ -5,6 +5,9 @@ Evolution rules (msgspec's schema-evolution guide, applied):
 - a field's type never changes and a field is never renamed;
 - a breaking change is a new class with a new tag (`"...v2"`), decoded side by side.
 
+msgspec applies `kw_only` per class, not by inheritance: every contract class
+states `kw_only=True` itself (tests/contracts checks that none forgets).
+
 Every message carries its tag in the `type` field, so a payload names its own
 contract and golden samples under tests/ prove old bytes keep decoding.
 """
@@ -33,7 +36,7 @@ class Message(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Root of every contract. Subclasses set `tag="<noun>.<verb>.v<N>"`."""
 
 
-class ErrorReply(Message, tag="error.v1"):
+class ErrorReply(Message, tag="error.v1", frozen=True, kw_only=True):
     """How any failure crosses the wire; the caller turns it into a `RemoteError`."""
 
     code: str
@@ -42,7 +45,7 @@ class ErrorReply(Message, tag="error.v1"):
     details: dict[str, str] = {}
 
 
-class Command(Message):
+class Command(Message, frozen=True, kw_only=True):
     """An instruction to one service, delivered at least once.
 
     `command_id` is the idempotency key: it is also sent as `Nats-Msg-Id` so
@@ -54,14 +57,14 @@ class Command(Message):
     issued_at: float = msgspec.field(default_factory=now)
 
 
-class Event(Message):
+class Event(Message, frozen=True, kw_only=True):
     """A fact that happened; persisted in the EVT stream for replay and audit."""
 
     event_id: str = msgspec.field(default_factory=new_id)
     occurred_at: float = msgspec.field(default_factory=now)
 
 
-class Ok(Message, tag="ok.v1"):
+class Ok(Message, tag="ok.v1", frozen=True, kw_only=True):
     """The reply of an RPC whose only answer is that it worked."""
 
 

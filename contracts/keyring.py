@@ -26,112 +26,137 @@ class Purpose(StrEnum):
     BUILD_CACHE = "build-cache"
 
 
-class GenerateDataKey(Message, tag="keyring.datakey.generate.v1"):
+class GenerateDataKey(Message, tag="keyring.datakey.generate.v1", frozen=True, kw_only=True):
     team_id: str
     purpose: Purpose
     # Bound into the wrapped key's associated data: the same context must be given to decrypt.
     context: dict[str, str] = {}
 
 
-class DataKey(Message, tag="keyring.datakey.v1"):
+class DataKey(Message, tag="keyring.datakey.v1", frozen=True, kw_only=True):
     plaintext: bytes
     wrapped: bytes
     kek_version: int
 
 
-class DecryptDataKey(Message, tag="keyring.datakey.decrypt.v1"):
+class DecryptDataKey(Message, tag="keyring.datakey.decrypt.v1", frozen=True, kw_only=True):
     team_id: str
     purpose: Purpose
     wrapped: bytes
     context: dict[str, str] = {}
 
 
-class PlainDataKey(Message, tag="keyring.datakey.plain.v1"):
+class PlainDataKey(Message, tag="keyring.datakey.plain.v1", frozen=True, kw_only=True):
     plaintext: bytes
     kek_version: int
 
 
-class RotateKek(Message, tag="keyring.kek.rotate.v1"):
+class RotateKek(Message, tag="keyring.kek.rotate.v1", frozen=True, kw_only=True):
     team_id: str
 
 
-class KekRotated(Message, tag="keyring.kek.rotated.v1"):
+class KekRotated(Message, tag="keyring.kek.rotated.v1", frozen=True, kw_only=True):
     team_id: str
     version: int
 
 
-class ShredTeam(Message, tag="keyring.team.shred.v1"):
+class ShredTeam(Message, tag="keyring.team.shred.v1", frozen=True, kw_only=True):
     team_id: str
     reason: str = ""
 
 
-class RegisterPublicKey(Message, tag="keyring.pubkey.register.v1"):
+class RegisterPublicKey(Message, tag="keyring.pubkey.register.v1", frozen=True, kw_only=True):
     """A customer-held X25519 public key: sealed data is then unreadable to the platform."""
 
     team_id: str
     public_key: bytes
 
 
-class GetPublicKey(Message, tag="keyring.pubkey.get.v1"):
+class GetPublicKey(Message, tag="keyring.pubkey.get.v1", frozen=True, kw_only=True):
     team_id: str
 
 
-class PublicKeyInfo(Message, tag="keyring.pubkey.info.v1"):
+class PublicKeyInfo(Message, tag="keyring.pubkey.info.v1", frozen=True, kw_only=True):
     team_id: str
     public_key: bytes | None = None
     fingerprint: str | None = None
 
 
-class SignAudit(Message, tag="keyring.audit.sign.v1"):
+class SignAudit(Message, tag="keyring.audit.sign.v1", frozen=True, kw_only=True):
     """Sign an audit checkpoint with the platform's Ed25519 audit key."""
 
     team_id: str
     message: bytes
 
 
-class AuditSignature(Message, tag="keyring.audit.signature.v1"):
+class AuditSignature(Message, tag="keyring.audit.signature.v1", frozen=True, kw_only=True):
     signature: bytes
     key_id: str
     public_key: bytes
 
 
-class GetAuditKey(Message, tag="keyring.audit.key.get.v1"):
+class GetAuditKey(Message, tag="keyring.audit.key.get.v1", frozen=True, kw_only=True):
     pass
 
 
-class AuditKey(Message, tag="keyring.audit.key.v1"):
+class AuditKey(Message, tag="keyring.audit.key.v1", frozen=True, kw_only=True):
     key_id: str
     public_key: bytes
 
 
-
 DATAKEY_GENERATE: Rpc[GenerateDataKey, DataKey] = Rpc(
-    Service.KEYRING, "datakey.generate", subjects.rpc(Service.KEYRING, "datakey.generate"),
-    GenerateDataKey, DataKey,
+    Service.KEYRING,
+    "datakey.generate",
+    subjects.rpc(Service.KEYRING, "datakey.generate"),
+    GenerateDataKey,
+    DataKey,
 )
 DATAKEY_DECRYPT: Rpc[DecryptDataKey, PlainDataKey] = Rpc(
-    Service.KEYRING, "datakey.decrypt", subjects.rpc(Service.KEYRING, "datakey.decrypt"),
-    DecryptDataKey, PlainDataKey,
+    Service.KEYRING,
+    "datakey.decrypt",
+    subjects.rpc(Service.KEYRING, "datakey.decrypt"),
+    DecryptDataKey,
+    PlainDataKey,
 )
 KEK_ROTATE: Rpc[RotateKek, KekRotated] = Rpc(
-    Service.KEYRING, "kek.rotate", subjects.rpc(Service.KEYRING, "kek.rotate"),
-    RotateKek, KekRotated,
+    Service.KEYRING,
+    "kek.rotate",
+    subjects.rpc(Service.KEYRING, "kek.rotate"),
+    RotateKek,
+    KekRotated,
 )
 TEAM_SHRED: Rpc[ShredTeam, Ok] = Rpc(
-    Service.KEYRING, "team.shred", subjects.rpc(Service.KEYRING, "team.shred"), ShredTeam, Ok,
+    Service.KEYRING,
+    "team.shred",
+    subjects.rpc(Service.KEYRING, "team.shred"),
+    ShredTeam,
+    Ok,
 )
 PUBKEY_REGISTER: Rpc[RegisterPublicKey, PublicKeyInfo] = Rpc(
-    Service.KEYRING, "pubkey.register", subjects.rpc(Service.KEYRING, "pubkey.register"),
-    RegisterPublicKey, PublicKeyInfo,
+    Service.KEYRING,
+    "pubkey.register",
+    subjects.rpc(Service.KEYRING, "pubkey.register"),
+    RegisterPublicKey,
+    PublicKeyInfo,
 )
 PUBKEY_GET: Rpc[GetPublicKey, PublicKeyInfo] = Rpc(
-    Service.KEYRING, "pubkey.get", subjects.rpc(Service.KEYRING, "pubkey.get"),
-    GetPublicKey, PublicKeyInfo,
+    Service.KEYRING,
+    "pubkey.get",
+    subjects.rpc(Service.KEYRING, "pubkey.get"),
+    GetPublicKey,
+    PublicKeyInfo,
 )
 AUDIT_SIGN: Rpc[SignAudit, AuditSignature] = Rpc(
-    Service.KEYRING, "audit.sign", subjects.rpc(Service.KEYRING, "audit.sign"),
-    SignAudit, AuditSignature,
+    Service.KEYRING,
+    "audit.sign",
+    subjects.rpc(Service.KEYRING, "audit.sign"),
+    SignAudit,
+    AuditSignature,
 )
 AUDIT_KEY: Rpc[GetAuditKey, AuditKey] = Rpc(
-    Service.KEYRING, "audit.key", subjects.rpc(Service.KEYRING, "audit.key"), GetAuditKey, AuditKey,
+    Service.KEYRING,
+    "audit.key",
+    subjects.rpc(Service.KEYRING, "audit.key"),
+    GetAuditKey,
+    AuditKey,
 )

@@ -83,7 +83,7 @@ def dead_letter(service: Service | str, subject: str) -> str:
     prefix = f"{ROOT}."
     if not subject.startswith(prefix):
         raise ValueError(f"not a Slipway subject: {subject!r}")
-    return f"{ROOT}.dlq.{_token(str(service))}.{subject[len(prefix):]}"
+    return f"{ROOT}.dlq.{_token(str(service))}.{subject[len(prefix) :]}"
 
 
 def dead_letter_filter(service: Service) -> str:

@@ -14,6 +14,7 @@ message changes nothing, and a crash before commit leaves no half-done work.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,7 +25,7 @@ import aiosqlite
 _PROCESSED = """
 CREATE TABLE IF NOT EXISTS processed_messages (
     message_id TEXT PRIMARY KEY,
-    handled_at REAL NOT NULL DEFAULT (unixepoch('subsec'))
+    handled_at REAL NOT NULL
 )
 """
 
@@ -91,8 +92,10 @@ class Database:
 
 async def claim(conn: aiosqlite.Connection, message_id: str) -> bool:
     """Record `message_id` as handled; False if it already was (skip the work)."""
+    # OR IGNORE swallows only the primary-key clash; every other column is given.
     cursor = await conn.execute(
-        "INSERT OR IGNORE INTO processed_messages (message_id) VALUES (?)", (message_id,)
+        "INSERT OR IGNORE INTO processed_messages (message_id, handled_at) VALUES (?, ?)",
+        (message_id, time.time()),
     )
     return cursor.rowcount == 1
 

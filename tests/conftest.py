@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import pytest
 
@@ -50,17 +51,25 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
+@overload
 async def assert_eventually(
-    check: Callable[[], Awaitable[T] | T], *, timeout: float = 10.0, interval: float = 0.05
-) -> T:
+    check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05
+) -> T: ...
+@overload
+async def assert_eventually(
+    check: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.05
+) -> T: ...
+async def assert_eventually(
+    check: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.05
+) -> Any:
     """Retry `check` until it stops raising AssertionError (no bare sleeps in tests)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             result = check()
-            if asyncio.iscoroutine(result) or isinstance(result, Awaitable):
+            if inspect.isawaitable(result):
                 result = await result
-            return result  # type: ignore[return-value]
+            return result
         except AssertionError:
             if time.monotonic() > deadline:
                 raise

@@ -8,6 +8,8 @@ message id as `Nats-Msg-Id`, so a retried publish is stored once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -34,7 +36,6 @@ from slipway.contracts.base import (
     Message,
     Rpc,
     encode,
-    new_id,
 )
 from slipway.libs.bus import context
 from slipway.libs.bus.consumer import Consumer, Route
@@ -141,6 +142,7 @@ class Bus:
         self._reply_decoders: dict[str, msgspec.json.Decoder[Any]] = {}
         self._consumers: list[Any] = []
         self._stopping = False
+        self._served = itertools.count(1)
 
     @classmethod
     async def connect(
@@ -190,11 +192,15 @@ class Bus:
     async def call(self, rpc: Rpc[ReqT, RepT], request: ReqT, *, timeout: float = 5.0) -> RepT:
         """Send `request` to `rpc`'s service; return its typed reply or raise a RemoteError."""
         if type(request) is not rpc.request:
-            raise TypeError(f"{rpc.name} takes {rpc.request.__name__}, not {type(request).__name__}")
+            raise TypeError(
+                f"{rpc.name} takes {rpc.request.__name__}, not {type(request).__name__}"
+            )
         rid = context.request_id()
         headers = {context.REQUEST_ID_HEADER: rid} if rid else None
         try:
-            msg = await self.nc.request(rpc.subject, encode(request), timeout=timeout, headers=headers)
+            msg = await self.nc.request(
+                rpc.subject, encode(request), timeout=timeout, headers=headers
+            )
         except nats.errors.NoRespondersError:
             raise Unavailable(f"no {rpc.service} instance is serving {rpc.name}") from None
         except nats.errors.TimeoutError:
@@ -263,7 +269,7 @@ class Bus:
         ctx = context.MessageContext(
             subject=msg.subject,
             caller=subjects.caller_of(msg.reply),
-            request_id=headers.get(context.REQUEST_ID_HEADER) or new_id(),
+            request_id=headers.get(context.REQUEST_ID_HEADER) or self._local_request_id(),
             headers=headers,
         )
         context.enter(ctx)
@@ -297,13 +303,20 @@ class Bus:
         outcome = reply.code if isinstance(reply, ErrorReply) else "ok"
         log.info("rpc", endpoint=rpc.name, outcome=outcome, duration_ms=round(elapsed / 1e6, 3))
 
+    def _local_request_id(self) -> str:
+        # For requests that arrive without an id: unique per instance, and far cheaper
+        # than a random id on the hot path.
+        return f"{self.instance}-{next(self._served)}"
+
     def endpoint_stats(self) -> list[EndpointStats]:
         """Counters of every served endpoint, for the discovery protocol."""
         return [endpoint.stats for endpoint in self._endpoints.values()]
 
     # ---- commands and events -----------------------------------------------------------
 
-    async def send(self, spec: CommandSpec[CmdT], command: CmdT, *, retry_for: float = 30.0) -> bool:
+    async def send(
+        self, spec: CommandSpec[CmdT], command: CmdT, *, retry_for: float = 30.0
+    ) -> bool:
         """Store `command` in the CMD stream; False when JetStream saw its id before."""
         if type(command) is not spec.message:
             raise TypeError(f"{spec.name} takes {spec.message.__name__}")
@@ -388,13 +401,10 @@ class Bus:
         await self.nc.publish(subject, data)
 
     async def live_subscribe(self, subject: str) -> AsyncIterator[bytes]:
-        """Yield the chunks published on a live subject until the caller stops."""
+        """Subscribe now (the server knows it when this returns); iterate to read chunks."""
         subscription = await self.nc.subscribe(subject)
-        try:
-            async for msg in subscription.messages:
-                yield msg.data
-        finally:
-            await subscription.unsubscribe()
+        await self.nc.flush()
+        return _chunks(subscription)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -407,10 +417,8 @@ class Bus:
         self._stopping = True
         for endpoint in self._endpoints.values():
             # drain, not unsubscribe: requests already delivered to us are still answered.
-            try:
-                await endpoint.subscription.drain()
-            except nats.errors.Error:
-                pass
+            with contextlib.suppress(nats.errors.Error):
+                await endpoint.subscription.drain()  # type: ignore[no-untyped-call]
         for consumer in self._consumers:
             consumer.stop()
 
@@ -423,14 +431,25 @@ class Bus:
         if not pending and not waiters:
             return True
         everything = [*pending, *(asyncio.ensure_future(w) for w in waiters)]
-        done, still = await asyncio.wait(everything, timeout=timeout)
+        _, still = await asyncio.wait(everything, timeout=timeout)
         return not still
 
     async def close(self) -> None:
-        """Flush what was published and close the connection."""
+        """Stop consumers, flush what was published and close the connection."""
         if self.nc.is_closed:
             return
+        if not self._stopping:
+            await self.stop_taking_work()
+            await self.wait_idle(timeout=10.0)
         try:
             await self.nc.drain()
         except (TimeoutError, nats.errors.Error):
             await self.nc.close()
+
+
+async def _chunks(subscription: Subscription) -> AsyncIterator[bytes]:
+    try:
+        async for msg in subscription.messages:
+            yield msg.data
+    finally:
+        await subscription.unsubscribe()

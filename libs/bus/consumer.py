@@ -17,6 +17,7 @@ the command or event id (see `slipway.libs.storage.claim`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -112,9 +113,7 @@ class Consumer:
         else:
             config.filter_subjects = self.filter_subjects
         await self.bus.js.add_consumer(self.stream, config)
-        self._subscription = await self.bus.js.pull_subscribe_bind(
-            self.durable, stream=self.stream
-        )
+        self._subscription = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.stream)
         self.bus.track(self)
         self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"consumer:{self.durable}")
 
@@ -131,7 +130,7 @@ class Consumer:
 
     async def _fetch_loop(self) -> None:
         failures = 0
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self.bus.nc.is_closed:
             free = self.concurrency - len(self._inflight)
             if free <= 0:
                 await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
@@ -153,6 +152,10 @@ class Consumer:
                 task = asyncio.create_task(self._handle(msg))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
+
+        with contextlib.suppress(nats.errors.Error):
+            # Releases the fetch inbox so that draining the connection does not wait on it.
+            await self._subscription.unsubscribe()
 
     async def _handle(self, msg: Msg) -> None:
         started = time.perf_counter()

@@ -22,7 +22,12 @@ class Discovery:
     """Answers discovery requests for one service instance."""
 
     def __init__(
-        self, bus: Bus, *, name: str, version: str, description: str = "",
+        self,
+        bus: Bus,
+        *,
+        name: str,
+        version: str,
+        description: str = "",
         metadata: dict[str, str] | None = None,
     ) -> None:
         self.bus = bus

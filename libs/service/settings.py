@@ -1,9 +1,9 @@
 """Typed settings read from the environment (`SLIPWAY_<FIELD>`), one Struct per service.
 
-    class KeyringSettings(Settings, frozen=True, kw_only=True):
-        master_key_path: str = ""
+class KeyringSettings(Settings, frozen=True, kw_only=True):
+    master_key_path: str = ""
 
-    settings = load_settings(KeyringSettings)   # reads SLIPWAY_MASTER_KEY_PATH, ...
+settings = load_settings(KeyringSettings)   # reads SLIPWAY_MASTER_KEY_PATH, ...
 """
 
 from __future__ import annotations

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+import msgspec
 import pytest
 
 from slipway.contracts import subjects
-from slipway.contracts.base import Message, Rpc
+from slipway.contracts.base import ErrorReply, Message, Rpc
 from slipway.contracts.subjects import Service
 from slipway.libs.bus import Bus
 from slipway.libs.bus import context as bus_context
@@ -21,25 +22,31 @@ from slipway.libs.errors import (
     Timeout,
     Unavailable,
 )
+from slipway.libs.natsserver import NatsServer
+from tests.conftest import assert_eventually
 
 pytestmark = pytest.mark.integration
 
 
-class Echo(Message, tag="test.echo.v1"):
+class Echo(Message, tag="test.echo.v1", frozen=True, kw_only=True):
     text: str
     delay: float = 0.0
 
 
-class Echoed(Message, tag="test.echoed.v1"):
+class Echoed(Message, tag="test.echoed.v1", frozen=True, kw_only=True):
     text: str
     caller: str | None = None
 
 
 def echo_rpc(unique: str) -> Rpc[Echo, Echoed]:
-    return Rpc(Service.KEYRING, "echo", subjects.rpc(Service.KEYRING, f"echo{unique}"), Echo, Echoed)
+    return Rpc(
+        Service.KEYRING, "echo", subjects.rpc(Service.KEYRING, f"echo{unique}"), Echo, Echoed
+    )
 
 
-async def test_call_returns_the_typed_reply(bus_factory: Callable[[str], Awaitable[Bus]], unique: str) -> None:
+async def test_call_returns_the_typed_reply(
+    bus_factory: Callable[[str], Awaitable[Bus]], unique: str
+) -> None:
     """A call returns the reply Struct, and the server sees which service called."""
     server, client = await bus_factory("keyring"), await bus_factory("gateway")
     rpc = echo_rpc(unique)
@@ -53,7 +60,9 @@ async def test_call_returns_the_typed_reply(bus_factory: Callable[[str], Awaitab
     assert reply == Echoed(text="HI", caller="gateway")
 
 
-async def test_remote_error_is_typed(bus_factory: Callable[[str], Awaitable[Bus]], unique: str) -> None:
+async def test_remote_error_is_typed(
+    bus_factory: Callable[[str], Awaitable[Bus]], unique: str
+) -> None:
     """A handler raising NotFound reaches the caller as RemoteNotFound, code and message intact."""
     server, client = await bus_factory("keyring"), await bus_factory("gateway")
     rpc = echo_rpc(unique)
@@ -103,7 +112,9 @@ async def test_call_times_out(bus_factory: Callable[[str], Awaitable[Bus]], uniq
     assert caught.value.retryable
 
 
-async def test_no_responders_is_unavailable(bus_factory: Callable[[str], Awaitable[Bus]], unique: str) -> None:
+async def test_no_responders_is_unavailable(
+    bus_factory: Callable[[str], Awaitable[Bus]], unique: str
+) -> None:
     """Calling a service nobody serves fails at once with Unavailable."""
     client = await bus_factory("gateway")
     with pytest.raises(Unavailable):
@@ -122,17 +133,21 @@ async def test_malformed_request_gets_error_reply(
 
     await server.serve(rpc, handle)
     msg = await client.nc.request(rpc.subject, b'{"type":"test.echo.v1","text":42}', timeout=2)
-    with pytest.raises(InvalidRequest) as caught:
-        client._reply_decoder(rpc).decode(msg.data)
-        raise RemoteError.from_reply(client._reply_decoder(rpc).decode(msg.data))
-    assert "text" in caught.value.message
+    reply = msgspec.json.decode(msg.data, type=ErrorReply)
+    error = RemoteError.from_reply(reply)
+    assert isinstance(error, InvalidRequest)
+    assert "text" in error.message
     assert (await client.call(rpc, Echo(text="still up"))).text == "still up"
 
 
-async def test_queue_group_shares_requests(bus_factory: Callable[[str], Awaitable[Bus]], unique: str) -> None:
+async def test_queue_group_shares_requests(
+    bus_factory: Callable[[str], Awaitable[Bus]], unique: str
+) -> None:
     """Two instances of a service split the requests; each request is answered once."""
     first, second, client = (
-        await bus_factory("keyring"), await bus_factory("keyring"), await bus_factory("gateway")
+        await bus_factory("keyring"),
+        await bus_factory("keyring"),
+        await bus_factory("gateway"),
     )
     rpc = echo_rpc(unique)
     seen: dict[str, int] = {first.instance: 0, second.instance: 0}
@@ -141,6 +156,7 @@ async def test_queue_group_shares_requests(bus_factory: Callable[[str], Awaitabl
         async def handle(req: Echo) -> Echoed:
             seen[bus.instance] += 1
             return Echoed(text=req.text)
+
         return handle
 
     await first.serve(rpc, handler_for(first))
@@ -149,3 +165,26 @@ async def test_queue_group_shares_requests(bus_factory: Callable[[str], Awaitabl
     assert [r.text for r in replies] == [str(i) for i in range(200)]
     assert sum(seen.values()) == 200
     assert all(count > 0 for count in seen.values())
+
+
+async def test_rpc_recovers_after_server_restart(
+    bus_factory: Callable[[str], Awaitable[Bus]], unique: str, nats_server: NatsServer
+) -> None:
+    """After nats-server restarts, both sides reconnect and calls succeed again."""
+    server, client = await bus_factory("keyring"), await bus_factory("gateway")
+    rpc = echo_rpc(unique)
+
+    async def handle(req: Echo) -> Echoed:
+        return Echoed(text=req.text)
+
+    await server.serve(rpc, handle)
+    nats_server.restart()
+
+    async def answered() -> None:
+        try:
+            reply = await client.call(rpc, Echo(text="back"), timeout=0.5)
+        except (Unavailable, Timeout) as exc:
+            raise AssertionError(f"not yet: {exc}") from exc
+        assert reply.text == "back"
+
+    await assert_eventually(answered, timeout=20)

@@ -1,0 +1,258 @@
+"""libs/bus beside raw nats-py, same server, same run: typed RPC and command throughput.
+
+    .venv/bin/python bench/bus.py [--requests 20000] [--commands 5000] [--concurrency 32]
+
+Both sides do the same work. RPC: the same bytes are sent and answered; the
+answering side runs in a second process, as a service does (raw: a core
+subscription that echoes the bytes back; typed: a ServiceApp-style endpoint
+that decodes a Struct, calls a handler, encodes the reply and writes one
+canonical JSON log line to a file). Commands are stored in the same JetStream
+stream (sync_interval always) and acknowledged after handling, in this process
+(raw: publish + pull fetch + ack; typed: bus.send + Consumer). Raw and typed
+alternate in rounds; the best round of each is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import nats
+from nats.aio.msg import Msg
+from nats.js import api
+
+from slipway.contracts import subjects
+from slipway.contracts.base import Command, CommandSpec, Message, Rpc, encode
+from slipway.contracts.subjects import Service
+from slipway.libs.bus import Bus, route
+from slipway.libs.natsserver import NatsServer
+from slipway.libs.service.logging import configure_logging
+
+
+class Ping(Message, tag="bench.ping.v1", frozen=True, kw_only=True):
+    app: str
+    payload: str
+
+
+class Pong(Message, tag="bench.pong.v1", frozen=True, kw_only=True):
+    app: str
+    payload: str
+
+
+class Job(Command, tag="bench.job.v1", frozen=True, kw_only=True):
+    n: int
+
+
+RPC = Rpc(Service.KEYRING, "bench", subjects.rpc(Service.KEYRING, "bench"), Ping, Pong)
+RAW_SUBJECT = subjects.rpc(Service.KEYRING, "bench-raw")
+JOB = CommandSpec(Service.BUILDER, "job", subjects.cmd(Service.BUILDER, "job"), Job)
+RAW_JOB_SUBJECT = subjects.cmd(Service.BACKUP, "job")
+
+
+async def drive(total: int, concurrency: int, one: Callable[[], Awaitable[object]]) -> float:
+    """Run `total` calls with `concurrency` in flight; return calls per second."""
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await one()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - started)
+
+
+async def serve(url: str, log_path: str) -> None:
+    """The answering process: the typed endpoint and the raw echo, until stdin closes."""
+    with open(log_path, "ab") as log:
+        configure_logging("keyring", fmt="json", file=log)
+        server = await Bus.connect(url, Service.KEYRING)
+        raw_server = await nats.connect(url)
+
+        async def handle(req: Ping) -> Pong:
+            return Pong(app=req.app, payload=req.payload)
+
+        async def echo(msg: Msg) -> None:
+            await msg.respond(msg.data)
+
+        await server.serve(RPC, handle)
+        await raw_server.subscribe(RAW_SUBJECT, queue="keyring", cb=echo)
+        await raw_server.flush()
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await server.close()
+        await raw_server.close()
+
+
+async def rpc_rounds(
+    url: str, total: int, concurrency: int, rounds: int, log_path: str
+) -> tuple[float, float]:
+    answering = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--serve",
+        url,
+        "--log",
+        log_path,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert answering.stdout is not None
+    assert answering.stdin is not None
+    assert await answering.stdout.readline() == b"ready\n"
+    client = await Bus.connect(url, Service.GATEWAY)
+    raw_client = await nats.connect(url)
+    request = Ping(app="hello", payload="x" * 200)
+    raw_payload = encode(request)
+
+    async def typed() -> object:
+        return await client.call(RPC, request)
+
+    async def raw() -> object:
+        return await raw_client.request(RAW_SUBJECT, raw_payload, timeout=5)
+
+    typed_rates, raw_rates = [], []
+    await drive(500, concurrency, typed)  # warm-up
+    await drive(500, concurrency, raw)
+    for _ in range(rounds):
+        raw_rates.append(await drive(total, concurrency, raw))
+        typed_rates.append(await drive(total, concurrency, typed))
+    await client.close()
+    await raw_client.close()
+    answering.stdin.close()
+    await answering.wait()
+    return max(typed_rates), max(raw_rates)
+
+
+async def typed_commands(url: str, total: int) -> float:
+    sender = await Bus.connect(url, Service.GATEWAY)
+    worker = await Bus.connect(url, Service.BUILDER)
+    done = asyncio.Event()
+    handled = 0
+
+    async def handle(job: Job) -> None:
+        nonlocal handled
+        handled += 1
+        if handled == total:
+            done.set()
+
+    started = time.perf_counter()
+    await worker.consume_commands([route(JOB, handle)], concurrency=64)
+    await drive(total, 32, lambda: sender.send(JOB, Job(n=1)))
+    await asyncio.wait_for(done.wait(), 120)
+    rate = total / (time.perf_counter() - started)
+    await sender.close()
+    await worker.close()
+    return rate
+
+
+async def raw_commands(url: str, total: int) -> float:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    durable = "backup-raw"
+    await js.add_consumer(
+        subjects.STREAM_CMD,
+        api.ConsumerConfig(
+            durable_name=durable,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            filter_subject=subjects.cmd_filter(Service.BACKUP),
+            max_ack_pending=256,
+        ),
+    )
+    sub = await js.pull_subscribe_bind(durable, stream=subjects.STREAM_CMD)
+    payload = encode(Job(n=1))
+    counter = 0
+
+    async def publish() -> object:
+        nonlocal counter
+        counter += 1
+        return await js.publish(
+            RAW_JOB_SUBJECT, payload, headers={"Nats-Msg-Id": f"raw-{counter}-{time.time_ns()}"}
+        )
+
+    async def consume() -> None:
+        handled = 0
+        while handled < total:
+            try:
+                msgs = await sub.fetch(64, timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                await msg.ack()
+                handled += 1
+
+    started = time.perf_counter()
+    consumer = asyncio.create_task(consume())
+    await drive(total, 32, publish)
+    await asyncio.wait_for(consumer, 120)
+    rate = total / (time.perf_counter() - started)
+    await js.delete_consumer(subjects.STREAM_CMD, durable)
+    await nc.close()
+    return rate
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--commands", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--log", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        if os.environ.get("SLIPWAY_BENCH_PROFILE"):
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+            await serve(args.serve, args.log)
+            profiler.disable()
+            profiler.dump_stats(os.environ["SLIPWAY_BENCH_PROFILE"])
+        else:
+            await serve(args.serve, args.log)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = Path(tmp) / "bus.log"
+        configure_logging("bench", fmt="json", file=log_path.open("ab"))
+        server = NatsServer(Path(tmp) / "nats")
+        url = server.start()
+        try:
+            probe = await Bus.connect(url, Service.GATEWAY)
+            await probe.ensure_streams()
+            await probe.close()
+            typed_rpc, raw_rpc = await rpc_rounds(
+                url, args.requests, args.concurrency, args.rounds, str(log_path)
+            )
+            typed_cmd_rates, raw_cmd_rates = [], []
+            for _ in range(args.rounds):
+                raw_cmd_rates.append(await raw_commands(url, args.commands))
+                typed_cmd_rates.append(await typed_commands(url, args.commands))
+        finally:
+            server.stop()
+    typed_cmd, raw_cmd = max(typed_cmd_rates), max(raw_cmd_rates)
+    print(
+        f"RPC round trips/s   typed {typed_rpc:9.0f}   raw nats-py {raw_rpc:9.0f}   "
+        f"ratio {typed_rpc / raw_rpc:.2f}   (concurrency {args.concurrency}, answered by a "
+        f"second process, best of {args.rounds})"
+    )
+    print(
+        f"commands/s          typed {typed_cmd:9.0f}   raw nats-py {raw_cmd:9.0f}   "
+        f"ratio {typed_cmd / raw_cmd:.2f}   (publish + handle + ack, sync_interval always; "
+        f"median typed {statistics.median(typed_cmd_rates):.0f}, "
+        f"raw {statistics.median(raw_cmd_rates):.0f})"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    sys.exit(0)
