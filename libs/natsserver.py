@@ -22,6 +22,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+from slipway.libs.natsauth import authorization_block, load_or_create_users
+
 
 def nats_server_binary() -> str:
     """The nats-server executable installed beside this interpreter, else on PATH."""
@@ -48,11 +50,14 @@ class NatsServer:
         port: int = 0,
         host: str = "127.0.0.1",
         extra_config: str = "",
+        hardened: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
         self.extra_config = extra_config
+        self.hardened = hardened
+        self.users: dict[str, str] = {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,12 +72,16 @@ class NatsServer:
         listen_port = self.port if self.port else -1
         store = json.dumps(str(self.data_dir / "jetstream"))
         ports_dir = json.dumps(str(self.data_dir))
+        auth = ""
+        if self.hardened:
+            self.users = load_or_create_users(self.data_dir)
+            auth = authorization_block(self.users)
         return (
             f"listen: {self.host}:{listen_port}\n"
             f"ports_file_dir: {ports_dir}\n"
             "max_payload: 8MB\n"
             f"jetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n"
-            f"{self.extra_config}\n"
+            f"{auth}{self.extra_config}\n"
         )
 
     def start(self, timeout: float = 10.0) -> str:
@@ -81,6 +90,7 @@ class NatsServer:
             return self.url
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.data_dir / "nats-server.conf"
+        config_path.touch(mode=0o600)  # it holds the users' passwords when hardened
         config_path.write_text(self._config())
         for stale in self.data_dir.glob("nats-server_*.ports"):
             stale.unlink()
@@ -155,8 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run nats-server with Slipway's settings.")
     parser.add_argument("--data", default=os.environ.get("SLIPWAY_NATS_DATA", "var/nats"))
     parser.add_argument("--port", type=int, default=4222)
+    parser.add_argument(
+        "--hardened", action="store_true", help="one user per service, limited subscriptions"
+    )
     args = parser.parse_args(argv)
-    server = NatsServer(args.data, port=args.port)
+    server = NatsServer(args.data, port=args.port, hardened=args.hardened)
     server.start()
     print(f"nats-server ready at {server.url} (JetStream in {server.data_dir})", flush=True)
     stopping = False
