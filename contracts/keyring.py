@@ -51,6 +51,20 @@ class PlainDataKey(Message, tag="keyring.datakey.plain.v1", frozen=True, kw_only
     kek_version: int
 
 
+class RewrapDataKey(Message, tag="keyring.datakey.rewrap.v1", frozen=True, kw_only=True):
+    """Re-wrap a data key under the team's current KEK; the plaintext never leaves the keyring."""
+
+    team_id: str
+    purpose: Purpose
+    wrapped: bytes
+    context: dict[str, str] = {}
+
+
+class WrappedDataKey(Message, tag="keyring.datakey.wrapped.v1", frozen=True, kw_only=True):
+    wrapped: bytes
+    kek_version: int
+
+
 class RotateKek(Message, tag="keyring.kek.rotate.v1", frozen=True, kw_only=True):
     team_id: str
 
@@ -58,6 +72,19 @@ class RotateKek(Message, tag="keyring.kek.rotate.v1", frozen=True, kw_only=True)
 class KekRotated(Message, tag="keyring.kek.rotated.v1", frozen=True, kw_only=True):
     team_id: str
     version: int
+
+
+class RetireKek(Message, tag="keyring.kek.retire.v1", frozen=True, kw_only=True):
+    """Destroy the team's KEK versions below `below_version` (after their data was rewrapped)."""
+
+    team_id: str
+    below_version: int
+
+
+class KekRetired(Message, tag="keyring.kek.retired.v1", frozen=True, kw_only=True):
+    team_id: str
+    retired: list[int] = []
+    current: int = 0
 
 
 class ShredTeam(Message, tag="keyring.team.shred.v1", frozen=True, kw_only=True):
@@ -118,12 +145,26 @@ DATAKEY_DECRYPT: Rpc[DecryptDataKey, PlainDataKey] = Rpc(
     DecryptDataKey,
     PlainDataKey,
 )
+DATAKEY_REWRAP: Rpc[RewrapDataKey, WrappedDataKey] = Rpc(
+    Service.KEYRING,
+    "datakey.rewrap",
+    subjects.rpc(Service.KEYRING, "datakey.rewrap"),
+    RewrapDataKey,
+    WrappedDataKey,
+)
 KEK_ROTATE: Rpc[RotateKek, KekRotated] = Rpc(
     Service.KEYRING,
     "kek.rotate",
     subjects.rpc(Service.KEYRING, "kek.rotate"),
     RotateKek,
     KekRotated,
+)
+KEK_RETIRE: Rpc[RetireKek, KekRetired] = Rpc(
+    Service.KEYRING,
+    "kek.retire",
+    subjects.rpc(Service.KEYRING, "kek.retire"),
+    RetireKek,
+    KekRetired,
 )
 TEAM_SHRED: Rpc[ShredTeam, Ok] = Rpc(
     Service.KEYRING,

@@ -1,0 +1,12 @@
+"""The keyring: the only holder of the master key, issuing and unwrapping data keys.
+
+    app.py        the ServiceApp: master key, database, vault, RPCs
+    handlers.py   one handler per keyring RPC: policy check, audit, vault
+    policy.py     the table of which service may do what, for which purpose
+    vault.py      team KEKs, data keys, rotation, retirement, shredding, customer keys, signing
+    store.py      the keyring's aiosqlite database (wrapped keys, append-only audit)
+    masterkey.py  reading, creating and checking the master key
+    settings.py   KeyringSettings (SLIPWAY_MASTER_KEY_PATH, SLIPWAY_MASTER_KEY_ENV)
+
+See README.md in this folder.
+"""

@@ -1,0 +1,50 @@
+"""The keyring process: the master key, the database, the vault, and the RPCs that use them.
+
+On start, in this order: read (or create) the master key, open the database,
+load (or create) the audit signing key — which proves the master key is the one
+the database was made with — then serve. Any of these failing stops the start
+with a `MasterKeyError` that says what to fix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import structlog
+
+from slipway.contracts.subjects import Service
+from slipway.libs.service import ServiceApp
+from slipway.services.keyring import handlers
+from slipway.services.keyring.handlers import VAULT
+from slipway.services.keyring.masterkey import load_master_key
+from slipway.services.keyring.settings import KeyringSettings
+from slipway.services.keyring.store import KeyringStore
+from slipway.services.keyring.vault import Vault
+
+log = structlog.get_logger("slipway.keyring")
+
+
+def create_service(settings: KeyringSettings) -> ServiceApp:
+    """The keyring as a runnable service."""
+    service = ServiceApp(
+        Service.KEYRING,
+        settings=settings,
+        description="Slipway's keyring: tenant keys, data keys, crypto-shredding, audit signing",
+    )
+
+    @service.cleanup_ctx
+    async def vault(service: ServiceApp) -> AsyncIterator[None]:
+        # The keyring's folder holds wrapped keys and, by default, the master key itself.
+        os.chmod(settings.keyring_dir(), 0o700)
+        master = load_master_key(settings)
+        store = await KeyringStore.open(settings.db_path())
+        try:
+            service[VAULT] = await Vault.open(master, store)
+            log.info("keyring.ready", master_key=master.source, db=str(settings.db_path()))
+            yield
+        finally:
+            await store.close()
+
+    handlers.register(service)
+    return service

@@ -1,0 +1,211 @@
+"""The keyring's RPC handlers: policy check, audit record, then the vault.
+
+Every handler reads like its contract and runs inside `audited(...)`, which
+checks the caller against the policy table and appends one audit row whatever
+the outcome (ok, forbidden, gone, ...). The row is written before the reply is
+sent: if it cannot be written, the call fails and no key leaves the keyring.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from slipway.contracts import keyring
+from slipway.contracts.base import Ok
+from slipway.contracts.keyring import (
+    AuditKey,
+    AuditSignature,
+    DataKey,
+    DecryptDataKey,
+    GenerateDataKey,
+    GetAuditKey,
+    GetPublicKey,
+    KekRetired,
+    KekRotated,
+    PlainDataKey,
+    PublicKeyInfo,
+    Purpose,
+    RegisterPublicKey,
+    RetireKek,
+    RewrapDataKey,
+    RotateKek,
+    ShredTeam,
+    SignAudit,
+    WrappedDataKey,
+)
+from slipway.libs.bus import context
+from slipway.libs.errors import InvalidRequest, SlipwayError
+from slipway.libs.service import Key, ServiceApp
+from slipway.services.keyring import policy
+from slipway.services.keyring.policy import Operation
+from slipway.services.keyring.store import AuditRecord
+from slipway.services.keyring.vault import Vault
+
+VAULT = Key("vault", Vault)
+
+MAX_TEAM_ID = 128
+MAX_CONTEXT_ENTRIES = 16
+MAX_CONTEXT_TEXT = 512
+MAX_WRAPPED = 1024
+
+
+@dataclass
+class Call:
+    """One audited call; a handler may add a detail (never key material)."""
+
+    operation: Operation
+    team_id: str | None
+    purpose: Purpose | None
+    detail: str = ""
+
+
+@asynccontextmanager
+async def audited(
+    vault: Vault,
+    operation: Operation,
+    *,
+    team_id: str | None = None,
+    purpose: Purpose | None = None,
+) -> AsyncIterator[Call]:
+    """Check the policy for the current caller, run the body, and audit the outcome."""
+    ctx = context.current()
+    caller = ctx.caller if ctx else None
+    call = Call(operation, team_id, purpose)
+    outcome = "ok"
+    try:
+        policy.check(caller, operation, purpose)
+        if team_id is not None:
+            _check_team_id(team_id)
+        yield call
+    except SlipwayError as exc:
+        outcome = exc.code
+        raise
+    except BaseException:
+        outcome = "internal"
+        raise
+    finally:
+        await vault.store.append_audit(
+            AuditRecord(
+                at=time.time(),
+                caller=caller or "unknown",
+                operation=operation,
+                team_id=team_id,
+                purpose=purpose,
+                outcome=outcome,
+                detail=call.detail,
+                request_id=ctx.request_id if ctx else None,
+            )
+        )
+
+
+class Handlers:
+    """One method per keyring RPC, each reading like its contract."""
+
+    def __init__(self, app: ServiceApp) -> None:
+        self.app = app
+
+    @property
+    def vault(self) -> Vault:
+        # Looked up per call: the vault exists only once the app's resources are set up.
+        return self.app[VAULT]
+
+    async def generate(self, req: GenerateDataKey) -> DataKey:
+        audit = audited(self.vault, Operation.GENERATE, team_id=req.team_id, purpose=req.purpose)
+        async with audit as call:
+            _check_context(req.context)
+            key = await self.vault.generate_data_key(req.team_id, req.purpose, req.context)
+            call.detail = f"kek_version={key.kek_version}"
+            return key
+
+    async def decrypt(self, req: DecryptDataKey) -> PlainDataKey:
+        audit = audited(self.vault, Operation.DECRYPT, team_id=req.team_id, purpose=req.purpose)
+        async with audit as call:
+            _check_context(req.context, req.wrapped)
+            key = await self.vault.decrypt_data_key(
+                req.team_id, req.purpose, req.wrapped, req.context
+            )
+            call.detail = f"kek_version={key.kek_version}"
+            return key
+
+    async def rewrap(self, req: RewrapDataKey) -> WrappedDataKey:
+        audit = audited(self.vault, Operation.REWRAP, team_id=req.team_id, purpose=req.purpose)
+        async with audit as call:
+            _check_context(req.context, req.wrapped)
+            key = await self.vault.rewrap_data_key(
+                req.team_id, req.purpose, req.wrapped, req.context
+            )
+            call.detail = f"kek_version={key.kek_version}"
+            return key
+
+    async def rotate(self, req: RotateKek) -> KekRotated:
+        async with audited(self.vault, Operation.ROTATE, team_id=req.team_id) as call:
+            rotated = await self.vault.rotate(req.team_id)
+            call.detail = f"version={rotated.version}"
+            return rotated
+
+    async def retire(self, req: RetireKek) -> KekRetired:
+        async with audited(self.vault, Operation.RETIRE, team_id=req.team_id) as call:
+            retired = await self.vault.retire(req.team_id, req.below_version)
+            call.detail = "retired=" + ",".join(str(v) for v in retired.retired)
+            return retired
+
+    async def shred(self, req: ShredTeam) -> Ok:
+        async with audited(self.vault, Operation.SHRED, team_id=req.team_id) as call:
+            if len(req.reason) > MAX_CONTEXT_TEXT:
+                raise InvalidRequest(f"A shred reason is at most {MAX_CONTEXT_TEXT} characters.")
+            shredded = await self.vault.shred(req.team_id, req.reason)
+            call.detail = req.reason if shredded else "already shredded"
+            return Ok()
+
+    async def register_public_key(self, req: RegisterPublicKey) -> PublicKeyInfo:
+        async with audited(self.vault, Operation.PUBKEY_REGISTER, team_id=req.team_id) as call:
+            info = await self.vault.register_public_key(req.team_id, req.public_key)
+            call.detail = f"fingerprint={info.fingerprint}"
+            return info
+
+    async def get_public_key(self, req: GetPublicKey) -> PublicKeyInfo:
+        async with audited(self.vault, Operation.PUBKEY_GET, team_id=req.team_id):
+            return await self.vault.public_key(req.team_id)
+
+    async def sign_audit(self, req: SignAudit) -> AuditSignature:
+        async with audited(self.vault, Operation.AUDIT_SIGN, team_id=req.team_id) as call:
+            signed = self.vault.sign_audit(req.team_id, req.message)
+            call.detail = f"key_id={signed.key_id}"
+            return signed
+
+    async def audit_key(self, req: GetAuditKey) -> AuditKey:
+        async with audited(self.vault, Operation.AUDIT_KEY):
+            return self.vault.audit_key()
+
+
+def register(app: ServiceApp) -> None:
+    """Serve every keyring RPC on `app` (the vault is `app[VAULT]` once started)."""
+    handlers = Handlers(app)
+    app.rpc(keyring.DATAKEY_GENERATE)(handlers.generate)
+    app.rpc(keyring.DATAKEY_DECRYPT)(handlers.decrypt)
+    app.rpc(keyring.DATAKEY_REWRAP)(handlers.rewrap)
+    app.rpc(keyring.KEK_ROTATE)(handlers.rotate)
+    app.rpc(keyring.KEK_RETIRE)(handlers.retire)
+    app.rpc(keyring.TEAM_SHRED)(handlers.shred)
+    app.rpc(keyring.PUBKEY_REGISTER)(handlers.register_public_key)
+    app.rpc(keyring.PUBKEY_GET)(handlers.get_public_key)
+    app.rpc(keyring.AUDIT_SIGN)(handlers.sign_audit)
+    app.rpc(keyring.AUDIT_KEY)(handlers.audit_key)
+
+
+def _check_team_id(team_id: str) -> None:
+    if not team_id or len(team_id) > MAX_TEAM_ID:
+        raise InvalidRequest(f"A team id is 1 to {MAX_TEAM_ID} characters.")
+
+
+def _check_context(context: dict[str, str], wrapped: bytes | None = None) -> None:
+    # Bounded because every entry is bound into the wrapping: a huge context is abuse.
+    if len(context) > MAX_CONTEXT_ENTRIES:
+        raise InvalidRequest(f"A data key context has at most {MAX_CONTEXT_ENTRIES} entries.")
+    if any(len(k) > MAX_CONTEXT_TEXT or len(v) > MAX_CONTEXT_TEXT for k, v in context.items()):
+        raise InvalidRequest(f"Context names and values are at most {MAX_CONTEXT_TEXT} characters.")
+    if wrapped is not None and len(wrapped) > MAX_WRAPPED:
+        raise InvalidRequest("That is not a wrapped data key: it is far too long.")

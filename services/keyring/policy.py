@@ -1,0 +1,109 @@
+"""Who may ask the keyring for what: one table, checked on every call.
+
+The caller is the service whose reply inbox a request came from
+(`libs.bus.context.current().caller`); in the hardened NATS configuration a
+service can only receive replies under its own inbox prefix, so it cannot
+borrow another's name. A call the table does not grant raises Forbidden (and is
+audited like any other).
+
+Data-key operations are granted per purpose; the others carry no purpose.
+`operator` is the platform operator's NATS user (scripts, the health check): it
+may rotate, retire and shred, and read public information, but never holds a
+data key.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import NamedTuple
+
+from slipway.contracts import keyring
+from slipway.contracts.keyring import Purpose
+from slipway.contracts.subjects import Service
+from slipway.libs.errors import Forbidden
+from slipway.libs.natsauth import OPERATOR
+
+
+class Operation(StrEnum):
+    """The keyring's operations, named like its RPCs."""
+
+    GENERATE = keyring.DATAKEY_GENERATE.name
+    DECRYPT = keyring.DATAKEY_DECRYPT.name
+    REWRAP = keyring.DATAKEY_REWRAP.name
+    ROTATE = keyring.KEK_ROTATE.name
+    RETIRE = keyring.KEK_RETIRE.name
+    SHRED = keyring.TEAM_SHRED.name
+    PUBKEY_REGISTER = keyring.PUBKEY_REGISTER.name
+    PUBKEY_GET = keyring.PUBKEY_GET.name
+    AUDIT_SIGN = keyring.AUDIT_SIGN.name
+    AUDIT_KEY = keyring.AUDIT_KEY.name
+
+
+class Grant(NamedTuple):
+    caller: str
+    operation: Operation
+    purpose: Purpose | None = None
+
+
+G, Op, P = Grant, Operation, Purpose
+GATEWAY, SCHEDULER, BUILDER = Service.GATEWAY, Service.SCHEDULER, Service.BUILDER
+LOG_SHIPPER, BACKUP = Service.LOG_SHIPPER, Service.BACKUP
+
+# fmt: off
+TABLE: tuple[Grant, ...] = (
+    # caller        operation            purpose
+    # Config vars: the gateway writes and reads them; the scheduler injects them into dynos.
+    G(GATEWAY,      Op.GENERATE,         P.CONFIG),
+    G(GATEWAY,      Op.DECRYPT,          P.CONFIG),
+    G(GATEWAY,      Op.REWRAP,           P.CONFIG),
+    G(SCHEDULER,    Op.DECRYPT,          P.CONFIG),
+    # Stored log batches and archives.
+    G(LOG_SHIPPER,  Op.GENERATE,         P.LOGS),
+    G(LOG_SHIPPER,  Op.DECRYPT,          P.LOGS),
+    G(LOG_SHIPPER,  Op.REWRAP,           P.LOGS),
+    # Backups of add-ons and of the platform.
+    G(BACKUP,       Op.GENERATE,         P.BACKUP),
+    G(BACKUP,       Op.DECRYPT,          P.BACKUP),
+    G(BACKUP,       Op.REWRAP,           P.BACKUP),
+    # Build sources and the per-app build cache.
+    G(BUILDER,      Op.GENERATE,         P.BUILD_SOURCE),
+    G(BUILDER,      Op.DECRYPT,          P.BUILD_SOURCE),
+    G(BUILDER,      Op.REWRAP,           P.BUILD_SOURCE),
+    G(BUILDER,      Op.GENERATE,         P.BUILD_CACHE),
+    G(BUILDER,      Op.DECRYPT,          P.BUILD_CACHE),
+    G(BUILDER,      Op.REWRAP,           P.BUILD_CACHE),
+    # The team's key lifecycle: customers act through the gateway, the operator directly.
+    G(GATEWAY,      Op.ROTATE),
+    G(GATEWAY,      Op.RETIRE),
+    G(GATEWAY,      Op.SHRED),
+    G(OPERATOR,     Op.ROTATE),
+    G(OPERATOR,     Op.RETIRE),
+    G(OPERATOR,     Op.SHRED),
+    # Customer-held keys: registered through the gateway, read by whoever seals to them.
+    G(GATEWAY,      Op.PUBKEY_REGISTER),
+    G(GATEWAY,      Op.PUBKEY_GET),
+    G(LOG_SHIPPER,  Op.PUBKEY_GET),
+    G(BACKUP,       Op.PUBKEY_GET),
+    G(OPERATOR,     Op.PUBKEY_GET),
+    # Audit checkpoints: the gateway keeps the chains; the public key is for anyone verifying.
+    G(GATEWAY,      Op.AUDIT_SIGN),
+    G(GATEWAY,      Op.AUDIT_KEY),
+    G(OPERATOR,     Op.AUDIT_KEY),
+)
+# fmt: on
+
+_ALLOWED = frozenset(TABLE)
+
+
+def allowed(caller: str | None, operation: Operation, purpose: Purpose | None = None) -> bool:
+    """Whether the table grants `operation` (for `purpose`) to `caller`."""
+    return caller is not None and Grant(caller, operation, purpose) in _ALLOWED
+
+
+def check(caller: str | None, operation: Operation, purpose: Purpose | None = None) -> None:
+    """Raise Forbidden unless the table grants the call."""
+    if allowed(caller, operation, purpose):
+        return
+    who = caller or "a caller without a Slipway inbox"
+    what = f"{operation} for purpose {purpose}" if purpose is not None else str(operation)
+    raise Forbidden(f"{who} may not {what}: the keyring's policy does not allow it.")

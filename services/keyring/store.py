@@ -1,0 +1,318 @@
+"""The keyring's database: teams, wrapped KEKs, customer public keys, the audit key, the audit.
+
+`<home>/keyring/keyring.db`, owned by the keyring alone. Nothing in it is key
+material in the clear: KEKs and the audit signing key are stored wrapped by the
+master key, public keys are public, and the audit records who asked for what,
+never a key.
+
+Destroying keys must leave nothing behind: the connection runs with
+`secure_delete` (deleted cells are overwritten with zeros) and after a shred or a
+retirement the WAL is checkpointed and truncated, so no older page that held a
+wrapped KEK stays in the database file or its WAL. (Copies outside the keyring's
+reach, such as file-system snapshots or backups of this file, are the operator's
+to destroy.)
+
+The audit table is append-only: triggers refuse UPDATE and DELETE. They are
+created after the migrations because libs.storage splits migration scripts on
+semicolons, which a trigger body contains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+import structlog
+
+from slipway.libs.storage import Database
+
+log = structlog.get_logger("slipway.keyring.store")
+
+MIGRATIONS = [
+    """
+    CREATE TABLE teams (
+        team_id TEXT PRIMARY KEY,
+        current_version INTEGER NOT NULL,
+        retired_below INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        shredded_at REAL,
+        shred_reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE keks (
+        team_id TEXT NOT NULL REFERENCES teams (team_id),
+        version INTEGER NOT NULL,
+        wrapped BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (team_id, version)
+    );
+    CREATE TABLE public_keys (
+        team_id TEXT PRIMARY KEY,
+        public_key BLOB NOT NULL,
+        fingerprint TEXT NOT NULL,
+        registered_at REAL NOT NULL
+    );
+    CREATE TABLE signing_keys (
+        key_id TEXT PRIMARY KEY,
+        public_key BLOB NOT NULL,
+        wrapped_private BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        caller TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        team_id TEXT,
+        purpose TEXT,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        request_id TEXT
+    );
+    CREATE INDEX audit_team ON audit (team_id, id)
+    """,
+]
+
+_APPEND_ONLY = [
+    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit"
+    " BEGIN SELECT RAISE(ABORT, 'the keyring audit is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit"
+    " BEGIN SELECT RAISE(ABORT, 'the keyring audit is append-only'); END",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    """A team's key state (no key material)."""
+
+    team_id: str
+    current_version: int
+    retired_below: int
+    shredded_at: float | None
+    shred_reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One row of the keyring's audit."""
+
+    at: float
+    caller: str
+    operation: str
+    team_id: str | None
+    purpose: str | None
+    outcome: str
+    detail: str = ""
+    request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    key_id: str
+    public_key: bytes
+    wrapped_private: bytes
+
+
+_TEAM = (
+    "SELECT team_id, current_version, retired_below, shredded_at, shred_reason"
+    " FROM teams WHERE team_id = ?"
+)
+
+
+class KeyringStore:
+    """Reads and writes of the keyring's tables.
+
+    Reads go through their own connection, which sees only committed rows: a key
+    written by a transaction that may still roll back is never handed out.
+    """
+
+    def __init__(self, db: Database, reader: Database) -> None:
+        self.db = db
+        self.reader = reader
+        # Held around every write transaction and the WAL checkpoint, which cannot run
+        # while this connection is inside a transaction.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> KeyringStore:
+        """Open (creating) the database, migrated, with secure deletion on."""
+        db = await Database.open(path, MIGRATIONS)
+        await db.conn.execute("PRAGMA secure_delete=ON")
+        for statement in _APPEND_ONLY:
+            await db.conn.execute(statement)
+        return cls(db, await Database.open(path))
+
+    async def close(self) -> None:
+        await self.reader.close()
+        await self.db.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A write transaction: committed on success, rolled back on any error."""
+        async with self._lock, self.db.transaction() as conn:
+            yield conn
+
+    # ---- teams and KEKs -------------------------------------------------------------------
+
+    async def team(self, team_id: str) -> Team | None:
+        row = await self.reader.fetchone(_TEAM, (team_id,))
+        return _team(row) if row else None
+
+    async def wrapped_kek(self, team_id: str, version: int) -> bytes | None:
+        row = await self.reader.fetchone(
+            "SELECT wrapped FROM keks WHERE team_id = ? AND version = ?", (team_id, version)
+        )
+        return bytes(row["wrapped"]) if row else None
+
+    async def add_kek(
+        self, conn: aiosqlite.Connection, team_id: str, version: int, wrapped: bytes
+    ) -> None:
+        """Store KEK `version` and make it current, creating the team on its first key."""
+        now = time.time()
+        await conn.execute(
+            "INSERT INTO teams (team_id, current_version, created_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (team_id) DO UPDATE SET current_version = excluded.current_version",
+            (team_id, version, now),
+        )
+        await conn.execute(
+            "INSERT INTO keks (team_id, version, wrapped, created_at) VALUES (?, ?, ?, ?)",
+            (team_id, version, wrapped, now),
+        )
+
+    async def team_in(self, conn: aiosqlite.Connection, team_id: str) -> Team | None:
+        """The team as seen inside a write transaction (for read-then-write decisions)."""
+        async with conn.execute(_TEAM, (team_id,)) as cursor:
+            row = await cursor.fetchone()
+        return _team(row) if row else None
+
+    async def retire(self, conn: aiosqlite.Connection, team_id: str, below: int) -> list[int]:
+        """Destroy KEK versions below `below`; returns the versions destroyed."""
+        async with conn.execute(
+            "SELECT version FROM keks WHERE team_id = ? AND version < ? ORDER BY version",
+            (team_id, below),
+        ) as cursor:
+            versions = [int(row["version"]) for row in await cursor.fetchall()]
+        await conn.execute("DELETE FROM keks WHERE team_id = ? AND version < ?", (team_id, below))
+        await conn.execute(
+            "UPDATE teams SET retired_below = max(retired_below, ?) WHERE team_id = ?",
+            (below, team_id),
+        )
+        return versions
+
+    async def shred(self, conn: aiosqlite.Connection, team_id: str, reason: str) -> None:
+        """Destroy every KEK and the public key of a team and leave a tombstone."""
+        await conn.execute("DELETE FROM keks WHERE team_id = ?", (team_id,))
+        await conn.execute("DELETE FROM public_keys WHERE team_id = ?", (team_id,))
+        await conn.execute(
+            "INSERT INTO teams (team_id, current_version, created_at, shredded_at, shred_reason)"
+            " VALUES (?, 0, ?, ?, ?) ON CONFLICT (team_id) DO UPDATE"
+            " SET shredded_at = excluded.shredded_at, shred_reason = excluded.shred_reason",
+            (team_id, time.time(), time.time(), reason),
+        )
+
+    async def purge_freed_pages(self) -> None:
+        """Checkpoint and truncate the WAL, so destroyed keys survive in no older page."""
+        async with self._lock, self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
+            row = await cursor.fetchone()
+        if row is not None and int(row[0]) != 0:
+            # Busy: a reader still holds an old snapshot. The next checkpoint will finish it.
+            log.warning("keyring.wal_checkpoint_busy")
+
+    # ---- customer public keys ---------------------------------------------------------------
+
+    async def public_key(self, team_id: str) -> tuple[bytes, str] | None:
+        row = await self.reader.fetchone(
+            "SELECT public_key, fingerprint FROM public_keys WHERE team_id = ?", (team_id,)
+        )
+        return (bytes(row["public_key"]), str(row["fingerprint"])) if row else None
+
+    async def set_public_key(self, team_id: str, public_key: bytes, fingerprint: str) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO public_keys (team_id, public_key, fingerprint, registered_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (team_id) DO UPDATE"
+                " SET public_key = excluded.public_key, fingerprint = excluded.fingerprint,"
+                " registered_at = excluded.registered_at",
+                (team_id, public_key, fingerprint, time.time()),
+            )
+
+    # ---- the audit signing key ---------------------------------------------------------------
+
+    async def signing_key(self) -> SigningKey | None:
+        row = await self.reader.fetchone(
+            "SELECT key_id, public_key, wrapped_private FROM signing_keys"
+            " ORDER BY created_at DESC LIMIT 1"
+        )
+        if row is None:
+            return None
+        return SigningKey(
+            key_id=str(row["key_id"]),
+            public_key=bytes(row["public_key"]),
+            wrapped_private=bytes(row["wrapped_private"]),
+        )
+
+    async def add_signing_key(self, key: SigningKey) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO signing_keys (key_id, public_key, wrapped_private, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (key.key_id, key.public_key, key.wrapped_private, time.time()),
+            )
+
+    # ---- the audit ---------------------------------------------------------------------------
+
+    async def append_audit(self, record: AuditRecord) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO audit"
+                " (at, caller, operation, team_id, purpose, outcome, detail, request_id)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.at,
+                    record.caller,
+                    record.operation,
+                    record.team_id,
+                    record.purpose,
+                    record.outcome,
+                    record.detail,
+                    record.request_id,
+                ),
+            )
+
+    async def audit(self, team_id: str | None = None) -> list[AuditRecord]:
+        """The audit in order, of one team or of everything."""
+        sql = (
+            "SELECT at, caller, operation, team_id, purpose, outcome, detail, request_id FROM audit"
+        )
+        rows = await (
+            self.reader.fetchall(sql + " WHERE team_id = ? ORDER BY id", (team_id,))
+            if team_id is not None
+            else self.reader.fetchall(sql + " ORDER BY id")
+        )
+        return [
+            AuditRecord(
+                at=float(r["at"]),
+                caller=str(r["caller"]),
+                operation=str(r["operation"]),
+                team_id=r["team_id"],
+                purpose=r["purpose"],
+                outcome=str(r["outcome"]),
+                detail=str(r["detail"]),
+                request_id=r["request_id"],
+            )
+            for r in rows
+        ]
+
+
+def _team(row: aiosqlite.Row) -> Team:
+    return Team(
+        team_id=str(row["team_id"]),
+        current_version=int(row["current_version"]),
+        retired_below=int(row["retired_below"]),
+        shredded_at=row["shredded_at"],
+        shred_reason=str(row["shred_reason"]),
+    )
