@@ -1,0 +1,122 @@
+"""The gateway process: a ServiceApp (NATS, commands, graceful stop) serving an aiohttp API.
+
+Resources are set up in this order and torn down in reverse:
+
+1. `state`: the database (writer + reader), the outbox relay and the checkpoint
+   signer, started so that rows a crash left behind are relayed and signed;
+2. `http`: the aiohttp AppRunner + TCPSite, then the first-start bootstrap.
+
+On SIGTERM the ServiceApp stops taking commands and waits for handlers; then
+the HTTP site stops accepting connections and lets requests in flight finish
+(`shutdown_grace`), the relay makes a last pass, and the database closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from slipway.contracts.gateway import RELEASE_CREATE, CreateRelease
+from slipway.contracts.subjects import Service
+from slipway.libs.service import Key, ServiceApp
+from slipway.libs.storage import Database
+from slipway.services.gateway import (
+    account,
+    apps,
+    audit,
+    config,
+    formation,
+    middleware,
+    openapi,
+    releases,
+    teams,
+    tokens,
+)
+from slipway.services.gateway.bootstrap import bootstrap
+from slipway.services.gateway.checkpoints import Checkpointer
+from slipway.services.gateway.outbox import OutboxRelay
+from slipway.services.gateway.routing import Endpoint, install
+from slipway.services.gateway.schema import MIGRATIONS
+from slipway.services.gateway.settings import GatewaySettings
+from slipway.services.gateway.state import GATEWAY, Gateway
+
+RESOURCES = (account, tokens, teams, apps, config, releases, formation, audit, openapi)
+ENDPOINTS: list[Endpoint] = [e for module in RESOURCES for e in module.routes.endpoints]
+
+STATE = Key("gateway", Gateway)
+WEB = Key("web", web.Application)  # the served aiohttp app (tests enumerate its router)
+
+
+def build_web_app(gw: Gateway) -> web.Application:
+    """The aiohttp application serving the API, bound to the gateway's state."""
+    public = {e.handler for e in ENDPOINTS if e.public}
+    app = web.Application(
+        client_max_size=gw.settings.max_body_bytes,
+        middlewares=[
+            middleware.context,
+            middleware.version,
+            middleware.body_limit(gw.settings.max_body_bytes),
+            middleware.authentication(public),
+        ],
+    )
+    app[GATEWAY] = gw
+    app[openapi.DOCUMENT] = openapi.document(ENDPOINTS)
+    install(app, ENDPOINTS)
+    return app
+
+
+def create_service(settings: GatewaySettings) -> ServiceApp:
+    """The gateway as a runnable service."""
+    service = ServiceApp(Service.GATEWAY, settings=settings, description="Slipway's customer API")
+
+    @service.cleanup_ctx
+    async def state(service: ServiceApp) -> AsyncIterator[None]:
+        path = settings.db_path()
+        db = await Database.open(path, MIGRATIONS)
+        reader = await Database.open(path)
+        gw = Gateway(
+            settings=settings,
+            bus=service.bus,
+            db=db,
+            reader=reader.conn,
+            relay=OutboxRelay(db, reader.conn, service.bus, interval=settings.sweep_interval),
+            checkpointer=Checkpointer(
+                db, reader.conn, service.bus, interval=settings.sweep_interval
+            ),
+        )
+        service[STATE] = gw
+        if settings.outbox_relay:
+            gw.relay.start()
+        gw.checkpointer.start()
+        try:
+            yield
+        finally:
+            await gw.relay.stop()
+            await gw.checkpointer.stop()
+            await reader.close()
+            await db.close()
+
+    @service.cleanup_ctx
+    async def http(service: ServiceApp) -> AsyncIterator[None]:
+        gw = service[STATE]
+        service[WEB] = build_web_app(gw)
+        runner = web.AppRunner(
+            service[WEB], access_log=None, shutdown_timeout=settings.shutdown_grace
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, settings.api_host, settings.api_port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        gw.api_url = settings.api_url or f"http://{host}:{port}"
+        await bootstrap(gw)
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    @service.command(RELEASE_CREATE)
+    async def create_release(cmd: CreateRelease) -> None:
+        await releases.create_from_build(service[STATE], cmd)
+
+    return service

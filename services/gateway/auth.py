@@ -1,0 +1,149 @@
+"""Tokens and roles: who is calling, and what their role in a team lets them do.
+
+Tokens are `slp_` + 256 random bits (URL-safe base64). Only their SHA-256 is
+stored; the token itself is shown once, in the answer that created it. A token
+is refused (401) once revoked or past its expiry.
+
+Roles, per team:
+
+    owner   everything, including granting owner and destroying the team's key
+    admin   manage members (not owners), delete apps, rotate the team's key
+    member  create apps, deploy, change config, scale, roll back
+    viewer  read only
+
+A user who is not a member of an app's team is told the app does not exist
+(404, not 403): another team's app names are not theirs to learn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from enum import StrEnum
+
+from aiohttp import web
+
+from slipway.libs.errors import Forbidden, NotFound, Unauthorized
+from slipway.services.gateway import store
+from slipway.services.gateway.changes import Actor
+from slipway.services.gateway.state import GATEWAY, REQUEST_ID
+
+TOKEN_PREFIX = "slp_"  # noqa: S105 - a public marker that makes leaked tokens greppable
+
+
+class Role(StrEnum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+    VIEWER = "viewer"
+
+
+class Action(StrEnum):
+    READ = "read"
+    DEPLOY = "deploy"  # create apps, config, releases, formation
+    MANAGE = "manage"  # members, deleting apps, key rotation
+    DESTROY = "destroy"  # crypto-shredding the team, granting owner
+
+
+ALLOWED: dict[Role, frozenset[Action]] = {
+    Role.OWNER: frozenset(Action),
+    Role.ADMIN: frozenset({Action.READ, Action.DEPLOY, Action.MANAGE}),
+    Role.MEMBER: frozenset({Action.READ, Action.DEPLOY}),
+    Role.VIEWER: frozenset({Action.READ}),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller of one request."""
+
+    user: store.User
+    token: store.Token
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def bearer(header: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header."""
+    if not header:
+        raise Unauthorized("No credentials: send `Authorization: Bearer <token>`.")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Use `Authorization: Bearer <token>`.")
+    return token.strip()
+
+
+async def authenticate(request: web.Request, now: float) -> Principal:
+    """The user behind the request's bearer token; Unauthorized if none is valid."""
+    token = bearer(request.headers.get("Authorization"))
+    found = await store.user_by_token_hash(request.app[GATEWAY].reader, token_hash(token))
+    if found is None:
+        raise Unauthorized("Invalid credentials provided.")
+    user, record = found
+    if record.revoked_at is not None:
+        raise Unauthorized("This token was revoked.")
+    if record.expires_at is not None and record.expires_at <= now:
+        raise Unauthorized("This token has expired: create a new one.")
+    return Principal(user, record)
+
+
+def principal(request: web.Request) -> Principal:
+    return request[PRINCIPAL]
+
+
+def actor(request: web.Request) -> Actor:
+    """The acting user as the audit chain records them."""
+    user = request[PRINCIPAL].user
+    return Actor(
+        email=user.email,
+        user_id=user.id,
+        source_ip=request.remote,
+        request_id=request.get(REQUEST_ID),
+    )
+
+
+def require(role: str, action: Action, doing: str) -> None:
+    """Forbidden unless `role` allows `action`; `doing` completes "cannot ..."."""
+    if action not in ALLOWED[Role(role)]:
+        raise Forbidden(f"Your role in this team ({role}) cannot {doing}.")
+
+
+def require_admin(request: web.Request) -> None:
+    if not request[PRINCIPAL].user.platform_admin:
+        raise Forbidden("Only a platform admin can do this.")
+
+
+async def app_for(request: web.Request, action: Action, doing: str) -> store.App:
+    """The app named in the path if the caller's team role allows `action` on it."""
+    gw = request.app[GATEWAY]
+    found = await store.app_for_user(
+        gw.reader, request.match_info["app"], request[PRINCIPAL].user.id
+    )
+    if found is None:
+        raise NotFound("Couldn't find that app.")
+    app, role = found
+    require(role, action, doing)
+    return app
+
+
+async def team_for(
+    request: web.Request, ident: str, action: Action, doing: str
+) -> tuple[store.Team, str]:
+    """A team by name or id with the caller's role, if the role allows `action`."""
+    gw = request.app[GATEWAY]
+    team = await store.get_team(gw.reader, ident)
+    role = await store.role_in(gw.reader, team.id, principal(request).user.id) if team else None
+    if team is None or role is None:
+        raise NotFound("Couldn't find that team.")
+    require(role, action, doing)
+    return team, role

@@ -1,0 +1,89 @@
+"""Signed checkpoints of the audit chains, through the keyring's Ed25519 audit key.
+
+Policy: after every commit that appended audit entries, the head of each touched
+team's chain is signed (`keyring.AUDIT_SIGN` over `checkpoint_message(team, seq,
+head)`) and stored. Signing runs after the commit, off the request's path, so a
+burst of changes coalesces into one checkpoint of the latest head; and a keyring
+outage delays checkpoints without refusing changes. At start every team whose
+head is ahead of its last checkpoint is signed, so nothing stays unsigned.
+"""
+
+from __future__ import annotations
+
+import aiosqlite
+import structlog
+
+from slipway.contracts import keyring
+from slipway.libs.auditchain import checkpoint_message
+from slipway.libs.bus import Bus
+from slipway.libs.storage import Database
+from slipway.services.gateway.store import timestamp
+from slipway.services.gateway.sweeper import Sweeper
+
+log = structlog.get_logger("slipway.gateway.checkpoints")
+
+
+class Checkpointer(Sweeper):
+    """Signs chain heads that no checkpoint covers yet."""
+
+    name = "checkpoints"
+
+    def __init__(
+        self, db: Database, reader: aiosqlite.Connection, bus: Bus, *, interval: float = 5.0
+    ) -> None:
+        super().__init__(interval=interval)
+        self.db = db
+        self.reader = reader
+        self.bus = bus
+        self._dirty: set[str] | None = None  # None: look at every team (at start)
+
+    def touched(self, team_ids: set[str]) -> None:
+        """Teams whose chains grew: sign their heads soon."""
+        if self._dirty is not None:
+            self._dirty |= team_ids
+        self.wake()
+
+    async def sweep(self) -> None:
+        teams = self._dirty if self._dirty is not None else await self._unsigned_teams()
+        self._dirty = set()
+        try:
+            for team_id in sorted(teams):
+                await self.sign_head(team_id)
+        except BaseException:
+            # The keyring is away: keep the teams for the next sweep.
+            self._dirty |= teams
+            raise
+
+    async def _unsigned_teams(self) -> set[str]:
+        async with self.reader.execute(
+            "SELECT e.team_id FROM audit_entries e GROUP BY e.team_id HAVING max(e.seq) >"
+            " coalesce((SELECT max(c.seq) FROM audit_checkpoints c WHERE c.team_id = e.team_id), 0)"
+        ) as cursor:
+            return {row["team_id"] for row in await cursor.fetchall()}
+
+    async def sign_head(self, team_id: str) -> int | None:
+        """Sign the current head of `team_id`'s chain unless a checkpoint covers it already."""
+        async with self.reader.execute(
+            "SELECT seq, hash FROM audit_entries WHERE team_id = ? ORDER BY seq DESC LIMIT 1",
+            (team_id,),
+        ) as cursor:
+            head = await cursor.fetchone()
+        if head is None:
+            return None
+        async with self.reader.execute(
+            "SELECT 1 FROM audit_checkpoints WHERE team_id = ? AND seq >= ?", (team_id, head["seq"])
+        ) as cursor:
+            if await cursor.fetchone() is not None:
+                return None
+        seq, digest = int(head["seq"]), str(head["hash"])
+        signed = await self.bus.call(
+            keyring.AUDIT_SIGN,
+            keyring.SignAudit(team_id=team_id, message=checkpoint_message(team_id, seq, digest)),
+        )
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT OR IGNORE INTO audit_checkpoints"
+                " (team_id, seq, head, at, key_id, signature) VALUES (?, ?, ?, ?, ?, ?)",
+                (team_id, seq, digest, timestamp(), signed.key_id, signed.signature.hex()),
+            )
+        return seq

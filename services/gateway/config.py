@@ -1,0 +1,222 @@
+"""Config vars: validated, stored only as envelope ciphertext, changed by new releases.
+
+Each change writes a new config version: the whole map, encrypted under a fresh
+data key from the keyring (purpose `config`), bound to its place — team, app,
+kind "config" and the version's own id — so a ciphertext copied to another row
+or app does not decrypt. The database and the events never hold a value; events
+name the changed keys only.
+
+Rules: keys match `^[A-Za-z_][A-Za-z0-9_]*$` (what a shell can export); values
+are at most `config_value_max_bytes` (32 KiB) and hold no NUL; the whole map
+stays under `config_total_max_bytes` and `config_max_keys`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import cast
+
+from aiohttp import web
+
+from slipway.contracts.gateway import CONFIG_CHANGED, ConfigChanged
+from slipway.libs.errors import Conflict, Gone, NotFound
+from slipway.services.gateway import store
+from slipway.services.gateway.auth import Action, actor, app_for
+from slipway.services.gateway.changes import Actor, Change, change
+from slipway.services.gateway.errors import InvalidParams
+from slipway.services.gateway.releases import find_release, new_release
+from slipway.services.gateway.routing import Routes, read_body, reply
+from slipway.services.gateway.schemas import ConfigPatch
+from slipway.services.gateway.sealing import ConfigVars, seal, unseal
+from slipway.services.gateway.settings import GatewaySettings
+from slipway.services.gateway.state import GATEWAY, Gateway
+from slipway.services.gateway.store import new_uuid, timestamp
+
+routes = Routes("config-vars")
+
+KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+MAX_KEY_LENGTH = 256
+ATTEMPTS = 5  # optimistic retries when another change lands between read and write
+
+
+def check_changes(changes: ConfigPatch, settings: GatewaySettings) -> None:
+    """Refuse a bad key or value, naming it (never echoing a value)."""
+    if not changes:
+        raise InvalidParams('No config vars given: send {"KEY": "value"} or {"KEY": null}.')
+    for key, value in changes.items():
+        if not KEY.match(key) or len(key) > MAX_KEY_LENGTH:
+            raise InvalidParams(
+                f"Invalid config var name {key[:60]!r}: use letters, digits and underscores,"
+                " not starting with a digit."
+            )
+        if value is None:
+            continue
+        if "\x00" in value:
+            raise InvalidParams(f"The value of {key} contains a NUL byte, which is not allowed.")
+        size = len(value.encode())
+        if size > settings.config_value_max_bytes:
+            raise InvalidParams(
+                f"The value of {key} is {size} bytes; the limit is"
+                f" {settings.config_value_max_bytes} bytes per value."
+            )
+
+
+def apply_changes(
+    current: ConfigVars, changes: ConfigPatch, settings: GatewaySettings
+) -> ConfigVars:
+    """The config after `changes` (null removes a key), within the total limits."""
+    updated = dict(current)
+    for key, value in changes.items():
+        if value is None:
+            updated.pop(key, None)
+        else:
+            updated[key] = value
+    total = sum(len(k.encode()) + len(v.encode()) for k, v in updated.items())
+    if total > settings.config_total_max_bytes:
+        raise InvalidParams(
+            f"All config vars together would take {total} bytes; the limit is"
+            f" {settings.config_total_max_bytes} bytes."
+        )
+    if len(updated) > settings.config_max_keys:
+        raise InvalidParams(f"An app may have at most {settings.config_max_keys} config vars.")
+    return updated
+
+
+def describe(before: ConfigVars, after: ConfigVars) -> tuple[list[str], list[str], str]:
+    """(keys set, keys removed, the release description Heroku would write)."""
+    set_keys = sorted(k for k, v in after.items() if before.get(k) != v)
+    removed = sorted(before.keys() - after.keys())
+    parts = []
+    if set_keys:
+        parts.append(f"Set {', '.join(set_keys)}")
+    if removed:
+        parts.append(f"{'remove' if set_keys else 'Remove'} {', '.join(removed)}")
+    return set_keys, removed, f"{' and '.join(parts)} config vars"
+
+
+async def read_config(gw: Gateway, app: store.App, version_id: str | None) -> ConfigVars:
+    """The decrypted config of one version (empty before the first change)."""
+    if version_id is None:
+        return {}
+    if app.shredded_at:
+        raise Gone(
+            f"The config of {app.name} was destroyed: its team's key was crypto-shredded on"
+            f" {app.shredded_at}. It can never be read again."
+        )
+    ciphertext = await store.config_ciphertext(gw.reader, app.id, version_id)
+    if ciphertext is None:
+        raise NotFound(f"Config version {version_id} of {app.name} is missing.")
+    return await unseal(gw, app, version_id, ciphertext)
+
+
+class _Stale(Exception):
+    """The app's config changed between our read and our write."""
+
+
+async def update_config(
+    gw: Gateway, who: Actor, app: store.App, changes: ConfigPatch
+) -> ConfigVars:
+    """Apply `changes` as a new encrypted version and a new release; returns the new config."""
+    check_changes(changes, gw.settings)
+    async with gw.config_lock(app.id):
+        return await _update_config(gw, who, app, changes)
+
+
+async def _update_config(
+    gw: Gateway, who: Actor, app: store.App, changes: ConfigPatch
+) -> ConfigVars:
+    for _ in range(ATTEMPTS):
+        # Read again: the app's config may have changed while this request waited its turn.
+        fresh_app = await store.get_app(gw.reader, app.id)
+        if fresh_app is None:
+            raise NotFound("Couldn't find that app.")
+        app = fresh_app
+        base = app.config_version_id
+        before = await read_config(gw, app, base)
+        after = apply_changes(before, changes, gw.settings)
+        set_keys, removed, description = describe(before, after)
+        if not set_keys and not removed:
+            return before
+        version_id = new_uuid()
+        ciphertext = await seal(gw, app, version_id, after)
+        try:
+            async with change(gw, who) as tx:
+                await _commit(tx, app, base, version_id, ciphertext, set_keys, removed, description)
+            return after
+        except _Stale:
+            continue
+    raise Conflict("The config kept changing under this request; try again.")
+
+
+async def _commit(
+    tx: Change,
+    app: store.App,
+    base: str | None,
+    version_id: str,
+    ciphertext: bytes,
+    set_keys: list[str],
+    removed: list[str],
+    description: str,
+) -> None:
+    """Store the new version and its release, unless another change got there first."""
+    fresh = await store.get_app(tx.conn, app.id)
+    if fresh is None:
+        raise NotFound("Couldn't find that app.")
+    if fresh.config_version_id != base:
+        raise _Stale
+    await store.insert_config_version(tx.conn, version_id, app.id, ciphertext, timestamp())
+    release = await new_release(tx, fresh, description=description, config_version_id=version_id)
+    tx.audit(
+        app.team_id,
+        "config.update",
+        app_name=fresh.name,
+        app_id=app.id,
+        details={
+            "set": ",".join(set_keys),
+            "removed": ",".join(removed),
+            "version": str(release.version),
+        },
+    )
+    tx.emit(
+        CONFIG_CHANGED,
+        ConfigChanged(
+            app_id=app.id,
+            app_name=fresh.name,
+            team_id=app.team_id,
+            config_version=version_id,
+            keys_set=set_keys,
+            keys_removed=removed,
+            release_version=release.version,
+            actor=tx.actor.email,
+        ),
+    )
+
+
+@routes.get("/apps/{app}/config-vars", summary="The app's config vars", response=dict[str, str])
+async def info(request: web.Request) -> web.Response:
+    app = await app_for(request, Action.READ, "read it")
+    return reply(await read_config(request.app[GATEWAY], app, app.config_version_id))
+
+
+@routes.patch(
+    "/apps/{app}/config-vars",
+    summary="Set (string) or remove (null) config vars",
+    body=ConfigPatch,
+    response=dict[str, str],
+)
+async def update(request: web.Request) -> web.Response:
+    app = await app_for(request, Action.DEPLOY, "change config vars")
+    changes = cast(ConfigPatch, await read_body(request, ConfigPatch))
+    return reply(await update_config(request.app[GATEWAY], actor(request), app, changes))
+
+
+@routes.get(
+    "/apps/{app}/releases/{release}/config-vars",
+    summary="The config vars of a release",
+    response=dict[str, str],
+)
+async def release_info(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    app = await app_for(request, Action.READ, "read it")
+    release = await find_release(gw.reader, app, request.match_info["release"])
+    return reply(await read_config(gw, app, release.config_version_id))

@@ -1,0 +1,217 @@
+"""Releases: an image plus a config version plus process types, numbered v1, v2, ...
+
+Every change of what runs makes a release: app creation (v1 "Initial release"),
+a config change ("Set FOO config vars"), a build (the builder's
+`gateway.release.create` command) and a rollback ("Rollback to v4", the image,
+process types and config of v4). The newest release is the current one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+
+from slipway.contracts.gateway import RELEASE_CREATED, CreateRelease, ReleaseCreated
+from slipway.libs.errors import NotFound
+from slipway.libs.storage import claim
+from slipway.services.gateway import store, views
+from slipway.services.gateway.auth import Action, actor, app_for
+from slipway.services.gateway.changes import Actor, Change, change
+from slipway.services.gateway.formation import check_process_types, desired, sync_formation
+from slipway.services.gateway.routing import Routes, read_body, reply
+from slipway.services.gateway.schemas import Rollback
+from slipway.services.gateway.state import GATEWAY, Gateway
+from slipway.services.gateway.store import new_uuid, timestamp
+
+log = structlog.get_logger("slipway.gateway.releases")
+
+routes = Routes("releases")
+
+
+class _Keep:
+    """new_release's default: the app's current config version."""
+
+
+_KEEP = _Keep()
+
+
+@dataclass(frozen=True)
+class Slug:
+    """What a release runs: an image and its process types."""
+
+    image_ref: str | None = None
+    image_digest: str | None = None
+    process_types: dict[str, str] | None = None
+
+    @classmethod
+    def of(cls, release: store.Release) -> Slug:
+        return cls(release.image_ref, release.image_digest, release.process_types)
+
+
+async def new_release(
+    tx: Change,
+    app: store.App,
+    *,
+    description: str,
+    slug: Slug | None = None,
+    config_version_id: str | _Keep | None = _KEEP,
+    rollback_of: int | None = None,
+) -> store.Release:
+    """Record the app's next release; `slug` None carries the current one's image forward."""
+    current = await store.current_release(tx.conn, app.id)
+    if slug is None:
+        slug = Slug.of(current) if current else Slug()
+    if isinstance(config_version_id, _Keep):
+        config_version_id = app.config_version_id
+    at = timestamp()
+    release = store.Release(
+        new_uuid(),
+        app.id,
+        (current.version if current else 0) + 1,
+        description,
+        "succeeded",
+        slug.image_ref,
+        slug.image_digest,
+        config_version_id,
+        slug.process_types or {},
+        tx.actor.user_id,
+        tx.actor.email,
+        rollback_of,
+        at,
+        at,
+    )
+    await store.insert_release(tx.conn, release)
+    await store.update_app(tx.conn, app.id, at, released_at=at, config_version_id=config_version_id)
+    formation = await sync_formation(tx.conn, app.id, release.process_types)
+    tx.emit(
+        RELEASE_CREATED,
+        ReleaseCreated(
+            app_id=app.id,
+            app_name=app.name,
+            team_id=app.team_id,
+            release_id=release.id,
+            version=release.version,
+            description=description,
+            image_ref=release.image_ref,
+            image_digest=release.image_digest,
+            config_version=config_version_id,
+            process_types=release.process_types,
+            formation=desired(formation),
+            rollback_of=rollback_of,
+            actor=tx.actor.email,
+        ),
+    )
+    return release
+
+
+def release_view(app: store.App, release: store.Release, current_version: int) -> views.Release:
+    image = (
+        views.Image(ref=release.image_ref, digest=release.image_digest)
+        if release.image_ref and release.image_digest
+        else None
+    )
+    return views.Release(
+        id=release.id,
+        version=release.version,
+        description=release.description,
+        status=release.status,
+        current=release.version == current_version,
+        eligible_for_rollback=release.version != current_version,
+        created_at=release.created_at,
+        updated_at=release.updated_at,
+        app=views.AppRef(id=app.id, name=app.name),
+        user=views.UserRef(id=release.user_id, email=release.user_email),
+        slug=views.SlugRef(id=image.digest) if image else None,
+        artifacts=[views.Artifact(type="oci-image", id=image.digest)] if image else [],
+        image=image,
+        process_types=release.process_types,
+    )
+
+
+@routes.get(
+    "/apps/{app}/releases", summary="List releases, oldest first", response=list[views.Release]
+)
+async def list_releases(request: web.Request) -> web.Response:
+    app = await app_for(request, Action.READ, "read it")
+    releases = await store.list_releases(request.app[GATEWAY].reader, app.id)
+    newest = releases[-1].version if releases else 0
+    return reply([release_view(app, r, newest) for r in releases])
+
+
+async def find_release(conn: store.Conn, app: store.App, ident: str) -> store.Release:
+    release = await store.get_release(conn, app.id, ident)
+    if release is None:
+        raise NotFound(f"Couldn't find that release ({ident[:40]}).")
+    return release
+
+
+@routes.get(
+    "/apps/{app}/releases/{release}",
+    summary="Info for a release (id or version)",
+    response=views.Release,
+)
+async def info(request: web.Request) -> web.Response:
+    reader = request.app[GATEWAY].reader
+    app = await app_for(request, Action.READ, "read it")
+    release = await find_release(reader, app, request.match_info["release"])
+    current = await store.current_release(reader, app.id)
+    return reply(release_view(app, release, current.version if current else 0))
+
+
+@routes.post(
+    "/apps/{app}/releases",
+    summary="Roll back to an earlier release",
+    body=Rollback,
+    response=views.Release,
+    status=201,
+)
+async def rollback(request: web.Request) -> web.Response:
+    app = await app_for(request, Action.DEPLOY, "roll back the app")
+    body = await read_body(request, Rollback)
+    async with change(request.app[GATEWAY], actor(request)) as tx:
+        target = await find_release(tx.conn, app, body.release)
+        release = await new_release(
+            tx,
+            app,
+            description=f"Rollback to v{target.version}",
+            slug=Slug.of(target),
+            config_version_id=target.config_version_id,
+            rollback_of=target.version,
+        )
+        tx.audit(
+            app.team_id,
+            "release.rollback",
+            app_name=app.name,
+            app_id=app.id,
+            details={"to": f"v{target.version}", "version": str(release.version)},
+        )
+    return reply(release_view(app, release, release.version), 201)
+
+
+async def create_from_build(gw: Gateway, cmd: CreateRelease) -> store.Release | None:
+    """Handle the builder's command once: a redelivered command id changes nothing."""
+    check_process_types(cmd.process_types)
+    user = await store.get_user(gw.reader, cmd.actor)
+    who = Actor(email=cmd.actor, user_id=user.id if user else None)
+    digest = cmd.image_digest.removeprefix("sha256:")
+    async with change(gw, who) as tx:
+        if not await claim(tx.conn, cmd.command_id):
+            return None
+        app = await store.get_app(tx.conn, cmd.app_id)
+        if app is None:
+            # Deleted while it was building: nothing to release, and nothing to retry.
+            log.warning("release.app_gone", app_id=cmd.app_id)
+            return None
+        release = await new_release(
+            tx,
+            app,
+            description=cmd.description or f"Deploy {digest[:12]}",
+            slug=Slug(cmd.image_ref, cmd.image_digest, cmd.process_types),
+        )
+        details = {"version": str(release.version), "image": cmd.image_digest}
+        if cmd.build_id:
+            details["build"] = cmd.build_id
+        tx.audit(app.team_id, "release.create", app_name=app.name, app_id=app.id, details=details)
+    return release

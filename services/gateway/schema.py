@@ -1,0 +1,128 @@
+"""The gateway database's schema, as numbered migrations (`libs.storage` applies them at open).
+
+A migration is never edited once released: a change is a new entry at the end.
+Config values live only as ciphertext (`config_versions.ciphertext`), tokens
+only as SHA-256 (`tokens.token_hash`); `audit_entries.entry` holds the exact
+canonical bytes the chain hash covers.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS = [
+    """
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        email TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        name TEXT,
+        platform_admin INTEGER NOT NULL DEFAULT 0,
+        default_team_id TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id),
+        token_hash TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        issued_by TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        expires_at REAL,
+        revoked_at TEXT
+    );
+    CREATE INDEX tokens_user ON tokens(user_id);
+    CREATE TABLE teams (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        personal INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        shredded_at TEXT
+    );
+    CREATE TABLE members (
+        id TEXT PRIMARY KEY,
+        team_id TEXT NOT NULL REFERENCES teams(id),
+        user_id TEXT NOT NULL REFERENCES users(id),
+        role TEXT NOT NULL CHECK (role IN ('owner', 'admin', 'member', 'viewer')),
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (team_id, user_id)
+    );
+    CREATE INDEX members_user ON members(user_id);
+    CREATE TABLE apps (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        team_id TEXT NOT NULL REFERENCES teams(id),
+        owner_id TEXT NOT NULL REFERENCES users(id),
+        maintenance INTEGER NOT NULL DEFAULT 0,
+        config_version_id TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        released_at TEXT
+    );
+    CREATE INDEX apps_team ON apps(team_id);
+    CREATE TABLE config_versions (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        ciphertext BLOB NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE releases (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        description TEXT NOT NULL,
+        status TEXT NOT NULL,
+        image_ref TEXT,
+        image_digest TEXT,
+        config_version_id TEXT,
+        process_types TEXT NOT NULL DEFAULT '{}',
+        user_id TEXT,
+        user_email TEXT NOT NULL,
+        rollback_of INTEGER,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (app_id, version)
+    );
+    CREATE TABLE formation (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        type TEXT NOT NULL,
+        quantity INTEGER NOT NULL,
+        size TEXT NOT NULL,
+        command TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (app_id, type)
+    );
+    CREATE TABLE audit_entries (
+        team_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        app_id TEXT,
+        entry TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        PRIMARY KEY (team_id, seq)
+    );
+    CREATE INDEX audit_app ON audit_entries(app_id, team_id, seq);
+    CREATE TABLE audit_checkpoints (
+        team_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        head TEXT NOT NULL,
+        at TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        signature TEXT NOT NULL,
+        PRIMARY KEY (team_id, seq)
+    );
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id TEXT NOT NULL UNIQUE,
+        subject TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        request_id TEXT,
+        created_at REAL NOT NULL,
+        sent_at REAL
+    );
+    CREATE INDEX outbox_pending ON outbox(seq) WHERE sent_at IS NULL
+    """,
+]

@@ -1,0 +1,58 @@
+"""Config versions sealed with envelope encryption through the keyring (`libs.crypto.envelope`).
+
+The binding ties a ciphertext to its place: the team, the app, the kind
+("config") and the config version's id. Moved to another row, app or team it
+fails to decrypt, and the API says so (500 data_integrity) instead of serving
+someone else's secrets. A team whose key was destroyed answers 410 gone.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import structlog
+
+from slipway.contracts.keyring import Purpose
+from slipway.libs.crypto import Binding, DecryptionFailed, envelope
+from slipway.libs.errors import Gone
+from slipway.services.gateway import store
+from slipway.services.gateway.errors import DataIntegrity
+from slipway.services.gateway.state import Gateway
+
+log = structlog.get_logger("slipway.gateway.sealing")
+
+ConfigVars = dict[str, str]
+
+_decode = msgspec.json.Decoder(dict[str, str])
+
+
+def binding(app: store.App, version_id: str) -> Binding:
+    return Binding(team=app.team_id, app=app.id, kind="config", record=version_id)
+
+
+async def seal(gw: Gateway, app: store.App, version_id: str, values: ConfigVars) -> bytes:
+    """The ciphertext of one config version."""
+    plaintext = msgspec.json.encode(dict(sorted(values.items())))
+    return await envelope.encrypt(
+        gw.bus, app.team_id, Purpose.CONFIG, binding(app, version_id), plaintext
+    )
+
+
+async def unseal(gw: Gateway, app: store.App, version_id: str, ciphertext: bytes) -> ConfigVars:
+    """The values of one config version."""
+    try:
+        plaintext = await envelope.decrypt(
+            gw.bus, app.team_id, Purpose.CONFIG, binding(app, version_id), ciphertext
+        )
+    except Gone:
+        raise Gone(
+            f"The config of {app.name} was destroyed with its team's key (crypto-shredded);"
+            " it can never be read again."
+        ) from None
+    except DecryptionFailed:
+        log.error("config.integrity_failed", app=app.name, config_version=version_id)
+        raise DataIntegrity(
+            f"The stored config of {app.name} failed its integrity check: it was altered or"
+            " moved from another app. Nothing was changed; restore it from a backup or set"
+            " the config vars again."
+        ) from None
+    return _decode.decode(plaintext)

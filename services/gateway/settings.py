@@ -1,0 +1,44 @@
+"""The gateway's settings, read from `SLIPWAY_*` environment variables.
+
+SLIPWAY_API_PORT=5100 SLIPWAY_HOME=var python -m slipway.services.gateway
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slipway.libs.service import Settings
+
+KIB = 1024
+MIB = 1024 * KIB
+DAY = 86400
+
+
+class GatewaySettings(Settings, frozen=True, kw_only=True):
+    """What the customer's door needs besides what every service has."""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 5100  # 0 picks a free port (tests); the bound URL is then in Gateway.api_url
+    # The URL customers reach the API at, when it differs from http://api_host:api_port.
+    api_url: str = ""
+    # Apps answer at http://<app>.<apps_domain>:<router_port>/ (the router, Caddy).
+    apps_domain: str = "localhost"
+    router_port: int = 8080
+    admin_email: str = "admin@slipway.local"
+    max_body_bytes: int = 1 * MIB
+    config_value_max_bytes: int = 32 * KIB
+    config_total_max_bytes: int = 256 * KIB
+    config_max_keys: int = 500
+    token_ttl: int = 30 * DAY  # when a client asks for no expiry
+    token_max_ttl: int = 365 * DAY
+    bootstrap_token_ttl: int = 90 * DAY
+    # False only in tests that prove events survive a crash between commit and publish.
+    outbox_relay: bool = True
+    # Seconds between outbox and checkpoint sweeps when nothing wakes them earlier.
+    sweep_interval: float = 5.0
+
+    def db_path(self) -> Path:
+        return self.state_dir("gateway") / "gateway.db"
+
+    def bootstrap_path(self) -> Path:
+        return self.state_dir("gateway") / "bootstrap.json"

@@ -1,0 +1,52 @@
+"""The gateway's shared state, reachable from every handler through `request.app[GATEWAY]`."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass, field
+
+import aiosqlite
+from aiohttp import web
+
+from slipway.libs.bus import Bus
+from slipway.libs.storage import Database
+from slipway.services.gateway.checkpoints import Checkpointer
+from slipway.services.gateway.outbox import OutboxRelay
+from slipway.services.gateway.settings import GatewaySettings
+
+
+@dataclass
+class Gateway:
+    """Everything a request needs: settings, the bus, the database and the background relays."""
+
+    settings: GatewaySettings
+    bus: Bus
+    db: Database  # the writer: every change goes through db.transaction()
+    reader: aiosqlite.Connection  # committed data only, never blocked behind a writer
+    relay: OutboxRelay
+    checkpointer: Checkpointer
+    api_url: str = ""
+    # One config change at a time per app in this process: concurrent PATCHes queue
+    # instead of racing (the version check in the transaction still guards other writers).
+    config_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
+
+    def config_lock(self, app_id: str) -> asyncio.Lock:
+        lock = self.config_locks.get(app_id)
+        if lock is None:
+            lock = self.config_locks[app_id] = asyncio.Lock()
+        return lock
+
+    def web_url(self, app_name: str) -> str:
+        settings = self.settings
+        return f"http://{app_name}.{settings.apps_domain}:{settings.router_port}/"
+
+    def git_url(self, app_name: str) -> str:
+        return f"{self.api_url}/{app_name}.git"
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+# The id of the request being handled: echoed as `Request-Id`, carried on the bus, audited.
+REQUEST_ID = web.RequestKey("request_id", str)
