@@ -1,0 +1,18 @@
+"""The commands, one module per topic; importing a module registers its commands.
+
+The order of `TOPICS` is the order of `slipway help`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+TOPICS = ("auth", "apps", "config_vars", "releases", "ps", "teams", "tokens", "audit", "gitremote")
+
+
+@functools.cache
+def load() -> None:
+    """Import every command module (once)."""
+    for module in TOPICS:
+        importlib.import_module(f"{__name__}.{module}")
