@@ -7,8 +7,12 @@ Everything else lives in pyproject.toml.
 
 from setuptools import find_packages, setup
 
-AREAS = {"contracts": "slipway.contracts", "libs": "slipway.libs",
-         "services": "slipway.services", "cli": "slipway.cli"}
+AREAS = {
+    "contracts": "slipway.contracts",
+    "libs": "slipway.libs",
+    "services": "slipway.services",
+    "cli": "slipway.cli",
+}
 
 packages = []
 for folder, name in AREAS.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -21,10 +22,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def hardened(tmp_path: Path) -> NatsServer:
+def hardened(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server with one user per service."""
     server = NatsServer(tmp_path / "nats", hardened=True)
     server.start()
-    yield server  # type: ignore[misc]
+    yield server
     server.stop()
 
 

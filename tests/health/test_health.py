@@ -55,9 +55,7 @@ async def test_wait_keeps_asking_until_the_service_starts(
     observer = await nats.connect(nats_server.url)
     watch = await observer.subscribe(subjects.srv_subjects("PING", "keyring", "")[1], cb=record)
     try:
-        waiting = asyncio.create_task(
-            wait_for_services(nats_server.url, ["keyring"], timeout=20)
-        )
+        waiting = asyncio.create_task(wait_for_services(nats_server.url, ["keyring"], timeout=20))
         await assert_eventually(lambda: _check(len(asked) >= 1))
         await watch.unsubscribe()
         assert not waiting.done()

@@ -26,8 +26,13 @@ def test_backoff_resets_after_a_healthy_run() -> None:
 def test_discovery_finds_packages_with_main_in_start_order(tmp_path: Path) -> None:
     """Keyring starts first, unknown services next (sorted), the gateway last; others ignored."""
     for name, runnable in [
-        ("gateway", True), ("zeta", True), ("keyring", True), ("registry_proxy", True),
-        ("alpha", True), ("half_written", False), ("_private", True),
+        ("gateway", True),
+        ("zeta", True),
+        ("keyring", True),
+        ("registry_proxy", True),
+        ("alpha", True),
+        ("half_written", False),
+        ("_private", True),
     ]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").touch()
@@ -35,7 +40,11 @@ def test_discovery_finds_packages_with_main_in_start_order(tmp_path: Path) -> No
             (tmp_path / name / "__main__.py").touch()
     (tmp_path / "loose.py").touch()
     assert discover_services([str(tmp_path)]) == [
-        "keyring", "registry-proxy", "alpha", "zeta", "gateway",
+        "keyring",
+        "registry-proxy",
+        "alpha",
+        "zeta",
+        "gateway",
     ]
 
 

@@ -86,8 +86,16 @@ async def supervisor_process(
     args = [f"--child={name}={shlex.join(argv)}" for name, argv in children]
     with (home.parent / "supervisor.stderr").open("ab") as stderr:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "slipway.libs.supervisor", "--home", str(home),
-            "--nats-port", "0", "--grace", "5", *args,
+            sys.executable,
+            "-m",
+            "slipway.libs.supervisor",
+            "--home",
+            str(home),
+            "--nats-port",
+            "0",
+            "--grace",
+            "5",
+            *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,
             env={**os.environ, "SLIPWAY_LOG_FORMAT": "json"},
@@ -179,8 +187,14 @@ async def test_second_supervisor_refuses_to_start_while_one_runs(
 
         await assert_eventually(running)
         second = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "slipway.libs.supervisor", "--home", str(home),
-            "--nats-port", "0", f"--child=only={shlex.join(children[0][1])}",
+            sys.executable,
+            "-m",
+            "slipway.libs.supervisor",
+            "--home",
+            str(home),
+            "--nats-port",
+            "0",
+            f"--child=only={shlex.join(children[0][1])}",
             stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await asyncio.wait_for(second.communicate(), 20)
