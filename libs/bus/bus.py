@@ -197,14 +197,29 @@ class Bus:
             )
         rid = context.request_id()
         headers = {context.REQUEST_ID_HEADER: rid} if rid else None
-        try:
-            msg = await self.nc.request(
-                rpc.subject, encode(request), timeout=timeout, headers=headers
-            )
-        except nats.errors.NoRespondersError:
-            raise Unavailable(f"no {rpc.service} instance is serving {rpc.name}") from None
-        except nats.errors.TimeoutError:
-            raise Timeout(f"{rpc.service} did not answer {rpc.name} within {timeout:g}s") from None
+        payload = encode(request)
+        deadline = time.monotonic() + timeout
+        pause = 0.02
+        while True:
+            try:
+                msg = await self.nc.request(
+                    rpc.subject,
+                    payload,
+                    timeout=max(deadline - time.monotonic(), 0.001),
+                    headers=headers,
+                )
+                break
+            except nats.errors.NoRespondersError:
+                # Nobody serves it right now: a service restarting, or a subscription
+                # still propagating. Try again until the caller's deadline.
+                if time.monotonic() + pause >= deadline:
+                    raise Unavailable(f"no {rpc.service} instance is serving {rpc.name}") from None
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
+            except nats.errors.TimeoutError:
+                raise Timeout(
+                    f"{rpc.service} did not answer {rpc.name} within {timeout:g}s"
+                ) from None
         try:
             reply = self._reply_decoder(rpc).decode(msg.data)
         except msgspec.DecodeError as exc:
