@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -52,6 +53,7 @@ class Job(Command, tag="bench.job.v1", frozen=True, kw_only=True):
 
 RPC = Rpc(Service.KEYRING, "bench", subjects.rpc(Service.KEYRING, "bench"), Ping, Pong)
 RAW_SUBJECT = subjects.rpc(Service.KEYRING, "bench-raw")
+PLAIN_SUBJECT = subjects.rpc(Service.KEYRING, "bench-plain")
 JOB = CommandSpec(Service.BUILDER, "job", subjects.cmd(Service.BUILDER, "job"), Job)
 RAW_JOB_SUBJECT = subjects.cmd(Service.BACKUP, "job")
 
@@ -84,8 +86,15 @@ async def serve(url: str, log_path: str) -> None:
         async def echo(msg: Msg) -> None:
             await msg.respond(msg.data)
 
+        async def plain(msg: Msg) -> None:
+            # What a hand-written nats-py service does: parse the JSON, answer JSON.
+            body = json.loads(msg.data)
+            reply = {"type": "bench.pong.v1", "app": body["app"], "payload": body["payload"]}
+            await msg.respond(json.dumps(reply).encode())
+
         await server.serve(RPC, handle)
         await raw_server.subscribe(RAW_SUBJECT, queue="keyring", cb=echo)
+        await raw_server.subscribe(PLAIN_SUBJECT, queue="keyring", cb=plain)
         await raw_server.flush()
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
@@ -95,7 +104,7 @@ async def serve(url: str, log_path: str) -> None:
 
 async def rpc_rounds(
     url: str, total: int, concurrency: int, rounds: int, log_path: str
-) -> tuple[float, float]:
+) -> tuple[float, float, float]:
     answering = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -120,17 +129,22 @@ async def rpc_rounds(
     async def raw() -> object:
         return await raw_client.request(RAW_SUBJECT, raw_payload, timeout=5)
 
-    typed_rates, raw_rates = [], []
-    await drive(500, concurrency, typed)  # warm-up
-    await drive(500, concurrency, raw)
+    async def plain() -> object:
+        msg = await raw_client.request(PLAIN_SUBJECT, raw_payload, timeout=5)
+        return json.loads(msg.data)
+
+    typed_rates, raw_rates, plain_rates = [], [], []
+    for one in (typed, raw, plain):
+        await drive(500, concurrency, one)  # warm-up
     for _ in range(rounds):
         raw_rates.append(await drive(total, concurrency, raw))
+        plain_rates.append(await drive(total, concurrency, plain))
         typed_rates.append(await drive(total, concurrency, typed))
     await client.close()
     await raw_client.close()
     answering.stdin.close()
     await answering.wait()
-    return max(typed_rates), max(raw_rates)
+    return max(typed_rates), max(plain_rates), max(raw_rates)
 
 
 async def typed_commands(url: str, total: int) -> float:
@@ -230,7 +244,7 @@ async def main() -> None:
             probe = await Bus.connect(url, Service.GATEWAY)
             await probe.ensure_streams()
             await probe.close()
-            typed_rpc, raw_rpc = await rpc_rounds(
+            typed_rpc, plain_rpc, raw_rpc = await rpc_rounds(
                 url, args.requests, args.concurrency, args.rounds, str(log_path)
             )
             typed_cmd_rates, raw_cmd_rates = [], []
@@ -241,9 +255,16 @@ async def main() -> None:
             server.stop()
     typed_cmd, raw_cmd = max(typed_cmd_rates), max(raw_cmd_rates)
     print(
-        f"RPC round trips/s   typed {typed_rpc:9.0f}   raw nats-py {raw_rpc:9.0f}   "
-        f"ratio {typed_rpc / raw_rpc:.2f}   (concurrency {args.concurrency}, answered by a "
-        f"second process, best of {args.rounds})"
+        f"RPC round trips/s   typed {typed_rpc:9.0f}   plain nats-py service {plain_rpc:9.0f}   "
+        f"ratio {typed_rpc / plain_rpc:.2f}   (plain: the handler parses and answers JSON)"
+    )
+    print(
+        f"                    typed {typed_rpc:9.0f}   raw nats-py echo      {raw_rpc:9.0f}   "
+        f"ratio {typed_rpc / raw_rpc:.2f}   (echo: the bytes sent straight back, the floor)"
+    )
+    print(
+        f"                    concurrency {args.concurrency}, answered by a second process, "
+        f"best of {args.rounds} rounds"
     )
     print(
         f"commands/s          typed {typed_cmd:9.0f}   raw nats-py {raw_cmd:9.0f}   "

@@ -85,8 +85,8 @@ class EndpointStats:
 class _Endpoint:
     stats: EndpointStats
     subscription: Subscription
-    semaphore: asyncio.Semaphore
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    inbox: asyncio.Queue[Msg]
+    workers: set[asyncio.Task[None]] = field(default_factory=set)
 
 
 async def ensure_streams(js: JetStreamContext, *, evt_max_age: float = 30 * 86400) -> None:
@@ -248,28 +248,32 @@ class Bus:
             raise ValueError(f"{rpc.subject} is already served")
         decoder = msgspec.json.Decoder(rpc.request)
         stats = EndpointStats(name=rpc.name, subject=rpc.subject, queue_group=rpc.service)
-        semaphore = asyncio.Semaphore(concurrency)
-        tasks: set[asyncio.Task[None]] = set()
+        inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=concurrency)
+        base_log = structlog.contextvars.get_contextvars()
 
-        async def handle(msg: Msg) -> None:
-            try:
-                await self._handle_request(rpc, decoder, handler, stats, msg)
-            finally:
-                semaphore.release()
+        async def work() -> None:
+            # Long-lived workers rather than a task per request: starting a task costs
+            # more than the rest of the contract layer put together.
+            while True:
+                msg = await inbox.get()
+                try:
+                    await self._handle_request(rpc, decoder, handler, stats, msg, base_log)
+                finally:
+                    inbox.task_done()
 
         async def on_message(msg: Msg) -> None:
             # Waiting here, in the subscription's reader, is the backpressure: beyond
             # `concurrency` requests, new ones stay queued in the client.
-            await semaphore.acquire()
-            task = asyncio.create_task(handle(msg))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            await inbox.put(msg)
 
+        workers = {
+            asyncio.create_task(work(), name=f"rpc:{rpc.name}:{i}") for i in range(concurrency)
+        }
         subscription = await self.nc.subscribe(rpc.subject, queue=rpc.service, cb=on_message)
         # The server knows the subscription only after a round trip: until then a
         # caller would get "no responders".
         await self.nc.flush()
-        self._endpoints[rpc.subject] = _Endpoint(stats, subscription, semaphore, tasks)
+        self._endpoints[rpc.subject] = _Endpoint(stats, subscription, inbox, workers)
 
     async def _handle_request(
         self,
@@ -278,6 +282,7 @@ class Bus:
         handler: Callable[[ReqT], Awaitable[RepT]],
         stats: EndpointStats,
         msg: Msg,
+        base_log: dict[str, Any],
     ) -> None:
         started = time.perf_counter_ns()
         headers = msg.headers or {}
@@ -288,8 +293,11 @@ class Bus:
             headers=headers,
         )
         context.enter(ctx)
+        # Workers outlive requests: start each request from the worker's base log
+        # context, so keys a handler bound for one request do not leak into the next.
+        structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
-            subject=ctx.subject, caller=ctx.caller, request_id=ctx.request_id
+            **base_log, subject=ctx.subject, caller=ctx.caller, request_id=ctx.request_id
         )
         reply: Message
         try:
@@ -439,14 +447,18 @@ class Bus:
 
     async def wait_idle(self, timeout: float = 60.0) -> bool:
         """Wait for in-flight handlers; False if some were still running at the timeout."""
-        pending: set[asyncio.Task[Any]] = set()
+        waiters = [endpoint.inbox.join() for endpoint in self._endpoints.values()]
+        waiters += [consumer.wait_idle() for consumer in self._consumers]
+        if waiters:
+            everything = [asyncio.ensure_future(w) for w in waiters]
+            _, still = await asyncio.wait(everything, timeout=timeout)
+            for future in still:
+                future.cancel()
+        else:
+            still = set()
         for endpoint in self._endpoints.values():
-            pending |= endpoint.tasks
-        waiters = [consumer.wait_idle() for consumer in self._consumers]
-        if not pending and not waiters:
-            return True
-        everything = [*pending, *(asyncio.ensure_future(w) for w in waiters)]
-        _, still = await asyncio.wait(everything, timeout=timeout)
+            for worker in endpoint.workers:
+                worker.cancel()
         return not still
 
     async def close(self) -> None:
