@@ -14,6 +14,7 @@ message changes nothing, and a crash before commit leaves no half-done work.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -101,4 +102,16 @@ async def claim(conn: aiosqlite.Connection, message_id: str) -> bool:
 
 
 def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    # Split where SQLite itself says a statement ends, so that trigger bodies
+    # (`BEGIN ...; END`) and semicolons inside string literals stay whole.
+    statements: list[str] = []
+    current = ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            if current.strip(" \n\t;"):
+                statements.append(current.strip())
+            current = ""
+    if current.strip(" \n\t;"):
+        raise ValueError(f"incomplete SQL statement in migration: {current.strip()!r}")
+    return statements

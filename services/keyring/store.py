@@ -75,13 +75,13 @@ MIGRATIONS = [
     );
     CREATE INDEX audit_team ON audit (team_id, id)
     """,
-]
-
-_APPEND_ONLY = [
-    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit"
-    " BEGIN SELECT RAISE(ABORT, 'the keyring audit is append-only'); END",
-    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit"
-    " BEGIN SELECT RAISE(ABORT, 'the keyring audit is append-only'); END",
+    # The audit is append-only: the database itself refuses to change or drop a row.
+    """
+    CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the keyring audit is append-only'); END;
+    CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the keyring audit is append-only'); END
+    """,
 ]
 
 
@@ -142,8 +142,6 @@ class KeyringStore:
         """Open (creating) the database, migrated, with secure deletion on."""
         db = await Database.open(path, MIGRATIONS)
         await db.conn.execute("PRAGMA secure_delete=ON")
-        for statement in _APPEND_ONLY:
-            await db.conn.execute(statement)
         return cls(db, await Database.open(path))
 
     async def close(self) -> None:
