@@ -13,6 +13,8 @@
     └── RemoteError               raised by a caller when the answer was an ErrorReply;
         └── Remote<Kind>          also a subclass of the matching kind above, so
                                   `except NotFound` catches local and remote alike
+                                  (kinds declared in other packages, with their own
+                                  code, get a Remote<Kind> made on first use)
 
 Handlers raise the kinds above; the bus turns them into `ErrorReply` and back.
 """
@@ -22,6 +24,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from slipway.contracts.base import ErrorReply
+
+_LOCAL_BY_CODE: dict[str, type[SlipwayError]] = {}
 
 
 class SlipwayError(Exception):
@@ -34,6 +38,14 @@ class SlipwayError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details or {}
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # Every kind declared anywhere (libs/crypto's "decryption_failed", say) can be
+        # rebuilt on the caller's side from its code; the first class with a code owns it.
+        remote = globals().get("RemoteError")  # None while this module defines its kinds
+        if "code" in cls.__dict__ and not (remote and issubclass(cls, remote)):
+            _LOCAL_BY_CODE.setdefault(cls.code, cls)
 
     def to_reply(self) -> ErrorReply:
         """This error as it crosses the wire."""
@@ -98,7 +110,7 @@ class RemoteError(SlipwayError):
     @classmethod
     def from_reply(cls, reply: ErrorReply) -> RemoteError:
         """The typed exception for an ErrorReply: `Remote<Kind>` when the code is known."""
-        kind = _REMOTE_BY_CODE.get(reply.code, RemoteError)
+        kind = _REMOTE_BY_CODE.get(reply.code) or _remote_kind(reply.code)
         return kind(
             reply.message, code=reply.code, retryable=reply.retryable, details=dict(reply.details)
         )
@@ -151,3 +163,13 @@ _REMOTE_BY_CODE: dict[str, type[RemoteError]] = {
     "timeout": RemoteTimeout,
     "internal": RemoteInternal,
 }
+
+
+def _remote_kind(code: str) -> type[RemoteError]:
+    """`Remote<Kind>` for a code declared outside this module, made once; else RemoteError."""
+    local = _LOCAL_BY_CODE.get(code)
+    if local is None:
+        return RemoteError
+    kind = type(f"Remote{local.__name__}", (RemoteError, local), {})
+    _REMOTE_BY_CODE[code] = kind
+    return kind

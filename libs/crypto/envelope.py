@@ -43,7 +43,6 @@ from slipway.libs.bus import Bus
 from slipway.libs.crypto import aead
 from slipway.libs.crypto.binding import Binding
 from slipway.libs.crypto.errors import DecryptionFailed, IntegrityError
-from slipway.libs.errors import RemoteError
 
 __all__ = [
     "BindingLike",
@@ -128,10 +127,7 @@ async def unwrap_data_key(
     request = DecryptDataKey(
         team_id=team_id, purpose=purpose, wrapped=wrapped, context=place.as_context()
     )
-    try:
-        reply = await bus.call(DATAKEY_DECRYPT, request, timeout=timeout)
-    except RemoteError as exc:
-        raise _local(exc) from None
+    reply = await bus.call(DATAKEY_DECRYPT, request, timeout=timeout)
     return reply.plaintext
 
 
@@ -213,10 +209,7 @@ async def rewrap(
     request = RewrapDataKey(
         team_id=team_id, purpose=purpose, wrapped=record.wrapped_key, context=place.as_context()
     )
-    try:
-        reply = await bus.call(DATAKEY_REWRAP, request, timeout=timeout)
-    except RemoteError as exc:
-        raise _local(exc) from None
+    reply = await bus.call(DATAKEY_REWRAP, request, timeout=timeout)
     rewrapped = EncryptedRecord(
         wrapped_key=reply.wrapped, kek_version=reply.kek_version, blob=record.blob
     )
@@ -228,11 +221,3 @@ def _place(team_id: str, binding: BindingLike) -> Binding:
     if place.team != team_id:
         raise ValueError(f"binding names team {place.team!r} but the key is {team_id!r}'s")
     return place
-
-
-def _local(exc: RemoteError) -> Exception:
-    # The keyring's "decryption_failed" has no class in libs.errors' remote table: give
-    # callers the same exception whether the keyring or this process found the tampering.
-    if exc.code == DecryptionFailed.code:
-        return DecryptionFailed(exc.message, details=exc.details)
-    return exc

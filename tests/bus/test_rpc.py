@@ -190,3 +190,13 @@ async def test_rpc_recovers_after_server_restart(
         assert reply.text == "back"
 
     await assert_eventually(answered, timeout=20)
+
+
+def test_error_kinds_declared_elsewhere_cross_the_wire_typed() -> None:
+    """An ErrorReply whose code belongs to a kind declared outside libs.errors comes back as it."""
+    from slipway.libs.crypto.errors import DecryptionFailed
+
+    error = RemoteError.from_reply(ErrorReply(code=DecryptionFailed.code, message="tampered"))
+    assert isinstance(error, DecryptionFailed)
+    assert isinstance(error, RemoteError)
+    assert error.message == "tampered"
