@@ -18,7 +18,7 @@ from __future__ import annotations
 import msgspec
 
 from slipway.contracts import subjects
-from slipway.contracts.base import Command, CommandSpec, Event, EventSpec
+from slipway.contracts.base import Command, CommandSpec, Event, EventSpec, Message, Rpc
 from slipway.contracts.subjects import Service
 
 
@@ -190,4 +190,65 @@ RELEASE_CREATE: CommandSpec[CreateRelease] = CommandSpec(
     "release.create",
     subjects.cmd(Service.GATEWAY, "release.create"),
     CreateRelease,
+)
+
+
+# ---- what other services read from the gateway (RPC) --------------------------------------
+
+
+class GetSealedConfig(Message, tag="gateway.config.sealed.get.v1", frozen=True, kw_only=True):
+    """Asked by the scheduler only: the ciphertext of one config version, never the values."""
+
+    app_id: str
+    config_version: str | None = None  # None: the current release's
+
+
+class SealedConfig(Message, tag="gateway.config.sealed.v1", frozen=True, kw_only=True):
+    """Decrypt with `libs.crypto.envelope` (purpose config) and this binding; empty = no vars."""
+
+    app_id: str
+    team_id: str
+    config_version: str | None
+    ciphertext: bytes = b""
+    binding_kind: str = "config"
+    binding_record: str = ""
+
+
+class GetDesired(Message, tag="gateway.desired.get.v1", frozen=True, kw_only=True):
+    app_id: str | None = None  # None: every app
+
+
+class AppDesired(msgspec.Struct, frozen=True, kw_only=True):
+    """What should run for one app: its current release and formation, and how it is routed."""
+
+    app_id: str
+    app_name: str
+    team_id: str
+    maintenance: bool = False
+    release_version: int | None = None
+    image_ref: str | None = None
+    image_digest: str | None = None
+    config_version: str | None = None
+    process_types: dict[str, str] = {}
+    formation: list[ProcessFormation] = []
+    domains: list[str] = []
+
+
+class DesiredState(Message, tag="gateway.desired.v1", frozen=True, kw_only=True):
+    apps: list[AppDesired]
+
+
+CONFIG_SEALED_GET: Rpc[GetSealedConfig, SealedConfig] = Rpc(
+    Service.GATEWAY,
+    "config.sealed.get",
+    subjects.rpc(Service.GATEWAY, "config.sealed.get"),
+    GetSealedConfig,
+    SealedConfig,
+)
+DESIRED_GET: Rpc[GetDesired, DesiredState] = Rpc(
+    Service.GATEWAY,
+    "desired.get",
+    subjects.rpc(Service.GATEWAY, "desired.get"),
+    GetDesired,
+    DesiredState,
 )

@@ -106,6 +106,11 @@ def live(kind: str, ident: str) -> str:
     return f"{ROOT}.live.{_token(kind)}.{_token(ident)}"
 
 
+def live_filter(kind: str) -> str:
+    """Every live subject of one kind (one token per id), for a queue-group listener."""
+    return f"{ROOT}.live.{_token(kind)}.*"
+
+
 def inbox_prefix(service: Service | str, instance: str | None = None) -> str:
     """The reply-inbox prefix of a service's connection.
 

@@ -17,7 +17,16 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from slipway.contracts.gateway import RELEASE_CREATE, CreateRelease
+from slipway.contracts.gateway import (
+    CONFIG_SEALED_GET,
+    DESIRED_GET,
+    RELEASE_CREATE,
+    CreateRelease,
+    DesiredState,
+    GetDesired,
+    GetSealedConfig,
+    SealedConfig,
+)
 from slipway.contracts.subjects import Service
 from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database
@@ -27,6 +36,7 @@ from slipway.services.gateway import (
     audit,
     config,
     formation,
+    internal,
     middleware,
     openapi,
     releases,
@@ -118,5 +128,13 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
     @service.command(RELEASE_CREATE)
     async def create_release(cmd: CreateRelease) -> None:
         await releases.create_from_build(service[STATE], cmd)
+
+    @service.rpc(CONFIG_SEALED_GET)
+    async def sealed_config(request: GetSealedConfig) -> SealedConfig:
+        return await internal.sealed_config(service[STATE], request)
+
+    @service.rpc(DESIRED_GET)
+    async def desired(request: GetDesired) -> DesiredState:
+        return await internal.desired(service[STATE], request)
 
     return service

@@ -590,3 +590,9 @@ async def delete_formation(conn: Conn, app_id: str, process_type: str) -> None:
     await conn.execute(
         "DELETE FROM formation WHERE app_id = ? AND type = ?", (app_id, process_type)
     )
+
+
+async def all_apps(conn: Conn) -> list[App]:
+    """Every app of every team, for the platform's own services (never for a customer)."""
+    rows = await _all(conn, f"{_APP_SELECT} ORDER BY a.name")
+    return [_app(r) for r in rows]

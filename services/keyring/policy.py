@@ -57,6 +57,8 @@ TABLE: tuple[Grant, ...] = (
     G(GATEWAY,      Op.DECRYPT,          P.CONFIG),
     G(GATEWAY,      Op.REWRAP,           P.CONFIG),
     G(SCHEDULER,    Op.DECRYPT,          P.CONFIG),
+    # The buildpack contract hands config vars to bin/compile in ENV_DIR.
+    G(BUILDER,      Op.DECRYPT,          P.CONFIG),
     # Stored log batches and archives.
     G(LOG_SHIPPER,  Op.GENERATE,         P.LOGS),
     G(LOG_SHIPPER,  Op.DECRYPT,          P.LOGS),
@@ -72,6 +74,9 @@ TABLE: tuple[Grant, ...] = (
     G(BUILDER,      Op.GENERATE,         P.BUILD_CACHE),
     G(BUILDER,      Op.DECRYPT,          P.BUILD_CACHE),
     G(BUILDER,      Op.REWRAP,           P.BUILD_CACHE),
+    # The gateway keeps pushed and uploaded sources until a builder has fetched them.
+    G(GATEWAY,      Op.GENERATE,         P.BUILD_SOURCE),
+    G(GATEWAY,      Op.DECRYPT,          P.BUILD_SOURCE),
     # The team's key lifecycle: customers act through the gateway, the operator directly.
     G(GATEWAY,      Op.ROTATE),
     G(GATEWAY,      Op.RETIRE),

@@ -49,6 +49,8 @@ def _value(kind: Any) -> Any:
         return {"key": _value(typing.get_args(kind)[1])}
     if origin is list:
         return [_value(typing.get_args(kind)[0])]
+    if origin is typing.Literal:
+        return typing.get_args(kind)[0]
     if inspect.isclass(kind) and issubclass(kind, enum.Enum):
         return next(iter(kind))
     if inspect.isclass(kind) and issubclass(kind, msgspec.Struct):

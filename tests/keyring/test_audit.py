@@ -77,12 +77,12 @@ async def test_every_call_lands_in_the_audit(
     keyring: RunningKeyring, bus_factory: BusFactory, team: str
 ) -> None:
     """Each call, allowed or not, appends one row: caller, operation, team, purpose, outcome."""
-    gateway, builder = await bus_factory("gateway"), await bus_factory("builder")
+    gateway, shipper = await bus_factory("gateway"), await bus_factory("log-shipper")
     key = await gateway.call(
         DATAKEY_GENERATE, GenerateDataKey(team_id=team, purpose=Purpose.CONFIG)
     )
     with pytest.raises(Forbidden):
-        await builder.call(
+        await shipper.call(
             DATAKEY_DECRYPT,
             DecryptDataKey(team_id=team, purpose=Purpose.CONFIG, wrapped=key.wrapped),
         )
@@ -96,7 +96,7 @@ async def test_every_call_lands_in_the_audit(
     records = await keyring.audit(team)
     assert [(r.caller, r.operation, r.team_id, r.purpose, r.outcome) for r in records] == [
         ("gateway", "datakey.generate", team, "config", "ok"),
-        ("builder", "datakey.decrypt", team, "config", "forbidden"),
+        ("log-shipper", "datakey.decrypt", team, "config", "forbidden"),
         ("gateway", "kek.rotate", team, None, "ok"),
         ("gateway", "team.shred", team, None, "ok"),
         ("gateway", "datakey.decrypt", team, "config", "gone"),

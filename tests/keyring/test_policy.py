@@ -23,14 +23,15 @@ from tests.keyring.conftest import BusFactory, RunningKeyring
 DATA_KEY_OPERATIONS = (Operation.GENERATE, Operation.DECRYPT, Operation.REWRAP)
 
 
-def test_only_gateway_and_scheduler_read_config() -> None:
-    """Config data keys unwrap for the gateway and the scheduler, and no one else."""
+def test_only_gateway_scheduler_and_builder_read_config() -> None:
+    """Config data keys unwrap for the gateway, the scheduler (dyno env) and the builder
+    (the buildpack contract's ENV_DIR), and no one else."""
     readers = {
         grant.caller
         for grant in policy.TABLE
         if (grant.operation, grant.purpose) == (Operation.DECRYPT, Purpose.CONFIG)
     }
-    assert readers == {"gateway", "scheduler"}
+    assert readers == {"gateway", "scheduler", "builder"}
 
 
 def test_operator_never_holds_a_data_key() -> None:
@@ -56,18 +57,20 @@ def test_purpose_free_grant_does_not_cover_purposes() -> None:
 
 
 @pytest.mark.integration
-async def test_builder_asking_for_config_is_forbidden(
+async def test_log_shipper_asking_for_config_is_forbidden(
     keyring: RunningKeyring, bus_factory: BusFactory, team: str
 ) -> None:
-    """The builder may neither generate nor decrypt config data keys."""
-    gateway, builder = await bus_factory("gateway"), await bus_factory("builder")
-    with pytest.raises(Forbidden, match=r"builder may not datakey\.generate for purpose config"):
-        await builder.call(DATAKEY_GENERATE, GenerateDataKey(team_id=team, purpose=Purpose.CONFIG))
+    """The log-shipper may neither generate nor decrypt config data keys."""
+    gateway, shipper = await bus_factory("gateway"), await bus_factory("log-shipper")
+    with pytest.raises(
+        Forbidden, match=r"log-shipper may not datakey\.generate for purpose config"
+    ):
+        await shipper.call(DATAKEY_GENERATE, GenerateDataKey(team_id=team, purpose=Purpose.CONFIG))
     key = await gateway.call(
         DATAKEY_GENERATE, GenerateDataKey(team_id=team, purpose=Purpose.CONFIG)
     )
     with pytest.raises(Forbidden):
-        await builder.call(
+        await shipper.call(
             DATAKEY_DECRYPT,
             DecryptDataKey(team_id=team, purpose=Purpose.CONFIG, wrapped=key.wrapped),
         )

@@ -1,0 +1,183 @@
+"""Log-shipper's read API (history pages, drains, metrics) and its live tail subject.
+
+Log-shipper is the only service that holds the LOGS data-key grant, so it is
+the one that decrypts history: the gateway asks `HISTORY_READ` for the last
+lines of an app (after checking the caller's role on it) and listens on
+`tail_subject(app_id)` for new ones. Every log-shipper publishes what it
+ingests there in small batches, each line numbered per shipper (`host`, `seq`),
+so a reader that fetched history first can drop the live lines it already has.
+
+Drains are log-shipper's records: `DRAIN_ADD` stores one and publishes
+`DRAIN_CHANGED`, which every log-shipper (one per Docker host) applies to its
+own database. The drain URL may carry credentials, so the event and the
+database hold it sealed (envelope, purpose LOGS), never in plaintext.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from slipway.contracts import subjects
+from slipway.contracts.base import Event, EventSpec, Message, Rpc
+from slipway.contracts.logs import LogSource
+from slipway.contracts.subjects import Service
+
+DrainKind = Literal["syslog", "https"]
+
+
+class LogEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored line: `<timestamp> <source>[<dyno>]: <text>`, numbered by its shipper."""
+
+    host: str  # the log-shipper (Docker host) that took the line in
+    seq: int  # increasing per host, across restarts
+    timestamp: float
+    source: LogSource
+    dyno: str
+    text: str
+    stderr: bool = False
+
+
+class TailBatch(Message, tag="logshipper.tail.v1", frozen=True, kw_only=True):
+    """New lines of one app, as one log-shipper ingested them, in its order."""
+
+    app_id: str
+    host: str
+    lines: list[LogEntry]
+
+
+class ReadHistory(Message, tag="logshipper.history.read.v1", frozen=True, kw_only=True):
+    """The last `lines` lines of an app, oldest first, optionally of one dyno or source."""
+
+    app_id: str
+    team_id: str
+    lines: int = 100
+    dyno: str | None = None  # "web.1", or a process type ("web") for all its dynos
+    source: LogSource | None = None
+
+
+class HistoryPage(Message, tag="logshipper.history.v1", frozen=True, kw_only=True):
+    """Lines oldest first; `sealed` when stored history is sealed to the team's own key."""
+
+    app_id: str
+    lines: list[LogEntry]
+    sealed: bool = False
+    notice: str = ""
+
+
+class DrainInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """A log drain in Heroku's shape (`token` is what the drain receives as the host)."""
+
+    id: str
+    app_id: str
+    url: str
+    token: str
+    created_at: float
+    updated_at: float
+
+
+class AddDrain(Message, tag="logshipper.drain.add.v1", frozen=True, kw_only=True):
+    app_id: str
+    team_id: str
+    url: str
+
+
+class ListDrains(Message, tag="logshipper.drains.list.v1", frozen=True, kw_only=True):
+    app_id: str
+    team_id: str
+
+
+class RemoveDrain(Message, tag="logshipper.drain.remove.v1", frozen=True, kw_only=True):
+    app_id: str
+    team_id: str
+    ident: str  # the drain's id, token or URL
+
+
+class Drain(Message, tag="logshipper.drain.v1", frozen=True, kw_only=True):
+    drain: DrainInfo
+
+
+class Drains(Message, tag="logshipper.drains.v1", frozen=True, kw_only=True):
+    drains: list[DrainInfo]
+
+
+class DrainChanged(Event, tag="logshipper.drain.changed.v1", frozen=True, kw_only=True):
+    """A drain was added or removed; the URL travels sealed (envelope, purpose LOGS)."""
+
+    drain_id: str
+    app_id: str
+    team_id: str
+    token: str
+    sealed_url: bytes = b""
+    removed: bool = False
+    created_at: float = 0.0
+
+
+class GetMetrics(Message, tag="logshipper.metrics.get.v1", frozen=True, kw_only=True):
+    app_id: str
+
+
+class DynoSample(msgspec.Struct, frozen=True, kw_only=True):
+    """The latest resource sample of one dyno, from the Docker stats API."""
+
+    dyno: str
+    container_id: str
+    at: float
+    cpu_percent: float  # of one CPU
+    load_avg_1m: float
+    memory_total_mb: float
+    memory_rss_mb: float
+    memory_cache_mb: float
+    memory_quota_mb: float
+    restarts: int = 0
+
+
+class Metrics(Message, tag="logshipper.metrics.v1", frozen=True, kw_only=True):
+    app_id: str
+    dynos: list[DynoSample]
+
+
+def tail_subject(app_id: str) -> str:
+    """Where every log-shipper publishes the new lines of one app (core NATS, not stored)."""
+    return subjects.live("tail", app_id)
+
+
+HISTORY_READ: Rpc[ReadHistory, HistoryPage] = Rpc(
+    Service.LOG_SHIPPER,
+    "history.read",
+    subjects.rpc(Service.LOG_SHIPPER, "history.read"),
+    ReadHistory,
+    HistoryPage,
+)
+DRAIN_ADD: Rpc[AddDrain, Drain] = Rpc(
+    Service.LOG_SHIPPER,
+    "drain.add",
+    subjects.rpc(Service.LOG_SHIPPER, "drain.add"),
+    AddDrain,
+    Drain,
+)
+DRAINS_LIST: Rpc[ListDrains, Drains] = Rpc(
+    Service.LOG_SHIPPER,
+    "drains.list",
+    subjects.rpc(Service.LOG_SHIPPER, "drains.list"),
+    ListDrains,
+    Drains,
+)
+DRAIN_REMOVE: Rpc[RemoveDrain, Drain] = Rpc(
+    Service.LOG_SHIPPER,
+    "drain.remove",
+    subjects.rpc(Service.LOG_SHIPPER, "drain.remove"),
+    RemoveDrain,
+    Drain,
+)
+METRICS_GET: Rpc[GetMetrics, Metrics] = Rpc(
+    Service.LOG_SHIPPER,
+    "metrics.get",
+    subjects.rpc(Service.LOG_SHIPPER, "metrics.get"),
+    GetMetrics,
+    Metrics,
+)
+DRAIN_CHANGED: EventSpec[DrainChanged] = EventSpec(
+    subjects.evt("logshipper", "drain.changed"), DrainChanged
+)

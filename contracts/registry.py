@@ -1,0 +1,53 @@
+"""registry-proxy's contracts: short-lived, scoped credentials for the app image registry.
+
+The real registry (Distribution) listens where only registry-proxy reaches it;
+registry-proxy serves the registry API to Docker engines and lets a request
+through only with a credential it issued: scoped to one app's repository and to
+pull or push, expiring after `ttl_s`. The builder asks for push credentials,
+the scheduler for pull credentials on behalf of a host.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from slipway.contracts import subjects
+from slipway.contracts.base import Event, EventSpec, Message, Rpc
+from slipway.contracts.subjects import Service
+
+Access = Literal["pull", "push"]
+
+
+class IssueCredentials(Message, tag="registry.credentials.issue.v1", frozen=True, kw_only=True):
+    app_id: str
+    access: Access
+    ttl_s: int = 900
+
+
+class Credentials(Message, tag="registry.credentials.v1", frozen=True, kw_only=True):
+    """What `docker login` / the engine API's X-Registry-Auth needs."""
+
+    registry: str  # host:port the Docker engine talks to
+    repository: str  # "<registry>/apps/<app_id>", tag or digest appended by the caller
+    username: str
+    password: str
+    expires_at: float
+
+
+class ImagePushed(Event, tag="registry.image.pushed.v1", frozen=True, kw_only=True):
+    app_id: str
+    repository: str
+    tag: str
+    digest: str
+
+
+CREDENTIALS_ISSUE: Rpc[IssueCredentials, Credentials] = Rpc(
+    Service.REGISTRY_PROXY,
+    "credentials.issue",
+    subjects.rpc(Service.REGISTRY_PROXY, "credentials.issue"),
+    IssueCredentials,
+    Credentials,
+)
+IMAGE_PUSHED: EventSpec[ImagePushed] = EventSpec(
+    subjects.evt("registry", "image.pushed"), ImagePushed
+)
