@@ -37,6 +37,7 @@ from slipway.contracts.base import (
     Rpc,
     encode,
 )
+from slipway.libs import logcontext
 from slipway.libs.bus import context
 from slipway.libs.bus.consumer import Consumer, Route
 from slipway.libs.errors import (
@@ -249,7 +250,7 @@ class Bus:
         decoder = msgspec.json.Decoder(rpc.request)
         stats = EndpointStats(name=rpc.name, subject=rpc.subject, queue_group=rpc.service)
         inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=concurrency)
-        base_log = structlog.contextvars.get_contextvars()
+        base_log = dict(logcontext.get_context())
 
         async def work() -> None:
             # Long-lived workers rather than a task per request: starting a task costs
@@ -295,9 +296,8 @@ class Bus:
         context.enter(ctx)
         # Workers outlive requests: start each request from the worker's base log
         # context, so keys a handler bound for one request do not leak into the next.
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(
-            **base_log, subject=ctx.subject, caller=ctx.caller, request_id=ctx.request_id
+        logcontext.bind_all(
+            {**base_log, "subject": ctx.subject, "caller": ctx.caller, "request_id": ctx.request_id}
         )
         reply: Message
         try:

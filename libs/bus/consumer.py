@@ -32,6 +32,7 @@ from nats.js import api
 
 from slipway.contracts import subjects
 from slipway.contracts.base import Command, CommandSpec, Event, EventSpec
+from slipway.libs import logcontext
 from slipway.libs.bus import context
 
 log = structlog.get_logger("slipway.bus")
@@ -169,7 +170,7 @@ class Consumer:
             delivery=delivery.num_delivered,
         )
         context.enter(ctx)
-        structlog.contextvars.bind_contextvars(
+        logcontext.bind(
             subject=msg.subject, request_id=ctx.request_id, delivery=delivery.num_delivered
         )
         route = self.routes.get(msg.subject)
@@ -185,7 +186,7 @@ class Consumer:
             # Delivered again after the process died on what was its last try.
             await self._dead_letter(msg, delivery, "delivery limit reached")
             return
-        structlog.contextvars.bind_contextvars(message_type=type(message).__name__)
+        logcontext.bind(message_type=type(message).__name__)
         keepalive = asyncio.create_task(self._keep_alive(msg))
         try:
             await route.handler(message)

@@ -32,6 +32,7 @@ import structlog
 
 from slipway.contracts.base import CommandSpec, EventSpec, Message, Rpc
 from slipway.contracts.subjects import Service
+from slipway.libs import logcontext
 from slipway.libs.bus import Bus, Route, route
 from slipway.libs.service.discovery import Discovery
 from slipway.libs.service.logging import configure_logging
@@ -150,7 +151,7 @@ class ServiceApp:
             password=settings.nats_password,
         )
         self._bus = bus
-        structlog.contextvars.bind_contextvars(instance=bus.instance)
+        logcontext.bind(instance=bus.instance)
         try:
             await bus.ensure_streams()
             async with AsyncExitStack() as resources:

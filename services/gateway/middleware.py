@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from slipway.libs import logcontext
 from slipway.libs.bus import context as bus_context
 from slipway.libs.errors import SlipwayError
 from slipway.services.gateway.auth import PRINCIPAL, authenticate
@@ -55,7 +56,7 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
     rid = _request_id(request)
     request[REQUEST_ID] = rid
     bus_context.set_request_id(rid)
-    structlog.contextvars.bind_contextvars(request_id=rid)
+    bound = logcontext.bind(request_id=rid)
     response: web.StreamResponse
     try:
         response = await handler(request)
@@ -89,7 +90,7 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
         user=user.user.email if user else None,
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
     )
-    structlog.contextvars.unbind_contextvars("request_id")
+    logcontext.reset(bound)
     return response
 
 
