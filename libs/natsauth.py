@@ -5,7 +5,9 @@ prefix (`_INBOX.<service>.>`), so the prefix of a request's reply subject proves
 who sent it — the keyring's policy table relies on that. A service can receive
 only the requests addressed to it (`slipway.rpc.<service>.>`); commands and
 events reach it through JetStream pull consumers, which deliver to its inbox.
-Only the gateway (which streams to customers) may listen on live subjects.
+Live subjects carry customer data, so only their readers may listen: the gateway
+(which streams to customers) and the log-shipper (which stores router, build and
+platform lines).
 
 Passwords are random, generated once, stored in `<nats data>/users.json` (0600);
 each service reads its own through SLIPWAY_NATS_USER / SLIPWAY_NATS_PASSWORD.
@@ -35,9 +37,18 @@ def _subscribe(service: Service) -> list[str]:
         f"{subjects.ROOT}.rpc.{service}.>",
         f"{subjects.SRV_PREFIX}.>",
     ]
-    if service is Service.GATEWAY:
-        allowed.append(f"{subjects.ROOT}.live.>")
+    allowed += _LIVE_LISTENERS.get(service, [])
     return allowed
+
+
+_LIVE_LISTENERS: dict[Service, list[str]] = {
+    Service.GATEWAY: [f"{subjects.ROOT}.live.>"],
+    Service.LOG_SHIPPER: [
+        subjects.live_filter("logs"),
+        subjects.live_filter("router"),
+        subjects.live_filter("build"),
+    ],
+}
 
 
 def load_or_create_users(data_dir: Path) -> dict[str, str]:

@@ -71,6 +71,33 @@ async def test_a_service_cannot_listen_on_another_services_inbox(hardened: NatsS
     await nc.close()
 
 
+async def test_live_subjects_are_read_only_by_their_readers(hardened: NatsServer) -> None:
+    """The log-shipper may listen to router lines; the builder may not listen to log tails."""
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    shipper = await nats.connect(
+        hardened.url, user="log-shipper", password=hardened.users["log-shipper"]
+    )
+    heard = await shipper.subscribe(subjects.live_filter("router"))
+    await shipper.flush()
+    builder = await nats.connect(
+        hardened.url, user="builder", password=hardened.users["builder"], error_cb=on_error
+    )
+    await builder.subscribe(subjects.live("logs", "app1"))
+    await builder.publish(subjects.live("router", "app1"), b"line")
+    assert (await heard.next_msg(timeout=2)).data == b"line"
+    for _ in range(50):
+        if errors:
+            break
+        await asyncio.sleep(0.05)
+    assert errors and "permissions violation" in str(errors[0]).lower()
+    await shipper.close()
+    await builder.close()
+
+
 async def test_wrong_password_is_refused(hardened: NatsServer) -> None:
     """A CONNECT with a wrong password is answered with an authorization violation."""
     reader, writer = await asyncio.open_connection(hardened.host, hardened.port)
