@@ -1,0 +1,1 @@
+"""The builder: source tarballs to runnable images, by Heroku buildpacks or a Dockerfile."""

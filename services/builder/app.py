@@ -1,0 +1,134 @@
+"""The builder process: the engine, the database, and the handlers that use them.
+
+BUILD_REQUEST     (command, CMD work queue)  run a build; several builders share the queue
+BUILD_OUTPUT_GET  (rpc)  a build's whole output, live or stored (decrypted on demand)
+CACHE_PURGE       (rpc)  drop an app's build cache volume
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+
+import aiodocker
+import structlog
+
+from slipway.contracts.base import Ok
+from slipway.contracts.builder import (
+    BUILD_OUTPUT_GET,
+    BUILD_REQUEST,
+    CACHE_PURGE,
+    BuildOutputText,
+    BuildRequested,
+    BuildStatus,
+    GetBuildOutput,
+    PurgeCache,
+)
+from slipway.contracts.keyring import Purpose
+from slipway.contracts.subjects import Service
+from slipway.libs.crypto import envelope
+from slipway.libs.errors import Conflict, NotFound
+from slipway.libs.service import Key, ServiceApp
+from slipway.services.builder.build import Builder, output_binding
+from slipway.services.builder.container import (
+    cache_volume_name,
+    ensure_network,
+    remove_leftovers,
+)
+from slipway.services.builder.settings import BuilderSettings
+from slipway.services.builder.store import BuildStore
+
+log = structlog.get_logger("slipway.builder")
+
+BUILDER = Key("builder", Builder)
+
+
+def create_service(settings: BuilderSettings) -> ServiceApp:
+    """The builder as a runnable service."""
+    service = ServiceApp(
+        Service.BUILDER,
+        settings=settings,
+        description="Slipway's builder: buildpacks or a Dockerfile to an image, then a release",
+    )
+    # Builds are long: a few at a time per builder, the rest wait in the queue.
+    service.command_options = {"concurrency": settings.concurrency}
+
+    @service.cleanup_ctx
+    async def engine(service: ServiceApp) -> AsyncIterator[None]:
+        docker = aiodocker.Docker(url=settings.docker_url)
+        store = await BuildStore.open(settings.db_path())
+        try:
+            await _recover(docker, store, settings)
+            await ensure_network(docker, settings.build_network)
+            service[BUILDER] = Builder(settings, service.bus, docker, store)
+            yield
+        finally:
+            await store.close()
+            await docker.close()
+
+    @service.command(BUILD_REQUEST)
+    async def build(cmd: BuildRequested) -> None:
+        await service[BUILDER].handle(cmd)
+
+    @service.rpc(BUILD_OUTPUT_GET)
+    async def output(req: GetBuildOutput) -> BuildOutputText:
+        return await build_output(service[BUILDER], req.build_id)
+
+    @service.rpc(CACHE_PURGE)
+    async def purge(req: PurgeCache) -> Ok:
+        await purge_cache(service[BUILDER], req.app_id)
+        return Ok()
+
+    return service
+
+
+async def _recover(docker: aiodocker.Docker, store: BuildStore, settings: BuilderSettings) -> None:
+    # Builds this builder was running when it stopped will be redelivered and run again:
+    # their containers and scratch folders are stale. Old finished builds are forgotten.
+    removed = await remove_leftovers(docker, await store.pending())
+    await asyncio.to_thread(shutil.rmtree, settings.builds_dir(), True)
+    pruned = await store.prune(settings.keep_builds_days * 86400)
+    if removed or pruned:
+        log.info("builder.recovered", containers_removed=removed, builds_pruned=pruned)
+
+
+async def build_output(builder: Builder, build_id: str) -> BuildOutputText:
+    """The whole output of a build this builder ran: live if running, else decrypted."""
+    live = builder.running.get(build_id)
+    if live is not None:
+        return BuildOutputText(build_id=build_id, text=live.text, finished=False, status="pending")
+    record = await builder.store.get(build_id)
+    if record is None:
+        raise NotFound(f"no build {build_id} on this builder")
+    text = ""
+    if record.output is not None:
+        plain = await envelope.decrypt(
+            builder.bus, record.team_id, Purpose.BUILD_SOURCE, output_binding(record), record.output
+        )
+        text = plain.decode()
+    status: BuildStatus = "succeeded" if record.status == "succeeded" else "failed"
+    return BuildOutputText(
+        build_id=build_id,
+        text=text,
+        finished=record.finished,
+        status=status if record.finished else "pending",
+    )
+
+
+async def purge_cache(builder: Builder, app_id: str) -> None:
+    """Remove the app's cache volume; the next build starts cold."""
+    try:
+        # aiodocker's volume API carries no annotations.
+        volume = await builder.docker.volumes.get(cache_volume_name(app_id))  # type: ignore[no-untyped-call]
+    except aiodocker.DockerError as exc:
+        if exc.status == 404:
+            return
+        raise
+    try:
+        await volume.delete()
+    except aiodocker.DockerError as exc:
+        if exc.status == 409:
+            raise Conflict("a build of this app is using its cache; purge after it ends") from None
+        raise
+    log.info("builder.cache_purged", app_id=app_id)

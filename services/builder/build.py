@@ -1,0 +1,221 @@
+"""One build from command to image: fetch, unpack, compile (or Docker build), publish.
+
+`Builder.handle` is the `BUILD_REQUEST` handler. It is idempotent per build id:
+a build already finished is not run again; its outcome is announced again with
+the same command and event ids, so a crash between recording and announcing
+loses nothing and duplicates nothing. A build left pending by a crash runs
+again from the start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import aiodocker
+import structlog
+
+from slipway.contracts.builder import BUILD_FINISHED, BuildFinished, BuildRequested
+from slipway.contracts.gateway import RELEASE_CREATE, CreateRelease
+from slipway.contracts.keyring import Purpose
+from slipway.libs.bus import Bus
+from slipway.libs.crypto import Binding, envelope
+from slipway.libs.errors import SlipwayError
+from slipway.services.builder import slug
+from slipway.services.builder.compile import compile_app
+from slipway.services.builder.errors import BuildError
+from slipway.services.builder.image import build_image, image_labels, publish
+from slipway.services.builder.output import OutputStream
+from slipway.services.builder.procfile import read_procfile
+from slipway.services.builder.settings import BuilderSettings
+from slipway.services.builder.source import extract, fetch
+from slipway.services.builder.store import BuildRecord, BuildStore
+
+log = structlog.get_logger("slipway.builder")
+
+# Ids of what a build sends are derived from its id, so a retry sends the same ones.
+_IDS = uuid.UUID("5d1e8c3a-9b0f-4a57-8a51-6a0c2b8f4e11")
+
+
+def derived_id(kind: str, build_id: str) -> str:
+    """The command or event id of `kind` for one build."""
+    return uuid.uuid5(_IDS, f"{kind}:{build_id}").hex
+
+
+@dataclass
+class Builder:
+    """The builder's working parts: settings, bus, engine, store, builds in progress."""
+
+    settings: BuilderSettings
+    bus: Bus
+    docker: aiodocker.Docker
+    store: BuildStore
+    running: dict[str, OutputStream] = field(default_factory=dict)
+
+    async def handle(self, cmd: BuildRequested) -> None:
+        """Run the build `cmd` asks for (once), then announce its outcome."""
+        record = await self.store.get(cmd.build_id)
+        if record is not None and record.finished:
+            log.info("build.already_finished", build_id=cmd.build_id, status=record.status)
+            await self.announce(cmd, record)
+            return
+        if cmd.build_id in self.running:
+            return  # a redelivery while this very process still runs it
+        await self.store.start(cmd.build_id, cmd.app_id, cmd.app_name, cmd.team_id)
+        out = OutputStream(self.bus, cmd.build_id)
+        self.running[cmd.build_id] = out
+        try:
+            record = await self._build_and_record(cmd, out)
+        finally:
+            self.running.pop(cmd.build_id, None)
+        await self.announce(cmd, record)
+
+    async def _build_and_record(self, cmd: BuildRequested, out: OutputStream) -> BuildRecord:
+        started = time.monotonic()
+        record = await self._run(cmd, out)
+        record = replace(record, duration_s=time.monotonic() - started)
+        await self.store.finish(record)
+        await self._keep_output(record, out.text)
+        await out.close("succeeded" if record.status == "succeeded" else "failed")
+        log.info("build.finished", build_id=cmd.build_id, status=record.status, error=record.error)
+        return record
+
+    async def _run(self, cmd: BuildRequested, out: OutputStream) -> BuildRecord:
+        base = BuildRecord(cmd.build_id, cmd.app_id, cmd.app_name, cmd.team_id, "failed")
+        work = self.settings.builds_dir() / cmd.build_id
+        await asyncio.to_thread(shutil.rmtree, work, True)
+        (work / "app").mkdir(parents=True)
+        try:
+            return await self._steps(cmd, out, work, base)
+        except BuildError as exc:
+            await out.line(f" !     {exc.message}")
+            return replace(base, error=exc.message)
+        except (SlipwayError, aiodocker.DockerError, OSError) as exc:
+            log.exception("build.internal_error", build_id=cmd.build_id)
+            reason = f"the builder failed: {type(exc).__name__}"
+            await out.line(f" !     {reason}")
+            return replace(base, error=reason)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+
+    async def _steps(
+        self, cmd: BuildRequested, out: OutputStream, work: Path, base: BuildRecord
+    ) -> BuildRecord:
+        s = self.settings
+        await out.line("-----> Fetching source")
+        size = await fetch(
+            cmd.source.url, work / "source.tgz", checksum=cmd.source.checksum,
+            max_bytes=s.source_max_bytes, timeout=s.fetch_timeout,
+        )  # fmt: skip
+        await asyncio.to_thread(
+            extract, work / "source.tgz", work / "app", max_bytes=s.extracted_max_bytes
+        )
+        verified = ", checksum verified" if cmd.source.checksum else ""
+        await out.line(f"       {size} bytes{verified}")
+        image_id, process_types = await self._image(cmd, out, work)
+        image = await publish(
+            self.docker, self.bus, mode=s.registry_mode, local_tag=_tag(cmd), image_id=image_id,
+            app_id=cmd.app_id, build_id=cmd.build_id, sink=out.line,
+        )  # fmt: skip
+        await out.line(f"-----> Done: {image.ref}")
+        return replace(
+            base,
+            status="succeeded",
+            image_ref=image.ref,
+            image_digest=image.digest,
+            process_types=process_types,
+            description=_description(cmd),
+        )
+
+    async def _image(
+        self, cmd: BuildRequested, out: OutputStream, work: Path
+    ) -> tuple[str, dict[str, str]]:
+        """Build the image on the engine: from the app's Dockerfile, or buildpacks + slug."""
+        app_dir, context = work / "app", work / "context.tgz"
+        procfile = read_procfile(app_dir)
+        dockerfile = (app_dir / "Dockerfile").is_file()
+        if dockerfile:
+            await out.line("-----> Building from the app's Dockerfile")
+            await asyncio.to_thread(slug.write_source_context, app_dir, context)
+            process_types = procfile if procfile is not None else {"web": ""}
+        else:
+            process_types = await compile_app(self, cmd, out, work, procfile)
+            await out.line("-----> Compressing and building the image")
+            await asyncio.to_thread(
+                slug.write_context, app_dir, context,
+                run_image=self.settings.run_image, web=process_types.get("web"),
+            )  # fmt: skip
+        image_id = await build_image(
+            self.docker, context, tag=_tag(cmd), labels=image_labels(cmd.app_id, cmd.build_id),
+            sink=out.line, timeout=self.settings.build_timeout, show_steps=dockerfile,
+        )  # fmt: skip
+        if not dockerfile:
+            size = (await self.docker.images.inspect(image_id))["Size"]
+            await out.line(f"       Done: {size / 1e6:.1f} MB image")
+        return image_id, process_types
+
+    async def _keep_output(self, record: BuildRecord, text: str) -> None:
+        try:
+            sealed = await envelope.encrypt(
+                self.bus, record.team_id, Purpose.BUILD_SOURCE, output_binding(record),
+                text.encode(),
+            )  # fmt: skip
+        except SlipwayError as exc:
+            # The outcome stands without its stored output; the live stream had all of it.
+            log.error("build.output_not_kept", build_id=record.build_id, error=exc.message)
+            return
+        await self.store.save_output(record.build_id, sealed)
+
+    async def announce(self, cmd: BuildRequested, record: BuildRecord) -> None:
+        """Send the release (on success) and the BUILD_FINISHED event, with derived ids."""
+        if record.status == "succeeded" and record.image_ref and record.image_digest:
+            await self.bus.send(
+                RELEASE_CREATE,
+                CreateRelease(
+                    command_id=derived_id("release", record.build_id),
+                    app_id=record.app_id,
+                    image_ref=record.image_ref,
+                    image_digest=record.image_digest,
+                    process_types=record.process_types or {},
+                    description=record.description,
+                    build_id=record.build_id,
+                    actor=cmd.actor or "service:builder",
+                ),
+            )
+        await self.bus.publish(
+            BUILD_FINISHED,
+            BuildFinished(
+                event_id=derived_id("finished", record.build_id),
+                build_id=record.build_id,
+                app_id=record.app_id,
+                app_name=record.app_name,
+                team_id=record.team_id,
+                status="succeeded" if record.status == "succeeded" else "failed",
+                image_ref=record.image_ref,
+                image_digest=record.image_digest,
+                process_types=record.process_types or {},
+                error=record.error,
+                duration_s=record.duration_s,
+            ),
+        )
+
+
+def output_binding(record: BuildRecord) -> Binding:
+    """Where a build's sealed output lives."""
+    return Binding(
+        team=record.team_id, app=record.app_id, kind="build-output", record=record.build_id
+    )
+
+
+def _tag(cmd: BuildRequested) -> str:
+    # Repository names are lower case; ids already are, but a gateway may change that.
+    return f"slipway/app-{cmd.app_id.lower()}:{cmd.build_id.lower()}"
+
+
+def _description(cmd: BuildRequested) -> str:
+    version = cmd.source.version
+    return f"Deploy {version[:7]}" if version else f"Deploy build {cmd.build_id[:8]}"

@@ -1,0 +1,221 @@
+"""The build container: where buildpacks run, fenced in.
+
+One container per build, from the build stack image, as uid 10000 with every
+capability dropped, `no-new-privileges`, memory/CPU/pids limits, no Docker
+socket, on the builders' own bridge network (no inter-container traffic;
+platform services bind to loopback, which a container cannot reach). Mounts:
+
+    /app          the build folder (rw), the same path the slug has in the run image
+    /cache        the app's cache volume (rw), kept between builds
+    /env          ENV_DIR: one file per config var (ro)
+    /buildpacks   the staged buildpacks (ro)
+    /slipway      the driver script and /slipway/out for release YAML (rw)
+    /etc/slipway/ca-bundle.crt   the host's CA bundle (ro), named by SSL_CERT_FILE & co.
+
+Output is read line by line while the container runs; past the time limit
+the container is killed and the build fails saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+from aiodocker.containers import DockerContainer
+
+from slipway.services.builder.errors import BuildTimedOut
+from slipway.services.builder.settings import BuilderSettings
+
+CA_PATH = "/etc/slipway/ca-bundle.crt"
+LABEL_BUILD = "slipway.build"
+LABEL_APP = "slipway.app"
+LABEL_CACHE = "slipway.build-cache"
+
+LineSink = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BuildMounts:
+    """Host folders and the cache volume a build container mounts."""
+
+    app: Path
+    env: Path
+    buildpacks: Path
+    slipway: Path
+    cache_volume: str
+
+
+@dataclass
+class LineSplitter:
+    """Turns arbitrary chunks into whole lines for `sink`."""
+
+    sink: LineSink
+    _pending: str = field(default="")
+
+    async def feed(self, chunk: str) -> None:
+        self._pending += chunk.replace("\r\n", "\n")
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            await self.sink(line)
+
+    async def close(self) -> None:
+        if self._pending:
+            await self.sink(self._pending)
+            self._pending = ""
+
+
+def cache_volume_name(app_id: str) -> str:
+    """The docker volume holding one app's build cache."""
+    return f"slipway-build-cache-{app_id}"
+
+
+async def ensure_network(docker: aiodocker.Docker, name: str) -> None:
+    """Create the builders' bridge network if missing (no traffic between containers)."""
+    with contextlib.suppress(aiodocker.DockerError):
+        await docker.networks.get(name)
+        return
+    with contextlib.suppress(aiodocker.DockerError):  # another builder made it meanwhile
+        await docker.networks.create(
+            {
+                "Name": name,
+                "Driver": "bridge",
+                "Labels": {"slipway.network": "builds"},
+                "Options": {"com.docker.network.bridge.enable_icc": "false"},
+            }
+        )
+
+
+async def ensure_cache_volume(
+    docker: aiodocker.Docker, settings: BuilderSettings, app_id: str, team_id: str
+) -> str:
+    """The app's cache volume, created on first use and handed to the build user."""
+    name = cache_volume_name(app_id)
+    # aiodocker's volume API carries no annotations; the calls are plain engine requests.
+    with contextlib.suppress(aiodocker.DockerError):
+        await docker.volumes.get(name)  # type: ignore[no-untyped-call]
+        return name
+    await docker.volumes.create(  # type: ignore[no-untyped-call]
+        {"Name": name, "Labels": {LABEL_CACHE: app_id, LABEL_APP: app_id, "slipway.team": team_id}}
+    )
+    # A new volume belongs to root; a short root container with only CAP_CHOWN hands it over.
+    config: dict[str, Any] = {
+        "Image": settings.build_image,
+        "User": "0:0",
+        "Cmd": ["chown", f"{settings.build_uid}:{settings.build_uid}", "/cache"],
+        "Labels": {LABEL_CACHE: app_id},
+        "HostConfig": {
+            "Binds": [f"{name}:/cache"],
+            "NetworkMode": "none",
+            "CapDrop": ["ALL"],
+            "CapAdd": ["CHOWN"],
+            "SecurityOpt": ["no-new-privileges"],
+        },
+    }
+    prep = await docker.containers.create(config)
+    try:
+        await prep.start()
+        await prep.wait()
+    finally:
+        await prep.delete(force=True)
+    return name
+
+
+async def remove_leftovers(docker: aiodocker.Docker, build_ids: list[str]) -> int:
+    """Remove build containers of `build_ids` (left running by a builder that died)."""
+    removed = 0
+    for build_id in build_ids:
+        found = await docker.containers.list(
+            all=True, filters={"label": [f"{LABEL_BUILD}={build_id}"]}
+        )
+        for container in found:
+            with contextlib.suppress(aiodocker.DockerError):
+                await container.delete(force=True)
+                removed += 1
+    return removed
+
+
+def container_config(
+    settings: BuilderSettings,
+    mounts: BuildMounts,
+    env: dict[str, str],
+    labels: dict[str, str],
+) -> dict[str, Any]:
+    """The engine API body of a build container."""
+    ca_env = {
+        name: CA_PATH
+        for name in (
+            "SSL_CERT_FILE",
+            "PIP_CERT",
+            "REQUESTS_CA_BUNDLE",
+            "NODE_EXTRA_CA_CERTS",
+            "npm_config_cafile",
+            "GIT_SSL_CAINFO",
+            "CURL_CA_BUNDLE",
+        )
+    }
+    # HOME is inside the build container, away from /app so nothing lands in the slug.
+    full_env = {"HOME": "/tmp", **ca_env, **env}  # noqa: S108
+    memory = settings.build_memory_mb * 1024 * 1024
+    return {
+        "Image": settings.build_image,
+        "Cmd": ["/bin/bash", "/slipway/run"],
+        "User": f"{settings.build_uid}:{settings.build_uid}",
+        "WorkingDir": "/app",
+        "Env": [f"{k}={v}" for k, v in full_env.items()],
+        "Labels": labels,
+        "HostConfig": {
+            "Binds": [
+                f"{mounts.app}:/app:rw",
+                f"{mounts.cache_volume}:/cache:rw",
+                f"{mounts.env}:/env:ro",
+                f"{mounts.buildpacks}:/buildpacks:ro",
+                f"{mounts.slipway}:/slipway:rw",
+                f"{settings.ca_bundle}:{CA_PATH}:ro",
+            ],
+            "Memory": memory,
+            "MemorySwap": memory,
+            "NanoCpus": int(settings.build_cpus * 1e9),
+            "PidsLimit": settings.build_pids,
+            "CapDrop": ["ALL"],
+            "SecurityOpt": ["no-new-privileges"],
+            "NetworkMode": settings.build_network,
+            "Init": True,
+        },
+    }
+
+
+async def run_build_container(
+    docker: aiodocker.Docker, config: dict[str, Any], sink: LineSink, *, timeout: float
+) -> int:
+    """Run the container, send its output to `sink` line by line; return its exit code."""
+    container = await docker.containers.create(config)
+    try:
+        await container.start()
+        reader = asyncio.create_task(_pump(container, sink))
+        try:
+            result = await asyncio.wait_for(container.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(aiodocker.DockerError):
+                await container.kill()
+            await asyncio.wait_for(reader, 10)
+            raise BuildTimedOut(
+                f"build timed out after {timeout:g}s: a buildpack did not finish and was"
+                " stopped (limit: SLIPWAY_BUILD_TIMEOUT)"
+            ) from None
+        await asyncio.wait_for(reader, 30)
+        return int(result.get("StatusCode", 1))
+    finally:
+        with contextlib.suppress(aiodocker.DockerError):
+            await container.delete(force=True)
+
+
+async def _pump(container: DockerContainer, sink: LineSink) -> None:
+    splitter = LineSplitter(sink)
+    async for chunk in container.log(stdout=True, stderr=True, follow=True):
+        await splitter.feed(chunk)
+    await splitter.close()

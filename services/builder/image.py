@@ -1,0 +1,155 @@
+"""Images on the engine: build from a context tarball with streamed output, and publish.
+
+`publish` is where an image leaves the builder. In "registry" mode it asks
+registry-proxy for push credentials scoped to the app, tags the image
+`<repository>:<build_id>`, pushes it with those credentials (basic auth; an
+engine treats a 127.0.0.0/8 registry as insecure, so plain HTTP works there)
+and returns `<repository>@<digest>`. In "local" mode the image stays on this
+engine and its id is the digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+
+from slipway.contracts.registry import CREDENTIALS_ISSUE, IssueCredentials
+from slipway.libs.bus import Bus
+from slipway.libs.errors import SlipwayError
+from slipway.services.builder.errors import BuildTimedOut, ImageError
+
+LineSink = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class PublishedImage:
+    """What a release points at."""
+
+    ref: str
+    digest: str
+
+
+async def build_image(
+    docker: aiodocker.Docker,
+    context: Path,
+    *,
+    tag: str,
+    labels: dict[str, str],
+    sink: LineSink,
+    timeout: float,
+    show_steps: bool = True,
+) -> str:
+    """Build `context` (a gzipped tar) as `tag`, streaming the engine's output; return the id.
+
+    `show_steps=False` keeps the engine's step-by-step lines out of the build output
+    (a slug's Dockerfile is ours, not the customer's); errors are reported either way.
+    """
+
+    async def quiet(line: str) -> None:
+        return None
+
+    try:
+        await asyncio.wait_for(
+            _build(docker, context, tag, labels, sink if show_steps else quiet), timeout
+        )
+    except TimeoutError:
+        raise BuildTimedOut(
+            f"image build timed out after {timeout:g}s (limit: SLIPWAY_BUILD_TIMEOUT)"
+        ) from None
+    info = await docker.images.inspect(tag)
+    return str(info["Id"])
+
+
+async def _build(
+    docker: aiodocker.Docker, context: Path, tag: str, labels: dict[str, str], sink: LineSink
+) -> None:
+    pending = ""
+    with context.open("rb") as fileobj:
+        try:
+            # pull=False: the engine never fetches base images; the stacks are local.
+            stream = docker.images.build(
+                fileobj=fileobj, encoding="gzip", tag=tag, labels=labels, pull=False,
+                rm=True, forcerm=True, stream=True,
+            )  # fmt: skip
+            async for item in stream:
+                if "error" in item:
+                    raise ImageError(f"image build failed: {_one_line(item['error'])}")
+                pending += str(item.get("stream", ""))
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    if line.strip():
+                        await sink(line)
+        except aiodocker.DockerError as exc:
+            raise ImageError(f"image build failed: {_one_line(str(exc.message))}") from None
+    if pending.strip():
+        await sink(pending)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:300]
+
+
+async def publish(
+    docker: aiodocker.Docker,
+    bus: Bus,
+    *,
+    mode: str,
+    local_tag: str,
+    image_id: str,
+    app_id: str,
+    build_id: str,
+    sink: LineSink,
+) -> PublishedImage:
+    """Put the built image where dynos can run it; see the module doc."""
+    if mode == "local":
+        return PublishedImage(ref=local_tag, digest=image_id)
+    try:
+        creds = await bus.call(CREDENTIALS_ISSUE, IssueCredentials(app_id=app_id, access="push"))
+    except SlipwayError as exc:
+        raise ImageError(f"no push credentials from registry-proxy: {exc.message}") from None
+    await sink(f"-----> Pushing image to {creds.repository}")
+    await docker.images.tag(local_tag, creds.repository, tag=build_id)
+    auth = {"username": creds.username, "password": creds.password}
+    digest = await _push(docker, f"{creds.repository}:{build_id}", creds.registry, auth)
+    return PublishedImage(ref=f"{creds.repository}@{digest}", digest=digest)
+
+
+async def _push(docker: aiodocker.Docker, name: str, registry: str, auth: dict[str, str]) -> str:
+    repository, _, tag = name.rpartition(":")
+    digest = ""
+    try:
+        push = docker.images.push(
+            repository, tag=tag, auth={**auth, "serveraddress": registry}, stream=True
+        )
+        async for item in push:
+            if "error" in item:
+                raise ImageError(f"image push failed: {_one_line(str(item['error']))}")
+            digest = _digest_of(item) or digest
+    except aiodocker.DockerError as exc:
+        raise ImageError(f"image push failed: {_one_line(str(exc.message))}") from None
+    if not digest:
+        raise ImageError("image push finished without a digest from the registry")
+    return digest
+
+
+def _digest_of(item: dict[str, Any]) -> str | None:
+    aux = item.get("aux")
+    if isinstance(aux, dict) and isinstance(aux.get("Digest"), str):
+        return str(aux["Digest"])
+    return None
+
+
+def image_labels(app_id: str, build_id: str) -> dict[str, str]:
+    """Labels every built image carries."""
+    return {"slipway.app": app_id, "slipway.build": build_id}
+
+
+def json_list(values: list[str]) -> str:
+    """A Dockerfile exec-form list."""
+    return json.dumps(values)
