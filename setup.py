@@ -19,4 +19,4 @@ for folder, name in AREAS.items():
     packages.append(name)
     packages.extend(f"{name}.{sub}" for sub in find_packages(where=folder))
 
-setup(packages=packages, package_data={"": ["py.typed", "buildpacks/**/*", "*.sql"]})
+setup(packages=packages, package_data={"": ["py.typed", "buildpacks/**/*", "*.sql", "*.html"]})

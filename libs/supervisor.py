@@ -58,6 +58,7 @@ STARTS_FIRST: tuple[Service, ...] = (
 STARTS_LAST: tuple[Service, ...] = (Service.GATEWAY,)
 
 NATS_NAME = "nats-server"
+CADDY_NAME = "caddy"  # Caddy, the router (libs/caddy.py); ports from SLIPWAY_ROUTER_*
 PIDFILE_NAME = "supervisor.pid"
 
 
@@ -488,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
             found = ", ".join(services) or "none"
             parser.error(f"no such service: {', '.join(unknown)} (found: {found})")
         children = service_specs(name for name in services if name in wanted)
+        if str(Service.NETWORK_WIRER) in wanted:
+            # The router is infrastructure, like nats-server: it starts before the services.
+            children.insert(0, ChildSpec(CADDY_NAME, (sys.executable, "-m", "slipway.libs.caddy")))
 
     home: Path = args.home.resolve()
     pidfile = PidFile(home / "run" / PIDFILE_NAME)

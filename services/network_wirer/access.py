@@ -1,0 +1,159 @@
+"""The router's access lines: Caddy writes JSON logs to our TCP listener, we publish RouterAccess.
+
+Caddy's `net` log writer sends two kinds of lines here (routes.py sets it up):
+
+- `http.handlers.reverse_proxy` "upstream roundtrip" (DEBUG): which upstream
+  answered, with the request's headers, so its `X-Request-Id` names the request;
+- `http.log.access.router` "handled request": method, host, URI, status, size,
+  duration, client address, and the response's `X-Request-Id` / `X-Router-Error`.
+
+The access line is joined with the roundtrip line of the same request id; the
+upstream address becomes the dyno's name, the host becomes the app. Records go
+to `contracts.logs.router_subject(app_id)` on core NATS: they hold customer data
+(paths, addresses), so nothing here is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import structlog
+
+from slipway.contracts.logs import RouterAccess
+from slipway.services.network_wirer.routes import (
+    ACCESS_LOG_NAME,
+    ERROR_HEADER,
+    PROXY_LOG_NAME,
+    REQUEST_ID_HEADER,
+    AppRoute,
+    apps_by_host,
+    dynos_by_upstream,
+)
+
+log = structlog.get_logger("slipway.network_wirer.access")
+
+Publish = Callable[[RouterAccess], Awaitable[None]]
+_MAX_PENDING = 10_000  # roundtrips waiting for their access line
+_MAX_KNOWN_UPSTREAMS = 10_000
+
+
+def _first(headers: Any, name: str) -> str:
+    if not isinstance(headers, dict):
+        return ""
+    for key, values in headers.items():
+        if key.lower() == name.lower() and isinstance(values, list) and values:
+            return str(values[0])
+    return ""
+
+
+class AccessJoiner:
+    """Turns Caddy's log records into RouterAccess records (pure: no I/O)."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, str] = {}
+        self._dynos: dict[str, tuple[str, str]] = {}
+        self._pending: OrderedDict[str, str] = OrderedDict()
+
+    def update(self, routes: Iterable[AppRoute]) -> None:
+        """Learn the current hosts and upstreams; upstreams just removed stay known a while."""
+        routes = list(routes)
+        self._hosts = apps_by_host(routes)
+        if len(self._dynos) > _MAX_KNOWN_UPSTREAMS:
+            self._dynos.clear()
+        self._dynos.update(dynos_by_upstream(routes))
+
+    def record(self, entry: dict[str, Any]) -> RouterAccess | None:
+        """Feed one JSON log record; returns the access record it completes, if any."""
+        logger = entry.get("logger", "")
+        request = entry.get("request") or {}
+        if logger == PROXY_LOG_NAME and entry.get("msg") == "upstream roundtrip":
+            rid = _first(request.get("headers"), REQUEST_ID_HEADER)
+            if rid:
+                self._pending[rid] = str(entry.get("upstream", ""))
+                while len(self._pending) > _MAX_PENDING:
+                    self._pending.popitem(last=False)
+            return None
+        if logger != ACCESS_LOG_NAME:
+            return None
+        host = str(request.get("host", "")).lower()
+        app_id = self._hosts.get(host) or self._hosts.get(host.rsplit(":", 1)[0])
+        if app_id is None:
+            return None
+        resp_headers = entry.get("resp_headers")
+        rid = _first(resp_headers, REQUEST_ID_HEADER) or _first(
+            request.get("headers"), REQUEST_ID_HEADER
+        )
+        upstream = self._pending.pop(rid, "") if rid else ""
+        dyno = self._dynos.get(upstream, ("", ""))[1] if upstream else ""
+        return RouterAccess(
+            app_id=app_id,
+            timestamp=float(entry.get("ts", 0.0)),
+            method=str(request.get("method", "")),
+            path=str(request.get("uri", "")),
+            host=host,
+            request_id=rid,
+            fwd=str(request.get("remote_ip") or request.get("remote_addr", "")),
+            dyno=dyno,
+            connect_ms=0,
+            service_ms=round(float(entry.get("duration", 0.0)) * 1000),
+            status=int(entry.get("status", 0)),
+            bytes=int(entry.get("size", 0)),
+            protocol="https" if request.get("tls") else "http",
+            code=_first(resp_headers, ERROR_HEADER),
+        )
+
+
+class AccessListener:
+    """A loopback TCP server Caddy's log writer connects to."""
+
+    def __init__(self, publish: Publish, host: str = "127.0.0.1") -> None:
+        self.publish = publish
+        self.host = host
+        self.joiner = AccessJoiner()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> str:
+        """Listen on a free port; returns "host:port" for Caddy's configuration."""
+        self._server = await asyncio.start_server(self._serve, self.host, 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"{self.host}:{port}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        try:
+            while line := await reader.readline():
+                await self._line(line)
+        except (ConnectionError, asyncio.LimitOverrunError, ValueError):
+            pass  # Caddy reconnects; a torn line is one lost access record
+        finally:
+            self._writers.discard(writer)
+            writer.close()
+
+    async def _line(self, line: bytes) -> None:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(entry, dict):
+            return
+        access = self.joiner.record(entry)
+        if access is not None:
+            try:
+                await self.publish(access)
+            except Exception as exc:  # a lost access line must never stop the listener
+                log.warning("access.publish_failed", error=repr(exc))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            # Closing the connections ends each reader's loop (cancelling would be logged).
+            for writer in list(self._writers):
+                writer.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()

@@ -1,0 +1,157 @@
+"""Isolation, tested from inside app A's dyno: only the router's public port answers.
+
+The platform binds to loopback, which a container cannot reach anyway; to prove
+the firewall itself, stand-ins for the gateway and the registry and a real NATS
+listen on *every* address here, so only SLIPWAY-ISOLATION stands between them
+and the dyno.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiodocker
+import pytest
+
+from slipway.contracts.gateway import APP_DESTROYED, AppDestroyed
+from slipway.contracts.router import app_network_name
+from slipway.libs.caddy import CaddyServer, RouterAddress
+from slipway.libs.natsserver import NatsServer
+from slipway.services.network_wirer.networks import CHAIN
+from tests.conftest import assert_eventually
+from tests.network_wirer.conftest import Dynos, RunningWirer, World
+
+pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.slow]
+
+PROBE = """
+import json, socket, sys
+out = {}
+for name, host, port in json.loads(sys.argv[1]):
+    s = socket.socket()
+    s.settimeout(1.5)
+    try:
+        s.connect((host, port))
+        out[name] = "open"
+    except OSError as exc:
+        out[name] = type(exc).__name__
+    finally:
+        s.close()
+print(json.dumps(out))
+"""
+
+
+async def _listener() -> tuple[asyncio.Server, int]:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(answer, "0.0.0.0", 0)  # noqa: S104 - on purpose
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+async def _iptables(*argv: str, stdin: bytes | None = None) -> str | None:
+    process = await asyncio.create_subprocess_exec(
+        "iptables" if stdin is None else "iptables-restore",
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await process.communicate(stdin)
+    return out.decode() if process.returncode == 0 else None
+
+
+async def _restore_chain(saved: str | None) -> None:
+    """Put the machine's firewall back as it was before the test (other tests share it)."""
+    if saved is None:
+        await _iptables("-D", "INPUT", "-j", CHAIN)
+        await _iptables("-F", CHAIN)
+        await _iptables("-X", CHAIN)
+        return
+    rules = [line for line in saved.splitlines() if line.startswith("-A ")]
+    script = "\n".join(["*filter", f":{CHAIN} - [0:0]", *rules, "COMMIT", ""])
+    await _iptables("--noflush", stdin=script.encode())
+
+
+@pytest.fixture
+async def public_caddy(tmp_path: Path) -> AsyncIterator[CaddyServer]:
+    """Caddy with its public ports on every address, as in production."""
+    server = CaddyServer(
+        tmp_path / "public-caddy", RouterAddress(http_port=0, https_port=0, admin_port=0)
+    )
+    await asyncio.to_thread(server.start)
+    yield server
+    await asyncio.to_thread(server.stop)
+
+
+async def test_dyno_reaches_only_the_router(
+    world: World,
+    dynos: Dynos,
+    wirer: RunningWirer,
+    public_caddy: CaddyServer,
+    tmp_path: Path,
+) -> None:
+    """From app A: app B, NATS, the gateway, the registry and Caddy's admin are unreachable."""
+    saved_chain = await _iptables("-S", CHAIN)
+    nats = NatsServer(tmp_path / "open-nats", host="0.0.0.0")  # noqa: S104 - on purpose
+    await asyncio.to_thread(nats.start)
+    gateway, gateway_port = await _listener()
+    registry, registry_port = await _listener()
+    docker = aiodocker.Docker()
+    a, b = world.app("iso-a"), world.app("iso-b")
+    address = public_caddy.address
+    try:
+        await wirer.start(
+            router_http_port=address.http_port,
+            router_https_port=address.https_port,
+            router_admin_port=address.admin_port,
+            router_listen_host="",
+            caddy_data=str(public_caddy.data_dir),
+            manage_networks=True,
+            isolation=True,
+        )
+        dyno_a = await dynos.start(a, network=app_network_name(a.app_id))
+        dyno_b = await dynos.start(b, network=app_network_name(b.app_id))
+        network_a = await docker.networks.get(app_network_name(a.app_id))
+        host_ip = (await network_a.show())["IPAM"]["Config"][0]["Gateway"]
+        b_ip = await dynos.ip(dyno_b, app_network_name(b.app_id))
+        targets = [
+            ("app-b", b_ip, 5000),
+            ("nats", host_ip, nats.port),
+            ("gateway", host_ip, gateway_port),
+            ("registry", host_ip, registry_port),
+            ("caddy-admin", host_ip, address.admin_port),
+            ("router", host_ip, address.http_port),
+        ]
+        code, out = await dynos.exec(dyno_a, "python3", "-c", PROBE, json.dumps(targets))
+        assert code == 0, out
+        reached = json.loads(out)
+        assert reached["router"] == "open"
+        for name in ("app-b", "nats", "gateway", "registry", "caddy-admin"):
+            assert reached[name] != "open", (name, reached)
+
+        # Destroying app B removes its network once its dynos are gone.
+        await dynos.cleanup()
+        await world.gateway.publish(
+            APP_DESTROYED, AppDestroyed(app_id=b.app_id, name="iso-b", team_id="team", actor="t")
+        )
+
+        async def b_network_gone() -> None:
+            names = [n["Name"] for n in await docker.networks.list()]
+            assert app_network_name(b.app_id) not in names
+
+        await assert_eventually(b_network_gone, timeout=20)
+    finally:
+        await wirer.stop()
+        await dynos.cleanup()
+        for app in (a, b):
+            with contextlib.suppress(aiodocker.DockerError):
+                await (await docker.networks.get(app_network_name(app.app_id))).delete()
+        await _restore_chain(saved_chain)
+        await docker.close()
+        gateway.close()
+        registry.close()
+        await asyncio.to_thread(nats.stop)

@@ -1,0 +1,254 @@
+"""The router end to end: real Caddy, real containers, the real network-wirer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections import Counter
+
+import aiohttp
+import msgspec
+import pytest
+
+from slipway.contracts.logs import RouterAccess, router_subject
+from slipway.libs.caddy import CaddyServer
+from tests.conftest import assert_eventually
+from tests.network_wirer.conftest import Dynos, Router, RunningWirer, World
+
+pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.slow]
+
+
+async def test_routes_by_host_across_every_web_dyno(
+    world: World, dynos: Dynos, wirer: RunningWirer, router: Router
+) -> None:
+    """Three dynos of one app each get traffic; another app and an unknown host stay apart."""
+    hello, other = world.app("hello"), world.app("other")
+    for name in ("web.1", "web.2", "web.3"):
+        await world.set_dyno(await dynos.start(hello, name), announce=False)
+    await world.set_dyno(await dynos.start(other, "web.1"), announce=False)
+    await wirer.start()
+
+    seen: Counter[str] = Counter()
+    for _ in range(9):
+        status, body, _ = await router.get("hello.localhost")
+        assert status == 200
+        seen[json.loads(body)["dyno"]] += 1
+    assert set(seen) == {"web.1", "web.2", "web.3"}
+
+    status, body, _ = await router.get("other.localhost")
+    assert status == 200
+    assert json.loads(body)["dyno"] == "web.1"
+    status, body, _ = await router.get("nobody.localhost")
+    assert status == 404
+    assert "No such app" in body
+
+
+async def test_request_id_and_forwarded_headers(
+    world: World, dynos: Dynos, wirer: RunningWirer, router: Router, caddy: CaddyServer
+) -> None:
+    """The dyno sees X-Request-Id (kept or made) and X-Forwarded-For/Proto/Port."""
+    app = world.app("headers")
+    await world.set_dyno(await dynos.start(app), announce=False)
+    await wirer.start()
+
+    status, body, headers = await router.get("headers.localhost", headers={"X-Request-Id": "abc"})
+    assert status == 200
+    seen = json.loads(body)["headers"]
+    assert seen["X-Request-Id"] == "abc"
+    assert headers["X-Request-Id"] == "abc"
+    assert seen["X-Forwarded-For"] == "127.0.0.1"
+    assert seen["X-Forwarded-Proto"] == "http"
+    assert seen["X-Forwarded-Port"] == str(caddy.address.http_port)
+
+    status, body, headers = await router.get("headers.localhost")
+    made = json.loads(body)["headers"]["X-Request-Id"]
+    assert len(made) == 36
+    assert headers["X-Request-Id"] == made
+
+
+async def test_access_lines_name_app_dyno_and_status(
+    world: World, dynos: Dynos, wirer: RunningWirer, router: Router
+) -> None:
+    """Each request becomes a RouterAccess record on the app's router subject."""
+    app = world.app("logged")
+    await world.set_dyno(await dynos.start(app, "web.2"), announce=False)
+    chunks = await world.gateway.live_subscribe(router_subject(app.app_id))
+    await wirer.start()
+
+    status, _, _ = await router.get("logged.localhost", "/some/path?q=1", {"X-Request-Id": "r-1"})
+    assert status == 200
+    data = await asyncio.wait_for(anext(chunks), 10)
+    access = msgspec.json.decode(data, type=RouterAccess)
+    assert (access.method, access.path, access.host) == (
+        "GET",
+        "/some/path?q=1",
+        "logged.localhost",
+    )
+    assert (access.request_id, access.dyno, access.status) == ("r-1", "web.2", 200)
+    assert access.fwd == "127.0.0.1"
+    assert access.bytes > 0
+    assert access.code == ""
+
+
+async def test_killed_dyno_does_not_fail_requests(
+    world: World, dynos: Dynos, wirer: RunningWirer, router: Router
+) -> None:
+    """With one of two dynos killed (and no event yet), every request still succeeds."""
+    app = world.app("sturdy")
+    first = await dynos.start(app, "web.1")
+    await world.set_dyno(first, announce=False)
+    await world.set_dyno(await dynos.start(app, "web.2"), announce=False)
+    await wirer.start()
+    await dynos.kill(first)
+
+    statuses = [(await router.get("sturdy.localhost"))[0] for _ in range(20)]
+    assert statuses == [200] * 20
+
+
+async def test_no_web_dynos_then_crashed_pages(
+    world: World, dynos: Dynos, wirer: RunningWirer, router: Router
+) -> None:
+    """Scaled to zero answers H14 (503); dynos that all crashed answer H10 (503)."""
+    app = world.app("scaled")
+    dyno = await dynos.start(app)
+    await world.set_dyno(dyno, announce=False)
+    await wirer.start()
+    assert (await router.get("scaled.localhost"))[0] == 200
+
+    dyno = await world.dyno_state(dyno, "down")
+
+    async def h14() -> None:
+        status, body, headers = await router.get("scaled.localhost")
+        assert status == 503
+        assert "H14" in body
+        assert headers["X-Router-Error"] == "H14"
+
+    await assert_eventually(h14)
+    await world.dyno_state(dyno, "crashed")
+
+    async def h10() -> None:
+        status, body, _ = await router.get("scaled.localhost")
+        assert status == 503
+        assert "H10" in body
+
+    await assert_eventually(h10)
+
+
+async def test_slow_dyno_answers_h12(
+    world: World, dynos: Dynos, wirer: RunningWirer, router: Router
+) -> None:
+    """A dyno that does not answer within the router's timeout gives the H12 page (503)."""
+    app = world.app("slow")
+    await world.set_dyno(await dynos.start(app), announce=False)
+    await wirer.start(router_upstream_timeout=1.0)
+    status, body, headers = await router.get("slow.localhost", "/sleep?s=3")
+    assert status == 503
+    assert "H12" in body
+    assert headers["X-Router-Error"] == "H12"
+
+
+async def test_maintenance_on_and_off(
+    world: World, dynos: Dynos, wirer: RunningWirer, router: Router
+) -> None:
+    """Maintenance answers its page with 503; switched off, the app answers again."""
+    app = world.app("upkeep")
+    await world.set_dyno(await dynos.start(app), announce=False)
+    await wirer.start()
+    assert (await router.get("upkeep.localhost"))[0] == 200
+
+    app = await world.maintenance(app, True)
+
+    async def in_maintenance() -> None:
+        status, body, _ = await router.get("upkeep.localhost")
+        assert status == 503
+        assert "maintenance" in body
+
+    await assert_eventually(in_maintenance)
+    await world.maintenance(app, False)
+
+    async def back() -> None:
+        assert (await router.get("upkeep.localhost"))[0] == 200
+
+    await assert_eventually(back)
+
+
+async def test_custom_domain_over_https_with_internal_ca(
+    world: World, dynos: Dynos, wirer: RunningWirer, caddy: CaddyServer
+) -> None:
+    """A custom domain answers on the HTTPS port with a certificate from Caddy's local CA."""
+    app = world.app("secure", domains=["www.secure-example.test"])
+    await world.set_dyno(await dynos.start(app), announce=False)
+    await wirer.start()
+
+    async def fetch() -> None:
+        assert caddy.root_certificate.exists()
+        context = ssl.create_default_context(cafile=str(caddy.root_certificate))
+        try:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(
+                    f"https://127.0.0.1:{caddy.address.https_port}/",
+                    headers={"Host": "www.secure-example.test"},
+                    server_hostname="www.secure-example.test",
+                    ssl=context,
+                ) as response,
+            ):
+                assert response.status == 200
+                seen = json.loads(await response.text())
+        except aiohttp.ClientConnectorSSLError as exc:
+            # Caddy issues the certificate right after the load: until then, no handshake.
+            raise AssertionError(f"no certificate yet: {exc}") from exc
+        assert seen["headers"]["X-Forwarded-Proto"] == "https"
+
+    await assert_eventually(fetch, timeout=20)
+
+
+async def test_websocket_echo_through_router(
+    world: World, dynos: Dynos, wirer: RunningWirer, caddy: CaddyServer
+) -> None:
+    """A websocket upgrades through the router and echoes both ways."""
+    app = world.app("sockets")
+    await world.set_dyno(await dynos.start(app), announce=False)
+    await wirer.start()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            f"http://127.0.0.1:{caddy.address.http_port}/ws",
+            headers={"Host": "sockets.localhost"},
+        ) as ws,
+    ):
+        for text in ("ping", "pong"):
+            await ws.send_str(text)
+            assert (await ws.receive_str(timeout=10)) == f"web.1:{text}"
+
+
+async def test_routes_heal_after_restarts_and_missed_events(
+    world: World, dynos: Dynos, wirer: RunningWirer, router: Router, caddy: CaddyServer
+) -> None:
+    """A restarted Caddy and wirer route again; a change nobody announced is picked up."""
+    app = world.app("healing")
+    await world.set_dyno(await dynos.start(app, "web.1"), announce=False)
+    running = await wirer.start(reconcile_interval=0.5)
+    assert (await router.get("healing.localhost"))[0] == 200
+    # Nothing changed: further passes find Caddy's configuration equal and load nothing
+    # (a load would cut open websockets).
+    loads = running.snapshot.loads
+    await running.refresh()
+    await running.refresh()
+    assert running.snapshot.loads == loads
+
+    await wirer.stop()
+    caddy.restart()  # back to the boot configuration: no routes
+    assert (await router.get("healing.localhost"))[0] == 503
+    await wirer.start(reconcile_interval=0.5)
+    assert (await router.get("healing.localhost"))[0] == 200
+
+    # A second dyno the scheduler never announced: the periodic reconcile finds it.
+    await world.set_dyno(await dynos.start(app, "web.2"), announce=False)
+
+    async def both() -> None:
+        names = {json.loads((await router.get("healing.localhost"))[1])["dyno"] for _ in range(4)}
+        assert names == {"web.1", "web.2"}
+
+    await assert_eventually(both)
