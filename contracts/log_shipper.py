@@ -55,6 +55,7 @@ class ReadHistory(Message, tag="logshipper.history.read.v1", frozen=True, kw_onl
     lines: int = 100
     dyno: str | None = None  # "web.1", or a process type ("web") for all its dynos
     source: LogSource | None = None
+    before_seq: int | None = None  # paging backwards: only lines numbered below this
 
 
 class HistoryPage(Message, tag="logshipper.history.v1", frozen=True, kw_only=True):
@@ -64,6 +65,40 @@ class HistoryPage(Message, tag="logshipper.history.v1", frozen=True, kw_only=Tru
     lines: list[LogEntry]
     sealed: bool = False
     notice: str = ""
+    more: bool = False  # older lines exist: ask again with before_seq = lines[0].seq
+
+
+class ExportHistory(Message, tag="logshipper.history.export.v1", frozen=True, kw_only=True):
+    """Stored batches sealed to the team's own key, oldest first, numbered after `after_seq`."""
+
+    app_id: str
+    team_id: str
+    after_seq: int = 0
+
+
+class SealedBatch(msgspec.Struct, frozen=True, kw_only=True):
+    """One batch as its owner opens it: `sealedbox.open_sealed(private_key, box, binding)`.
+
+    The binding is Binding(team, app, "logs", id); the plaintext is
+    zlib(msgpack(list[LogEntry])).
+    """
+
+    id: str
+    team_id: str
+    app_id: str
+    host: str
+    first_seq: int
+    last_seq: int
+    first_ts: float
+    last_ts: float
+    lines: int
+    fingerprint: str  # of the public key the box is sealed to
+    box: bytes
+
+
+class HistoryArchive(Message, tag="logshipper.history.archive.v1", frozen=True, kw_only=True):
+    batches: list[SealedBatch]
+    more: bool = False  # ask again with after_seq = batches[-1].last_seq
 
 
 class DrainInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,6 +184,13 @@ HISTORY_READ: Rpc[ReadHistory, HistoryPage] = Rpc(
     subjects.rpc(Service.LOG_SHIPPER, "history.read"),
     ReadHistory,
     HistoryPage,
+)
+HISTORY_EXPORT: Rpc[ExportHistory, HistoryArchive] = Rpc(
+    Service.LOG_SHIPPER,
+    "history.export",
+    subjects.rpc(Service.LOG_SHIPPER, "history.export"),
+    ExportHistory,
+    HistoryArchive,
 )
 DRAIN_ADD: Rpc[AddDrain, Drain] = Rpc(
     Service.LOG_SHIPPER,

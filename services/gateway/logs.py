@@ -1,0 +1,421 @@
+"""Logs through the gateway: log sessions (history then live tail), log drains, dyno metrics.
+
+    POST   /apps/{app}/log-sessions      {dyno, source, lines, tail} → {logplex_url, ...}
+    GET    /log-sessions/{token}         text/plain lines: history first, then live if tail
+    GET    /apps/{app}/log-drains        and POST / GET {drain} / DELETE {drain}
+    GET    /apps/{app}/metrics           the latest sample of each dyno
+    GET    /apps/{app}/log-archive       batches sealed to the team's own key, for its owner
+
+A log session is created only by a user whose role on the app allows reading
+it; its URL carries a random token (only its hash is stored) that works for
+`SESSION_TTL` seconds, and is checked again against the user's role when
+opened. The stream is served here: the gateway subscribes to the app's tail
+subject first, then pages history from log-shipper (the only service that can
+decrypt it) and then writes live lines, dropping those history already had
+(lines are numbered per log-shipper host), so the output is in order with no
+gap and no repeat. With several log-shippers, history pages are merged by
+timestamp (each host answers for its own lines; see services/log_shipper/README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import secrets
+import time
+
+import msgspec
+from aiohttp import web
+from nats.aio.msg import Msg
+
+from slipway.contracts.base import decoder
+from slipway.contracts.log_shipper import (
+    DRAIN_ADD,
+    DRAIN_REMOVE,
+    DRAINS_LIST,
+    HISTORY_EXPORT,
+    HISTORY_READ,
+    METRICS_GET,
+    AddDrain,
+    DrainInfo,
+    DynoSample,
+    ExportHistory,
+    GetMetrics,
+    ListDrains,
+    LogEntry,
+    ReadHistory,
+    RemoveDrain,
+    SealedBatch,
+    TailBatch,
+    tail_subject,
+)
+from slipway.contracts.logs import LogSource
+from slipway.libs.bus import Bus
+from slipway.libs.errors import NotFound
+from slipway.services.gateway import store
+from slipway.services.gateway.auth import Action, actor, app_for
+from slipway.services.gateway.changes import change
+from slipway.services.gateway.errors import InvalidParams
+from slipway.services.gateway.routing import Routes, read_body, reply
+from slipway.services.gateway.state import GATEWAY
+from slipway.services.gateway.store import new_uuid, timestamp
+from slipway.services.gateway.views import View
+
+routes = Routes("logs")
+
+SESSION_TTL = 300.0  # seconds a logplex_url may be opened after it was made
+MAX_LINES = 1500  # Heroku's bound for `heroku logs -n`
+SOURCES = ("app", "heroku", "api", "router")
+_TAIL = decoder(TailBatch)
+_IDLE_CHECK = 2.0  # seconds between checks that a silent tail's client is still there
+
+
+class LogSessionCreate(msgspec.Struct, frozen=True, kw_only=True):
+    dyno: str | None = None
+    source: str | None = None
+    lines: int | None = None
+    tail: bool = False
+
+
+class LogSession(View, frozen=True, kw_only=True):
+    id: str
+    logplex_url: str
+    created_at: str
+    updated_at: str
+
+
+class AppRef(View, frozen=True, kw_only=True):
+    id: str
+    name: str
+
+
+class LogDrain(View, frozen=True, kw_only=True):
+    addon: None = None
+    app: AppRef
+    created_at: str
+    id: str
+    token: str
+    updated_at: str
+    url: str
+
+
+class LogDrainCreate(msgspec.Struct, frozen=True, kw_only=True):
+    url: str
+
+
+class DynoMetrics(View, frozen=True, kw_only=True):
+    dynos: list[DynoSample]
+
+
+# ---- reading history (also used by tests and tools holding a bus) --------------------------
+
+
+async def history(
+    bus: Bus,
+    app_id: str,
+    team_id: str,
+    lines: int,
+    *,
+    dyno: str | None = None,
+    source: LogSource | None = None,
+) -> list[LogEntry]:
+    """The last `lines` lines of an app, oldest first, paged from log-shipper."""
+    pages: list[list[LogEntry]] = []
+    left, before = lines, None
+    while left > 0:
+        request = ReadHistory(
+            app_id=app_id, team_id=team_id, lines=left, dyno=dyno, source=source, before_seq=before
+        )
+        page = await bus.call(HISTORY_READ, request, timeout=30.0)
+        if page.lines:
+            pages.append(page.lines)
+            left -= len(page.lines)
+            before = page.lines[0].seq
+        if not page.more or not page.lines:
+            break
+    found = [entry for page in reversed(pages) for entry in page]
+    # One host's lines are in its order already; several hosts interleave by time.
+    if len({e.host for e in found}) > 1:
+        found.sort(key=lambda e: (e.timestamp, e.host, e.seq))
+    return found
+
+
+# ---- log sessions ------------------------------------------------------------------------
+
+_SESSIONS_SQL = (
+    "SELECT s.*, a.team_id FROM log_sessions s JOIN apps a ON a.id = s.app_id"
+    " WHERE s.token_hash = ?"
+)
+
+
+def text_line(entry: LogEntry) -> str:
+    """`2026-11-27T21:00:00.123456+00:00 app[web.1]: text`, as `heroku logs` prints."""
+    at = datetime.datetime.fromtimestamp(entry.timestamp, datetime.UTC)
+    return f"{at.isoformat(timespec='microseconds')} {entry.source}[{entry.dyno}]: {entry.text}"
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _check(body: LogSessionCreate) -> None:
+    if body.source is not None and body.source not in SOURCES:
+        raise InvalidParams(f"source must be one of {', '.join(SOURCES)}, not {body.source!r}.")
+    if body.lines is not None and not 0 <= body.lines <= MAX_LINES:
+        raise InvalidParams(f"lines must be between 0 and {MAX_LINES}, not {body.lines}.")
+    if body.dyno is not None and not body.dyno.replace(".", "").replace("-", "").isalnum():
+        raise InvalidParams(f"{body.dyno[:40]!r} is not a dyno name (web.1) or process type.")
+
+
+@routes.post(
+    "/apps/{app}/log-sessions",
+    summary="Create a log session (a short-lived URL streaming the app's logs)",
+    body=LogSessionCreate,
+    response=LogSession,
+    status=201,
+)
+async def create_session(request: web.Request) -> web.Response:
+    app = await app_for(request, Action.READ, "read its logs")
+    body = await read_body(request, LogSessionCreate)
+    _check(body)
+    gw = request.app[GATEWAY]
+    token = secrets.token_urlsafe(32)
+    session_id, at, now = new_uuid(), timestamp(), time.time()
+    user = actor(request)
+    async with change(gw, user) as tx:
+        await tx.conn.execute("DELETE FROM log_sessions WHERE expires_at < ?", (now,))
+        await tx.conn.execute(
+            "INSERT INTO log_sessions (id, token_hash, app_id, user_id, dyno, source, lines,"
+            " tail, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                session_id,
+                _hash(token),
+                app.id,
+                user.user_id,
+                body.dyno,
+                body.source,
+                100 if body.lines is None else body.lines,
+                int(body.tail),
+                at,
+                now + SESSION_TTL,
+            ),
+        )
+        details = {
+            "tail": str(body.tail).lower(),
+            "dyno": body.dyno or "",
+            "source": body.source or "",
+        }
+        tx.audit(app.team_id, "logs.session", app_name=app.name, app_id=app.id, details=details)
+    url = f"{gw.api_url}/log-sessions/{token}"
+    return reply(LogSession(id=session_id, logplex_url=url, created_at=at, updated_at=at), 201)
+
+
+@routes.get(
+    "/log-sessions/{token}",
+    summary="Stream a log session's lines (the logplex_url; the token is the credential)",
+    response=str,
+    public=True,
+    extension=True,
+)
+async def stream_session(request: web.Request) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    row = await store._one(gw.reader, _SESSIONS_SQL, (_hash(request.match_info["token"]),))
+    if row is None:
+        raise NotFound("Unknown log session: create one with `slipway logs`.")
+    if row["expires_at"] < time.time():
+        raise NotFound(
+            f"This log session expired (a logplex_url works for {int(SESSION_TTL)} seconds):"
+            " create a new one with `slipway logs`."
+        )
+    if await store.app_for_user(gw.reader, row["app_id"], row["user_id"]) is None:
+        raise NotFound("Couldn't find that app.")
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await response.prepare(request)
+    streamer = _Streamer(gw.bus, row["app_id"], row["team_id"], row["dyno"], row["source"])
+    await streamer.run(request, response, int(row["lines"]), bool(row["tail"]))
+    return response
+
+
+class _Streamer:
+    """History first, then live lines, in order, without repeats, until the client leaves."""
+
+    def __init__(
+        self, bus: Bus, app_id: str, team_id: str, dyno: str | None, source: str | None
+    ) -> None:
+        self.bus, self.app_id, self.team_id = bus, app_id, team_id
+        self.dyno, self.source = dyno, source
+        self.seen: dict[str, int] = {}  # host -> highest seq written
+
+    def wanted(self, entry: LogEntry) -> bool:
+        if entry.seq <= self.seen.get(entry.host, 0):
+            return False
+        if self.source is not None and entry.source != self.source:
+            return False
+        if self.dyno is None:
+            return True
+        if "." in self.dyno:
+            return entry.dyno == self.dyno
+        return entry.dyno.split(".", 1)[0] == self.dyno
+
+    async def write(self, response: web.StreamResponse, entries: list[LogEntry]) -> None:
+        chosen = [e for e in entries if self.wanted(e)]
+        for entry in chosen:
+            self.seen[entry.host] = max(entry.seq, self.seen.get(entry.host, 0))
+        if chosen:
+            await response.write("".join(text_line(e) + "\n" for e in chosen).encode())
+
+    async def run(
+        self, request: web.Request, response: web.StreamResponse, lines: int, tail: bool
+    ) -> None:
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_batch(msg: Msg) -> None:
+            queue.put_nowait(msg.data)
+
+        # Subscribed before history is read: no line falls between the two.
+        sub = await self.bus.nc.subscribe(tail_subject(self.app_id), cb=on_batch) if tail else None
+        try:
+            if sub is not None:
+                await self.bus.nc.flush()
+            source: LogSource | None = self.source  # type: ignore[assignment]
+            past = await history(
+                self.bus, self.app_id, self.team_id, lines, dyno=self.dyno, source=source
+            )
+            await self.write(response, past)
+            while sub is not None:
+                try:
+                    data = await asyncio.wait_for(queue.get(), _IDLE_CHECK)
+                except TimeoutError:
+                    if request.transport is None or request.transport.is_closing():
+                        return
+                    continue
+                await self.write(response, _TAIL.decode(data).lines)
+        except (ConnectionResetError, asyncio.CancelledError):
+            return
+        finally:
+            if sub is not None:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+
+# ---- the sealed archive of a team with its own key ------------------------------------------
+
+
+class LogArchive(View, frozen=True, kw_only=True):
+    """Batches sealed to the team's key: open each with the private key (`slipway logs:export`)."""
+
+    batches: list[SealedBatch]
+    more: bool
+
+
+@routes.get(
+    "/apps/{app}/log-archive",
+    summary="Stored log batches sealed to the team's own key (after_seq pages on)",
+    response=LogArchive,
+    extension=True,
+)
+async def log_archive(request: web.Request) -> web.Response:
+    app = await app_for(request, Action.READ, "read its logs")
+    try:
+        after = int(request.query.get("after_seq", "0"))
+    except ValueError:
+        raise InvalidParams("after_seq must be a whole number.") from None
+    gw = request.app[GATEWAY]
+    export = ExportHistory(app_id=app.id, team_id=app.team_id, after_seq=after)
+    archive = await gw.bus.call(HISTORY_EXPORT, export, timeout=30.0)
+    async with change(gw, actor(request)) as tx:
+        details = {"after_seq": str(after), "batches": str(len(archive.batches))}
+        tx.audit(app.team_id, "logs.export", app_name=app.name, app_id=app.id, details=details)
+    return reply(LogArchive(batches=archive.batches, more=archive.more))
+
+
+# ---- drains --------------------------------------------------------------------------------
+
+
+def _iso(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+
+
+def _drain_view(app: store.App, drain: DrainInfo) -> LogDrain:
+    return LogDrain(
+        app=AppRef(id=app.id, name=app.name),
+        created_at=_iso(drain.created_at),
+        id=drain.id,
+        token=drain.token,
+        updated_at=_iso(drain.updated_at),
+        url=drain.url,
+    )
+
+
+@routes.get("/apps/{app}/log-drains", summary="List log drains", response=list[LogDrain])
+async def list_drains(request: web.Request) -> web.Response:
+    app = await app_for(request, Action.READ, "read its log drains")
+    found = await request.app[GATEWAY].bus.call(
+        DRAINS_LIST, ListDrains(app_id=app.id, team_id=app.team_id)
+    )
+    return reply([_drain_view(app, d) for d in found.drains])
+
+
+@routes.get("/apps/{app}/log-drains/{drain}", summary="Info for a log drain", response=LogDrain)
+async def drain_info(request: web.Request) -> web.Response:
+    app = await app_for(request, Action.READ, "read its log drains")
+    found = await request.app[GATEWAY].bus.call(
+        DRAINS_LIST, ListDrains(app_id=app.id, team_id=app.team_id)
+    )
+    ident = request.match_info["drain"]
+    for drain in found.drains:
+        if ident in (drain.id, drain.token, drain.url):
+            return reply(_drain_view(app, drain))
+    raise NotFound("Couldn't find that log drain.")
+
+
+@routes.post(
+    "/apps/{app}/log-drains",
+    summary="Add a log drain (syslog+tls:// or https://)",
+    body=LogDrainCreate,
+    response=LogDrain,
+    status=201,
+)
+async def add_drain(request: web.Request) -> web.Response:
+    app = await app_for(request, Action.DEPLOY, "add log drains")
+    body = await read_body(request, LogDrainCreate)
+    gw = request.app[GATEWAY]
+    added = await gw.bus.call(
+        DRAIN_ADD, AddDrain(app_id=app.id, team_id=app.team_id, url=body.url), timeout=10.0
+    )
+    await _audit(request, app, "drain.add", added.drain)
+    return reply(_drain_view(app, added.drain), 201)
+
+
+@routes.delete("/apps/{app}/log-drains/{drain}", summary="Remove a log drain", response=LogDrain)
+async def remove_drain(request: web.Request) -> web.Response:
+    app = await app_for(request, Action.DEPLOY, "remove log drains")
+    gw = request.app[GATEWAY]
+    request_ = RemoveDrain(app_id=app.id, team_id=app.team_id, ident=request.match_info["drain"])
+    removed = await gw.bus.call(DRAIN_REMOVE, request_, timeout=10.0)
+    await _audit(request, app, "drain.remove", removed.drain)
+    return reply(_drain_view(app, removed.drain))
+
+
+async def _audit(request: web.Request, app: store.App, action: str, drain: DrainInfo) -> None:
+    # The URL may hold credentials: the chain records the drain's id and token only.
+    async with change(request.app[GATEWAY], actor(request)) as tx:
+        details = {"drain_id": drain.id, "token": drain.token}
+        tx.audit(app.team_id, action, app_name=app.name, app_id=app.id, details=details)
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+
+
+@routes.get(
+    "/apps/{app}/metrics",
+    summary="The latest CPU, memory and restart sample of each dyno",
+    response=DynoMetrics,
+    extension=True,
+)
+async def metrics(request: web.Request) -> web.Response:
+    app = await app_for(request, Action.READ, "read its metrics")
+    found = await request.app[GATEWAY].bus.call(METRICS_GET, GetMetrics(app_id=app.id))
+    return reply(DynoMetrics(dynos=found.dynos))

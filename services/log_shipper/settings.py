@@ -1,0 +1,48 @@
+"""Log-shipper's settings, read from `SLIPWAY_*` environment variables.
+
+One log-shipper runs per Docker host:
+
+    SLIPWAY_DOCKER_URL=unix:///var/run/docker.sock SLIPWAY_HOST_ID=host-1 \
+        python -m slipway.services.log_shipper
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slipway.libs.service import Settings
+
+DAY = 86400.0
+MIB = 1024 * 1024
+
+
+class LogShipperSettings(Settings, frozen=True, kw_only=True):
+    """What one host's log-shipper needs besides what every service has."""
+
+    docker_url: str = "unix:///var/run/docker.sock"
+    host_id: str = "local"
+    # Only containers with this label value are followed (tests use their own).
+    managed_value: str = "true"
+    # A batch is sealed and stored when it holds this many lines or is this old.
+    batch_lines: int = 20_000
+    batch_seconds: float = 1.0
+    # Lines waiting to be sealed, per app, before the followers wait (backpressure).
+    pending_max_lines: int = 200_000
+    # New lines are published to live tails at most this often.
+    tail_interval: float = 0.05
+    retention_days: float = 7.0
+    # Oldest batches go first once an app's stored history passes this size.
+    max_bytes_per_app: int = 256 * MIB
+    sweep_interval: float = 60.0
+    # Lines of a team whose history is sealed to its own key that stay readable, in memory only.
+    sealed_recent_lines: int = 1500
+    # Dyno metrics: seconds between samples (0 turns them off).
+    metrics_interval: float = 20.0
+    # Drains: extra CA bundle to trust (a PEM file), lines buffered per drain, backoff cap.
+    drain_ca_file: str = ""
+    drain_buffer_lines: int = 10_000
+    drain_backoff_max: float = 30.0
+    drain_batch_lines: int = 500
+
+    def db_path(self) -> Path:
+        return self.state_dir("log-shipper") / f"log-shipper-{self.host_id}.db"

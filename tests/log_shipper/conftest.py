@@ -1,0 +1,180 @@
+"""Fixtures for log-shipper tests: the real keyring, a real log-shipper, dyno-like containers.
+
+Dynos here are containers of the run stack carrying the scheduler's labels; the
+managed label's value is unique per test, so a test's log-shipper follows its
+own containers only, never another test's (or another helper's) containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiodocker
+import pytest
+
+from slipway.contracts.scheduler import LABEL_APP, LABEL_DYNO, LABEL_MANAGED, LABEL_TEAM
+from slipway.libs.bus import Bus
+from slipway.libs.natsserver import NatsServer
+from slipway.libs.service import ServiceApp
+from slipway.services.log_shipper.app import SHIPPER, create_service
+from slipway.services.log_shipper.settings import LogShipperSettings
+from slipway.services.log_shipper.shipper import Shipper
+from tests.cli.conftest import Result
+from tests.gateway.conftest import (  # noqa: F401 - fixtures
+    Api,
+    gateway_service,
+    keyring_service,
+    run_in_background,
+    slipway_home,
+    stack,
+    stop,
+)
+
+IMAGE = "slipway/stack-run:bookworm"
+SLIPWAY = str(Path(sys.executable).parent / "slipway")
+
+
+async def slipway(api: Api, home: Path, *args: str) -> Result:
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "SLIPWAY_CONFIG_DIR": str(home / "config"),
+        "SLIPWAY_API_URL": api.url,
+        "SLIPWAY_API_KEY": api.token or "",
+    }
+    env.pop("SLIPWAY_APP", None)
+    process = await asyncio.create_subprocess_exec(
+        SLIPWAY,
+        *args,
+        cwd=home,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return Result(process.returncode, out.decode(), err.decode())
+
+
+TEST_LABEL = "org.slipway.test"
+
+
+@dataclass
+class Dynos:
+    """Starts dyno-like containers for one test and removes them all at the end."""
+
+    docker: aiodocker.Docker
+    managed: str
+    created: list[str] = field(default_factory=list)
+
+    async def run(self, app_id: str, team_id: str, dyno: str, script: str) -> str:
+        """Start a container running `python3 -c script`; its id."""
+        config: dict[str, Any] = {
+            "Image": IMAGE,
+            "Cmd": ["python3", "-u", "-c", script],
+            "Labels": {
+                LABEL_MANAGED: self.managed,
+                LABEL_APP: app_id,
+                LABEL_TEAM: team_id,
+                LABEL_DYNO: dyno,
+                TEST_LABEL: "log-shipper",
+            },
+            "HostConfig": {"NetworkMode": "none", "LogConfig": {"Type": "json-file"}},
+        }
+        name = f"slw-logtest-{uuid.uuid4().hex[:10]}"
+        container = await self.docker.containers.run(config, name=name)
+        self.created.append(container.id)
+        return str(container.id)
+
+    async def wait(self, container_id: str) -> None:
+        await self.docker.containers.container(container_id).wait()
+
+    async def remove_all(self) -> None:
+        for container_id in self.created:
+            with contextlib.suppress(aiodocker.DockerError):
+                await self.docker.containers.container(container_id).delete(force=True)
+
+
+@pytest.fixture
+def managed() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def dynos(managed: str) -> AsyncIterator[Dynos]:
+    docker = aiodocker.Docker()
+    made = Dynos(docker, managed)
+    try:
+        yield made
+    finally:
+        await made.remove_all()
+        await docker.close()
+
+
+ShipperFactory = Callable[..., LogShipperSettings]
+
+
+@pytest.fixture
+def shipper_settings(
+    nats_server: NatsServer,
+    slipway_home: Path,  # noqa: F811 - a fixture
+    managed: str,
+) -> ShipperFactory:
+    """Settings for a test's log-shipper: quick batches, its own managed label."""
+
+    def make(**overrides: Any) -> LogShipperSettings:
+        values: dict[str, Any] = {
+            "nats_url": nats_server.url,
+            "home": str(slipway_home),
+            "host_id": "h1",
+            "managed_value": managed,
+            "batch_seconds": 0.2,
+            "metrics_interval": 0.0,
+            "shutdown_grace": 5.0,
+            **overrides,
+        }
+        return LogShipperSettings(**values)
+
+    return make
+
+
+@dataclass
+class RunningShipper:
+    service: ServiceApp
+
+    @property
+    def shipper(self) -> Shipper:
+        return self.service[SHIPPER]
+
+    @property
+    def bus(self) -> Bus:
+        return self.service.bus
+
+
+@pytest.fixture
+async def start_shipper(
+    keyring_service: ServiceApp,  # noqa: F811 - a fixture
+) -> AsyncIterator[Callable[[LogShipperSettings], Any]]:
+    """Start log-shippers in this event loop; all are stopped at the end of the test."""
+    running: list[tuple[ServiceApp, asyncio.Task[None]]] = []
+
+    async def start(settings: LogShipperSettings) -> RunningShipper:
+        service = create_service(settings)
+        running.append((service, await run_in_background(service)))
+        return RunningShipper(service)
+
+    yield start
+    for service, task in reversed(running):
+        await stop(service, task)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex

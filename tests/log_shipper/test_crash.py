@@ -1,0 +1,113 @@
+"""100,000 lines from a dyno reach history, in order, none lost or doubled, across a kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from slipway.contracts.log_shipper import HISTORY_READ, ReadHistory
+from slipway.libs.bus import Bus
+from slipway.libs.natsserver import NatsServer
+from slipway.libs.service import ServiceApp
+from slipway.services.gateway.logs import history
+from tests.conftest import assert_eventually
+from tests.log_shipper.conftest import Dynos, new_id
+
+pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.slow]
+
+TOTAL = 100_000
+CHUNKS = 10
+# Printed in chunks with pauses, so that the kill lands while lines are still coming.
+SCRIPT = f"""
+import sys, time
+for c in range({CHUNKS}):
+    size = {TOTAL // CHUNKS}
+    sys.stdout.write("".join(f"line {{c * size + i:06d}}\\n" for i in range(size)))
+    sys.stdout.flush()
+    time.sleep(0.4)
+"""
+
+
+def start_process(nats: NatsServer, home: Path, managed: str) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "SLIPWAY_NATS_URL": nats.url,
+        "SLIPWAY_HOME": str(home),
+        "SLIPWAY_HOST_ID": "h1",
+        "SLIPWAY_MANAGED_VALUE": managed,
+        "SLIPWAY_BATCH_SECONDS": "0.2",
+        "SLIPWAY_METRICS_INTERVAL": "0",
+        "SLIPWAY_SHUTDOWN_GRACE": "5",
+        "SLIPWAY_LOG_FORMAT": "json",
+    }
+    out = home / f"log-shipper-{len(list(home.glob('*.out')))}.out"
+    with out.open("wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "slipway.services.log_shipper"], env=env, stdout=log, stderr=log
+        )
+
+
+async def newest_line(bus: Bus, app_id: str, team_id: str) -> str:
+    page = await bus.call(HISTORY_READ, ReadHistory(app_id=app_id, team_id=team_id, lines=1))
+    return page.lines[-1].text if page.lines else ""
+
+
+def stored_lines(db: Path, app_id: str) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT sum(lines) FROM batches WHERE app_id = ?", (app_id,)).fetchone()
+        return int(row[0] or 0)
+    finally:
+        conn.close()
+
+
+async def test_no_line_is_lost_or_doubled_across_a_kill_9(
+    nats_server: NatsServer,
+    slipway_home: Path,
+    keyring_service: ServiceApp,
+    bus_factory: Callable[[str], Awaitable[Bus]],
+    dynos: Dynos,
+    managed: str,
+) -> None:
+    """kill -9 mid-stream, the dyno keeps printing, restart: history holds each line once."""
+    bus = await bus_factory("gateway")
+    app_id, team_id = new_id(), new_id()
+    first = start_process(nats_server, slipway_home, managed)
+    second: subprocess.Popen[bytes] | None = None
+    try:
+        container = await dynos.run(app_id, team_id, "web.1", SCRIPT)
+
+        async def some_stored() -> None:
+            text = await newest_line(bus, app_id, team_id)
+            assert text >= "line 020000", text
+
+        await assert_eventually(some_stored, timeout=60, interval=0.1)
+        first.send_signal(signal.SIGKILL)
+        assert await asyncio.to_thread(first.wait) == -signal.SIGKILL
+        await dynos.wait(container)  # the rest is printed while no log-shipper runs
+
+        second = start_process(nats_server, slipway_home, managed)
+        db = slipway_home / "log-shipper" / "log-shipper-h1.db"
+
+        def all_stored() -> None:
+            assert stored_lines(db, app_id) == TOTAL
+
+        await assert_eventually(all_stored, timeout=60, interval=0.2)
+        found = await history(bus, app_id, team_id, TOTAL + 10)
+        assert [e.text for e in found] == [f"line {i:06d}" for i in range(TOTAL)]
+        second.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(second.wait) == 0
+        assert stored_lines(db, app_id) == TOTAL
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()
