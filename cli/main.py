@@ -164,7 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv, context)
     except CliError as exc:
-        print(output.error_line(exc.message), file=sys.stderr)
+        if exc.message:  # `slipway run` passes on the remote status and nothing else
+            print(output.error_line(exc.message), file=sys.stderr)
         return exc.exit_code
     except SystemExit as exc:  # argparse's --help exits after printing
         return exc.code if isinstance(exc.code, int) else 0

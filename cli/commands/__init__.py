@@ -8,7 +8,21 @@ from __future__ import annotations
 import functools
 import importlib
 
-TOPICS = ("auth", "apps", "config_vars", "releases", "ps", "teams", "tokens", "audit", "gitremote")
+TOPICS = (
+    "auth",
+    "apps",
+    "config_vars",
+    "releases",
+    "ps",
+    "run",
+    "teams",
+    "tokens",
+    "audit",
+    "gitremote",
+    "domains",
+    "logs",
+    "builds",
+)
 
 
 @functools.cache

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from slipway.contracts.builder import BUILD_FINISHED, BuildFinished
 from slipway.contracts.gateway import (
     CONFIG_SEALED_GET,
     DESIRED_GET,
@@ -34,12 +35,21 @@ from slipway.services.gateway import (
     account,
     apps,
     audit,
+    buildoutput,
+    builds,
     config,
+    domains,
     formation,
+    git,
     internal,
+    logs,
     middleware,
+    oneoff,
     openapi,
+    passthrough,
+    pushes,
     releases,
+    sources,
     teams,
     tokens,
 )
@@ -51,7 +61,14 @@ from slipway.services.gateway.schema import MIGRATIONS
 from slipway.services.gateway.settings import GatewaySettings
 from slipway.services.gateway.state import GATEWAY, Gateway
 
-RESOURCES = (account, tokens, teams, apps, config, releases, formation, audit, openapi)
+# git's routes match any first path segment: they come last.
+RESOURCES = (
+    *(account, tokens, teams, apps, config, releases, formation, audit, openapi),
+    oneoff,
+    logs,
+    domains,
+    *(sources, builds, buildoutput, git),
+)
 ENDPOINTS: list[Endpoint] = [e for module in RESOURCES for e in module.routes.endpoints]
 
 STATE = Key("gateway", Gateway)
@@ -65,12 +82,14 @@ def build_web_app(gw: Gateway) -> web.Application:
         client_max_size=gw.settings.max_body_bytes,
         middlewares=[
             middleware.context,
+            passthrough.passthrough,  # git and source blobs: their own checks
             middleware.version,
             middleware.body_limit(gw.settings.max_body_bytes),
             middleware.authentication(public),
         ],
     )
     app[GATEWAY] = gw
+    app[pushes.STATE] = pushes.PushState(gw)
     app[openapi.DOCUMENT] = openapi.document(ENDPOINTS)
     install(app, ENDPOINTS)
     return app
@@ -136,5 +155,19 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
     @service.rpc(DESIRED_GET)
     async def desired(request: GetDesired) -> DesiredState:
         return await internal.desired(service[STATE], request)
+
+    @service.cleanup_ctx
+    async def git_pushes(service: ServiceApp) -> AsyncIterator[None]:
+        sweeper = sources.SourceSweeper(service[STATE])
+        sweeper.start()
+        try:
+            async with pushes.channel(service[WEB][pushes.STATE]):
+                yield
+        finally:
+            await sweeper.stop()
+
+    @service.event("builds", BUILD_FINISHED)
+    async def build_finished(event: BuildFinished) -> None:
+        await builds.finished(service[STATE], event)
 
     return service

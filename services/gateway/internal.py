@@ -23,7 +23,7 @@ from slipway.contracts.gateway import (
 from slipway.contracts.subjects import Service
 from slipway.libs.bus import context
 from slipway.libs.errors import Forbidden, NotFound
-from slipway.services.gateway import formation, store
+from slipway.services.gateway import domains, formation, store
 from slipway.services.gateway.sealing import binding
 from slipway.services.gateway.state import Gateway
 
@@ -99,5 +99,5 @@ async def _app_desired(gw: Gateway, app: store.App) -> AppDesired:
         config_version=release.config_version_id if release else None,
         process_types=dict(release.process_types) if release else {},
         formation=formation.desired(rows),
-        domains=[],
+        domains=await domains.hostnames_of(gw.reader, app.id),
     )

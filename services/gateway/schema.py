@@ -125,4 +125,61 @@ MIGRATIONS = [
     );
     CREATE INDEX outbox_pending ON outbox(seq) WHERE sent_at IS NULL
     """,
+    """
+    CREATE TABLE sources (
+        id TEXT PRIMARY KEY,
+        team_id TEXT NOT NULL,
+        app_id TEXT NOT NULL DEFAULT '',
+        user_id TEXT NOT NULL,
+        size INTEGER,
+        checksum TEXT,
+        created_at TEXT NOT NULL,
+        uploaded_at TEXT,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX sources_expiry ON sources(expires_at);
+    CREATE TABLE builds (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+        source_url TEXT NOT NULL,
+        source_checksum TEXT,
+        source_version TEXT,
+        source_id TEXT,
+        buildpacks TEXT NOT NULL DEFAULT '[]',
+        user_id TEXT,
+        user_email TEXT NOT NULL,
+        release_id TEXT,
+        error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX builds_app ON builds(app_id, created_at)
+    """,
+    # log-sessions (services/gateway/logs.py): a short-lived URL per session, token hashed.
+    """
+    CREATE TABLE log_sessions (
+        id TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        user_id TEXT NOT NULL,
+        dyno TEXT,
+        source TEXT,
+        lines INTEGER NOT NULL,
+        tail INTEGER NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX log_sessions_expiry ON log_sessions(expires_at)
+    """,
+    """
+    CREATE TABLE domains (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        hostname TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX domains_app ON domains(app_id, hostname)
+    """,
 ]

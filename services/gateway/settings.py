@@ -36,6 +36,12 @@ class GatewaySettings(Settings, frozen=True, kw_only=True):
     outbox_relay: bool = True
     # Seconds between outbox and checkpoint sweeps when nothing wakes them earlier.
     sweep_interval: float = 5.0
+    # git pushes and build sources (services/gateway/git.py, sources.py, builds.py).
+    git_push_max_bytes: int = 200 * MIB
+    source_max_bytes: int = 200 * MIB
+    source_ttl: float = 3600.0  # an unused or unfinished source is deleted after this
+    build_timeout: float = 1800.0  # a push waits this long for its build to end
+    release_wait: float = 60.0  # and then this long for the build's release to appear
 
     def db_path(self) -> Path:
         return self.state_dir("gateway") / "gateway.db"

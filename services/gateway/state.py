@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiosqlite
 from aiohttp import web
@@ -32,6 +33,8 @@ class Gateway:
     config_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
+    # One-off attach URLs not yet opened: session id → services.gateway.oneoff.PendingAttach.
+    attach_sessions: dict[str, Any] = field(default_factory=dict)
 
     def config_lock(self, app_id: str) -> asyncio.Lock:
         lock = self.config_locks.get(app_id)

@@ -227,3 +227,61 @@ class KeyRotation(View, frozen=True, kw_only=True):
 
     team: NamedRef
     kek_version: int
+
+
+# ---- builds and sources (services/gateway/builds.py, sources.py) ---------------------------
+
+
+class SourceUrls(View, frozen=True, kw_only=True):
+    get_url: str
+    put_url: str
+
+
+class Source(View, frozen=True, kw_only=True):
+    """POST /sources: where to upload a tarball, and where a build fetches it."""
+
+    source_blob: SourceUrls
+
+
+class BuildSourceBlob(View, frozen=True, kw_only=True):
+    url: str
+    checksum: str | None = None
+    version: str | None = None
+    version_description: str | None = None
+
+
+class BuildpackRef(View, frozen=True, kw_only=True):
+    url: str
+    name: str | None = None
+
+
+class ReleaseRef(View, frozen=True, kw_only=True):
+    id: str
+    version: int  # Slipway: Heroku sends the id only; the version saves a request
+
+
+class AppIdRef(View, frozen=True, kw_only=True):
+    id: str
+
+
+class NamedStack(View, frozen=True, kw_only=True):
+    id: str
+    name: str
+
+
+class Build(View, frozen=True, kw_only=True):
+    id: str
+    app: AppIdRef
+    buildpacks: list[BuildpackRef] | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    output_stream_url: str
+    source_blob: BuildSourceBlob
+    release: ReleaseRef | None
+    slug: SlugRef | None = None
+    stack: str
+    generation: NamedStack | None = None
+    status: str
+    user: UserRef
+    # Slipway: a one-line reason when the build failed.
+    error: str | None = None

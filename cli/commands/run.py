@@ -1,0 +1,165 @@
+"""run: a one-off dyno, attached to this terminal (or detached with --detach).
+
+Attached, the terminal goes raw and every key goes to the dyno, Ctrl-C
+included (the dyno's TTY turns it into SIGINT, as a local terminal would); the
+window size follows SIGWINCH; `slipway run` exits with the remote command's
+status. Piped stdin is sent as typed, then Ctrl-D.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shlex
+import signal
+import sys
+import termios
+import tty
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+
+from slipway.cli.errors import CliError, UsageError
+from slipway.cli.registry import Context, arg, command
+
+EOT = b"\x04"  # Ctrl-D: end of input on a TTY
+
+
+class RemoteExit(CliError):
+    """The one-off ended with a non-zero status: exit with it, saying nothing more."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__("")
+        self.exit_code = status
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    """`-e KEY=VALUE;KEY2=VALUE2` (Heroku's form) or repeated -e, into a dict."""
+    env: dict[str, str] = {}
+    for group in pairs:
+        for pair in group.split(";"):
+            if not pair.strip():
+                continue
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise UsageError(f"{pair!r} is not KEY=VALUE.")
+            env[key.strip()] = value
+    return env
+
+
+@command(
+    "run",
+    "run a one-off process inside a dyno",
+    arg("cmd", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="what to run"),
+    arg("--detach", "-d", action="store_true", help="run in the background; output goes to logs"),
+    arg("--size", "-s", help="the dyno size, e.g. standard-2x"),
+    arg("--env", "-e", action="append", default=[], help="KEY=VALUE[;KEY=VALUE] for this run"),
+    arg("--no-tty", action="store_true", help="do not allocate a TTY"),
+    arg("--time-to-live", type=int, default=3600, help="stop after this many seconds"),
+    examples=("slipway run -a hello -- python manage.py migrate", "slipway run --detach bash x"),
+    needs_app=True,
+)
+def run(ctx: Context, args: argparse.Namespace) -> None:
+    """POST /apps/{app}/dynos; attached, bridge the terminal to the attach_url websocket."""
+    words = args.cmd[1:] if args.cmd[:1] == ["--"] else list(args.cmd)
+    if not words:
+        raise UsageError("Say what to run: slipway run -a APP -- COMMAND.")
+    env = parse_env(args.env)
+    app = ctx.app(args)
+    body: dict[str, Any] = {
+        "command": shlex.join(words) if len(words) > 1 else words[0],
+        "attach": not args.detach,
+        "env": env,
+        "time_to_live": args.time_to_live,
+        "force_no_tty": bool(args.no_tty),
+    }
+    if args.size:
+        body["size"] = args.size
+    ctx.note(f"Running {body['command']} on {app}... ")
+    dyno = ctx.client().post(f"/apps/{app}/dynos", body)
+    if args.detach or not dyno.get("attach_url"):
+        ctx.note(f"Running as {dyno['name']}; see its output with `slipway logs -a {app}`.")
+        ctx.out(str(dyno["name"]))
+        return
+    ctx.note(f"up, {dyno['name']}")
+    status = asyncio.run(attach(dyno["attach_url"], sys.stdin.fileno(), sys.stdout.fileno()))
+    if status:
+        raise RemoteExit(status)
+
+
+async def attach(url: str, stdin: int, stdout: int) -> int:
+    """Bridge `stdin`/`stdout` to the dyno's websocket until it exits; its status."""
+    loop = asyncio.get_running_loop()
+    interactive = os.isatty(stdin)
+    async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
+        keys: asyncio.Queue[bytes] = asyncio.Queue()
+        loop.add_reader(stdin, _read_into, stdin, keys)
+        if interactive:
+            await _send_size(ws, stdin)
+            loop.add_signal_handler(
+                signal.SIGWINCH, lambda: asyncio.ensure_future(_send_size(ws, stdin))
+            )
+        sender = asyncio.create_task(_send_keys(ws, keys, interactive))
+        try:
+            with _raw(stdin, interactive):
+                return await _receive(ws, stdout)
+        finally:
+            sender.cancel()
+            loop.remove_reader(stdin)
+            if interactive:
+                loop.remove_signal_handler(signal.SIGWINCH)
+
+
+def _read_into(fd: int, keys: asyncio.Queue[bytes]) -> None:
+    data = os.read(fd, 4096)
+    keys.put_nowait(data)
+    if not data:
+        asyncio.get_running_loop().remove_reader(fd)
+
+
+async def _send_keys(
+    ws: aiohttp.ClientWebSocketResponse, keys: asyncio.Queue[bytes], interactive: bool
+) -> None:
+    while True:
+        data = await keys.get()
+        if not data:  # end of piped input: what Ctrl-D would send
+            if not interactive:
+                await ws.send_bytes(EOT)
+            return
+        await ws.send_bytes(data)
+
+
+async def _send_size(ws: aiohttp.ClientWebSocketResponse, fd: int) -> None:
+    with contextlib.suppress(OSError):
+        cols, rows = os.get_terminal_size(fd)
+        await ws.send_json({"resize": [cols, rows]})
+
+
+async def _receive(ws: aiohttp.ClientWebSocketResponse, stdout: int) -> int:
+    async for message in ws:
+        if message.type == aiohttp.WSMsgType.BINARY:
+            os.write(stdout, message.data)
+        elif message.type == aiohttp.WSMsgType.TEXT:
+            control = message.json()
+            if "exit" in control:
+                return int(control["exit"] if control["exit"] is not None else 1)
+            if "error" in control:
+                raise CliError(f"The dyno could not run: {control['error']}.")
+    raise CliError("The connection to the dyno closed before it exited.")
+
+
+@contextlib.contextmanager
+def _raw(fd: int, interactive: bool) -> Iterator[None]:
+    """The terminal in raw mode (keys unprocessed, no echo) for the session, then restored."""
+    if not interactive:
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
