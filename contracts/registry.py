@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import msgspec
+
 from slipway.contracts import subjects
 from slipway.contracts.base import Event, EventSpec, Message, Rpc
 from slipway.contracts.subjects import Service
@@ -50,4 +52,36 @@ CREDENTIALS_ISSUE: Rpc[IssueCredentials, Credentials] = Rpc(
 )
 IMAGE_PUSHED: EventSpec[ImagePushed] = EventSpec(
     subjects.evt("registry", "image.pushed"), ImagePushed
+)
+
+
+# ---- the image list of an app (added by registry-proxy) -----------------------------------
+
+
+class ListImages(Message, tag="registry.images.list.v1", frozen=True, kw_only=True):
+    app_id: str
+
+
+class ImageInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One tag (empty: pushed by digest only) of one image still in the registry."""
+
+    tag: str
+    digest: str
+    pushed_at: float
+
+
+class ImageList(Message, tag="registry.images.v1", frozen=True, kw_only=True):
+    """The app's images still in the registry, newest first."""
+
+    app_id: str
+    repository: str  # "<registry>/apps/<app_id>"
+    images: list[ImageInfo] = []
+
+
+IMAGES_LIST: Rpc[ListImages, ImageList] = Rpc(
+    Service.REGISTRY_PROXY,
+    "images.list",
+    subjects.rpc(Service.REGISTRY_PROXY, "images.list"),
+    ListImages,
+    ImageList,
 )

@@ -1,0 +1,93 @@
+"""registry-proxy's settings, read from `SLIPWAY_*` environment variables.
+
+SLIPWAY_REGISTRY_HOST=127.0.0.1 SLIPWAY_REGISTRY_PORT=5000 python -m slipway.services.registry_proxy
+
+Engines on this machine reach the proxy on 127.0.0.1, which Docker treats as an
+insecure (plain HTTP) registry without configuration. Engines in another network
+namespace need an address they can route to (`SLIPWAY_REGISTRY_HOST`), that
+address in `SLIPWAY_REGISTRY_ADVERTISE`, and `--insecure-registry <host:port>` in
+their dockerd flags (see README.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import tempfile
+from pathlib import Path
+
+from slipway.libs.service import Settings
+from slipway.services.registry_proxy.errors import RegistryProxyError
+
+# A unix socket path longer than this does not fit `sockaddr_un.sun_path` (108 bytes).
+_MAX_SOCKET_PATH = 100
+
+
+class RegistryProxySettings(Settings, frozen=True, kw_only=True):
+    """Where the proxy listens, how long credentials live, how many images are kept."""
+
+    registry_host: str = "127.0.0.1"
+    registry_port: int = 5000  # 0 picks a free port (tests)
+    # host:port written into credentials; empty: registry_host and the bound port.
+    registry_advertise: str = ""
+    registry_credential_ttl_s: int = 900  # when the caller asks for 0
+    registry_credential_max_ttl_s: int = 3600
+    # Images referenced by the last N releases of an app are kept; older ones are deleted.
+    registry_keep_releases: int = 5
+    # An image no release references yet (a build still finishing) is kept this long.
+    registry_unreleased_grace_s: float = 86400.0
+    # Seconds between a manifest deletion and the garbage collection that frees its blobs,
+    # so several releases in a row cost one collection.
+    registry_gc_delay_s: float = 60.0
+    # A push session without a request for this long is considered abandoned.
+    registry_push_idle_s: float = 300.0
+    # How long a new push waits for a running garbage collection before it is refused.
+    registry_gc_wait_s: float = 600.0
+    registry_distribution_bin: str = "/usr/bin/docker-registry"
+    # Where Distribution stores blobs and manifests; empty: <home>/registry.
+    registry_storage_dir: str = ""
+
+    def advertised(self, port: int) -> str:
+        """The host:port credentials name, for a proxy bound to `port`."""
+        if self.registry_advertise:
+            return self.registry_advertise
+        try:
+            everywhere = ipaddress.ip_address(self.registry_host).is_unspecified
+        except ValueError:
+            everywhere = not self.registry_host
+        if everywhere:
+            raise RegistryProxyError(
+                f"listening on every address ({self.registry_host or 'no host'}): set"
+                " SLIPWAY_REGISTRY_ADVERTISE to the host:port Docker engines should use"
+            )
+        return f"{self.registry_host}:{port}"
+
+    def proxy_dir(self) -> Path:
+        """registry-proxy's own state: database, signing key, Distribution's config."""
+        return self.state_dir("registry-proxy")
+
+    def db_path(self) -> Path:
+        return self.proxy_dir() / "registry-proxy.db"
+
+    def signing_key_path(self) -> Path:
+        return self.proxy_dir() / "signing.key"
+
+    def storage_path(self) -> Path:
+        """Distribution's storage root."""
+        path = (
+            Path(self.registry_storage_dir)
+            if self.registry_storage_dir
+            else self.home_path / "registry"
+        )
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def socket_path(self) -> Path:
+        """The unix socket Distribution listens on, in a folder only this user can enter."""
+        path = self.proxy_dir() / "run" / "distribution.sock"
+        if len(str(path.absolute())) > _MAX_SOCKET_PATH:
+            # A deep home (a test's temporary folder) would not fit; use a short private
+            # folder named after the home so two instances never share it.
+            digest = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:16]
+            path = Path(tempfile.gettempdir()) / f"slipway-registry-{digest}" / "d.sock"
+        return path
