@@ -470,8 +470,11 @@ class Bus:
             await self.wait_idle(timeout=10.0)
         try:
             await self.nc.drain()
-        except (TimeoutError, nats.errors.Error):
-            await self.nc.close()
+        except (TimeoutError, nats.errors.Error, OSError):
+            # The server is gone (or going): there is nothing left to flush to, and a
+            # failure to say goodbye must not turn a clean stop into a crash.
+            with contextlib.suppress(OSError, nats.errors.Error):
+                await self.nc.close()
 
 
 async def _chunks(subscription: Subscription) -> AsyncIterator[bytes]:

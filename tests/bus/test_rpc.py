@@ -192,6 +192,21 @@ async def test_rpc_recovers_after_server_restart(
     await assert_eventually(answered, timeout=20)
 
 
+async def test_a_bus_closes_cleanly_while_the_server_is_down(
+    bus_factory: Callable[[str], Awaitable[Bus]], unique: str, nats_server: NatsServer
+) -> None:
+    """A service stopping while NATS is away still stops without an exception."""
+    server = await bus_factory("keyring")
+
+    async def handle(req: Echo) -> Echoed:
+        return Echoed(text=req.text)
+
+    await server.serve(echo_rpc(unique), handle)
+    nats_server.kill()
+    await server.close()
+    assert server.nc.is_closed
+
+
 def test_error_kinds_declared_elsewhere_cross_the_wire_typed() -> None:
     """An ErrorReply whose code belongs to a kind declared outside libs.errors comes back as it."""
     from slipway.libs.crypto.errors import DecryptionFailed
