@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import msgspec
 import nats
@@ -23,6 +24,7 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from slipway.contracts import subjects
+from slipway.libs.natsauth import OPERATOR, stored_password
 
 
 class PingReply(msgspec.Struct, kw_only=True):
@@ -56,6 +58,16 @@ def default_nats_url() -> str:
     return os.environ.get("SLIPWAY_NATS_URL", f"nats://127.0.0.1:{port}")
 
 
+def _credentials() -> dict[str, str]:
+    """$SLIPWAY_NATS_USER/PASSWORD, else the operator's from a hardened server's user table."""
+    user, password = os.environ.get("SLIPWAY_NATS_USER"), os.environ.get("SLIPWAY_NATS_PASSWORD")
+    if user and password:
+        return {"user": user, "password": password}
+    home = Path(os.environ.get("SLIPWAY_HOME", "var"))
+    stored = stored_password(home / "nats", OPERATOR)
+    return {"user": OPERATOR, "password": stored} if stored else {}
+
+
 async def _quiet(exc: Exception) -> None:
     # Connection errors are expected while the server starts; the caller reports the outcome.
     return None
@@ -68,6 +80,7 @@ async def _connect(url: str, deadline: float, interval: float) -> NatsClient | N
             # (0 means "no cap" there); this loop does the retrying, up to the deadline.
             return await nats.connect(
                 url,
+                **_credentials(),
                 connect_timeout=max(min(deadline - time.monotonic(), 1.0), 0.05),
                 allow_reconnect=False,
                 max_reconnect_attempts=1,

@@ -48,7 +48,18 @@ _LIVE_LISTENERS: dict[Service, list[str]] = {
         subjects.live_filter("router"),
         subjects.live_filter("build"),
     ],
+    # One-off dynos: the keys a client types, relayed by the gateway (contracts/oneoff.py).
+    Service.SCHEDULER: [subjects.live_filter("ttyin")],
 }
+
+
+def stored_password(data_dir: Path, user: str) -> str | None:
+    """`user`'s password from a hardened server's table, if there is one."""
+    path = data_dir / "users.json"
+    if not path.exists():
+        return None
+    users: dict[str, str] = json.loads(path.read_text())
+    return users.get(user)
 
 
 def load_or_create_users(data_dir: Path) -> dict[str, str]:

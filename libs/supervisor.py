@@ -37,6 +37,7 @@ import structlog
 
 import slipway.services
 from slipway.contracts.subjects import Service
+from slipway.libs.natsauth import OPERATOR
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service.logging import configure_logging
 
@@ -254,6 +255,12 @@ class Supervisor:
         env.setdefault("SLIPWAY_SHUTDOWN_GRACE", str(max(self.grace - 5.0, self.grace / 2)))
         return env
 
+    def _nats_user(self, name: str) -> dict[str, str]:
+        """A service child's own NATS user, when nats-server runs hardened (else nothing)."""
+        if self.nats is None or name not in self.nats.users or name == OPERATOR:
+            return {}
+        return {"SLIPWAY_NATS_USER": name, "SLIPWAY_NATS_PASSWORD": self.nats.users[name]}
+
     async def run(self, *, install_signals: bool = True) -> None:
         """Start everything, keep it running until stopped, then stop it in reverse order."""
         loop = asyncio.get_running_loop()
@@ -294,7 +301,7 @@ class Supervisor:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
-                    env={**env, **spec.env},
+                    env={**env, **self._nats_user(spec.name), **spec.env},
                     # Its own session: a Ctrl-C on the terminal reaches only the supervisor,
                     # which then stops the children in order; and the process group lets
                     # us kill whatever a child left behind.
@@ -459,6 +466,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--list", action="store_true", help="print the services found and exit")
     parser.add_argument(
+        "--open-nats",
+        action="store_true",
+        default=env.get("SLIPWAY_NATS_OPEN") == "1",
+        help="one NATS user for all (debugging); default: a user per service ($SLIPWAY_NATS_OPEN)",
+    )
+    parser.add_argument(
         "--grace",
         type=float,
         default=30.0,
@@ -507,7 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     supervisor = Supervisor(
         home,
         children,
-        nats=NatsServer(home / "nats", port=args.nats_port),
+        # Hardened by default: each service its own NATS user, subscribing only to its own
+        # subjects (libs/natsauth.py); the keyring's policy relies on that to know callers.
+        nats=NatsServer(home / "nats", port=args.nats_port, hardened=not args.open_nats),
         grace=args.grace,
         backoff=Backoff(args.backoff_initial, args.backoff_max, args.backoff_reset),
     )

@@ -228,3 +228,33 @@ async def test_crashed_nats_server_is_restarted_on_the_same_port(tmp_path: Path)
         supervisor.stop()
         await running
     assert nats.process is None
+
+
+async def test_each_service_child_gets_its_own_nats_user(tmp_path: Path) -> None:
+    """Under a hardened nats-server a service child connects as itself, and only as itself."""
+    record = tmp_path / "env.txt"
+    script = (
+        "import os, sys; from pathlib import Path; "
+        "Path(sys.argv[1]).write_text(os.environ.get('SLIPWAY_NATS_USER', '-') + ' ' "
+        "+ os.environ.get('SLIPWAY_NATS_PASSWORD', '-')); import time; time.sleep(60)"
+    )
+    nats = NatsServer(tmp_path / "nats", hardened=True)
+    supervisor = Supervisor(
+        tmp_path / "home",
+        [ChildSpec("keyring", (sys.executable, "-c", script, str(record)))],
+        nats=nats,
+    )
+    running = asyncio.create_task(supervisor.run(install_signals=False))
+    try:
+        await supervisor.started.wait()
+
+        def written() -> None:
+            assert record.exists() and record.read_text()
+
+        await assert_eventually(written)
+        user, password = record.read_text().split()
+        assert user == "keyring" and password == nats.users["keyring"]
+        assert password != nats.users["operator"]
+    finally:
+        supervisor.stop()
+        await running
