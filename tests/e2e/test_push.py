@@ -69,29 +69,44 @@ async def remove_app_artifacts(docker: aiodocker.Docker, app_id: str, network: s
         await (await docker.networks.get(network)).delete()
 
 
+# (example, what the build says, what the image answers, the web command's start)
+EXAMPLE_APPS = [
+    ("python-hello", "Python app detected", "Hello from python-hello", "gunicorn"),
+    ("node-hello", "Node.js app detected", "Hello from node-hello", ""),
+    ("docker-hello", "Building from the app's Dockerfile", "Hello from docker-hello", ""),
+]
+
+
 @pytest.mark.timeout(600)
-async def test_push_python_hello_and_run_its_image(
-    stack: Stack, real_builder: BuilderSettings, tmp_path: Path
+@pytest.mark.parametrize(("example", "detected", "greeting", "web"), EXAMPLE_APPS)
+async def test_push_an_example_and_run_its_image(
+    stack: Stack,
+    real_builder: BuilderSettings,
+    tmp_path: Path,
+    example: str,
+    detected: str,
+    greeting: str,
+    web: str,
 ) -> None:
-    """git push → buildpack output as remote: lines → release → the image answers HTTP 200."""
+    """git push → build output as remote: lines → release → the image answers HTTP 200."""
     alice = await stack.user("alice@example.com")
     app = await stack.app(alice, "hello")
-    tree = tmp_path / "python-hello"
-    shutil.copytree(EXAMPLES / "python-hello", tree)
+    tree = tmp_path / example
+    shutil.copytree(EXAMPLES / example, tree)
     await git(tree, "init", "-q", "-b", "main")
     await git(tree, "add", "-A")
-    assert (await git(tree, "commit", "-q", "-m", "python-hello")).code == 0
+    assert (await git(tree, "commit", "-q", "-m", example)).code == 0
     docker = aiodocker.Docker()
     try:
         run = await git(tree, "push", push_url(stack.url, "hello", alice.token), "main")
         assert run.code == 0, run.out
-        assert "remote: -----> Python app detected" in run.out
+        assert f"remote: -----> {detected}" in run.out
         assert "remote: -----> Released v2" in run.out
         release = (await alice.ok("GET", "/apps/hello/releases"))[-1]
         assert release["version"] == 2
-        assert release["process_types"]["web"].startswith("gunicorn")
+        assert release["process_types"]["web"].startswith(web)
         async with running(docker, release["image"]["ref"]) as url:
-            assert "Hello from python-hello" in await http_get(url)
+            assert greeting in await http_get(url)
     finally:
         await remove_app_artifacts(docker, app["id"], real_builder.build_network)
         await docker.close()
