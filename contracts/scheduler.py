@@ -80,3 +80,129 @@ DYNOS_LIST: Rpc[ListDynos, DynoList] = Rpc(
     ListDynos,
     DynoList,
 )
+
+
+# ---- additions for the scheduler service (issue 5) ---------------------------------------
+
+LABEL_SIZE = f"{LABEL_PREFIX}.size"  # the dyno size's name, "standard-1x"
+
+HostState = Literal["up", "draining", "down"]
+DeployStatus = Literal["succeeded", "failed"]
+
+
+class HostInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One Docker engine in the scheduler's registry."""
+
+    id: str
+    endpoint: str  # "unix:///var/run/docker.sock" or "tcp://10.0.0.5:2376"
+    address: str  # the private address ports are published on
+    memory_mb: int
+    max_dynos: int | None = None
+    state: HostState = "up"
+    dynos: int = 0
+    last_seen: float = 0.0
+
+
+class AddHost(Message, tag="scheduler.hosts.add.v1", frozen=True, kw_only=True):
+    """Register an engine; TLS files are paths on the scheduler's machine (never the keys)."""
+
+    id: str
+    endpoint: str
+    address: str = "127.0.0.1"
+    memory_mb: int | None = None  # None: what the engine reports
+    max_dynos: int | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+class ListHosts(Message, tag="scheduler.hosts.list.v1", frozen=True, kw_only=True):
+    pass
+
+
+class HostList(Message, tag="scheduler.hosts.v1", frozen=True, kw_only=True):
+    hosts: list[HostInfo]
+
+
+class HostRef(Message, tag="scheduler.hosts.ref.v1", frozen=True, kw_only=True):
+    """Drain or remove one host; removing needs it empty (drain first) unless `force`."""
+
+    id: str
+    force: bool = False
+
+
+class HostAnswer(Message, tag="scheduler.host.v1", frozen=True, kw_only=True):
+    host: HostInfo
+
+
+class RestartDynos(Message, tag="scheduler.dynos.restart.v1", frozen=True, kw_only=True):
+    """Restart every dyno of the app, one process type ("web") or one dyno ("web.1")."""
+
+    app_id: str
+    target: str | None = None
+
+
+class StopDyno(Message, tag="scheduler.dynos.stop.v1", frozen=True, kw_only=True):
+    """Stop one dyno or a process type; the formation brings it back at the next change."""
+
+    app_id: str
+    target: str
+
+
+class DeployFinished(Event, tag="deploy.finished.v1", frozen=True, kw_only=True):
+    """A release reached all its dynos, or did not: then the previous one keeps serving."""
+
+    app_id: str
+    app_name: str
+    team_id: str
+    release_version: int
+    status: DeployStatus
+    phase: Literal["release", "boot", "done"] = "done"
+    reason: str = ""
+
+
+DEPLOY_FINISHED: EventSpec[DeployFinished] = EventSpec(
+    subjects.evt("deploy", "finished"), DeployFinished
+)
+HOSTS_ADD: Rpc[AddHost, HostAnswer] = Rpc(
+    Service.SCHEDULER,
+    "hosts.add",
+    subjects.rpc(Service.SCHEDULER, "hosts.add"),
+    AddHost,
+    HostAnswer,
+)
+HOSTS_LIST: Rpc[ListHosts, HostList] = Rpc(
+    Service.SCHEDULER,
+    "hosts.list",
+    subjects.rpc(Service.SCHEDULER, "hosts.list"),
+    ListHosts,
+    HostList,
+)
+HOSTS_DRAIN: Rpc[HostRef, HostAnswer] = Rpc(
+    Service.SCHEDULER,
+    "hosts.drain",
+    subjects.rpc(Service.SCHEDULER, "hosts.drain"),
+    HostRef,
+    HostAnswer,
+)
+HOSTS_REMOVE: Rpc[HostRef, HostAnswer] = Rpc(
+    Service.SCHEDULER,
+    "hosts.remove",
+    subjects.rpc(Service.SCHEDULER, "hosts.remove"),
+    HostRef,
+    HostAnswer,
+)
+DYNOS_RESTART: Rpc[RestartDynos, DynoList] = Rpc(
+    Service.SCHEDULER,
+    "dynos.restart",
+    subjects.rpc(Service.SCHEDULER, "dynos.restart"),
+    RestartDynos,
+    DynoList,
+)
+DYNOS_STOP: Rpc[StopDyno, DynoList] = Rpc(
+    Service.SCHEDULER,
+    "dynos.stop",
+    subjects.rpc(Service.SCHEDULER, "dynos.stop"),
+    StopDyno,
+    DynoList,
+)

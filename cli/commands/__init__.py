@@ -22,6 +22,7 @@ TOPICS = (
     "domains",
     "logs",
     "builds",
+    "admin",
 )
 
 

@@ -1,4 +1,4 @@
-"""ps:scale and ps:type: the app's formation (how many dynos of each type, of which size)."""
+"""ps, ps:restart, ps:stop: the app's dynos; ps:scale and ps:type: its formation."""
 
 from __future__ import annotations
 
@@ -137,3 +137,87 @@ def _size_updates(sizes: Sequence[str], current: Sequence[Formation]) -> list[di
     if any(change.quantity is not None or not change.size for change in changes):
         raise UsageError("ps:type takes TYPE=SIZE (e.g. web=standard-2x) or one SIZE for all.")
     return [{"type": change.type, "size": change.size} for change in changes]
+
+
+# ---- dynos: ps, ps:restart, ps:stop (the scheduler's picture, through the gateway) ----------
+
+
+def _dynos_path(app: str) -> str:
+    return f"{app_path(app)}/dynos"
+
+
+def _dyno_order(dyno: dict[str, Any]) -> tuple[str, int]:
+    name = str(dyno.get("name", ""))
+    kind, _, index = name.rpartition(".")
+    return (kind, int(index) if index.isdigit() else 0)
+
+
+@command(
+    "ps",
+    "list the app's dynos: state, release and restarts",
+    arg("type", nargs="?", help="only this process type"),
+    examples=("slipway ps", "slipway ps web"),
+    needs_app=True,
+    json=True,
+)
+def ps(ctx: Context, args: argparse.Namespace) -> None:
+    """GET /apps/{app}/dynos, grouped by process type like `heroku ps`."""
+    app = ctx.app(args)
+    dynos = ctx.client().get_list(_dynos_path(app))
+    if args.type:
+        dynos = [d for d in dynos if d.get("type") == args.type]
+    if args.json:
+        ctx.emit_json(dynos)
+        return
+    if not dynos:
+        ctx.out(f"No dynos on {app}")
+        return
+    rows = [
+        {
+            "name": str(d.get("name", "")),
+            "state": str(d.get("state", "")),
+            "release": f"v{(d.get('release') or {}).get('version', '?')}",
+            "restarts": str(d.get("restart_count", 0)),
+            "size": str(d.get("size", "")),
+            "command": str(d.get("command", "")),
+        }
+        for d in sorted(dynos, key=_dyno_order)
+    ]
+    columns = [
+        ("name", "Dyno"),
+        ("state", "State"),
+        ("release", "Release"),
+        ("restarts", "Restarts"),
+        ("size", "Size"),
+        ("command", "Command"),
+    ]
+    ctx.out(output.table(rows, columns))
+
+
+@command(
+    "ps:restart",
+    "restart every dyno, one process type, or one dyno",
+    arg("target", nargs="?", metavar="TYPE|DYNO", help="web, or web.1; none restarts all"),
+    examples=("slipway ps:restart", "slipway ps:restart web", "slipway ps:restart web.1"),
+    needs_app=True,
+)
+def restart(ctx: Context, args: argparse.Namespace) -> None:
+    """DELETE /apps/{app}/dynos[/{target}]."""
+    app = ctx.app(args)
+    path = _dynos_path(app) + (f"/{args.target}" if args.target else "")
+    ctx.client().delete(path)
+    ctx.note(f"Restarting {args.target or 'all'} dynos on {app}... done")
+
+
+@command(
+    "ps:stop",
+    "stop one dyno or a process type (the formation starts it again)",
+    arg("target", metavar="TYPE|DYNO", help="web.1, or web"),
+    examples=("slipway ps:stop web.1",),
+    needs_app=True,
+)
+def stop(ctx: Context, args: argparse.Namespace) -> None:
+    """POST /apps/{app}/dynos/{target}/actions/stop."""
+    app = ctx.app(args)
+    ctx.client().post(f"{_dynos_path(app)}/{args.target}/actions/stop")
+    ctx.note(f"Stopping {args.target} on {app}... done")

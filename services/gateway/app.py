@@ -39,8 +39,10 @@ from slipway.services.gateway import (
     builds,
     config,
     domains,
+    dynos,
     formation,
     git,
+    hosts,
     internal,
     logs,
     middleware,
@@ -67,6 +69,8 @@ RESOURCES = (
     oneoff,
     logs,
     domains,
+    dynos,
+    hosts,
     *(sources, builds, buildoutput, git),
 )
 ENDPOINTS: list[Endpoint] = [e for module in RESOURCES for e in module.routes.endpoints]

@@ -110,6 +110,8 @@ class Start(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     dyno: Dyno
     reason: StartReason
     replaces: tuple[Dyno, ...] = ()
+    # No host has room beside the predecessors: stop them first, then start this one.
+    stop_first: bool = False
 
 
 class Stop(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -143,9 +145,8 @@ class Plan(msgspec.Struct, frozen=True, kw_only=True):
     The plan states an end state, not an order. A stop with a `replacement` must wait
     for it (start-new then stop-old); how many such pairs run at once, and the health
     checks between them, are the executor's business (rolling deploys, issue 5).
-    Capacity is checked against the end state, as Nomad's plan does: a replacement may
-    take the memory of the dyno it replaces, so the executor rolls one pair at a time
-    per host, or stops first where a host has no headroom.
+    Capacity holds while both a replacement and its predecessor run; where no host has
+    that headroom, the replacement takes the predecessor's room and says `stop_first`.
     """
 
     starts: tuple[Start, ...] = ()

@@ -17,8 +17,14 @@ The rules, strongest first:
   a host; if none has room, the predecessor keeps running and the plan says why.
 - Scaling down keeps the spread: it removes from the hosts carrying the most dynos of
   that app and type, highest-numbered dyno first.
-- The desired formations are the whole truth: a placed app or process type missing
-  from them is stopped.
+- Planning is per app: only the apps named in the desired formations are planned, so a
+  partial list (one app's event) never stops anything else. Other apps' dynos only
+  take room. A named app's process type missing from its formation is stopped; an
+  app desired with no process types at all is removed.
+- Capacity holds at every moment of a rolling deploy, not only at its end: a
+  replacement goes where it fits beside its running predecessor; only when no host
+  has that room does it take the predecessor's, marked `stop_first` (the executor
+  stops the old dyno before starting the new one).
 
 The same input (in any order) gives the same plan.
 """
@@ -66,7 +72,8 @@ def plan(state: ClusterState, desired: Iterable[DesiredFormation]) -> Plan:
     wanted, apps = _wanted(desired)
     placed: dict[GroupKey, list[Dyno]] = {}
     for dyno in state.dynos:
-        placed.setdefault((dyno.app, dyno.process_type), []).append(dyno)
+        if dyno.app in apps:
+            placed.setdefault((dyno.app, dyno.process_type), []).append(dyno)
 
     out = _Builder()
     groups: list[_Group] = []
@@ -77,7 +84,7 @@ def plan(state: ClusterState, desired: Iterable[DesiredFormation]) -> Plan:
             release, spec = wanted[key]
             groups.append(_settle(key, release, spec, placed.get(key, []), capacity, out))
         else:
-            reason = StopReason.PROCESS_TYPE_REMOVED if key[0] in apps else StopReason.APP_REMOVED
+            reason = StopReason.PROCESS_TYPE_REMOVED if apps[key[0]] else StopReason.APP_REMOVED
             for dyno in placed[key]:
                 out.stop(dyno, reason)
                 capacity.give_back(dyno)
@@ -102,14 +109,14 @@ def apply_plan(state: ClusterState, planned: Plan) -> ClusterState:
 
 def _wanted(
     desired: Iterable[DesiredFormation],
-) -> tuple[dict[GroupKey, tuple[int, ProcessSpec]], set[str]]:
-    """(release, spec) per group, and the apps desired at all (even with no process type)."""
+) -> tuple[dict[GroupKey, tuple[int, ProcessSpec]], dict[str, bool]]:
+    """(release, spec) per group, and each app planned → whether it has any process type."""
     wanted: dict[GroupKey, tuple[int, ProcessSpec]] = {}
-    seen: set[str] = set()
+    seen: dict[str, bool] = {}
     for formation in desired:
         if formation.app in seen:
             raise InvalidRequest(f"App {formation.app!r} has two desired formations; send one.")
-        seen.add(formation.app)
+        seen[formation.app] = bool(formation.processes)
         for process_type, spec in formation.processes.items():
             if spec.quantity < 0:
                 raise InvalidRequest(
@@ -397,16 +404,28 @@ def _fill(group: _Group, capacity: _Capacity, out: _Builder) -> None:
         for rank in counts:
             capacity.exclude(rank)
 
-    def place(index: int, lent: tuple[Dyno, ...]) -> Dyno | None:
-        # A predecessor on an up host lends its room to its own replacement: a full
-        # cluster can still roll out a release of same-sized dynos.
-        for dyno in lent:
-            capacity.give_back(dyno)
+    def place(index: int, lent: tuple[Dyno, ...]) -> tuple[Dyno, bool] | None:
+        # First beside the predecessor (both run for a moment during a rolling deploy).
+        # Failing that, a predecessor on an up host lends its room to its own
+        # replacement, which then starts only after it stops: a full cluster can still
+        # roll out a release of same-sized dynos.
         rank = capacity.best(size, counts)
-        if rank is None:
+        stop_first = False
+        if rank is None and lent:
             for dyno in lent:
-                capacity.take_back(dyno)
+                capacity.give_back(dyno)
+            rank = capacity.best(size, counts)
+            if rank is None:
+                for dyno in lent:
+                    capacity.take_back(dyno)
+                return None
+            stop_first = True
+        elif rank is None:
             return None
+        else:
+            # The predecessors' room comes back once they stop, in the end state.
+            for dyno in lent:
+                capacity.give_back(dyno)
         if rank in counts:
             counts[rank] += 1
         else:
@@ -415,7 +434,7 @@ def _fill(group: _Group, capacity: _Capacity, out: _Builder) -> None:
                 capacity.exclude(rank)
         capacity.take(rank, size)
         host_id = capacity.ids[rank]
-        return Dyno(
+        new = Dyno(
             app=app,
             release=release,
             process_type=process_type,
@@ -423,22 +442,26 @@ def _fill(group: _Group, capacity: _Capacity, out: _Builder) -> None:
             size=size,
             host_id=host_id,
         )
+        return new, stop_first
 
     for item in group.replacements:
-        new = place(item.index, item.lent)
-        if new is None:
+        placed = place(item.index, item.lent)
+        if placed is None:
             _unplaceable(group, item.index, item, capacity, out)
             continue
-        out.starts.append(Start(dyno=new, reason=item.start, replaces=item.predecessors))
+        new, stop_first = placed
+        out.starts.append(
+            Start(dyno=new, reason=item.start, replaces=item.predecessors, stop_first=stop_first)
+        )
         for dyno, reason in zip(item.predecessors, item.reasons, strict=True):
             # Nothing serves from a down host, so its stop need not wait for anything.
             out.stop(dyno, reason, None if reason is StopReason.HOST_DOWN else new)
     for index in group.fresh:
-        new = place(index, ())
-        if new is None:
+        placed = place(index, ())
+        if placed is None:
             _unplaceable(group, index, None, capacity, out)
         else:
-            out.starts.append(Start(dyno=new, reason=StartReason.SCALE_UP))
+            out.starts.append(Start(dyno=placed[0], reason=StartReason.SCALE_UP))
     capacity.include_all()
 
 

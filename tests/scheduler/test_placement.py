@@ -230,14 +230,37 @@ def test_scale_down_takes_from_the_most_loaded_hosts_to_keep_the_spread() -> Non
 
 
 def test_removed_process_types_and_apps_are_stopped() -> None:
-    """A type the formation dropped and an app no longer desired are stopped, each saying why."""
+    """A type the formation dropped and an app desired with no types are stopped, saying why."""
     dynos = (dyno("web.1", "h1"), dyno("worker.1", "h1"), dyno("web.1", "h1", app="gone"))
     state = ClusterState(hosts=(host("h1"),), dynos=dynos)
-    result = plan(state, [want("a", web=1)])
+    result = plan(state, [want("a", web=1), want("gone")])
     assert {(s.dyno.app, s.dyno.name): s.reason for s in result.stops} == {
         ("a", "worker.1"): StopReason.PROCESS_TYPE_REMOVED,
         ("gone", "web.1"): StopReason.APP_REMOVED,
     }
+
+
+def test_a_partial_desired_list_plans_only_the_apps_it_names() -> None:
+    """One app's formation leaves every other app's dynos alone, but counts their room."""
+    others = tuple(dyno(f"web.{i}", "h1", app="other") for i in range(1, 8))  # 3584 of 4096 MB
+    state = ClusterState(hosts=(host("h1"), host("h2")), dynos=others)
+    result = plan(state, [want("a", web=2)])
+    assert not result.stops
+    # h1 has room for one more 512 MB dyno at most: spread and room both send web.1/2 apart.
+    assert sorted(started(result).values()) == ["h1", "h2"]
+    crowded = plan(state, [want("a", size=DOUBLE, web=2)])
+    assert set(started(crowded).values()) == {"h2"}
+
+
+def test_a_replacement_fits_beside_its_predecessor_when_it_can() -> None:
+    """Rolling deploys run old and new at once: room for both is taken if any host has it."""
+    state = ClusterState(hosts=(host("h1", 1024), host("h2", 1024)), dynos=(dyno("web.1", "h1"),))
+    result = plan(state, [want("a", release=2, web=1)])
+    (start,) = result.starts
+    assert not start.stop_first
+    full = ClusterState(hosts=(host("h1", 512),), dynos=(dyno("web.1", "h1"),))
+    (squeezed,) = plan(full, [want("a", release=2, web=1)]).starts
+    assert squeezed.stop_first and squeezed.dyno.host_id == "h1"
 
 
 def test_new_release_replaces_each_dyno_by_name_start_first() -> None:
@@ -365,13 +388,15 @@ def random_formations(rng: random.Random, release: int) -> list[DesiredFormation
         DesiredFormation(
             app=f"app{i}",
             release=release,
+            # One app in ten is removed: desired with no process types.
             processes={
                 process_type: ProcessSpec(quantity=random_quantity(rng), size=rng.choice(sizes))
                 for process_type in rng.sample(["web", "worker", "clock"], rng.randint(1, 3))
-            },
+            }
+            if rng.random() < 0.9
+            else {},
         )
-        for i in range(rng.randint(1, 6))
-        if rng.random() < 0.9
+        for i in range(6)
     ]
 
 

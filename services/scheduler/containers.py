@@ -1,0 +1,212 @@
+"""The hardened container a dyno runs in, and the Docker calls that make and end one.
+
+Every dyno container (DESIGN.md §5): all capabilities dropped, no-new-privileges,
+read-only root with a tmpfs /tmp, user 10000:10000, memory (swap equal: none
+extra), CPU weight and pids by dyno size, capped json-file logs, no Docker socket
+and no host namespaces (nothing is mounted, no host mode is asked), the app's own
+network, and `$PORT` published only on the host's private address, on a port
+Docker picks. Config values go into `Env` at create time and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from typing import Any
+
+import aiodocker
+import msgspec
+
+from slipway.contracts import scheduler as sc
+from slipway.contracts.gateway import DYNO_SIZES, DynoSize
+from slipway.contracts.registry import Credentials
+from slipway.libs import appnet
+
+NETWORK_PREFIX = "slipway-app-"
+SCOPE_LABEL = f"{sc.LABEL_PREFIX}.scheduler"
+APP_NETWORK_LABEL = "org.slipway.app"
+
+
+class DynoSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything that names and shapes one dyno's container (no config values)."""
+
+    app_id: str
+    app_name: str
+    team_id: str
+    release: int
+    process_type: str
+    index: int
+    size: str
+    image: str
+    command: str
+    host_id: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.process_type}.{self.index}"
+
+    @property
+    def dyno_size(self) -> DynoSize:
+        return DYNO_SIZES[self.size]
+
+
+def network_name(app_id: str) -> str:
+    """One network per app per host; network-wirer uses the same name."""
+    return f"{NETWORK_PREFIX}{app_id}"
+
+
+def container_name(spec: DynoSpec) -> str:
+    """App, release and dyno, and a suffix: a replacement never collides with its predecessor."""
+    app = spec.app_name[:30]
+    return f"slipway-{app}-v{spec.release}-{spec.process_type}.{spec.index}-{secrets.token_hex(3)}"
+
+
+def labels(spec: DynoSpec, scope: str = "") -> dict[str, str]:
+    """The labels every other service reads a container by."""
+    scoped = {SCOPE_LABEL: scope} if scope else {}
+    return scoped | {
+        sc.LABEL_MANAGED: "true",
+        sc.LABEL_APP: spec.app_id,
+        sc.LABEL_APP_NAME: spec.app_name,
+        sc.LABEL_TEAM: spec.team_id,
+        sc.LABEL_RELEASE: str(spec.release),
+        sc.LABEL_TYPE: spec.process_type,
+        sc.LABEL_DYNO: spec.name,
+        sc.LABEL_HOST: spec.host_id,
+        sc.LABEL_SIZE: spec.size,
+    }
+
+
+def spec_from_labels(found: dict[str, str], image: str = "") -> DynoSpec | None:
+    """The spec a container was made from, or None when its labels are not ours or broken."""
+    try:
+        process_type, index = found[sc.LABEL_DYNO].rsplit(".", 1)
+        return DynoSpec(
+            app_id=found[sc.LABEL_APP],
+            app_name=found.get(sc.LABEL_APP_NAME, ""),
+            team_id=found.get(sc.LABEL_TEAM, ""),
+            release=int(found[sc.LABEL_RELEASE]),
+            process_type=process_type,
+            index=int(index),
+            size=found.get(sc.LABEL_SIZE, "standard-1x")
+            if found.get(sc.LABEL_SIZE) in DYNO_SIZES
+            else "standard-1x",
+            image=image,
+            command="",
+            host_id=found.get(sc.LABEL_HOST, ""),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+def container_config(
+    spec: DynoSpec,
+    *,
+    env: dict[str, str],
+    port: int,
+    address: str,
+    publish: bool,
+    log_max_size: str,
+    log_max_file: str,
+    tmp_size: str,
+    scope: str = "",
+) -> dict[str, Any]:
+    """The Docker create body of one dyno (`publish`: web dynos get a host port)."""
+    size = spec.dyno_size
+    memory = size.memory_mb * 1024 * 1024
+    port_key = f"{port}/tcp"
+    host_config: dict[str, Any] = {
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "ReadonlyRootfs": True,
+        "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmp_size}"},  # noqa: S108 (in the container)
+        "Memory": memory,
+        "MemorySwap": memory,
+        "PidsLimit": size.pids_limit,
+        "CpuShares": size.cpu_shares,
+        "LogConfig": {
+            "Type": "json-file",
+            "Config": {"max-size": log_max_size, "max-file": log_max_file},
+        },
+        "NetworkMode": network_name(spec.app_id),
+        "RestartPolicy": {"Name": "no"},
+        "Binds": [],
+        "Privileged": False,
+    }
+    if publish:
+        host_config["PortBindings"] = {port_key: [{"HostIp": address, "HostPort": ""}]}
+    full_env = {
+        **env,
+        "PORT": str(port),
+        "DYNO": spec.name,
+        "HOME": "/app",
+        "SLIPWAY_RELEASE_VERSION": str(spec.release),
+    }
+    config: dict[str, Any] = {
+        "Image": spec.image,
+        "User": "10000:10000",
+        "Env": [f"{key}={value}" for key, value in full_env.items()],
+        "Labels": labels(spec, scope),
+        "ExposedPorts": {port_key: {}},
+        "HostConfig": host_config,
+        "StopSignal": "SIGTERM",
+    }
+    if spec.command:
+        config["Cmd"] = [spec.command]  # the image's launcher runs it with bash -c
+    return config
+
+
+async def ensure_network(
+    docker: aiodocker.Docker, app_id: str, scope: str = "", pool: str = appnet.DEFAULT_POOL
+) -> None:
+    """Create the app's network if missing, as network-wirer would (`libs.appnet`)."""
+    await appnet.ensure_app_network(
+        docker, app_id, pool=pool, labels={SCOPE_LABEL: scope} if scope else None
+    )
+
+
+async def _networks_named(docker: aiodocker.Docker, name: str) -> list[dict[str, Any]]:
+    listed = await docker.networks.list(filters={"name": [name]})
+    return [n for n in listed if n.get("Name") == name]  # the filter matches substrings
+
+
+async def remove_network(docker: aiodocker.Docker, app_id: str) -> None:
+    """Remove an app's network once it has no containers left (ignores 'in use' / missing)."""
+    for found in await _networks_named(docker, network_name(app_id)):
+        with contextlib.suppress(aiodocker.DockerError):
+            await (await docker.networks.get(found["Id"])).delete()
+
+
+def has_registry_host(image: str) -> bool:
+    """Whether `image` names a registry ("host:port/…" or "a.b/…"), so it may need a pull."""
+    first, _, rest = image.partition("/")
+    return bool(rest) and ("." in first or ":" in first or first == "localhost")
+
+
+async def ensure_image(
+    docker: aiodocker.Docker, image: str, credentials: Credentials | None
+) -> None:
+    """Pull `image` unless the engine has it already (locally built images are never pulled)."""
+    try:
+        await docker.images.inspect(image)
+        return
+    except aiodocker.DockerError as exc:
+        if exc.status != 404:
+            raise
+    auth = None
+    if credentials is not None:
+        auth = {
+            "username": credentials.username,
+            "password": credentials.password,
+            "serveraddress": credentials.registry,
+        }
+    await docker.images.pull(image, auth=auth)
+
+
+def published_port(info: dict[str, Any], port: int) -> int | None:
+    """The host port Docker picked for the container's `$PORT`, from an inspect."""
+    bindings = (info.get("NetworkSettings") or {}).get("Ports") or {}
+    for binding in bindings.get(f"{port}/tcp") or []:
+        if binding.get("HostPort"):
+            return int(binding["HostPort"])
+    return None

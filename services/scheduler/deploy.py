@@ -1,0 +1,199 @@
+"""Carrying out one app's plan: stops, fresh starts, rolling replacements, the release phase.
+
+- Stops that replace nothing (scale down, removed types) drain at once.
+- Fresh dynos (scale up, lost hosts) all start together: each is up when healthy,
+  and a crash afterwards is the monitor's to restart with backoff.
+- Replacements (a new release, a resize, a draining host) roll one at a time per
+  process type: start the new dyno, wait until it is healthy (published `up`, so
+  the router adds it), then drain its predecessor. A new release's dyno that never
+  gets healthy fails the deploy: it is removed, the rest of the roll stops, and the
+  old dynos keep serving.
+- The release phase (process type `release`) runs as a one-off before any dyno of
+  its release starts; a non-zero exit fails the deploy before anything changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+
+import aiodocker
+import msgspec
+import structlog
+
+from slipway.contracts.gateway import AppDesired
+from slipway.services.scheduler import containers, model
+from slipway.services.scheduler.containers import DynoSpec
+from slipway.services.scheduler.runtime import Runtime, Tracked
+
+log = structlog.get_logger("slipway.scheduler.deploy")
+
+RELEASE_TYPE = "release"
+
+_STOP_WORDS = {
+    model.StopReason.SCALE_DOWN: "Scaled down",
+    model.StopReason.NEW_RELEASE: "Replaced by a new release",
+    model.StopReason.RESIZE: "Resized",
+    model.StopReason.HOST_DRAINING: "Host draining",
+    model.StopReason.HOST_DOWN: "Host lost",
+    model.StopReason.DUPLICATE: "Duplicate dyno",
+    model.StopReason.PROCESS_TYPE_REMOVED: "Process type removed",
+    model.StopReason.APP_REMOVED: "App removed",
+}
+
+
+class Outcome(msgspec.Struct, kw_only=True):
+    """What happened: `failed` names why a new release did not reach its dynos."""
+
+    failed: str | None = None
+    started: int = 0
+    stopped: int = 0
+
+
+def spec_for(app: AppDesired, dyno: model.Dyno, image: str) -> DynoSpec:
+    """The container spec of a planned dyno of `app`'s release."""
+    command = app.process_types.get(dyno.process_type)
+    if command is None:
+        formation = {f.type: f.command for f in app.formation}
+        command = formation.get(dyno.process_type, "")
+    return DynoSpec(
+        app_id=app.app_id,
+        app_name=app.app_name,
+        team_id=app.team_id,
+        release=dyno.release,
+        process_type=dyno.process_type,
+        index=dyno.index,
+        size=dyno.size.name,
+        image=image,
+        command=command,
+        host_id=dyno.host_id,
+    )
+
+
+async def execute(
+    rt: Runtime, app: AppDesired | None, plan: model.Plan, env: dict[str, str]
+) -> Outcome:
+    """Carry out `plan` for one app (None: the app is gone, only stops remain)."""
+    index: dict[model.Dyno, list[Tracked]] = defaultdict(list)
+    for tracked in list(rt.dynos.values()):
+        if not (tracked.busy and tracked.state == "down"):
+            index[tracked.model()].append(tracked)
+
+    def take(dyno: model.Dyno) -> Tracked | None:
+        found = index.get(dyno)
+        return found.pop() if found else None
+
+    outcome = Outcome()
+    plain = [(take(s.dyno), s.reason) for s in plan.stops if s.replacement is None]
+    await asyncio.gather(
+        *(rt.stop(t, _STOP_WORDS[why]) for t, why in plain if t is not None and not t.busy)
+    )
+    outcome.stopped += sum(1 for t, _ in plain if t is not None)
+    if app is None or not app.image_ref:
+        return outcome
+    image = app.image_ref
+    fresh = [s for s in plan.starts if not s.replaces or s.reason is model.StartReason.HOST_DOWN]
+    rolls: dict[str, list[model.Start]] = defaultdict(list)
+    for start in plan.starts:
+        if start not in fresh:
+            rolls[start.dyno.process_type].append(start)
+
+    async def start_fresh(start: model.Start) -> None:
+        try:
+            tracked = await rt.create(spec_for(app, start.dyno, image), env)
+        except aiodocker.DockerError as exc:
+            log.warning("dyno.create_failed", dyno=start.dyno.name, error=exc.message)
+            return
+        outcome.started += 1
+        if tracked.state == "starting":
+            await rt.await_health(tracked)
+
+    async def roll(starts: list[model.Start]) -> None:
+        for start in starts:
+            if outcome.failed is not None:
+                return
+            olds = [t for t in (take(d) for d in start.replaces) if t is not None]
+            if start.stop_first:
+                await asyncio.gather(*(rt.stop(t, "Making room for its replacement") for t in olds))
+            reason = await _replace(rt, spec_for(app, start.dyno, image), env)
+            if reason is not None:
+                if start.reason is model.StartReason.NEW_RELEASE:
+                    outcome.failed = f"{start.dyno.name}: {reason}"
+                continue
+            outcome.started += 1
+            if not start.stop_first:
+                words = _STOP_WORDS[model.StopReason(start.reason.value)]
+                await asyncio.gather(*(rt.stop(t, words) for t in olds))
+                outcome.stopped += len(olds)
+
+    await asyncio.gather(*(start_fresh(s) for s in fresh), *(roll(s) for s in rolls.values()))
+    return outcome
+
+
+async def _replace(rt: Runtime, spec: DynoSpec, env: dict[str, str]) -> str | None:
+    """Start one replacement and wait until healthy; None when up, else why not (removed)."""
+    try:
+        tracked = await rt.create(spec, env)
+    except aiodocker.DockerError as exc:
+        return f"could not create its container: {exc.message}"
+    if tracked.state != "starting":
+        await rt.stop(tracked, "Deploy failed", drain=False)
+        return "its container could not start"
+    result = await rt.await_health(tracked)
+    if result.ok:
+        return None
+    # No await between the health verdict and `stop`: the monitor cannot restart it first.
+    await rt.stop(tracked, "Deploy failed", drain=False)
+    return result.reason
+
+
+async def release_phase(
+    rt: Runtime, app: AppDesired, host_id: str, env: dict[str, str], timeout: float
+) -> str | None:
+    """Run the release's `release` command to its end; None on exit 0, else why it failed."""
+    spec = DynoSpec(
+        app_id=app.app_id,
+        app_name=app.app_name,
+        team_id=app.team_id,
+        release=app.release_version or 0,
+        process_type=RELEASE_TYPE,
+        index=1,
+        size="standard-1x",
+        image=app.image_ref or "",
+        command=app.process_types[RELEASE_TYPE],
+        host_id=host_id,
+    )
+    engine = rt.engines[host_id]
+    await rt.ensure_network(engine, app.app_id)
+    config = containers.container_config(
+        spec,
+        env=env,
+        port=rt.settings.port,
+        address=engine.address,
+        publish=False,
+        log_max_size=rt.settings.log_max_size,
+        log_max_file=rt.settings.log_max_file,
+        tmp_size=rt.settings.tmp_size,
+        scope=rt.settings.scope,
+    )
+    name = containers.container_name(spec)
+    rt.creating.add(name)
+    try:
+        container = await engine.docker.containers.create(config, name=name)
+        rt.one_offs.add(container.id)
+    finally:
+        rt.creating.discard(name)
+    try:
+        await container.start()
+        try:
+            status = await asyncio.wait_for(container.wait(), timeout)
+        except TimeoutError:
+            await container.kill()
+            return f"the release command ran longer than {timeout:.0f} s"
+        code = int(status.get("StatusCode", -1))
+        return None if code == 0 else f"the release command exited with status {code}"
+    finally:
+        with contextlib.suppress(aiodocker.DockerError):
+            await container.delete(force=True)
+        rt.one_offs.discard(container.id)

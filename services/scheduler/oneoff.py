@@ -1,0 +1,326 @@
+"""One-off dynos: `slipway run` and `POST /apps/{app}/dynos`.
+
+A one-off is a container of the release's image with the command asked for,
+hardened like every dyno (`containers.container_config`), never published to
+the router. Attached ones get a TTY: the scheduler attaches to the container
+before starting it, waits for the gateway's `ready` frame (the client is
+connected), then relays bytes both ways over the session's live subjects and
+ends with an `exit` frame carrying the process's status. Detached ones start at
+once; their output reaches the logs like any dyno's.
+
+`time_to_live` is a deadline label on the container, so a restarted scheduler
+still enforces it (`adopt`). An attached one-off whose relay is gone (the
+scheduler restarted) is killed: nobody can type into it any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiodocker
+import msgspec
+import structlog
+
+from slipway.contracts import builder, oneoff
+from slipway.contracts import scheduler as sc
+from slipway.contracts.base import encode
+from slipway.contracts.oneoff import RunOneOff, TtyFrame
+from slipway.libs.bus import Bus
+from slipway.services.scheduler import containers
+from slipway.services.scheduler.containers import DynoSpec
+
+log = structlog.get_logger("slipway.scheduler.oneoff")
+
+_frame = msgspec.json.Decoder(TtyFrame)
+ONE_OFF_TYPE = "run"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a one-off runs: the engine, its host id and private address."""
+
+    docker: aiodocker.Docker
+    host_id: str
+    address: str
+
+
+@dataclass
+class OneOffSettings:
+    port: int = 5000
+    log_max_size: str = "10m"
+    log_max_file: str = "3"
+    tmp_size: str = "64m"
+    scope: str = ""
+    # How long an attached one-off waits for its client before it is removed unstarted.
+    attach_timeout: float = 60.0
+    # SIGTERM, then SIGKILL after this long, when the time to live is over.
+    stop_grace: float = 10.0
+
+
+@dataclass
+class _Session:
+    dyno: sc.Dyno
+    container: aiodocker.containers.DockerContainer
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    size: tuple[int, int] | None = None  # the client's (rows, cols), applied once started
+    started: bool = False
+
+
+class OneOffs:
+    """The one-offs this scheduler started, each with its relay and its deadline timer."""
+
+    def __init__(self, bus: Bus, settings: OneOffSettings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.sessions: dict[str, _Session] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, request: RunOneOff, where: Placement, env: dict[str, str]) -> sc.Dyno:
+        """Create (and, unless attached, start) the one-off; answer its dyno."""
+        number = 1000 + secrets.randbelow(9000)
+        spec = DynoSpec(
+            app_id=request.app_id,
+            app_name=request.app_name,
+            team_id=request.team_id,
+            release=request.release_version,
+            process_type=ONE_OFF_TYPE,
+            index=number,
+            size=request.size,
+            image=request.image,
+            command=request.command,
+            host_id=where.host_id,
+        )
+        await containers.ensure_network(where.docker, request.app_id)
+        config = await self._config(request, spec, where, env)
+        container = await where.docker.containers.create(config, name=_name(spec))
+        dyno = sc.Dyno(
+            app_id=request.app_id,
+            app_name=request.app_name,
+            team_id=request.team_id,
+            name=spec.name,
+            process_type=ONE_OFF_TYPE,
+            release_version=request.release_version,
+            state="starting",
+            host_id=where.host_id,
+            container_id=container.id,
+            size=request.size,
+            command=request.command,
+            one_off=True,
+            updated_at=time.time(),
+        )
+        session = _Session(dyno=dyno, container=container)
+        self.sessions[container.id] = session
+        self._spawn(session, self._expire(session, time.time() + request.time_to_live))
+        if request.attach:
+            ready = asyncio.Event()
+            stream = container.attach(stdin=True, stdout=True, stderr=True)
+            await stream._init()  # attached before the process starts: no output is lost
+            frames = await self.bus.live_subscribe(oneoff.tty_in(request.session))
+            self._spawn(session, self._relay(session, request, stream, frames, ready))
+        else:
+            await container.start()
+            self._spawn(session, self._reap(session))
+        log.info("oneoff.created", app=request.app_name, dyno=spec.name, attach=request.attach)
+        return dyno
+
+    async def _config(
+        self, request: RunOneOff, spec: DynoSpec, where: Placement, env: dict[str, str]
+    ) -> dict[str, Any]:
+        config = containers.container_config(
+            spec,
+            env={**env, **request.env},
+            port=self.settings.port,
+            address=where.address,
+            publish=False,
+            log_max_size=self.settings.log_max_size,
+            log_max_file=self.settings.log_max_file,
+            tmp_size=self.settings.tmp_size,
+            scope=self.settings.scope,
+        )
+        deadline = int(time.time() + request.time_to_live)
+        config["Labels"] |= {
+            oneoff.LABEL_DEADLINE: str(deadline),
+            oneoff.LABEL_ATTACHED: "true" if request.attach else "false",
+        }
+        config.pop("ExposedPorts", None)
+        # An init as PID 1 forwards signals and makes the command the TTY's foreground
+        # group: Ctrl-C interrupts it (PID 1 itself would ignore SIGINT).
+        config["HostConfig"]["Init"] = True
+        config["Cmd"] = await self._command(where.docker, request)
+        if request.attach:
+            config |= {
+                "Tty": True,
+                "OpenStdin": True,
+                "StdinOnce": False,
+                "AttachStdin": True,
+                "AttachStdout": True,
+                "AttachStderr": True,
+                "Env": [*config["Env"], "TERM=xterm-256color"],
+            }
+            config["HostConfig"]["ConsoleSize"] = [request.tty_rows, request.tty_cols]
+        return config
+
+    @staticmethod
+    async def _command(docker: aiodocker.Docker, request: RunOneOff) -> list[str]:
+        # Buildpack images run their one argument through the launcher (.profile.d first);
+        # an image from a Dockerfile gets a shell, as `heroku run` gives one.
+        image = await docker.images.inspect(request.image)
+        entrypoint = image.get("Config", {}).get("Entrypoint") or []
+        if entrypoint == [builder.LAUNCHER]:
+            return [request.command]
+        return ["/bin/sh", "-c", request.command]
+
+    # ---- attached sessions --------------------------------------------------------------
+
+    async def _relay(
+        self,
+        session: _Session,
+        request: RunOneOff,
+        stream: aiodocker.stream.Stream,
+        frames: AsyncIterator[bytes],
+        ready: asyncio.Event,
+    ) -> None:
+        out_subject = oneoff.tty_out(request.session)
+        inbound = asyncio.create_task(self._inbound(session, stream, frames, ready))
+        try:
+            try:
+                await asyncio.wait_for(ready.wait(), self.settings.attach_timeout)
+            except TimeoutError:
+                await self._send(out_subject, TtyFrame(kind="error", message="nobody attached"))
+                return
+            await session.container.start()
+            session.started = True
+            await _resize(session)
+            while (message := await stream.read_out()) is not None:
+                await self._send(out_subject, TtyFrame(kind="data", data=message.data))
+            status = await session.container.wait()
+            code = int(status.get("StatusCode", 1))
+            await self._send(out_subject, TtyFrame(kind="exit", exit_code=code))
+            log.info("oneoff.exited", dyno=session.dyno.name, exit_code=code)
+        finally:
+            inbound.cancel()
+            with contextlib.suppress(Exception):
+                await stream.close()
+            await self._remove(session)
+
+    async def _inbound(
+        self,
+        session: _Session,
+        stream: aiodocker.stream.Stream,
+        frames: AsyncIterator[bytes],
+        ready: asyncio.Event,
+    ) -> None:
+        async for raw in frames:
+            try:
+                frame = _frame.decode(raw)
+            except msgspec.DecodeError:
+                continue
+            match frame.kind:
+                case "ready":
+                    ready.set()
+                case "data" if ready.is_set():
+                    await stream.write_in(frame.data)
+                case "resize" if frame.cols > 0 and frame.rows > 0:
+                    session.size = (frame.rows, frame.cols)
+                    await _resize(session)
+                case "close":
+                    # The client went away: hang up, as a closed terminal would.
+                    with contextlib.suppress(aiodocker.DockerError):
+                        await session.container.kill(signal="SIGHUP")
+                    if not ready.is_set():
+                        await self._remove(session)
+
+    async def _send(self, subject: str, frame: TtyFrame) -> None:
+        await self.bus.live_publish(subject, encode(frame))
+
+    # ---- lifetimes ----------------------------------------------------------------------
+
+    async def _reap(self, session: _Session) -> None:
+        with contextlib.suppress(aiodocker.DockerError):
+            await session.container.wait()
+        await self._remove(session)
+
+    async def _expire(self, session: _Session, deadline: float) -> None:
+        await asyncio.sleep(max(deadline - time.time(), 0))
+        log.info("oneoff.time_to_live_over", dyno=session.dyno.name)
+        await _stop(session.container, self.settings.stop_grace)
+
+    async def _remove(self, session: _Session) -> None:
+        self.sessions.pop(session.container.id, None)
+        with contextlib.suppress(aiodocker.DockerError):
+            await session.container.delete(force=True)
+        for task in session.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def adopt(self, where: Placement) -> None:
+        """After a restart: enforce the deadlines of one-offs found on `where`."""
+        filters = {"label": [f"{sc.LABEL_TYPE}={ONE_OFF_TYPE}", f"{sc.LABEL_MANAGED}=true"]}
+        if self.settings.scope:
+            filters["label"].append(f"{containers.SCOPE_LABEL}={self.settings.scope}")
+        found = await where.docker.containers.list(all=True, filters=filters)
+        for container in found:
+            labels: dict[str, str] = container["Labels"] or {}
+            if container.id in self.sessions:
+                continue
+            deadline = float(labels.get(oneoff.LABEL_DEADLINE, "0") or 0)
+            orphaned_tty = labels.get(oneoff.LABEL_ATTACHED) == "true"
+            if orphaned_tty or deadline <= time.time() or container["State"] != "running":
+                with contextlib.suppress(aiodocker.DockerError):
+                    await container.delete(force=True)
+                continue
+            spec = containers.spec_from_labels(labels)
+            if spec is None:
+                continue
+            dyno = sc.Dyno(
+                app_id=spec.app_id,
+                app_name=spec.app_name,
+                team_id=spec.team_id,
+                name=spec.name,
+                process_type=ONE_OFF_TYPE,
+                release_version=spec.release,
+                state="up",
+                host_id=where.host_id,
+                container_id=container.id,
+                one_off=True,
+            )
+            session = _Session(dyno=dyno, container=container)
+            self.sessions[container.id] = session
+            self._spawn(session, self._expire(session, deadline))
+            self._spawn(session, self._reap(session))
+
+    def _spawn(self, session: _Session, work: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(work)
+        session.tasks.add(task)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(session.tasks.discard)
+
+    async def close(self) -> None:
+        """Stop relaying (containers keep running; `adopt` finds them after a restart)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def _resize(session: _Session) -> None:
+    # Docker resizes only a running container's TTY: before the start, the size waits.
+    if session.started and session.size:
+        rows, cols = session.size
+        with contextlib.suppress(aiodocker.DockerError):
+            await session.container.resize(h=rows, w=cols)
+
+
+def _name(spec: DynoSpec) -> str:
+    return f"slipway-{spec.app_name[:30]}-v{spec.release}-{spec.name}-{secrets.token_hex(3)}"
+
+
+async def _stop(container: aiodocker.containers.DockerContainer, grace: float) -> None:
+    with contextlib.suppress(aiodocker.DockerError):
+        await container.stop(t=int(grace))

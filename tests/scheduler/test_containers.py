@@ -1,0 +1,84 @@
+"""The container spec, names, labels and backoff: pure functions, no engine."""
+
+from __future__ import annotations
+
+from slipway.contracts import scheduler as sc
+from slipway.services.scheduler import containers, health
+from slipway.services.scheduler.containers import DynoSpec
+
+SPEC = DynoSpec(
+    app_id="a1",
+    app_name="shop",
+    team_id="t1",
+    release=7,
+    process_type="web",
+    index=2,
+    size="standard-2x",
+    image="img",
+    command="python3 app.py",
+    host_id="h1",
+)
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    waits = [health.backoff(n, base=1.0, cap=30.0) for n in range(8)]
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert health.backoff(10_000, base=1.0, cap=30.0) == 30.0
+
+
+def test_names_carry_app_release_and_dyno_and_never_repeat() -> None:
+    names = {containers.container_name(SPEC) for _ in range(50)}
+    assert len(names) == 50
+    assert all(name.startswith("slipway-shop-v7-web.2-") for name in names)
+
+
+def test_labels_round_trip_to_the_spec() -> None:
+    labels = containers.labels(SPEC, scope="s1")
+    assert labels[sc.LABEL_MANAGED] == "true" and labels["org.slipway.scheduler"] == "s1"
+    back = containers.spec_from_labels(labels, image="img")
+    assert back is not None
+    assert (back.app_id, back.release, back.name, back.size, back.host_id) == (
+        "a1",
+        7,
+        "web.2",
+        "standard-2x",
+        "h1",
+    )
+    assert containers.spec_from_labels({sc.LABEL_APP: "a1"}) is None
+
+
+def test_the_config_is_hardened_and_env_carries_port_and_config() -> None:
+    config = containers.container_config(
+        SPEC,
+        env={"SECRET": "x"},
+        port=5000,
+        address="10.0.0.2",
+        publish=True,
+        log_max_size="10m",
+        log_max_file="3",
+        tmp_size="64m",
+    )
+    host = config["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["ReadonlyRootfs"] and host["Memory"] == host["MemorySwap"] == 1024 << 20
+    assert host["PortBindings"] == {"5000/tcp": [{"HostIp": "10.0.0.2", "HostPort": ""}]}
+    assert config["User"] == "10000:10000" and config["Cmd"] == ["python3 app.py"]
+    assert {"SECRET=x", "PORT=5000", "DYNO=web.2"} <= set(config["Env"])
+    worker = containers.container_config(
+        SPEC,
+        env={},
+        port=5000,
+        address="a",
+        publish=False,
+        log_max_size="1m",
+        log_max_file="1",
+        tmp_size="1m",
+    )
+    assert "PortBindings" not in worker["HostConfig"]
+
+
+def test_only_references_with_a_registry_host_are_pulled() -> None:
+    assert containers.has_registry_host("127.0.0.1:5000/apps/a1@sha256:00")
+    assert containers.has_registry_host("registry.example.com/x/y:1")
+    assert not containers.has_registry_host("slipway-test/app:1")
+    assert not containers.has_registry_host("busybox")
