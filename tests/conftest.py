@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import inspect
+import json
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,6 +20,35 @@ from slipway.libs.bus import Bus
 from slipway.libs.natsserver import NatsServer
 
 T = TypeVar("T")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_empty_app_networks() -> Iterator[None]:
+    """App networks the suite's apps left behind (empty ones made during the run) are removed.
+
+    Tests create apps whose dynos make `slipway-app-<id>` networks; each holds a subnet, and
+    an engine has room for a limited number. Networks older than the run, or still in use,
+    are left alone (a `scripts/up` on the same engine keeps its own).
+    """
+    started = datetime.datetime.now(datetime.UTC)
+    yield
+    if shutil.which("docker") is None:
+        return
+    listed = subprocess.run(
+        ["docker", "network", "ls", "-q", "--filter", "name=slipway-app-"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if not listed:
+        return
+    inspected = subprocess.run(
+        ["docker", "network", "inspect", *listed], capture_output=True, text=True, check=False
+    )
+    for network in json.loads(inspected.stdout or "[]"):
+        created = datetime.datetime.fromisoformat(network["Created"][:26].rstrip("Z") + "+00:00")
+        if created >= started and not network.get("Containers"):
+            subprocess.run(["docker", "network", "rm", network["Id"]], capture_output=True)
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ def create_service(settings: WirerSettings) -> ServiceApp:
         if settings.manage_networks:
             ports = [settings.router_http_port, settings.router_https_port]
             isolation = Isolation(ports) if settings.isolation else None
-            networks = Networks(settings.docker_urls, isolation)
+            networks = Networks(settings.docker_urls, isolation, settings.app_network_pool)
         wirer = Wirer(
             bus,
             admin,

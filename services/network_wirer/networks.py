@@ -27,9 +27,8 @@ from slipway.contracts.router import (
     LABEL_NETWORK_APP,
     NETWORK_PREFIX,
     app_network_name,
-    app_network_options,
 )
-from slipway.contracts.scheduler import LABEL_MANAGED
+from slipway.libs import appnet
 from slipway.services.network_wirer.errors import IsolationError
 
 log = structlog.get_logger("slipway.network_wirer.networks")
@@ -94,9 +93,15 @@ class Isolation:
 class Networks:
     """The app networks on each Docker host."""
 
-    def __init__(self, docker_urls: Sequence[str], isolation: Isolation | None) -> None:
+    def __init__(
+        self,
+        docker_urls: Sequence[str],
+        isolation: Isolation | None,
+        pool: str = appnet.DEFAULT_POOL,
+    ) -> None:
         self.hosts = [aiodocker.Docker(url=url) for url in docker_urls]
         self.isolation = isolation
+        self.pool = pool
 
     async def close(self) -> None:
         for docker in self.hosts:
@@ -120,20 +125,7 @@ class Networks:
         await self.sync_isolation()
 
     async def _create(self, docker: aiodocker.Docker, app_id: str) -> None:
-        try:
-            await docker.networks.create(
-                {
-                    "Name": app_network_name(app_id),
-                    "Driver": "bridge",
-                    "CheckDuplicate": True,
-                    "Options": app_network_options(app_id),
-                    "Labels": {LABEL_NETWORK_APP: app_id, LABEL_MANAGED: "true"},
-                }
-            )
-            log.info("network.created", app_id=app_id)
-        except aiodocker.DockerError as exc:
-            if exc.status != 409:  # the scheduler made it meanwhile
-                raise
+        await appnet.ensure_app_network(docker, app_id, pool=self.pool)
 
     async def remove(self, app_id: str) -> None:
         """Remove an app's network on every host (an app being destroyed)."""

@@ -31,6 +31,8 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
     access_log_host: str = "127.0.0.1"
     docker_hosts: str = "unix:///var/run/docker.sock"  # comma-separated Docker endpoints
     manage_networks: bool = True
+    # Each app network takes a /24 from here on each host (libs/appnet.py).
+    app_network_pool: str = "10.210.0.0/16"
     isolation: bool = True  # iptables rules (needs root)
 
     @property
