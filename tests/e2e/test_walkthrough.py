@@ -1,0 +1,297 @@
+"""The README's walkthrough, for real: the supervisor starts every service as its own process.
+
+nats-server, Caddy, the keyring, registry-proxy (with Distribution), the builder,
+the scheduler, network-wirer, the log-shipper and the gateway run from one
+supervisor on free ports under a temporary SLIPWAY_HOME, exactly as `scripts/up`
+runs them. The test then acts as a customer, with the CLI and git only:
+create an app, set a secret, push examples/python-hello, reach it through the
+router, scale it, read its logs, run a one-off, and find the secret nowhere on
+disk. Every container, image, volume and network it made is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = f"canary-{uuid.uuid4().hex}"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Platform:
+    home: Path
+    env: dict[str, str]
+    api_url: str
+    router_port: int
+    process: subprocess.Popen[bytes]
+
+    def cli(self, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
+        """Run `slipway ARGS`; the output, or the test fails with both streams."""
+        done = subprocess.run(
+            [sys.executable, "-m", "slipway.cli.main", *args],
+            input=stdin if stdin is not None else "",
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=self.home,
+            timeout=timeout,
+            check=False,
+        )
+        assert done.returncode == 0, f"slipway {' '.join(args)}: {done.stdout}\n{done.stderr}"
+        return done.stdout + done.stderr
+
+    def get(self, host: str, path: str = "/") -> tuple[int, str]:
+        """A request through the router, as a browser asking for `host` would make it."""
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.router_port}{path}", headers={"Host": host}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Poll `check()` until it returns something (sync: the platform runs in other processes)."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            found = check()
+        except (AssertionError, OSError) as exc:
+            last = exc
+        else:
+            if found:
+                return found
+            last = found
+        time.sleep(0.5)
+    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+
+
+def answered(platform: Platform, host: str) -> str | None:
+    status, body = platform.get(host)
+    return body if status == 200 else None
+
+
+def with_text(text: str, *needles: str) -> str | None:
+    return text if all(needle in text for needle in needles) else None
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    home = tmp_path_factory.mktemp("walkthrough")
+    scope = f"e2e{uuid.uuid4().hex[:8]}"
+    router_port = free_port()
+    ports = {
+        "SLIPWAY_NATS_PORT": free_port(),
+        "SLIPWAY_API_PORT": free_port(),
+        "SLIPWAY_REGISTRY_PORT": free_port(),
+        "SLIPWAY_ROUTER_HTTP_PORT": router_port,
+        "SLIPWAY_ROUTER_PORT": router_port,
+        "SLIPWAY_ROUTER_HTTPS_PORT": free_port(),
+        "SLIPWAY_ROUTER_ADMIN_PORT": free_port(),
+    }
+    env = {
+        **os.environ,
+        **{name: str(port) for name, port in ports.items()},
+        "SLIPWAY_HOME": str(home / "var"),
+        "SLIPWAY_SCOPE": scope,
+        "SLIPWAY_LOG_FORMAT": "json",
+        "SLIPWAY_BUILD_NETWORK": f"slipway-builds-{scope}",
+        "SLIPWAY_CONFIG_DIR": str(home / "cli"),
+        "HOME": str(home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "slipway.libs.supervisor", "--grace", "10"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    services = subprocess.run(
+        [sys.executable, "-m", "slipway.libs.supervisor", "--list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "slipway.libs.health", "--timeout", "90", "--wait", *services],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        bootstrap = json.loads((home / "var" / "gateway" / "bootstrap.json").read_text())
+        env |= {"SLIPWAY_API_URL": bootstrap["api_url"], "SLIPWAY_API_KEY": bootstrap["token"]}
+        yield Platform(home, env, bootstrap["api_url"], router_port, process)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        remove_docker_leftovers(scope)
+
+
+def remove_docker_leftovers(scope: str) -> None:
+    """Containers of this run (by scope label), then its build network."""
+    found = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=org.slipway.scheduler={scope}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if found:
+        subprocess.run(["docker", "rm", "-f", *found], capture_output=True, check=False)
+    subprocess.run(
+        ["docker", "network", "rm", f"slipway-builds-{scope}"], capture_output=True, check=False
+    )
+
+
+def dynos(platform: Platform, app: str) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = json.loads(platform.cli("ps", "-a", app, "--json"))
+    return listed
+
+
+def web_dynos_up(platform: Platform, app: str, count: int, release: int | None = None) -> bool:
+    """Exactly `count` web dynos, all up (and all of `release`, when given)."""
+    web = [d for d in dynos(platform, app) if d.get("type") == "web"]
+    return len(web) == count and all(
+        d.get("state") == "up" and (release is None or d["release"]["version"] == release)
+        for d in web
+    )
+
+
+def release_of(platform: Platform, app: str) -> int:
+    releases = json.loads(platform.cli("releases", "-a", app, "--json"))
+    return max(int(r["version"]) for r in releases)
+
+
+class LoadLoop:
+    """Requests through the router, one after another in a thread, until the block ends."""
+
+    def __init__(self, platform: Platform, host: str) -> None:
+        self.platform, self.host = platform, host
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.statuses.append(self.platform.get(self.host)[0])
+            except OSError:
+                self.statuses.append(0)  # the connection itself failed
+            time.sleep(0.02)
+
+    def __enter__(self) -> LoadLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+def push(platform: Platform, app: str, example: str) -> str:
+    """git push examples/<example> to `app`: what the pusher sees."""
+    tree = platform.home / f"src-{app}"
+    shutil.copytree(ROOT / "examples" / example, tree)
+    git = ["git", "-C", str(tree), "-c", "user.email=e2e@example.com", "-c", "user.name=e2e"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "deploy"]):
+        subprocess.run([*git, *args], check=True, capture_output=True, env=platform.env)
+    url = platform.api_url.replace("://", f"://git:{platform.env['SLIPWAY_API_KEY']}@")
+    done = subprocess.run(
+        [*git, "push", f"{url}/{app}.git", "main"],
+        capture_output=True,
+        text=True,
+        env=platform.env,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+@pytest.mark.timeout(900)
+def test_the_walkthrough(platform: Platform) -> None:
+    """Create, configure, push, route, scale, log, run: what a customer does on day one."""
+    platform.cli("apps:create", "hello")
+    platform.cli("config:set", "-a", "hello", f"SECRET_KEY={SECRET}")
+
+    pushed = push(platform, "hello", "python-hello")
+    assert "remote: -----> Python app detected" in pushed or "Python" in pushed
+    assert "Released v" in pushed
+
+    body = wait_for(lambda: answered(platform, "hello.localhost"), 90, "the app via the router")
+    assert "Hello from python-hello" in body
+
+    platform.cli("ps:scale", "-a", "hello", "web=2")
+    wait_for(lambda: web_dynos_up(platform, "hello", 2), 90, "two web dynos up")
+    for _ in range(10):
+        assert platform.get("hello.localhost")[0] == 200
+
+    # A new release (a config change) rolls out under load: no request fails meanwhile.
+    with LoadLoop(platform, "hello.localhost") as load:
+        before = release_of(platform, "hello")
+        platform.cli("config:set", "-a", "hello", "GREETING=rolled")
+        wait_for(
+            lambda: web_dynos_up(platform, "hello", 2, release=before + 1),
+            120,
+            "the new release's dynos up",
+        )
+    assert load.statuses and set(load.statuses) == {200}, load.statuses
+
+    logs = wait_for(
+        lambda: with_text(platform.cli("logs", "-a", "hello", "-n", "300"), "heroku[router]"),
+        30,
+        "router lines in the logs",
+    )
+    assert "status=200" in logs and "State changed from starting to up" in logs
+
+    ran = platform.cli("run", "-a", "hello", "--", 'echo "from one-off: ${SECRET_KEY:0:7}"')
+    assert "from one-off: canary-" in ran
+
+    assert platform.get("nothing-here.localhost")[0] == 404
+
+
+def test_the_secret_is_nowhere_on_disk(platform: Platform) -> None:
+    """The config var and anything the app logged are not readable in SLIPWAY_HOME."""
+    leaks = subprocess.run(
+        ["grep", "-rl", "--binary-files=text", SECRET, str(platform.home / "var")],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    assert leaks == []
