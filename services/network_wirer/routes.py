@@ -283,6 +283,9 @@ def caddy_config(routes: list[AppRoute], options: RouterOptions, pages: Pages) -
         server["errors"] = {"routes": _error_routes(pages)}
         if options.access_log:
             server["logs"] = {"default_logger_name": ACCESS_LOGGER}
+    # A route change replaces the servers: requests in flight on the old ones finish first
+    # (a rolling deploy changes routes several times while traffic flows).
+    config["apps"]["http"]["grace_period"] = _seconds(options.upstream_timeout + 5.0)
     config["apps"]["tls"] = _tls(options)
     if options.access_log:
         config["logging"] = _logging(options.access_log)
