@@ -8,7 +8,7 @@ from typing import Any
 
 from slipway.cli import output, specs
 from slipway.cli.commands.apps import app_path
-from slipway.cli.errors import CliError, UsageError
+from slipway.cli.errors import ApiError, CliError, UsageError
 from slipway.cli.registry import Context, arg, command
 
 Formation = dict[str, Any]
@@ -172,6 +172,7 @@ def ps(ctx: Context, args: argparse.Namespace) -> None:
     if not dynos:
         ctx.out(f"No dynos on {app}")
         return
+    samples = _samples(ctx, app)
     rows = [
         {
             "name": str(d.get("name", "")),
@@ -179,6 +180,7 @@ def ps(ctx: Context, args: argparse.Namespace) -> None:
             "release": f"v{(d.get('release') or {}).get('version', '?')}",
             "restarts": str(d.get("restart_count", 0)),
             "size": str(d.get("size", "")),
+            **usage(samples.get(str(d.get("name", "")))),
             "command": str(d.get("command", "")),
         }
         for d in sorted(dynos, key=_dyno_order)
@@ -189,9 +191,28 @@ def ps(ctx: Context, args: argparse.Namespace) -> None:
         ("release", "Release"),
         ("restarts", "Restarts"),
         ("size", "Size"),
+        ("cpu", "CPU"),
+        ("memory", "Memory"),
         ("command", "Command"),
     ]
     ctx.out(output.table(rows, columns))
+
+
+def _samples(ctx: Context, app: str) -> dict[str, dict[str, Any]]:
+    """The latest metrics sample per dyno name; none when the log-shipper cannot say."""
+    try:
+        found = ctx.client().get(f"{app_path(app)}/metrics")
+    except ApiError:
+        return {}
+    return {str(s.get("dyno", "")): s for s in (found or {}).get("dynos", [])}
+
+
+def usage(sample: dict[str, Any] | None) -> dict[str, str]:
+    """`3.1%` and `21MB/512MB` from a metrics sample (blank when there is none yet)."""
+    if not sample:
+        return {"cpu": "", "memory": ""}
+    memory = f"{sample.get('memory_total_mb', 0):.0f}MB/{sample.get('memory_quota_mb', 0):.0f}MB"
+    return {"cpu": f"{sample.get('cpu_percent', 0):.1f}%", "memory": memory}
 
 
 @command(

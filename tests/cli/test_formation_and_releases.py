@@ -70,3 +70,12 @@ def test_no_earlier_release_means_nothing_to_roll_back_to() -> None:
     """A single release has no predecessor."""
     assert previous_release([_release(1, current=True)]) is None
     assert previous_release([]) is None
+
+
+def test_ps_usage_columns_come_from_the_latest_metrics_sample() -> None:
+    """CPU as a percentage and memory against the dyno's quota; blank before a sample."""
+    from slipway.cli.commands.ps import usage
+
+    sample = {"cpu_percent": 3.14, "memory_total_mb": 21.4, "memory_quota_mb": 512.0}
+    assert usage(sample) == {"cpu": "3.1%", "memory": "21MB/512MB"}
+    assert usage(None) == {"cpu": "", "memory": ""}
