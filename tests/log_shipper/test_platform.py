@@ -121,7 +121,7 @@ async def test_dyno_metrics_are_sampled_logged_and_served(
     await start_shipper(shipper_settings(metrics_interval=0.5))
     bus: Bus = await bus_factory("gateway")
     app_id, team_id = new_id(), new_id()
-    await dynos.run(app_id, team_id, "web.1", "import time\nx = 'a' * 10_000_000\ntime.sleep(60)")
+    await dynos.run(app_id, team_id, "web.1", "import signal\nx = 'a' * 10_000_000\nsignal.pause()")
 
     async def sampled() -> str:
         lines = [text_line(e) for e in await history(bus, app_id, team_id, 50)]

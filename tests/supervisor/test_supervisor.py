@@ -236,7 +236,7 @@ async def test_each_service_child_gets_its_own_nats_user(tmp_path: Path) -> None
     script = (
         "import os, sys; from pathlib import Path; "
         "Path(sys.argv[1]).write_text(os.environ.get('SLIPWAY_NATS_USER', '-') + ' ' "
-        "+ os.environ.get('SLIPWAY_NATS_PASSWORD', '-')); import time; time.sleep(60)"
+        "+ os.environ.get('SLIPWAY_NATS_PASSWORD', '-')); import signal; signal.pause()"
     )
     nats = NatsServer(tmp_path / "nats", hardened=True)
     supervisor = Supervisor(
