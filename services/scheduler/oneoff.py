@@ -98,7 +98,9 @@ class OneOffs:
         )
         await containers.ensure_network(where.docker, request.app_id)
         config = await self._config(request, spec, where, env)
-        container = await where.docker.containers.create(config, name=_name(spec))
+        container = await where.docker.containers.create(
+            config, name=containers.container_name(spec)
+        )
         dyno = sc.Dyno(
             app_id=request.app_id,
             app_name=request.app_name,
@@ -315,10 +317,6 @@ async def _resize(session: _Session) -> None:
         rows, cols = session.size
         with contextlib.suppress(aiodocker.DockerError):
             await session.container.resize(h=rows, w=cols)
-
-
-def _name(spec: DynoSpec) -> str:
-    return f"slipway-{spec.app_name[:30]}-v{spec.release}-{spec.name}-{secrets.token_hex(3)}"
 
 
 async def _stop(container: aiodocker.containers.DockerContainer, grace: float) -> None:
