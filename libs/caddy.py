@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slipway.libs.foreground import serve_until_signalled
+
 HTTP_SERVER = "router_http"
 HTTPS_SERVER = "router_https"
 
@@ -246,19 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     server = CaddyServer(args.data, address_from_env(), own_session=False, gomaxprocs=procs)
     server.start()
     print(f"caddy ready: admin {server.admin_url}, storage {server.storage_dir}", flush=True)
-    stopping = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    while not stopping and server.process is not None and server.process.poll() is None:
-        time.sleep(0.2)
-    code = server.process.returncode if server.process and server.process.poll() else 0
-    server.stop()
-    return code or 0
+    return serve_until_signalled(server)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import sysconfig
 import time
 from pathlib import Path
 
+from slipway.libs.foreground import serve_until_signalled
 from slipway.libs.natsauth import authorization_block, load_or_create_users
 
 
@@ -172,19 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     server = NatsServer(args.data, port=args.port, hardened=args.hardened)
     server.start()
     print(f"nats-server ready at {server.url} (JetStream in {server.data_dir})", flush=True)
-    stopping = False
-
-    def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    while not stopping and server.process is not None and server.process.poll() is None:
-        time.sleep(0.2)
-    code = server.process.returncode if server.process and server.process.poll() else 0
-    server.stop()
-    return code or 0
+    return serve_until_signalled(server)
 
 
 if __name__ == "__main__":

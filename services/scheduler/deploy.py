@@ -166,17 +166,7 @@ async def release_phase(
     )
     engine = rt.engines[host_id]
     await rt.ensure_network(engine, app.app_id)
-    config = containers.container_config(
-        spec,
-        env=env,
-        port=rt.settings.port,
-        address=engine.address,
-        publish=False,
-        log_max_size=rt.settings.log_max_size,
-        log_max_file=rt.settings.log_max_file,
-        tmp_size=rt.settings.tmp_size,
-        scope=rt.settings.scope,
-    )
+    config = rt.container_config(spec, env, engine, publish=False)
     name = containers.container_name(spec)
     rt.creating.add(name)
     try:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiodocker
 import msgspec
@@ -212,6 +213,22 @@ class Runtime:
 
     # ---- operations ----------------------------------------------------------------------
 
+    def container_config(
+        self, spec: DynoSpec, env: dict[str, str], engine: Engine, *, publish: bool
+    ) -> dict[str, Any]:
+        """The Docker create body of `spec` on `engine`, with this scheduler's limits."""
+        return containers.container_config(
+            spec,
+            env=env,
+            port=self.settings.port,
+            address=engine.address,
+            publish=publish,
+            log_max_size=self.settings.log_max_size,
+            log_max_file=self.settings.log_max_file,
+            tmp_size=self.settings.tmp_size,
+            scope=self.settings.scope,
+        )
+
     async def create(
         self, spec: DynoSpec, env: dict[str, str], *, one_off: bool = False
     ) -> Tracked:
@@ -220,17 +237,7 @@ class Runtime:
         await self._pull(engine, spec)
         await self.ensure_network(engine, spec.app_id)
         web = spec.process_type == "web"
-        config = containers.container_config(
-            spec,
-            env=env,
-            port=self.settings.port,
-            address=engine.address,
-            publish=web,
-            log_max_size=self.settings.log_max_size,
-            log_max_file=self.settings.log_max_file,
-            tmp_size=self.settings.tmp_size,
-            scope=self.settings.scope,
-        )
+        config = self.container_config(spec, env, engine, publish=web)
         name = containers.container_name(spec)
         self.creating.add(name)
         try:

@@ -1,0 +1,36 @@
+"""Run a child server in the foreground until SIGTERM/SIGINT, as the supervisor runs it.
+
+`python -m slipway.libs.natsserver` and `python -m slipway.libs.caddy` both start
+a server process, wait until they are told to stop or the server dies, then
+stop it and exit with its status.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from typing import Protocol
+
+
+class ChildServer(Protocol):
+    process: subprocess.Popen[bytes] | None
+
+    def stop(self) -> None: ...
+
+
+def serve_until_signalled(server: ChildServer) -> int:
+    """Block until SIGTERM/SIGINT or the server's exit; stop it; its exit status (0 if asked)."""
+    stopping = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    while not stopping and server.process is not None and server.process.poll() is None:
+        time.sleep(0.2)
+    code = server.process.returncode if server.process and server.process.poll() else 0
+    server.stop()
+    return code or 0
