@@ -8,7 +8,8 @@ published on 127.0.0.1. Then, with wrk (Debian) for `--duration` seconds each:
 - direct:     wrk → the dyno's published port;
 - caddy:      wrk → Caddy loaded with network-wirer's own configuration (routes.py:
               host match, X-Request-Id, X-Forwarded-*, round robin, health checks);
-- caddy/1P:   the same Caddy limited to one Go P (SLIPWAY_ROUTER_GOMAXPROCS=1);
+- caddy/gc100: the same Caddy with Go's default GOGC=100 instead of the router's 400
+              (libs/caddy.DEFAULT_GOGC), to show what that setting buys;
 - caddy+log:  the first with the access log streamed to a loopback listener, as in
               production (network-wirer reads it);
 - nginx:      wrk → nginx (Dokku's choice) set up the same way: host match, upstream
@@ -42,7 +43,7 @@ from pathlib import Path
 
 from slipway.contracts.gateway import AppDesired
 from slipway.contracts.scheduler import Dyno
-from slipway.libs.caddy import CaddyServer, RouterAddress, free_port
+from slipway.libs.caddy import DEFAULT_GOGC, CaddyServer, RouterAddress, free_port
 from slipway.services.network_wirer.pages import load as load_pages
 from slipway.services.network_wirer.routes import RouterOptions, app_routes, caddy_config
 
@@ -287,11 +288,11 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
         f"{args.connections} connections, {args.threads} threads, loopback"
     )
     columns = ("req/s", "p50 ms", "p99 ms", "errors", "x direct", "+p50 ms", "CPU us/req")
-    print(f"{'path':10} " + " ".join(f"{c:>9}" for c in columns))
+    print(f"{'path':11} " + " ".join(f"{c:>9}" for c in columns))
     for r in results:
         ratio = r.rate / direct.rate
         print(
-            f"{r.name:10} {r.rate:9.0f} {r.p50_ms:9.3f} {r.p99_ms:9.3f} {r.errors:9d} "
+            f"{r.name:11} {r.rate:9.0f} {r.p50_ms:9.3f} {r.p99_ms:9.3f} {r.errors:9d} "
             f"{ratio:9.2f} {r.p50_ms - direct.p50_ms:9.3f} "
             + (f"{r.cpu_us:10.1f}" if r.cpu_us else f"{'-':>10}")
         )
@@ -317,22 +318,22 @@ def main() -> None:
     nginx: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory(prefix="slipway-bench-router-") as tmp:
         plain = _caddy(Path(tmp) / "caddy")
-        one_p = _caddy(Path(tmp) / "caddy-1p", gomaxprocs=1)
+        gc100 = _caddy(Path(tmp) / "caddy-gc100", gogc=100)
         logged = _caddy(Path(tmp) / "caddy-log")
         try:
             load_caddy(plain, dyno_port, None)
-            load_caddy(one_p, dyno_port, None)
+            load_caddy(gc100, dyno_port, None)
             load_caddy(logged, dyno_port, log_sink())
             nginx, nginx_port = start_nginx(Path(tmp) / "nginx", dyno_port)
             assert plain.process is not None
-            assert one_p.process is not None
+            assert gc100.process is not None
             assert logged.process is not None
             paths: dict[str, tuple[str, list[int] | None]] = {
                 "direct": (f"http://127.0.0.1:{dyno_port}/", None),
                 "caddy": (f"http://127.0.0.1:{plain.address.http_port}/", [plain.process.pid]),
-                "caddy/1P": (
-                    f"http://127.0.0.1:{one_p.address.http_port}/",
-                    [one_p.process.pid],
+                "caddy/gc100": (
+                    f"http://127.0.0.1:{gc100.address.http_port}/",
+                    [gc100.process.pid],
                 ),
                 "caddy+log": (
                     f"http://127.0.0.1:{logged.address.http_port}/",
@@ -351,17 +352,17 @@ def main() -> None:
             if nginx is not None:
                 nginx.terminate()
                 nginx.wait(10)
-            for server in (plain, one_p, logged):
+            for server in (plain, gc100, logged):
                 server.stop()
             subprocess.run(["docker", "rm", "-f", container], capture_output=True)
             subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
 
 
-def _caddy(folder: Path, gomaxprocs: int | None = None) -> CaddyServer:
+def _caddy(folder: Path, gogc: int = DEFAULT_GOGC) -> CaddyServer:
     server = CaddyServer(
         folder,
         RouterAddress(http_port=0, https_port=0, admin_port=0, listen_host="127.0.0.1"),
-        gomaxprocs=gomaxprocs,
+        gogc=gogc,
     )
     server.start()
     return server
