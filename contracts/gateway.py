@@ -252,3 +252,26 @@ DESIRED_GET: Rpc[GetDesired, DesiredState] = Rpc(
     GetDesired,
     DesiredState,
 )
+
+
+# ---- log retention (services/gateway/logsettings.py; applied by every log-shipper) --------
+
+
+class LogRetentionChanged(Event, tag="log_retention.changed.v1", frozen=True, kw_only=True):
+    """How long the app's stored log history is kept; None: the platform default.
+
+    `revision` grows by one with each change of the app's setting: a log-shipper
+    keeps the value of the highest revision it has seen, so a redelivered or
+    reordered event never brings an older value back.
+    """
+
+    app_id: str
+    team_id: str
+    retention_days: float | None = None
+    revision: int
+    actor: str
+
+
+LOG_RETENTION_CHANGED: EventSpec[LogRetentionChanged] = EventSpec(
+    subjects.evt("app", "log_retention.changed"), LogRetentionChanged
+)

@@ -182,4 +182,10 @@ MIGRATIONS = [
     );
     CREATE INDEX domains_app ON domains(app_id, hostname)
     """,
+    # log settings (services/gateway/logsettings.py): NULL days = the platform default;
+    # the revision orders the LOG_RETENTION_CHANGED events log-shippers apply.
+    """
+    ALTER TABLE apps ADD COLUMN log_retention_days REAL;
+    ALTER TABLE apps ADD COLUMN log_settings_revision INTEGER NOT NULL DEFAULT 0
+    """,
 ]

@@ -42,6 +42,9 @@ class GatewaySettings(Settings, frozen=True, kw_only=True):
     source_ttl: float = 3600.0  # an unused or unfinished source is deleted after this
     build_timeout: float = 1800.0  # a push waits this long for its build to end
     release_wait: float = 60.0  # and then this long for the build's release to appear
+    # Log history kept for an app without its own retention; the same SLIPWAY_RETENTION_DAYS
+    # the log-shippers read, so both name one default.
+    retention_days: float = 7.0
 
     def db_path(self) -> Path:
         return self.state_dir("gateway") / "gateway.db"

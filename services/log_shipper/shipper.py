@@ -19,7 +19,7 @@ import aiodocker
 import structlog
 
 from slipway.contracts.base import decoder
-from slipway.contracts.gateway import DESIRED_GET, GetDesired
+from slipway.contracts.gateway import DESIRED_GET, GetDesired, LogRetentionChanged
 from slipway.contracts.keyring import Purpose
 from slipway.contracts.log_shipper import (
     DRAIN_CHANGED,
@@ -310,6 +310,15 @@ class Shipper:
                 self._teams.pop(app_id, None)
         async with self.db.transaction() as conn:
             await store.drop_team(conn, team_id)
+
+    # ---- retention --------------------------------------------------------------------------
+
+    async def apply_retention(self, event: LogRetentionChanged) -> None:
+        """The app's retention changed in the gateway: the next sweep keeps history that long."""
+        days = event.retention_days
+        seconds = None if days is None else days * 86400.0
+        await store.apply_retention(self.db, event.app_id, event.team_id, seconds, event.revision)
+        await self.remember(event.app_id, event.team_id)
 
 
 def _drain_place(request: AddDrain, drain_id: str) -> Binding:

@@ -67,6 +67,10 @@ MIGRATIONS = (
         value INTEGER NOT NULL
     );
     """,
+    # The revision of the gateway's LOG_RETENTION_CHANGED last applied (see apply_retention).
+    """
+    ALTER TABLE apps ADD COLUMN retention_revision INTEGER NOT NULL DEFAULT 0
+    """,
 )
 
 
@@ -303,3 +307,20 @@ async def put_drain(conn: aiosqlite.Connection, drain: DrainRow) -> None:
 
 async def delete_drain(conn: aiosqlite.Connection, drain_id: str) -> None:
     await conn.execute("DELETE FROM drains WHERE id = ?", (drain_id,))
+
+
+async def apply_retention(
+    db: Database, app_id: str, team_id: str, seconds: float | None, revision: int
+) -> bool:
+    """Set the app's retention unless a later revision was applied already; whether it was."""
+    # Events may arrive twice or out of order: the highest revision wins, whatever came last.
+    async with db.transaction() as conn:
+        cursor = await conn.execute(
+            "INSERT INTO apps (app_id, team_id, retention_seconds, retention_revision)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (app_id) DO UPDATE SET"
+            " retention_seconds = excluded.retention_seconds,"
+            " retention_revision = excluded.retention_revision"
+            " WHERE excluded.retention_revision > apps.retention_revision",
+            (app_id, team_id, seconds, revision),
+        )
+        return cursor.rowcount == 1
