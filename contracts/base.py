@@ -76,13 +76,19 @@ EvtT = TypeVar("EvtT", bound=Event)
 
 @dataclass(frozen=True)
 class Rpc(Generic[ReqT, RepT]):
-    """A request/reply endpoint: its subject, request type and reply type."""
+    """A request/reply endpoint: its subject, request type and reply type.
+
+    A `fanout` endpoint is served by every instance (no queue group), each answering
+    for what only it holds (one log-shipper per Docker host); callers collect the
+    answers with `Bus.gather`.
+    """
 
     service: str
     name: str
     subject: str
     request: type[ReqT]
     reply: type[RepT]
+    fanout: bool = False
 
 
 @dataclass(frozen=True)

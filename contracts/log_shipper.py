@@ -3,7 +3,10 @@
 Log-shipper is the only service that holds the LOGS data-key grant, so it is
 the one that decrypts history: the gateway asks `HISTORY_READ` for the last
 lines of an app (after checking the caller's role on it) and listens on
-`tail_subject(app_id)` for new ones. Every log-shipper publishes what it
+`tail_subject(app_id)` for new ones. There is one log-shipper per Docker host and
+each holds only what it took in, so the reads (`HISTORY_READ`, `HISTORY_EXPORT`,
+`METRICS_GET`) are fan-out RPCs: every log-shipper answers as its host id and the
+gateway merges the answers (`Bus.gather`). Every log-shipper publishes what it
 ingests there in small batches, each line numbered per shipper (`host`, `seq`),
 so a reader that fetched history first can drop the live lines it already has.
 
@@ -48,7 +51,11 @@ class TailBatch(Message, tag="logshipper.tail.v1", frozen=True, kw_only=True):
 
 
 class ReadHistory(Message, tag="logshipper.history.read.v1", frozen=True, kw_only=True):
-    """The last `lines` lines of an app, oldest first, optionally of one dyno or source."""
+    """The last `lines` lines of an app, oldest first, optionally of one dyno or source.
+
+    Every log-shipper answers for the lines it holds; with `host`, only that one does
+    (paging on through one host's history: `before_seq` numbers are per host).
+    """
 
     app_id: str
     team_id: str
@@ -56,6 +63,7 @@ class ReadHistory(Message, tag="logshipper.history.read.v1", frozen=True, kw_onl
     dyno: str | None = None  # "web.1", or a process type ("web") for all its dynos
     source: LogSource | None = None
     before_seq: int | None = None  # paging backwards: only lines numbered below this
+    host: str | None = None
 
 
 class HistoryPage(Message, tag="logshipper.history.v1", frozen=True, kw_only=True):
@@ -66,14 +74,19 @@ class HistoryPage(Message, tag="logshipper.history.v1", frozen=True, kw_only=Tru
     sealed: bool = False
     notice: str = ""
     more: bool = False  # older lines exist: ask again with before_seq = lines[0].seq
+    host: str = ""  # the log-shipper (Docker host) that answered
 
 
-class ExportHistory(Message, tag="logshipper.history.export.v1", frozen=True, kw_only=True):
-    """Stored batches sealed to the team's own key, oldest first, numbered after `after_seq`."""
+class ExportHistory(Message, tag="logshipper.history.export.v2", frozen=True, kw_only=True):
+    """Stored batches sealed to the team's own key, oldest first, numbered after a cursor.
+
+    Every log-shipper answers for its own batches, after its own entry in `after`
+    (host → last seq already exported; a host not named starts from the beginning).
+    """
 
     app_id: str
     team_id: str
-    after_seq: int = 0
+    after: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class SealedBatch(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,7 +111,8 @@ class SealedBatch(msgspec.Struct, frozen=True, kw_only=True):
 
 class HistoryArchive(Message, tag="logshipper.history.archive.v1", frozen=True, kw_only=True):
     batches: list[SealedBatch]
-    more: bool = False  # ask again with after_seq = batches[-1].last_seq
+    more: bool = False  # ask again with after[host] = batches[-1].last_seq
+    host: str = ""
 
 
 class DrainInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -170,7 +184,7 @@ class DynoSample(msgspec.Struct, frozen=True, kw_only=True):
 
 class Metrics(Message, tag="logshipper.metrics.v1", frozen=True, kw_only=True):
     app_id: str
-    dynos: list[DynoSample]
+    dynos: list[DynoSample]  # those running on the answering log-shipper's host
 
 
 def tail_subject(app_id: str) -> str:
@@ -184,6 +198,7 @@ HISTORY_READ: Rpc[ReadHistory, HistoryPage] = Rpc(
     subjects.rpc(Service.LOG_SHIPPER, "history.read"),
     ReadHistory,
     HistoryPage,
+    fanout=True,
 )
 HISTORY_EXPORT: Rpc[ExportHistory, HistoryArchive] = Rpc(
     Service.LOG_SHIPPER,
@@ -191,6 +206,7 @@ HISTORY_EXPORT: Rpc[ExportHistory, HistoryArchive] = Rpc(
     subjects.rpc(Service.LOG_SHIPPER, "history.export"),
     ExportHistory,
     HistoryArchive,
+    fanout=True,
 )
 DRAIN_ADD: Rpc[AddDrain, Drain] = Rpc(
     Service.LOG_SHIPPER,
@@ -219,6 +235,7 @@ METRICS_GET: Rpc[GetMetrics, Metrics] = Rpc(
     subjects.rpc(Service.LOG_SHIPPER, "metrics.get"),
     GetMetrics,
     Metrics,
+    fanout=True,
 )
 DRAIN_CHANGED: EventSpec[DrainChanged] = EventSpec(
     subjects.evt("logshipper", "drain.changed"), DrainChanged

@@ -12,6 +12,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 
@@ -115,13 +116,15 @@ def export(ctx: Context, args: argparse.Namespace) -> None:
     """GET /apps/{app}/log-archive page by page; open each batch locally."""
     private_key = read_private_key(args.key)
     app = ctx.app(args)
-    after = 0
+    after = ""  # the server's cursor: the last seq exported of each host
     while True:
-        page = ctx.client().get(f"{app_path(app)}/log-archive?after_seq={after}")
+        page = ctx.client().get(f"{app_path(app)}/log-archive?after={quote(after)}")
         for batch in page.get("batches", []):
             for entry in open_archive_batch(private_key, batch):
                 ctx.out(text_line(entry))
-            after = int(batch["last_seq"])
+        for notice in page.get("notices", []):
+            ctx.note(notice)
+        after = str(page.get("after", ""))
         if not page.get("more"):
             return
 
@@ -215,3 +218,37 @@ def metrics(ctx: Context, args: argparse.Namespace) -> None:
         ("sampled", "Sampled"),
     ]
     ctx.out(output.table(rows, columns))
+
+
+def _retention_line(app: str, found: dict[str, Any]) -> str:
+    days = float(found.get("retention_days", 0))
+    unit = "day" if days == 1 else "days"
+    source = " (the platform default)" if found.get("default") else ""
+    return f"{app} keeps its log history for {days:g} {unit}{source}."
+
+
+@command(
+    "logs:retention",
+    "show or set how long an app's log history is kept",
+    arg("--days", type=float, help="keep log history this many days (1 to 365)"),
+    arg("--default", action="store_true", help="go back to the platform default"),
+    examples=("slipway logs:retention --days 30", "slipway logs:retention --default"),
+    description="History older than this is deleted; each app's history is also bounded"
+    " in size, oldest first. Ship logs elsewhere for longer with `slipway drains:add`.",
+    needs_app=True,
+    json=True,
+)
+def retention(ctx: Context, args: argparse.Namespace) -> None:
+    """GET /apps/{app}/log-settings, or PATCH it with --days / --default."""
+    if args.days is not None and args.default:
+        raise UsageError("Give either --days or --default, not both.")
+    app = ctx.app(args)
+    path = f"{app_path(app)}/log-settings"
+    if args.days is None and not args.default:
+        found = ctx.client().get(path)
+    else:
+        found = ctx.client().patch(path, {"retention_days": args.days})
+    if args.json:
+        ctx.emit_json(found)
+        return
+    ctx.out(_retention_line(app, found))

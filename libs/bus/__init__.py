@@ -2,13 +2,14 @@
 
     bus = await Bus.connect(url, service=Service.GATEWAY)
     reply = await bus.call(keyring.DATAKEY_GENERATE, GenerateDataKey(...))
+    answers = await bus.gather(log_shipper.METRICS_GET, GetMetrics(...))  # every instance
     await bus.send(builder.BUILD, BuildRequested(...))
     await bus.publish(gateway.APP_CREATED, AppCreated(...))
 
 See `bus.py` for the connection and RPC, `consumer.py` for at-least-once delivery.
 """
 
-from slipway.libs.bus.bus import Bus, ensure_streams
+from slipway.libs.bus.bus import Bus, Gathered, ensure_streams
 from slipway.libs.bus.consumer import Consumer, Delivery, Route, route
 
-__all__ = ["Bus", "Consumer", "Delivery", "Route", "ensure_streams", "route"]
+__all__ = ["Bus", "Consumer", "Delivery", "Gathered", "Route", "ensure_streams", "route"]

@@ -1,8 +1,9 @@
 """The connection every service holds: typed RPC, command and event publishing, live streams.
 
 RPC is core NATS request/reply with a queue group per service, so any number of
-instances share the load. Commands and events go through JetStream with the
-message id as `Nats-Msg-Id`, so a retried publish is stored once.
+instances share the load; a fan-out RPC is answered by every instance and gathered.
+Commands and events go through JetStream with the message id as `Nats-Msg-Id`, so a
+retried publish is stored once.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import nats
@@ -55,6 +56,20 @@ ReqT = TypeVar("ReqT", bound=Message)
 RepT = TypeVar("RepT", bound=Message)
 CmdT = TypeVar("CmdT", bound=Command)
 EvtT = TypeVar("EvtT", bound=Event)
+
+# Who answered a fan-out request (the `responder` the instance serves as).
+RESPONDER_HEADER = "Slipway-Responder"
+_NO_RESPONDERS = "503"
+
+
+@dataclass
+class Gathered(Generic[RepT]):
+    """What the instances serving a fan-out RPC answered, by responder."""
+
+    replies: dict[str, RepT] = field(default_factory=dict)
+    errors: dict[str, SlipwayError] = field(default_factory=dict)
+    missing: set[str] = field(default_factory=set)  # expected, but silent until the deadline
+
 
 # Errors after which a JetStream publish may be retried: the message id makes it safe.
 _TRANSIENT = (
@@ -192,6 +207,8 @@ class Bus:
 
     async def call(self, rpc: Rpc[ReqT, RepT], request: ReqT, *, timeout: float = 5.0) -> RepT:
         """Send `request` to `rpc`'s service; return its typed reply or raise a RemoteError."""
+        if rpc.fanout:
+            raise TypeError(f"every instance answers {rpc.name}: use gather()")
         if type(request) is not rpc.request:
             raise TypeError(
                 f"{rpc.name} takes {rpc.request.__name__}, not {type(request).__name__}"
@@ -237,18 +254,88 @@ class Bus:
             decoder = self._reply_decoders[rpc.subject] = msgspec.json.Decoder(kind)
         return decoder
 
+    async def gather(
+        self,
+        rpc: Rpc[ReqT, RepT],
+        request: ReqT,
+        *,
+        expect: Collection[str] | None = None,
+        timeout: float = 10.0,
+        settle: float = 0.25,
+    ) -> Gathered[RepT]:
+        """Send `request` to every instance serving the fan-out `rpc`; collect their answers.
+
+        With `expect` (the responders that should answer), waits until each of them has,
+        or until `timeout`; those still silent are reported `missing`. Without it nobody
+        knows how many will answer, so it stops once `settle` seconds pass with no new
+        answer after the first (or at `timeout`, with none).
+        """
+        if not rpc.fanout:
+            raise TypeError(f"{rpc.name} is answered by one instance: use call()")
+        if type(request) is not rpc.request:
+            raise TypeError(
+                f"{rpc.name} takes {rpc.request.__name__}, not {type(request).__name__}"
+            )
+        rid = context.request_id()
+        headers = {context.REQUEST_ID_HEADER: rid} if rid else None
+        inbox = self.nc.new_inbox()
+        subscription = await self.nc.subscribe(inbox)
+        found: Gathered[RepT] = Gathered()
+        waiting = set(expect) if expect is not None else None
+        decoder = self._reply_decoder(rpc)
+        try:
+            await self.nc.publish(rpc.subject, encode(request), reply=inbox, headers=headers)
+            deadline = time.monotonic() + timeout
+            while waiting is None or waiting:
+                left = deadline - time.monotonic()
+                if waiting is None and (found.replies or found.errors):
+                    left = min(left, settle)
+                if left <= 0:
+                    break
+                try:
+                    msg = await subscription.next_msg(timeout=left)
+                except nats.errors.TimeoutError:
+                    break
+                if (msg.headers or {}).get(api.Header.STATUS) == _NO_RESPONDERS:
+                    break  # the server's word that nobody subscribes to the subject
+                responder = (msg.headers or {}).get(RESPONDER_HEADER, "")
+                try:
+                    reply = decoder.decode(msg.data)
+                except msgspec.DecodeError as exc:
+                    found.errors[responder] = Internal(f"malformed reply to {rpc.name}: {exc}")
+                else:
+                    if isinstance(reply, ErrorReply):
+                        found.errors[responder] = RemoteError.from_reply(reply)
+                    else:
+                        found.replies[responder] = reply
+                if waiting is not None:
+                    waiting.discard(responder)
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+        found.missing = waiting or set()
+        return found
+
     async def serve(
         self,
         rpc: Rpc[ReqT, RepT],
-        handler: Callable[[ReqT], Awaitable[RepT]],
+        handler: Callable[[ReqT], Awaitable[RepT | None]],
         *,
         concurrency: int = 64,
+        responder: str | None = None,
     ) -> None:
-        """Answer `rpc` with `handler`, in the service's queue group, `concurrency` at a time."""
+        """Answer `rpc` with `handler`, in the service's queue group, `concurrency` at a time.
+
+        A fan-out `rpc` is served outside any queue group: every instance gets every
+        request, answers as `responder` (default: its instance id), and may let its
+        handler return None to stay silent about requests addressed to another one.
+        """
         if rpc.subject in self._endpoints:
             raise ValueError(f"{rpc.subject} is already served")
         decoder = msgspec.json.Decoder(rpc.request)
-        stats = EndpointStats(name=rpc.name, subject=rpc.subject, queue_group=rpc.service)
+        queue = "" if rpc.fanout else rpc.service
+        answer_as = {RESPONDER_HEADER: responder or self.instance} if rpc.fanout else None
+        stats = EndpointStats(name=rpc.name, subject=rpc.subject, queue_group=queue)
         inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=concurrency)
         base_log = dict(logcontext.get_context())
 
@@ -258,7 +345,9 @@ class Bus:
             while True:
                 msg = await inbox.get()
                 try:
-                    await self._handle_request(rpc, decoder, handler, stats, msg, base_log)
+                    await self._handle_request(
+                        rpc, decoder, handler, stats, msg, base_log, answer_as
+                    )
                 finally:
                     inbox.task_done()
 
@@ -270,7 +359,7 @@ class Bus:
         workers = {
             asyncio.create_task(work(), name=f"rpc:{rpc.name}:{i}") for i in range(concurrency)
         }
-        subscription = await self.nc.subscribe(rpc.subject, queue=rpc.service, cb=on_message)
+        subscription = await self.nc.subscribe(rpc.subject, queue=queue, cb=on_message)
         # The server knows the subscription only after a round trip: until then a
         # caller would get "no responders".
         await self.nc.flush()
@@ -280,10 +369,11 @@ class Bus:
         self,
         rpc: Rpc[ReqT, RepT],
         decoder: msgspec.json.Decoder[ReqT],
-        handler: Callable[[ReqT], Awaitable[RepT]],
+        handler: Callable[[ReqT], Awaitable[RepT | None]],
         stats: EndpointStats,
         msg: Msg,
         base_log: dict[str, Any],
+        answer_as: dict[str, str] | None,
     ) -> None:
         started = time.perf_counter_ns()
         headers = msg.headers or {}
@@ -299,7 +389,7 @@ class Bus:
         logcontext.bind_all(
             {**base_log, "subject": ctx.subject, "caller": ctx.caller, "request_id": ctx.request_id}
         )
-        reply: Message
+        reply: Message | None
         try:
             request = decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
@@ -307,18 +397,22 @@ class Bus:
         else:
             try:
                 reply = await handler(request)
+                if reply is None and not rpc.fanout:
+                    raise TypeError(f"the handler of {rpc.name} returned nothing")
             except SlipwayError as exc:
                 reply = exc.to_reply()
             except Exception:
                 log.exception("rpc.crashed")
                 reply = Internal(f"{rpc.service} failed to handle {rpc.name}").to_reply()
+        if reply is None:
+            return  # a fan-out request addressed to another instance
         stats.num_requests += 1
         if isinstance(reply, ErrorReply):
             stats.num_errors += 1
             stats.last_error = f"{reply.code}: {reply.message}"
         if msg.reply:
             try:
-                await msg.respond(encode(reply))
+                await self.nc.publish(msg.reply, encode(reply), headers=answer_as)
             except nats.errors.Error as exc:
                 log.warning("rpc.reply_failed", error=repr(exc))
         elapsed = time.perf_counter_ns() - started

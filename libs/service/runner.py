@@ -81,15 +81,21 @@ class ServiceApp:
         self.stopping = asyncio.Event()
         self.started = asyncio.Event()
         self._bus: Bus | None = None
+        # The name this instance answers fan-out RPCs as (log-shipper: its Docker host).
+        self.responder: str | None = None
 
     # ---- registration --------------------------------------------------------------------
 
     def rpc(
         self, spec: Rpc[ReqT, RepT]
-    ) -> Callable[[Callable[[ReqT], Awaitable[RepT]]], Callable[[ReqT], Awaitable[RepT]]]:
-        """Register the handler answering `spec`."""
+    ) -> Callable[
+        [Callable[[ReqT], Awaitable[RepT | None]]], Callable[[ReqT], Awaitable[RepT | None]]
+    ]:
+        """Register the handler answering `spec` (None: silent, for fan-out RPCs only)."""
 
-        def register(fn: Callable[[ReqT], Awaitable[RepT]]) -> Callable[[ReqT], Awaitable[RepT]]:
+        def register(
+            fn: Callable[[ReqT], Awaitable[RepT | None]],
+        ) -> Callable[[ReqT], Awaitable[RepT | None]]:
             self._rpcs.append((spec, fn))
             return fn
 
@@ -176,7 +182,7 @@ class ServiceApp:
 
     async def _serve(self, bus: Bus) -> None:
         for spec, handler in self._rpcs:
-            await bus.serve(spec, handler)
+            await bus.serve(spec, handler, responder=self.responder)
         if self._command_routes:
             await bus.consume_commands(self._command_routes, **self.command_options)
         for purpose, routes in self._event_routes.items():

@@ -13,8 +13,9 @@ opened. The stream is served here: the gateway subscribes to the app's tail
 subject first, then pages history from log-shipper (the only service that can
 decrypt it) and then writes live lines, dropping those history already had
 (lines are numbered per log-shipper host), so the output is in order with no
-gap and no repeat. With several log-shippers, history pages are merged by
-timestamp (each host answers for its own lines; see services/log_shipper/README.md).
+gap and no repeat. Every log-shipper (one per Docker host) answers for its own
+lines and the pages are merged by time (services/gateway/shippers.py); a host
+whose log-shipper stays silent is named in a notice line instead of failing the read.
 """
 
 from __future__ import annotations
@@ -35,14 +36,10 @@ from slipway.contracts.log_shipper import (
     DRAIN_ADD,
     DRAIN_REMOVE,
     DRAINS_LIST,
-    HISTORY_EXPORT,
-    HISTORY_READ,
-    METRICS_GET,
     AddDrain,
     DrainInfo,
     DynoSample,
     ExportHistory,
-    GetMetrics,
     ListDrains,
     LogEntry,
     ReadHistory,
@@ -52,14 +49,13 @@ from slipway.contracts.log_shipper import (
     tail_subject,
 )
 from slipway.contracts.logs import LogSource
-from slipway.libs.bus import Bus
 from slipway.libs.errors import NotFound
-from slipway.services.gateway import store
+from slipway.services.gateway import shippers, store
 from slipway.services.gateway.auth import Action, actor, app_for
 from slipway.services.gateway.changes import change
 from slipway.services.gateway.errors import InvalidParams
 from slipway.services.gateway.routing import Routes, read_body, reply
-from slipway.services.gateway.state import GATEWAY
+from slipway.services.gateway.state import GATEWAY, Gateway
 from slipway.services.gateway.store import new_uuid, timestamp
 from slipway.services.gateway.views import View
 
@@ -109,39 +105,6 @@ class DynoMetrics(View, frozen=True, kw_only=True):
     dynos: list[DynoSample]
 
 
-# ---- reading history (also used by tests and tools holding a bus) --------------------------
-
-
-async def history(
-    bus: Bus,
-    app_id: str,
-    team_id: str,
-    lines: int,
-    *,
-    dyno: str | None = None,
-    source: LogSource | None = None,
-) -> list[LogEntry]:
-    """The last `lines` lines of an app, oldest first, paged from log-shipper."""
-    pages: list[list[LogEntry]] = []
-    left, before = lines, None
-    while left > 0:
-        request = ReadHistory(
-            app_id=app_id, team_id=team_id, lines=left, dyno=dyno, source=source, before_seq=before
-        )
-        page = await bus.call(HISTORY_READ, request, timeout=30.0)
-        if page.lines:
-            pages.append(page.lines)
-            left -= len(page.lines)
-            before = page.lines[0].seq
-        if not page.more or not page.lines:
-            break
-    found = [entry for page in reversed(pages) for entry in page]
-    # One host's lines are in its order already; several hosts interleave by time.
-    if len({e.host for e in found}) > 1:
-        found.sort(key=lambda e: (e.timestamp, e.host, e.seq))
-    return found
-
-
 # ---- log sessions ------------------------------------------------------------------------
 
 _SESSIONS_SQL = (
@@ -154,6 +117,12 @@ def text_line(entry: LogEntry) -> str:
     """`2026-11-27T21:00:00.123456+00:00 app[web.1]: text`, as `heroku logs` prints."""
     at = datetime.datetime.fromtimestamp(entry.timestamp, datetime.UTC)
     return f"{at.isoformat(timespec='microseconds')} {entry.source}[{entry.dyno}]: {entry.text}"
+
+
+def notice_line(text: str) -> str:
+    """A line from the platform about the stream itself (a host's history missing, ...)."""
+    at = datetime.datetime.now(datetime.UTC)
+    return f"{at.isoformat(timespec='microseconds')} slipway[logs]: {text}"
 
 
 def _hash(token: str) -> str:
@@ -233,7 +202,7 @@ async def stream_session(request: web.Request) -> web.StreamResponse:
         raise NotFound("Couldn't find that app.")
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     await response.prepare(request)
-    streamer = _Streamer(gw.bus, row["app_id"], row["team_id"], row["dyno"], row["source"])
+    streamer = _Streamer(gw, row["app_id"], row["team_id"], row["dyno"], row["source"])
     await streamer.run(request, response, int(row["lines"]), bool(row["tail"]))
     return response
 
@@ -242,9 +211,14 @@ class _Streamer:
     """History first, then live lines, in order, without repeats, until the client leaves."""
 
     def __init__(
-        self, bus: Bus, app_id: str, team_id: str, dyno: str | None, source: str | None
+        self,
+        gw: Gateway,
+        app_id: str,
+        team_id: str,
+        dyno: str | None,
+        source: str | None,
     ) -> None:
-        self.bus, self.app_id, self.team_id = bus, app_id, team_id
+        self.gw, self.bus, self.app_id, self.team_id = gw, gw.bus, app_id, team_id
         self.dyno, self.source = dyno, source
         self.seen: dict[str, int] = {}  # host -> highest seq written
 
@@ -280,10 +254,14 @@ class _Streamer:
             if sub is not None:
                 await self.bus.nc.flush()
             source: LogSource | None = self.source  # type: ignore[assignment]
-            past = await history(
-                self.bus, self.app_id, self.team_id, lines, dyno=self.dyno, source=source
+            ask = ReadHistory(
+                app_id=self.app_id, team_id=self.team_id, lines=lines, dyno=self.dyno, source=source
             )
-            await self.write(response, past)
+            expect = await self.gw.shipper_hosts.expected()
+            past = await shippers.read_history(self.bus, ask, expect=expect)
+            if past.notices:
+                await response.write("".join(notice_line(n) + "\n" for n in past.notices).encode())
+            await self.write(response, past.lines)
             while sub is not None:
                 try:
                     data = await asyncio.wait_for(queue.get(), _IDLE_CHECK)
@@ -304,31 +282,56 @@ class _Streamer:
 
 
 class LogArchive(View, frozen=True, kw_only=True):
-    """Batches sealed to the team's key: open each with the private key (`slipway logs:export`)."""
+    """Batches sealed to the team's key: open each with the private key (`slipway logs:export`).
+
+    `after` is the cursor of the next page (`?after=` it while `more`); `notices` name
+    hosts whose log-shipper did not answer (their batches come in a later export).
+    """
 
     batches: list[SealedBatch]
     more: bool
+    after: str
+    notices: list[str]
+
+
+def parse_cursor(text: str) -> dict[str, int]:
+    """`host-1:120,host-2:7` → {"host-1": 120, "host-2": 7}: the last seq exported per host."""
+    cursor: dict[str, int] = {}
+    for part in filter(None, text.split(",")):
+        host, sep, seq = part.rpartition(":")
+        if not sep or not host or not seq.isdigit():
+            raise InvalidParams(f"after must look like host-1:120,host-2:7, not {text[:80]!r}.")
+        cursor[host] = int(seq)
+    return cursor
+
+
+def format_cursor(cursor: dict[str, int]) -> str:
+    return ",".join(f"{host}:{seq}" for host, seq in sorted(cursor.items()))
 
 
 @routes.get(
     "/apps/{app}/log-archive",
-    summary="Stored log batches sealed to the team's own key (after_seq pages on)",
+    summary="Stored log batches sealed to the team's own key (?after=<cursor> pages on)",
     response=LogArchive,
     extension=True,
 )
 async def log_archive(request: web.Request) -> web.Response:
     app = await app_for(request, Action.READ, "read its logs")
-    try:
-        after = int(request.query.get("after_seq", "0"))
-    except ValueError:
-        raise InvalidParams("after_seq must be a whole number.") from None
+    after = parse_cursor(request.query.get("after", ""))
     gw = request.app[GATEWAY]
-    export = ExportHistory(app_id=app.id, team_id=app.team_id, after_seq=after)
-    archive = await gw.bus.call(HISTORY_EXPORT, export, timeout=30.0)
+    export = ExportHistory(app_id=app.id, team_id=app.team_id, after=after)
+    archive = await shippers.export(gw.bus, export, expect=await gw.shipper_hosts.expected())
     async with change(gw, actor(request)) as tx:
-        details = {"after_seq": str(after), "batches": str(len(archive.batches))}
+        details = {"after": format_cursor(after), "batches": str(len(archive.batches))}
         tx.audit(app.team_id, "logs.export", app_name=app.name, app_id=app.id, details=details)
-    return reply(LogArchive(batches=archive.batches, more=archive.more))
+    return reply(
+        LogArchive(
+            batches=archive.batches,
+            more=archive.more,
+            after=format_cursor(archive.after),
+            notices=archive.notices,
+        )
+    )
 
 
 # ---- drains --------------------------------------------------------------------------------
@@ -417,5 +420,6 @@ async def _audit(request: web.Request, app: store.App, action: str, drain: Drain
 )
 async def metrics(request: web.Request) -> web.Response:
     app = await app_for(request, Action.READ, "read its metrics")
-    found = await request.app[GATEWAY].bus.call(METRICS_GET, GetMetrics(app_id=app.id))
-    return reply(DynoMetrics(dynos=found.dynos))
+    gw = request.app[GATEWAY]
+    found = await shippers.metrics(gw.bus, app.id, expect=await gw.shipper_hosts.expected())
+    return reply(DynoMetrics(dynos=found))

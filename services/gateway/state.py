@@ -15,6 +15,7 @@ from slipway.libs.storage import Database
 from slipway.services.gateway.checkpoints import Checkpointer
 from slipway.services.gateway.outbox import OutboxRelay
 from slipway.services.gateway.settings import GatewaySettings
+from slipway.services.gateway.shippers import ShipperHosts
 
 
 @dataclass
@@ -35,6 +36,14 @@ class Gateway:
     )
     # One-off attach URLs not yet opened: session id → services.gateway.oneoff.PendingAttach.
     attach_sessions: dict[str, Any] = field(default_factory=dict)
+    # The log-shippers that log reads wait for (one per Docker host), looked up lazily.
+    _shipper_hosts: ShipperHosts | None = None
+
+    @property
+    def shipper_hosts(self) -> ShipperHosts:
+        if self._shipper_hosts is None:
+            self._shipper_hosts = ShipperHosts(self.bus)
+        return self._shipper_hosts
 
     def config_lock(self, app_id: str) -> asyncio.Lock:
         lock = self.config_locks.get(app_id)

@@ -25,11 +25,13 @@ from slipway.contracts.gateway import (
     APP_CREATED,
     APP_DESTROYED,
     FORMATION_CHANGED,
+    LOG_RETENTION_CHANGED,
     RELEASE_CREATED,
     TEAM_SHREDDED,
     AppCreated,
     AppDestroyed,
     FormationChanged,
+    LogRetentionChanged,
     ReleaseCreated,
     TeamShredded,
 )
@@ -74,6 +76,8 @@ def create_service(settings: LogShipperSettings) -> ServiceApp:
         settings=settings,
         description="Slipway's log-shipper: encrypted history, live tails, drains, metrics",
     )
+    # Reads are fan-out RPCs: each log-shipper answers for its own host's history.
+    service.responder = settings.host_id
 
     @service.cleanup_ctx
     async def shipper(service: ServiceApp) -> AsyncIterator[None]:
@@ -119,8 +123,11 @@ def create_service(settings: LogShipperSettings) -> ServiceApp:
 
 def _reads(service: ServiceApp) -> None:
     @service.rpc(HISTORY_READ)
-    async def read_history(request: ReadHistory) -> HistoryPage:
-        return await service[SHIPPER].history.read(request)
+    async def read_history(request: ReadHistory) -> HistoryPage | None:
+        shipper = service[SHIPPER]
+        if request.host is not None and request.host != shipper.history.host:
+            return None  # paging on through another host's history
+        return await shipper.history.read(request)
 
     @service.rpc(HISTORY_EXPORT)
     async def export_history(request: ExportHistory) -> HistoryArchive:
@@ -193,3 +200,7 @@ def _host_events(service: ServiceApp, purpose: str) -> None:
     @service.event(purpose, DRAIN_CHANGED)
     async def drain_changed(event: DrainChanged) -> None:
         await service[SHIPPER].apply_drain(event)
+
+    @service.event(purpose, LOG_RETENTION_CHANGED)
+    async def log_retention_changed(event: LogRetentionChanged) -> None:
+        await service[SHIPPER].apply_retention(event)

@@ -348,6 +348,7 @@ class History:
             sealed=sealed,
             notice=SEALED_NOTICE if sealed else "",
             more=more and bool(page),
+            host=self.host,
         )
 
     def _in_memory(self, app_id: str) -> list[LogEntry]:
@@ -382,7 +383,8 @@ class History:
         found: list[SealedBatch] = []
         size = 0
         more = False
-        async with self.reader.conn.execute(sql, (request.app_id, request.after_seq)) as rows:
+        after = request.after.get(self.host, 0)
+        async with self.reader.conn.execute(sql, (request.app_id, after)) as rows:
             async for r in rows:
                 row = store.batch_of(r)
                 if found and size + row.size > PAGE_BYTES * 4:
@@ -392,7 +394,7 @@ class History:
                 box = await envelope.decrypt(self.bus, row.team_id, Purpose.LOGS, place, row.data)
                 size += len(box)
                 found.append(_sealed_batch(row, box))
-        return HistoryArchive(batches=found, more=more)
+        return HistoryArchive(batches=found, more=more, host=self.host)
 
     async def open_batch(self, row: BatchRow) -> list[LogEntry]:
         """The lines of a stored batch (not for batches sealed to a team's key)."""

@@ -10,7 +10,7 @@ import pytest
 
 from slipway.contracts.base import encode
 from slipway.contracts.logs import LogLine, LogLines, lines_subject
-from slipway.services.gateway import logs
+from slipway.services.gateway import shippers
 from tests.conftest import assert_eventually
 from tests.gateway.conftest import Stack
 from tests.log_shipper.conftest import Dynos, ShipperFactory
@@ -41,7 +41,7 @@ async def test_a_printed_secret_is_nowhere_on_disk_in_plaintext(
     await stack.bus.live_publish(lines_subject(app_id), encode(LogLines(lines=[line])))
 
     async def stored() -> None:
-        texts = [e.text for e in await logs.history(stack.bus, app_id, team_id, 100)]
+        texts = [e.text for e in await shippers.history(stack.bus, app_id, team_id, 100)]
         assert f"patient record {secret}" in texts
         assert router_secret in texts
         assert running.shipper.history.pending_lines() == 0

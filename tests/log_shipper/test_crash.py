@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from slipway.contracts.log_shipper import HISTORY_READ, ReadHistory
 from slipway.libs.bus import Bus
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service import ServiceApp
-from slipway.services.gateway.logs import history
+from slipway.services.gateway.shippers import history
 from tests.conftest import assert_eventually
 from tests.log_shipper.conftest import Dynos, new_id
 
@@ -56,8 +55,8 @@ def start_process(nats: NatsServer, home: Path, managed: str) -> subprocess.Pope
 
 
 async def newest_line(bus: Bus, app_id: str, team_id: str) -> str:
-    page = await bus.call(HISTORY_READ, ReadHistory(app_id=app_id, team_id=team_id, lines=1))
-    return page.lines[-1].text if page.lines else ""
+    found = await history(bus, app_id, team_id, 1)
+    return found[-1].text if found else ""
 
 
 def stored_lines(db: Path, app_id: str) -> int:

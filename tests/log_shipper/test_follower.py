@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from slipway.libs.bus import Bus
-from slipway.services.gateway.logs import history
+from slipway.services.gateway.shippers import history
 from tests.conftest import assert_eventually
 from tests.log_shipper.conftest import Dynos, ShipperFactory, new_id
 

@@ -14,11 +14,11 @@ from slipway.contracts.gateway import (
     ProcessFormation,
     ReleaseCreated,
 )
-from slipway.contracts.log_shipper import METRICS_GET, GetMetrics
 from slipway.contracts.logs import RouterAccess, router_subject
 from slipway.contracts.scheduler import DYNO_CHANGED, Dyno, DynoChanged
 from slipway.libs.bus import Bus
-from slipway.services.gateway.logs import history, text_line
+from slipway.services.gateway.logs import text_line
+from slipway.services.gateway.shippers import history, metrics
 from tests.conftest import assert_eventually
 from tests.log_shipper.conftest import Dynos, ShipperFactory, new_id
 
@@ -133,6 +133,6 @@ async def test_dyno_metrics_are_sampled_logged_and_served(
     assert " heroku[web.1]: source=web.1 dyno=heroku." in line
     for field in ("sample#load_avg_1m=", "sample#memory_rss=", "sample#memory_quota=", "restarts="):
         assert field in line
-    metrics = await bus.call(METRICS_GET, GetMetrics(app_id=app_id))
-    assert [s.dyno for s in metrics.dynos] == ["web.1"]
-    assert metrics.dynos[0].memory_total_mb > 5  # the 10 MB string the dyno holds
+    samples = await metrics(bus, app_id)
+    assert [s.dyno for s in samples] == ["web.1"]
+    assert samples[0].memory_total_mb > 5  # the 10 MB string the dyno holds

@@ -39,7 +39,8 @@ async def test_history_sealed_to_a_team_key_opens_only_with_the_private_key(
         return rows
 
     rows = await assert_eventually(stored, timeout=20)
-    page = await gateway.call(HISTORY_READ, ReadHistory(app_id=app_id, team_id=team_id))
+    answers = await gateway.gather(HISTORY_READ, ReadHistory(app_id=app_id, team_id=team_id))
+    (page,) = answers.replies.values()
     assert page.sealed and page.notice
     assert [e.text for e in page.lines] == ["sealed away"]  # from memory only
 

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from slipway.services.gateway import logs
+from slipway.services.gateway import logs, shippers
 from tests.conftest import assert_eventually
 from tests.gateway.conftest import Stack
 from tests.log_shipper.conftest import Dynos, ShipperFactory
@@ -45,7 +45,7 @@ async def test_a_tail_shows_history_then_each_new_line_within_a_second(
     await dynos.run(app["id"], app["team"]["id"], "web.1", TICKER)
 
     async def printed() -> None:
-        lines = await logs.history(stack.bus, app["id"], app["team"]["id"], 10)
+        lines = await shippers.history(stack.bus, app["id"], app["team"]["id"], 10)
         assert any(e.text == "hello from web.1" for e in lines)
 
     await assert_eventually(printed, timeout=20)
