@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/router.py [--duration 5] [--connections 16] [--threads 2]
 
-One container FROM slipway/stack-run:bookworm runs a Node.js hello server on $PORT,
-published on 127.0.0.1. Then, with wrk (Debian) for `--duration` seconds each:
+One container FROM slipway/stack-run:bookworm runs a Node.js hello server on $PORT
+(5000) on Docker's bridge. Every path reaches it at its container address, as the router
+does for dynos on its own host (routes.dial_of); a published port on 127.0.0.1 would put
+Docker's userland proxy (about 30 us of CPU per request) on every path. With wrk (Debian)
+for `--duration` seconds each:
 
-- direct:     wrk → the dyno's published port;
+- direct:     wrk → the dyno's address and $PORT;
 - caddy:      wrk → Caddy loaded with network-wirer's own configuration (routes.py:
               host match, X-Request-Id, X-Forwarded-*, round robin, health checks);
 - caddy/gc100: the same Caddy with Go's default GOGC=100 instead of the router's 400
@@ -66,7 +69,7 @@ http {{
   access_log off;
   client_body_temp_path {prefix}/tmp;
   proxy_temp_path {prefix}/tmp;
-  upstream dynos {{ server 127.0.0.1:{dyno_port} max_fails=1 fail_timeout=10s; keepalive 64; }}
+  upstream dynos {{ server {dyno} max_fails=1 fail_timeout=10s; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port} default_server;
     return 404;
@@ -170,8 +173,8 @@ def wrk(name: str, url: str, args: argparse.Namespace, pids: list[int] | None = 
     return Result(name, rate, p50, p99, count, cpu_us)
 
 
-def start_dyno(tag: str) -> tuple[str, int]:
-    """Build the hello image and run one container; returns (container id, host port)."""
+def start_dyno(tag: str) -> tuple[str, str]:
+    """Build the hello image and run one container; returns (container id, "ip:5000")."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for name, text in {
@@ -191,17 +194,20 @@ def start_dyno(tag: str) -> tuple[str, int]:
         capture_output=True,
     )
     container = subprocess.run(
-        ["docker", "run", "-d", "--rm", "-e", "PORT=5000", "-p", "127.0.0.1::5000", tag],
+        ["docker", "run", "-d", "--rm", "-e", "PORT=5000", tag],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    mapping = subprocess.run(
-        ["docker", "port", container, "5000/tcp"], check=True, capture_output=True, text=True
-    ).stdout.split()[0]
-    port = int(mapping.rsplit(":", 1)[1])
-    wait_http(f"http://127.0.0.1:{port}/")
-    return container, port
+    address = subprocess.run(
+        ["docker", "inspect", "-f", "{{.NetworkSettings.IPAddress}}", container],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    dyno = f"{address}:5000"
+    wait_http(f"http://{dyno}/")
+    return container, dyno
 
 
 def wait_http(url: str, host: str | None = None, timeout: float = 20.0) -> None:
@@ -219,7 +225,7 @@ def wait_http(url: str, host: str | None = None, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-def load_caddy(caddy: CaddyServer, dyno_port: int, access_log: str | None) -> None:
+def load_caddy(caddy: CaddyServer, dyno_address: str, access_log: str | None) -> None:
     """Load network-wirer's configuration for one app with one dyno into Caddy."""
     app = AppDesired(app_id="bench", app_name="bench", team_id="t")
     dyno = Dyno(
@@ -231,13 +237,15 @@ def load_caddy(caddy: CaddyServer, dyno_port: int, access_log: str | None) -> No
         release_version=1,
         state="up",
         host_id="local",
-        address="127.0.0.1",
-        port=dyno_port,
+        private_address=dyno_address.rsplit(":", 1)[0],
+        private_port=int(dyno_address.rsplit(":", 1)[1]),
     )
     options = RouterOptions(
         address=caddy.address, storage_dir=str(caddy.storage_dir), access_log=access_log
     )
-    config = caddy_config(app_routes([app], [dyno], "localhost"), options, load_pages())
+    routes = app_routes([app], [dyno], "localhost", options.router_host)
+    assert routes[0].upstreams, "the dyno must be routed"
+    config = caddy_config(routes, options, load_pages())
     request = urllib.request.Request(  # noqa: S310 - our own loopback admin API
         f"{caddy.admin_url}/load",
         data=json.dumps(config).encode(),
@@ -266,14 +274,14 @@ def _drain(conn: socket.socket) -> None:
             pass
 
 
-def start_nginx(workdir: Path, dyno_port: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_nginx(workdir: Path, dyno: str) -> tuple[subprocess.Popen[bytes], int]:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     if not Path(nginx).exists():
         sys.exit("nginx not found: apt-get install -y nginx-light (and keep its service stopped)")
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(prefix=workdir, dyno_port=dyno_port, port=port, host=HOST))
+    conf.write_text(NGINX_CONF.format(prefix=workdir, dyno=dyno, port=port, host=HOST))
     process = subprocess.Popen(
         [nginx, "-c", str(conf), "-p", str(workdir)], stderr=subprocess.DEVNULL
     )
@@ -314,22 +322,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="each round runs every path once")
     args = parser.parse_args()
     tag = f"slipway-bench-router:{uuid.uuid4().hex[:8]}"
-    container, dyno_port = start_dyno(tag)
+    container, dyno = start_dyno(tag)
     nginx: subprocess.Popen[bytes] | None = None
     with tempfile.TemporaryDirectory(prefix="slipway-bench-router-") as tmp:
         plain = _caddy(Path(tmp) / "caddy")
         gc100 = _caddy(Path(tmp) / "caddy-gc100", gogc=100)
         logged = _caddy(Path(tmp) / "caddy-log")
         try:
-            load_caddy(plain, dyno_port, None)
-            load_caddy(gc100, dyno_port, None)
-            load_caddy(logged, dyno_port, log_sink())
-            nginx, nginx_port = start_nginx(Path(tmp) / "nginx", dyno_port)
+            load_caddy(plain, dyno, None)
+            load_caddy(gc100, dyno, None)
+            load_caddy(logged, dyno, log_sink())
+            nginx, nginx_port = start_nginx(Path(tmp) / "nginx", dyno)
             assert plain.process is not None
             assert gc100.process is not None
             assert logged.process is not None
             paths: dict[str, tuple[str, list[int] | None]] = {
-                "direct": (f"http://127.0.0.1:{dyno_port}/", None),
+                "direct": (f"http://{dyno}/", None),
                 "caddy": (f"http://127.0.0.1:{plain.address.http_port}/", [plain.process.pid]),
                 "caddy/gc100": (
                     f"http://127.0.0.1:{gc100.address.http_port}/",

@@ -49,6 +49,11 @@ class Dyno(msgspec.Struct, frozen=True, kw_only=True):
     # Where the router reaches a web dyno: the host's private address and the published port.
     address: str | None = None
     port: int | None = None
+    # The dyno's own address on its app network and its $PORT: reachable from its host
+    # only. A router on that host dials it there, skipping the published port's NAT or
+    # userland proxy (a third of the router's cost per request on loopback).
+    private_address: str | None = None
+    private_port: int | None = None
     size: str = "standard-1x"
     command: str = ""
     restart_count: int = 0

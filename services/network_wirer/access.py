@@ -1,16 +1,12 @@
 """The router's access lines: Caddy writes JSON logs to our TCP listener, we publish RouterAccess.
 
-Caddy's `net` log writer sends two kinds of lines here (routes.py sets it up):
-
-- `http.handlers.reverse_proxy` "upstream roundtrip" (DEBUG): which upstream
-  answered, with the request's headers, so its `X-Request-Id` names the request;
-- `http.log.access.router` "handled request": method, host, URI, status, size,
-  duration, client address, and the response's `X-Request-Id` / `X-Router-Error`.
-
-The access line is joined with the roundtrip line of the same request id; the
-upstream address becomes the dyno's name, the host becomes the app. Records go
-to `contracts.logs.router_subject(app_id)` on core NATS: they hold customer data
-(paths, addresses), so nothing here is stored.
+Caddy's `net` log writer sends its access log here (routes.py sets it up):
+`http.log.access.router` "handled request" lines with the method, host, URI,
+status, size, duration, client address, the response's `X-Request-Id` /
+`X-Router-Error`, and in `user_id` the name of the dyno that answered (a `map`
+handler in each app's route turns the upstream's address into it). The host
+becomes the app. Records go to `contracts.logs.router_subject(app_id)` on core
+NATS: they hold customer data (paths, addresses), so nothing here is stored.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -28,18 +23,14 @@ from slipway.contracts.logs import RouterAccess
 from slipway.services.network_wirer.routes import (
     ACCESS_LOG_NAME,
     ERROR_HEADER,
-    PROXY_LOG_NAME,
     REQUEST_ID_HEADER,
     AppRoute,
     apps_by_host,
-    dynos_by_upstream,
 )
 
 log = structlog.get_logger("slipway.network_wirer.access")
 
 Publish = Callable[[RouterAccess], Awaitable[None]]
-_MAX_PENDING = 10_000  # roundtrips waiting for their access line
-_MAX_KNOWN_UPSTREAMS = 10_000
 
 
 def _first(headers: Any, name: str) -> str:
@@ -56,30 +47,16 @@ class AccessJoiner:
 
     def __init__(self) -> None:
         self._hosts: dict[str, str] = {}
-        self._dynos: dict[str, tuple[str, str]] = {}
-        self._pending: OrderedDict[str, str] = OrderedDict()
 
     def update(self, routes: Iterable[AppRoute]) -> None:
-        """Learn the current hosts and upstreams; upstreams just removed stay known a while."""
-        routes = list(routes)
+        """Learn which app each hostname belongs to."""
         self._hosts = apps_by_host(routes)
-        if len(self._dynos) > _MAX_KNOWN_UPSTREAMS:
-            self._dynos.clear()
-        self._dynos.update(dynos_by_upstream(routes))
 
     def record(self, entry: dict[str, Any]) -> RouterAccess | None:
-        """Feed one JSON log record; returns the access record it completes, if any."""
-        logger = entry.get("logger", "")
+        """Turn one JSON log record into an access record, if it is one of an app's."""
+        if entry.get("logger", "") != ACCESS_LOG_NAME:
+            return None
         request = entry.get("request") or {}
-        if logger == PROXY_LOG_NAME and entry.get("msg") == "upstream roundtrip":
-            rid = _first(request.get("headers"), REQUEST_ID_HEADER)
-            if rid:
-                self._pending[rid] = str(entry.get("upstream", ""))
-                while len(self._pending) > _MAX_PENDING:
-                    self._pending.popitem(last=False)
-            return None
-        if logger != ACCESS_LOG_NAME:
-            return None
         host = str(request.get("host", "")).lower()
         app_id = self._hosts.get(host) or self._hosts.get(host.rsplit(":", 1)[0])
         if app_id is None:
@@ -88,8 +65,6 @@ class AccessJoiner:
         rid = _first(resp_headers, REQUEST_ID_HEADER) or _first(
             request.get("headers"), REQUEST_ID_HEADER
         )
-        upstream = self._pending.pop(rid, "") if rid else ""
-        dyno = self._dynos.get(upstream, ("", ""))[1] if upstream else ""
         return RouterAccess(
             app_id=app_id,
             timestamp=float(entry.get("ts", 0.0)),
@@ -98,7 +73,7 @@ class AccessJoiner:
             host=host,
             request_id=rid,
             fwd=str(request.get("remote_ip") or request.get("remote_addr", "")),
-            dyno=dyno,
+            dyno=str(entry.get("user_id") or ""),
             connect_ms=0,
             service_ms=round(float(entry.get("duration", 0.0)) * 1000),
             status=int(entry.get("status", 0)),

@@ -26,6 +26,9 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
     router_tls_issuer: str = "internal"  # "acme" for a real deployment with public DNS
     router_acme_email: str = ""
     router_acme_ca: str = ""
+    # The scheduler's id of the Docker host Caddy runs on (its SLIPWAY_LOCAL_HOST_ID): dynos
+    # there are dialled on their app network instead of the published port. "": never.
+    router_host_id: str = "local"
     caddy_data: str = ""  # default $SLIPWAY_HOME/caddy
     reconcile_interval: float = 5.0
     access_log_host: str = "127.0.0.1"
@@ -63,6 +66,7 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
             acme_ca=self.router_acme_ca,
             public_http_port=self.router_public_http_port or None,
             public_https_port=self.router_public_https_port or None,
+            router_host=self.router_host_id,
         )
 
     @property

@@ -78,7 +78,7 @@ class Wirer:
             return
         assert snap.apps is not None
         assert snap.dynos is not None
-        routes = app_routes(snap.apps, snap.dynos, self.base_domain)
+        routes = app_routes(snap.apps, snap.dynos, self.base_domain, self.options.router_host)
         if self.access is not None:
             self.access.joiner.update(routes)
         config = caddy_config(routes, self.options, load_pages())

@@ -203,6 +203,13 @@ async def ensure_image(
     await docker.images.pull(image, auth=auth)
 
 
+def private_address(info: dict[str, Any], app_id: str) -> str | None:
+    """The container's address on its app's network, from an inspect (None: not attached)."""
+    networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
+    found = (networks.get(network_name(app_id)) or {}).get("IPAddress")
+    return str(found) if found else None
+
+
 def published_port(info: dict[str, Any], port: int) -> int | None:
     """The host port Docker picked for the container's `$PORT`, from an inspect."""
     bindings = (info.get("NetworkSettings") or {}).get("Ports") or {}

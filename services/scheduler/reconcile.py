@@ -409,6 +409,7 @@ class Scheduler:
             info = await docker_container.show()
             if spec.process_type == "web":
                 tracked.port = containers.published_port(info, self.settings.port)
+                tracked.private_address = containers.private_address(info, spec.app_id)
             if stored[0] == "up":
                 tracked.state = "up"
                 tracked.up_since = time.monotonic()

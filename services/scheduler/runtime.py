@@ -44,6 +44,7 @@ class Tracked:
     state: DynoState
     restart_count: int = 0
     port: int | None = None  # the published host port (web dynos)
+    private_address: str | None = None  # on the app's network, for a router on the same host
     up_since: float | None = None
     next_restart: float | None = None
     busy: bool = False  # an operation is under way: the monitor leaves it alone
@@ -151,6 +152,8 @@ class Runtime:
             container_id=tracked.container_id,
             address=engine.address if engine is not None and web else None,
             port=tracked.port,
+            private_address=tracked.private_address if web else None,
+            private_port=self.settings.port if web and tracked.private_address else None,
             size=s.size,
             command=s.command,
             restart_count=tracked.restart_count,
@@ -263,6 +266,7 @@ class Runtime:
         if tracked.spec.process_type == "web":
             info = await container.show()
             tracked.port = containers.published_port(info, self.settings.port)
+            tracked.private_address = containers.private_address(info, tracked.spec.app_id)
 
     async def await_health(self, tracked: Tracked) -> health.Health:
         """Wait for the dyno to be up; mark it up or crashed (R10 kills it)."""

@@ -11,6 +11,7 @@ disk. Every container, image, volume and network it made is removed afterwards.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -248,6 +249,27 @@ def push(platform: Platform, app: str, example: str) -> str:
 
 
 @pytest.mark.timeout(900)
+def router_dials(platform: Platform, count: int) -> list[str] | None:
+    """The upstream addresses in Caddy's running configuration, once there are `count`."""
+    admin = platform.env["SLIPWAY_ROUTER_ADMIN_PORT"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config/", timeout=5) as answer:
+        config = json.load(answer)
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("dial"), str):
+                found.append(node["dial"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config["apps"]["http"]["servers"]["router_http"]["routes"])
+    return found if len(found) == count else None
+
+
 def test_the_walkthrough(platform: Platform) -> None:
     """Create, configure, push, route, scale, log, run: what a customer does on day one."""
     platform.cli("apps:create", "hello")
@@ -264,6 +286,10 @@ def test_the_walkthrough(platform: Platform) -> None:
     wait_for(lambda: web_dynos_up(platform, "hello", 2), 90, "two web dynos up")
     for _ in range(10):
         assert platform.get("hello.localhost")[0] == 200
+    # Caddy runs beside the dynos: it dials them on the app's network, not a published port.
+    pool = ipaddress.ip_network("10.210.0.0/16")  # SLIPWAY_APP_NETWORK_POOL's default
+    dials = wait_for(lambda: router_dials(platform, 2), 30, "two upstreams in Caddy")
+    assert all(ipaddress.ip_address(d.rsplit(":", 1)[0]) in pool for d in dials), dials
 
     # A new release (a config change) rolls out under load: no request fails meanwhile.
     with LoadLoop(platform, "hello.localhost") as load:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from slipway.contracts.gateway import AppDesired
 from slipway.contracts.scheduler import Dyno, DynoState
 from slipway.libs.caddy import HTTP_SERVER, HTTPS_SERVER, RouterAddress
@@ -43,7 +45,7 @@ def _dyno(app: str, name: str, state: DynoState = "up", port: int | None = 5000)
 def _answer(config: dict[str, Any], server: str, app_id: str) -> dict[str, Any]:
     routes = config["apps"]["http"]["servers"][server]["routes"]
     [route] = [r for r in routes if r.get("@id", "").startswith(f"app-{app_id}-")]
-    answer: dict[str, Any] = route["handle"][0]["routes"][-1]["handle"][0]
+    answer: dict[str, Any] = route["handle"][0]["routes"][-1]["handle"][-1]
     return answer
 
 
@@ -64,6 +66,29 @@ def test_only_up_web_dynos_with_an_address_become_upstreams() -> None:
     )
     assert route.hosts == ("a.localhost",)
     assert not route.crashed
+
+
+def test_dynos_beside_the_router_are_dialled_on_their_app_network() -> None:
+    """On the router's own host a dyno is dialled at its app-network address and $PORT;
+    on another host, or without that address, at its host's published port."""
+    beside = msgspec.structs.replace(
+        _dyno("a", "web.1", port=32768), private_address="10.210.3.2", private_port=5000
+    )
+    elsewhere = msgspec.structs.replace(
+        _dyno("a", "web.2", port=32769),
+        host_id="other",
+        private_address="10.210.3.3",
+        private_port=5000,
+    )
+    unknown = _dyno("a", "web.3", port=32770)  # adopted before the scheduler knew its address
+    [route] = app_routes([_app("a")], [beside, elsewhere, unknown], "localhost", "h")
+    assert route.upstreams == (
+        Upstream("web.1", "10.210.3.2:5000"),
+        Upstream("web.2", "10.0.0.1:32769"),
+        Upstream("web.3", "10.0.0.1:32770"),
+    )
+    [route] = app_routes([_app("a")], [beside], "localhost", "")  # turned off
+    assert route.upstreams == (Upstream("web.1", "10.0.0.1:32768"),)
 
 
 def test_custom_domains_join_the_default_hostname() -> None:
@@ -129,33 +154,47 @@ def test_acme_is_a_setting_away() -> None:
     assert "logging" not in config
 
 
-def _roundtrip(rid: str, upstream: str) -> dict[str, Any]:
-    return {
-        "logger": "http.handlers.reverse_proxy",
-        "msg": "upstream roundtrip",
-        "upstream": upstream,
-        "request": {"headers": {"X-Request-Id": [rid]}},
-    }
-
-
-def _access(rid: str, host: str, **extra: Any) -> dict[str, Any]:
+def _access(
+    rid: str, host: str, user_id: str = "", extra: dict[str, list[str]] | None = None
+) -> dict[str, Any]:
     return {
         "logger": "http.log.access.router",
         "ts": 1.5,
         "request": {"remote_ip": "1.2.3.4", "method": "GET", "host": host, "uri": "/x?y"},
+        "user_id": user_id,
         "duration": 0.0123,
         "size": 42,
         "status": 200,
-        "resp_headers": {"X-Request-Id": [rid], **extra},
+        "resp_headers": {"X-Request-Id": [rid], **(extra or {})},
     }
 
 
-def test_access_lines_are_joined_with_their_upstream() -> None:
-    """The roundtrip names the dyno; the access line gives the rest; unknown hosts are dropped."""
+def test_each_upstream_is_mapped_to_its_dyno_for_the_access_line() -> None:
+    """A `map` before the proxy names the dyno in the access log's user_id; no proxy logger."""
+    route = AppRoute(
+        "id", "a", ("a.localhost",), (Upstream("web.1", "h:1"), Upstream("web.2", "h:2"))
+    )
+    config = caddy_config([route], RouterOptions(access_log="127.0.0.1:9"), load_pages())
+    routes = config["apps"]["http"]["servers"][HTTP_SERVER]["routes"]
+    [app] = [r for r in routes if r.get("@id") == "app-id-http"]
+    naming, proxy = app["handle"][0]["routes"][-1]["handle"]
+    assert proxy["handler"] == "reverse_proxy"
+    assert naming["handler"] == "map"
+    assert naming["destinations"] == ["{http.auth.user.id}"]
+    assert [(m["input"], m["outputs"]) for m in naming["mappings"]] == [
+        ("h:1", ["web.1"]),
+        ("h:2", ["web.2"]),
+    ]
+    logs = config["logging"]["logs"]
+    assert logs["router"]["include"] == ["http.log.access.router"]
+    assert "http.handlers.reverse_proxy" in logs["default"]["exclude"]
+
+
+def test_access_lines_name_their_dyno_and_app() -> None:
+    """user_id names the dyno; the access line gives the rest; unknown hosts are dropped."""
     joiner = AccessJoiner()
     joiner.update([AppRoute("id", "a", ("a.localhost",), (Upstream("web.3", "h:7"),))])
-    assert joiner.record(_roundtrip("r1", "h:7")) is None
-    access = joiner.record(_access("r1", "a.localhost:8080"))
+    access = joiner.record(_access("r1", "a.localhost:8080", user_id="web.3"))
     assert access is not None
     assert (access.app_id, access.dyno, access.request_id) == ("id", "web.3", "r1")
     assert (access.method, access.path, access.fwd) == ("GET", "/x?y", "1.2.3.4")
@@ -167,7 +206,7 @@ def test_router_answers_carry_their_code() -> None:
     """A page the router answered itself names its Heroku code and no dyno."""
     joiner = AccessJoiner()
     joiner.update([AppRoute("id", "a", ("a.localhost",))])
-    access = joiner.record(_access("r9", "a.localhost", **{"X-Router-Error": ["H14"]}))
+    access = joiner.record(_access("r9", "a.localhost", extra={"X-Router-Error": ["H14"]}))
     assert access is not None
     assert (access.code, access.dyno) == ("H14", "")
 

@@ -37,7 +37,7 @@ async def test_an_unanswering_scheduler_keeps_the_last_routes(
     admin = CaddyAdmin(caddy.admin_url)
     try:
         route = await admin.by_id(f"app-{app.app_id}-http")
-        proxy = route["handle"][0]["routes"][-1]["handle"][0]
+        proxy = route["handle"][0]["routes"][-1]["handle"][-1]
         assert proxy["upstreams"] == [{"dial": "127.0.0.1:40001"}]
 
         await world.scheduler.close()  # nobody answers DYNOS_LIST any more
@@ -45,7 +45,7 @@ async def test_an_unanswering_scheduler_keeps_the_last_routes(
         await running.refresh()
 
         route = await admin.by_id(f"app-{app.app_id}-http")
-        assert route["handle"][0]["routes"][-1]["handle"][0]["upstreams"] == proxy["upstreams"]
+        assert route["handle"][0]["routes"][-1]["handle"][-1]["upstreams"] == proxy["upstreams"]
     finally:
         await admin.close()
 
