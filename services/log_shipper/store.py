@@ -258,15 +258,6 @@ async def sweep(db: Database, *, default_retention: float, max_bytes: int) -> in
     return removed
 
 
-async def set_retention(db: Database, app_id: str, team_id: str, seconds: float | None) -> None:
-    async with db.transaction() as conn:
-        await conn.execute(
-            "INSERT INTO apps (app_id, team_id, retention_seconds) VALUES (?, ?, ?)"
-            " ON CONFLICT (app_id) DO UPDATE SET retention_seconds = excluded.retention_seconds",
-            (app_id, team_id, seconds),
-        )
-
-
 async def drains(db: Database, app_id: str | None = None) -> list[DrainRow]:
     """The drains of one app, or of every app."""
     if app_id is None:

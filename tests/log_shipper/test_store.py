@@ -38,7 +38,7 @@ async def test_old_batches_go_after_the_apps_retention(tmp_path: Path) -> None:
     """Default 7 days; an app with its own retention keeps its batches that long."""
     db = await Database.open(tmp_path / "ls.db", store.MIGRATIONS)
     try:
-        await store.set_retention(db, "long", "t", 30 * DAY)
+        await store.apply_retention(db, "long", "t", 30 * DAY, revision=1)
         async with db.transaction() as conn:
             for row in (batch("a", 1, 8), batch("a", 2, 1), batch("long", 3, 8)):
                 await store.save_batch(conn, row, [])
