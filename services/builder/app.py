@@ -3,6 +3,7 @@
 BUILD_REQUEST     (command, CMD work queue)  run a build; several builders share the queue
 BUILD_OUTPUT_GET  (rpc)  a build's whole output, live or stored (decrypted on demand)
 CACHE_PURGE       (rpc)  drop an app's build cache volume
+gateway.APP_DESTROYED (event)  cancel the app's builds, remove its cache, images and records
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator
 import aiodocker
 import structlog
 
+from slipway.contracts import gateway as gw
 from slipway.contracts.base import Ok
 from slipway.contracts.builder import (
     BUILD_OUTPUT_GET,
@@ -28,20 +30,26 @@ from slipway.contracts.builder import (
 from slipway.contracts.keyring import Purpose
 from slipway.contracts.subjects import Service
 from slipway.libs.crypto import envelope
-from slipway.libs.errors import Conflict, NotFound
+from slipway.libs.errors import NotFound
 from slipway.libs.service import Key, ServiceApp
+from slipway.services.builder.appdata import destroy_app, purge_cache
 from slipway.services.builder.build import Builder, output_binding
-from slipway.services.builder.container import (
-    cache_volume_name,
-    ensure_network,
-    remove_leftovers,
-)
+from slipway.services.builder.container import ensure_network, remove_leftovers
 from slipway.services.builder.settings import BuilderSettings
 from slipway.services.builder.store import BuildStore
 
 log = structlog.get_logger("slipway.builder")
 
 BUILDER = Key("builder", Builder)
+
+
+def events_purpose(settings: BuilderSettings) -> str:
+    """The builder's durable consumer of the gateway's events.
+
+    Each builder has its own engine and database, so each needs every APP_DESTROYED:
+    builders given a stable SLIPWAY_INSTANCE get a consumer each.
+    """
+    return "apps" if settings.instance is None else f"apps-{settings.instance}"
 
 
 def create_service(settings: BuilderSettings) -> ServiceApp:
@@ -61,7 +69,9 @@ def create_service(settings: BuilderSettings) -> ServiceApp:
         try:
             await _recover(docker, store, settings)
             await ensure_network(docker, settings.build_network)
-            service[BUILDER] = Builder(settings, service.bus, docker, store)
+            service[BUILDER] = Builder(
+                settings, service.bus, docker, store, destroyed=await store.destroyed()
+            )
             yield
         finally:
             await store.close()
@@ -79,6 +89,10 @@ def create_service(settings: BuilderSettings) -> ServiceApp:
     async def purge(req: PurgeCache) -> Ok:
         await purge_cache(service[BUILDER], req.app_id)
         return Ok()
+
+    @service.event(events_purpose(settings), gw.APP_DESTROYED)
+    async def app_destroyed(event: gw.AppDestroyed) -> None:
+        await destroy_app(service[BUILDER], event.app_id)
 
     return service
 
@@ -114,21 +128,3 @@ async def build_output(builder: Builder, build_id: str) -> BuildOutputText:
         finished=record.finished,
         status=status if record.finished else "pending",
     )
-
-
-async def purge_cache(builder: Builder, app_id: str) -> None:
-    """Remove the app's cache volume; the next build starts cold."""
-    try:
-        # aiodocker's volume API carries no annotations.
-        volume = await builder.docker.volumes.get(cache_volume_name(app_id))  # type: ignore[no-untyped-call]
-    except aiodocker.DockerError as exc:
-        if exc.status == 404:
-            return
-        raise
-    try:
-        await volume.delete()
-    except aiodocker.DockerError as exc:
-        if exc.status == 409:
-            raise Conflict("a build of this app is using its cache; purge after it ends") from None
-        raise
-    log.info("builder.cache_purged", app_id=app_id)

@@ -5,6 +5,12 @@ a build already finished is not run again; its outcome is announced again with
 the same command and event ids, so a crash between recording and announcing
 loses nothing and duplicates nothing. A build left pending by a crash runs
 again from the start.
+
+Destroying an app cancels its builds in progress (as Heroku does): `cancel_builds`
+cancels their tasks, whose own clean-up removes the build container and scratch
+folder; the build ends `failed` ("the app was destroyed"), its live output says so
+and no release is sent. A command for an app already destroyed is refused the same
+way, without building anything (see `appdata.py`).
 """
 
 from __future__ import annotations
@@ -55,6 +61,11 @@ class Builder:
     docker: aiodocker.Docker
     store: BuildStore
     running: dict[str, OutputStream] = field(default_factory=dict)
+    # build id → (app id, the task running it), for cancelling an app's builds.
+    tasks: dict[str, tuple[str, asyncio.Task[BuildRecord]]] = field(default_factory=dict)
+    # Apps destroyed (tombstones, kept in memory too so that the check and the start of
+    # a build happen with no await between them: a destroy cannot slip in unseen).
+    destroyed: set[str] = field(default_factory=set)
 
     async def handle(self, cmd: BuildRequested) -> None:
         """Run the build `cmd` asks for (once), then announce its outcome."""
@@ -67,12 +78,43 @@ class Builder:
             return  # a redelivery while this very process still runs it
         await self.store.start(cmd.build_id, cmd.app_id, cmd.app_name, cmd.team_id)
         out = OutputStream(self.bus, cmd.build_id)
+        if cmd.app_id in self.destroyed:
+            await self.announce(cmd, await self._cancelled(cmd, out))
+            return
         self.running[cmd.build_id] = out
+        task = asyncio.ensure_future(self._build_and_record(cmd, out))
+        self.tasks[cmd.build_id] = (cmd.app_id, task)
         try:
-            record = await self._build_and_record(cmd, out)
+            record = await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this handler itself is being stopped, not just the build
+            record = await self._cancelled(cmd, out)
         finally:
             self.running.pop(cmd.build_id, None)
+            self.tasks.pop(cmd.build_id, None)
         await self.announce(cmd, record)
+
+    async def cancel_builds(self, app_id: str) -> int:
+        """Cancel the app's builds in progress and wait for their clean-up; how many."""
+        doomed = [task for app, task in self.tasks.values() if app == app_id and not task.done()]
+        for task in doomed:
+            task.cancel()
+        if doomed:
+            await asyncio.wait(doomed)
+        return len(doomed)
+
+    async def _cancelled(self, cmd: BuildRequested, out: OutputStream) -> BuildRecord:
+        """End a build of a destroyed app: say so, keep nothing of it."""
+        reason = "build cancelled: the app was destroyed"
+        await out.line(f" !     {reason}")
+        await out.close("failed")
+        await self.store.forget_build(cmd.build_id)
+        log.info("build.cancelled", build_id=cmd.build_id, app_id=cmd.app_id)
+        return BuildRecord(
+            cmd.build_id, cmd.app_id, cmd.app_name, cmd.team_id, "failed", error=reason
+        )
 
     async def _build_and_record(self, cmd: BuildRequested, out: OutputStream) -> BuildRecord:
         started = time.monotonic()

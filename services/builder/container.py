@@ -194,6 +194,7 @@ async def run_build_container(
 ) -> int:
     """Run the container, send its output to `sink` line by line; return its exit code."""
     container = await docker.containers.create(config)
+    reader: asyncio.Task[None] | None = None
     try:
         await container.start()
         reader = asyncio.create_task(_pump(container, sink))
@@ -210,6 +211,8 @@ async def run_build_container(
         await asyncio.wait_for(reader, 30)
         return int(result.get("StatusCode", 1))
     finally:
+        if reader is not None and not reader.done():
+            reader.cancel()  # the build was cancelled (its app destroyed): no more output
         with contextlib.suppress(aiodocker.DockerError):
             await container.delete(force=True)
 

@@ -1,13 +1,25 @@
-"""The builder's database: one row per build, its outcome and its sealed output."""
+"""The builder's database: one row per build, its outcome and its sealed output.
+
+Destroyed apps leave a tombstone (`destroyed_apps`, the app id and when) so that a
+build command arriving late for one is refused, and nothing else: their builds and
+sealed output are deleted. The connection runs with `secure_delete` (deleted cells
+are overwritten with zeros) and the WAL is checkpointed after an app's rows go, so
+ciphertext its team's key could still open does not linger in free pages.
+"""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from slipway.libs.storage import Database
+
+log = structlog.get_logger("slipway.builder")
 
 MIGRATIONS = (
     """
@@ -28,6 +40,12 @@ MIGRATIONS = (
         output        BLOB
     );
     CREATE INDEX builds_by_app ON builds (app_id, started_at);
+    """,
+    """
+    CREATE TABLE destroyed_apps (
+        app_id        TEXT PRIMARY KEY,
+        destroyed_at  REAL NOT NULL
+    );
     """,
 )
 
@@ -62,7 +80,10 @@ class BuildStore:
 
     @classmethod
     async def open(cls, path: Path) -> BuildStore:
-        return cls(await Database.open(path, MIGRATIONS))
+        """Open (creating and migrating) the database, with secure deletion on."""
+        db = await Database.open(path, MIGRATIONS)
+        await db.conn.execute("PRAGMA secure_delete=ON")
+        return cls(db)
 
     async def close(self) -> None:
         await self.db.close()
@@ -123,11 +144,12 @@ class BuildStore:
         return [row["build_id"] for row in rows]
 
     async def prune(self, older_than_s: float) -> int:
-        """Forget finished builds older than `older_than_s` seconds; return how many."""
+        """Forget finished builds (and tombstones) older than `older_than_s` s; builds gone."""
+        cutoff = time.time() - older_than_s
         async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM destroyed_apps WHERE destroyed_at < ?", (cutoff,))
             cursor = await conn.execute(
-                "DELETE FROM builds WHERE status != 'pending' AND finished_at < ?",
-                (time.time() - older_than_s,),
+                "DELETE FROM builds WHERE status != 'pending' AND finished_at < ?", (cutoff,)
             )
             return cursor.rowcount
 
@@ -137,3 +159,44 @@ class BuildStore:
             await conn.execute(
                 "UPDATE builds SET output = ? WHERE build_id = ?", (sealed, build_id)
             )
+
+    # ---- destroyed apps ------------------------------------------------------------------
+
+    async def mark_destroyed(self, app_id: str) -> None:
+        """Leave the app's tombstone: later build commands for it are refused."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT OR IGNORE INTO destroyed_apps (app_id, destroyed_at) VALUES (?, ?)",
+                (app_id, time.time()),
+            )
+
+    async def destroyed(self) -> set[str]:
+        """Ids of the apps with a tombstone."""
+        rows = await self.db.fetchall("SELECT app_id FROM destroyed_apps")
+        return {row["app_id"] for row in rows}
+
+    async def forget_build(self, build_id: str) -> None:
+        """Delete one build and its sealed output."""
+        async with self.db.transaction() as conn:
+            await conn.execute("DELETE FROM builds WHERE build_id = ?", (build_id,))
+
+    async def forget_app(self, app_id: str) -> int:
+        """Delete every build of the app and its sealed output; return how many."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute("DELETE FROM builds WHERE app_id = ?", (app_id,))
+            removed = cursor.rowcount
+        await self.purge_freed_pages()
+        return removed
+
+    async def purge_freed_pages(self) -> None:
+        """Checkpoint and truncate the WAL, so deleted rows survive in no older page."""
+        try:
+            async with self.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cursor:
+                row = await cursor.fetchone()
+            busy = row is not None and int(row[0]) != 0
+        except sqlite3.OperationalError:
+            busy = True  # a write transaction of a build is open on the connection
+        if busy:
+            # Busy: SQLite's next checkpoint overwrites those pages; secure_delete zeroed
+            # the rows in the database file already.
+            log.warning("builder.wal_checkpoint_busy")

@@ -11,6 +11,10 @@
   every app and refreshes the desired state from the gateway.
 - Adopted containers enter the plan like any other: duplicates and containers of
   unknown releases or apps are stopped by it, so a restart leaves no orphans.
+- A destroyed app, once none of its dynos is left, loses its network and its images
+  on every host (`libs.appimages`: its own repositories and label, exact names); the
+  scheduler forgets it only when every host is clean, so a silent host or an image a
+  one-off still uses is retried on the next full pass.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import structlog
 from slipway.contracts import gateway as gw
 from slipway.contracts import scheduler as sc
 from slipway.contracts.gateway import DYNO_SIZES, AppDesired
+from slipway.libs import appimages
 from slipway.libs.bus import Bus
 from slipway.services.scheduler import containers, deploy, model
 from slipway.services.scheduler.errors import EngineUnavailable
@@ -279,7 +284,24 @@ class Scheduler:
         if (row is None or row.destroyed) and not self.rt.of_app(app_id):
             for engine in self.rt.engines.values():
                 await containers.remove_network(engine.docker, app_id)
+            # Only a destroyed app's images: an app merely unknown here may be new.
+            if row is not None and not await self._remove_images(app_id):
+                return  # kept: the next full pass tries again
             await self.store.forget_app(app_id)
+
+    async def _remove_images(self, app_id: str) -> bool:
+        """Remove a destroyed app's images from every host; False if some had to stay."""
+        done = True
+        for engine in self.rt.engines.values():
+            try:
+                removal = await appimages.remove_app_images(engine.docker, app_id)
+            except Exception as exc:  # a silent host: its images go on a later pass
+                log.warning("app.images_not_removed", app=app_id, host=engine.id, error=repr(exc))
+                done = False
+                continue
+            # In use: a one-off dyno of the app still runs there.
+            done = done and not removal.in_use
+        return done
 
     def roomiest_host(self) -> Engine | None:
         """The up host with the most memory left (for one-offs, which placement does not plan)."""
