@@ -3,11 +3,12 @@
 Caddy starts from a small boot configuration: the admin API on a loopback
 address, storage (the internal CA, certificates) under `data_dir`, the plain
 HTTP server with automatic HTTPS off, the HTTPS server with redirects off, and
-`install_trust: false` so Caddy never touches the machine's trust store. From
-then on network-wirer is the only writer of its configuration, through the
-admin API; Caddy never persists it (`admin.config.persist: false`), so a
-restarted Caddy comes back with the boot configuration and the wirer's next
-reconcile loads the routes again.
+`install_trust: false` so Caddy never touches the machine's trust store; and it
+sets `net.ipv4.tcp_migrate_req=1`, so that a configuration load resets no
+connection (`migrate_queued_connections`). From then on network-wirer is the only
+writer of its configuration, through the admin API; Caddy never persists it
+(`admin.config.persist: false`), so a restarted Caddy comes back with the boot
+configuration and the wirer's next reconcile loads the routes again.
 
     python -m slipway.libs.caddy --data var/caddy   # ports from SLIPWAY_ROUTER_* (8080, 8443, 2019)
 
@@ -61,6 +62,26 @@ class RouterAddress:
 
     def listen(self, port: int) -> str:
         return f"{self.listen_host}:{port}"
+
+
+MIGRATE_SYSCTL = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+
+
+def migrate_queued_connections(sysctl: Path = MIGRATE_SYSCTL) -> bool:
+    """Have Linux hand a closing listener's queued connections to its successor.
+
+    Caddy 2.6 binds a new SO_REUSEPORT socket on every configuration load and closes the
+    old one; the kernel spreads new connections over both meanwhile, and by default
+    resets those still queued on the old one when it closes: clients saw "connection
+    reset" during deploys. `net.ipv4.tcp_migrate_req=1` (Linux 5.14+, per network
+    namespace) moves them to the new socket instead. Whether it is on (needs root).
+    """
+    try:
+        if sysctl.read_text().strip() != "1":
+            sysctl.write_text("1\n")
+        return sysctl.read_text().strip() == "1"
+    except OSError:
+        return False
 
 
 def caddy_binary() -> str:
@@ -177,6 +198,12 @@ class CaddyServer:
         if self.process is not None and self.process.poll() is None:
             return self.admin_url
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not migrate_queued_connections():
+            print(
+                "caddy: net.ipv4.tcp_migrate_req is off and cannot be set (needs root and"
+                " Linux 5.14+): configuration loads may reset connections being accepted",
+                file=sys.stderr,
+            )
         config_path = self.data_dir / "boot.json"
         config_path.write_text(json.dumps(boot_config(self.address, self.storage_dir), indent=2))
         env = dict(os.environ)
