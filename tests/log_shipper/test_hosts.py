@@ -31,6 +31,7 @@ for i in range(40):
     print(f"{NAME} {i}")
     time.sleep(0.02)
 """
+STAY = "import signal\nsignal.pause()\n"  # until the test removes the container
 
 
 @pytest.fixture
@@ -72,9 +73,8 @@ async def test_history_and_metrics_merge_every_hosts_log_shipper(
     app = await stack.app(alice, "twohosts")
     app_id, team_id = app["id"], app["team"]["id"]
     # They stay up after printing, so that both are there to be sampled for metrics.
-    await dynos.run(app_id, team_id, "web.1", "NAME = 'one'" + PRINTER + "time.sleep(60)")
-    two = "NAME = 'two'" + PRINTER + "time.sleep(60)"
-    await other_host_dynos.run(app_id, team_id, "web.2", two)
+    await dynos.run(app_id, team_id, "web.1", "NAME = 'one'" + PRINTER + STAY)
+    await other_host_dynos.run(app_id, team_id, "web.2", "NAME = 'two'" + PRINTER + STAY)
 
     async def all_lines() -> list[str]:
         found = await session_lines(alice, "twohosts", 1500)
