@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slipway.libs.foreground import serve_until_signalled
+from slipway.libs.foreground import serve_until_signalled, stop_child
 
 HTTP_SERVER = "router_http"
 # Go collects garbage each time the heap doubles (GOGC=100). A proxy's heap is small and
@@ -245,15 +244,8 @@ class CaddyServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully (SIGTERM), then SIGKILL if it does not exit in time."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_child(self.process, timeout)
         self.process = None
 
     def restart(self) -> str:

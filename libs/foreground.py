@@ -2,7 +2,7 @@
 
 `python -m slipway.libs.natsserver` and `python -m slipway.libs.caddy` both start
 a server process, wait until they are told to stop or the server dies, then
-stop it and exit with its status.
+stop it (`stop_child`) and exit with its status.
 """
 
 from __future__ import annotations
@@ -17,6 +17,17 @@ class ChildServer(Protocol):
     process: subprocess.Popen[bytes] | None
 
     def stop(self) -> None: ...
+
+
+def stop_child(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """Stop a child server gracefully (SIGTERM), then SIGKILL if it does not exit in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def serve_until_signalled(server: ChildServer) -> int:

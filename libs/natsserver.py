@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-from slipway.libs.foreground import serve_until_signalled
+from slipway.libs.foreground import serve_until_signalled, stop_child
 from slipway.libs.natsauth import authorization_block, load_or_create_users
 
 
@@ -130,15 +129,8 @@ class NatsServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop gracefully (SIGTERM), then SIGKILL if it does not exit in time."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_child(self.process, timeout)
         self.process = None
 
     def kill(self) -> None:
