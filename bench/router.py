@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import re
 import shutil
@@ -246,12 +245,7 @@ def load_caddy(caddy: CaddyServer, dyno_address: str, access_log: str | None) ->
     routes = app_routes([app], [dyno], "localhost", options.router_host)
     assert routes[0].upstreams, "the dyno must be routed"
     config = caddy_config(routes, options, load_pages())
-    request = urllib.request.Request(  # noqa: S310 - our own loopback admin API
-        f"{caddy.admin_url}/load",
-        data=json.dumps(config).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=10).read()  # noqa: S310
+    caddy.admin("POST", "/load", config)
     wait_http(f"http://127.0.0.1:{caddy.address.http_port}/", HOST)
 
 
@@ -265,7 +259,7 @@ def log_sink() -> str:
             threading.Thread(target=lambda c=conn: _drain(c), daemon=True).start()
 
     threading.Thread(target=serve, daemon=True).start()
-    return f"127.0.0.1:{server.getsockname()[1]}"
+    return f"tcp/127.0.0.1:{server.getsockname()[1]}"  # a Caddy network address
 
 
 def _drain(conn: socket.socket) -> None:
@@ -369,7 +363,7 @@ def main() -> None:
 def _caddy(folder: Path, gogc: int = DEFAULT_GOGC) -> CaddyServer:
     server = CaddyServer(
         folder,
-        RouterAddress(http_port=0, https_port=0, admin_port=0, listen_host="127.0.0.1"),
+        RouterAddress(http_port=0, https_port=0, listen_host="127.0.0.1"),
         gogc=gogc,
     )
     server.start()

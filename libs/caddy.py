@@ -1,7 +1,9 @@
 """Run the router, a real Caddy (Debian package `caddy`), for scripts and tests.
 
-Caddy starts from a small boot configuration: the admin API on a loopback
-address, storage (the internal CA, certificates) under `data_dir`, the plain
+Caddy starts from a small boot configuration: the admin API on a unix socket
+(`<data_dir>/admin/admin.sock`, 0600, in a 0700 folder owned by this process, and
+no TCP admin listener at all), storage (the internal CA, certificates) under
+`data_dir`, the plain
 HTTP server with automatic HTTPS off, the HTTPS server with redirects off, and
 `install_trust: false` so Caddy never touches the machine's trust store; and it
 sets `net.ipv4.tcp_migrate_req=1`, so that a configuration load resets no
@@ -10,24 +12,33 @@ writer of its configuration, through the admin API; Caddy never persists it
 (`admin.config.persist: false`), so a restarted Caddy comes back with the boot
 configuration and the wirer's next reconcile loads the routes again.
 
-    python -m slipway.libs.caddy --data var/caddy   # ports from SLIPWAY_ROUTER_* (8080, 8443, 2019)
+    python -m slipway.libs.caddy --data var/caddy   # ports from SLIPWAY_ROUTER_* (8080, 8443)
 
 Port 0 picks a free port (tests); a restart keeps the ports chosen.
+
+Why a socket: the admin API has no authentication, and anything that can open a
+TCP connection to loopback (any local user, a customer-named URL fetched on the
+platform's side) could rewrite the routes or `POST /stop` the router. A unix
+socket answers only to who may open the file: Caddy 2.6 creates it with the
+process umask and has no setting for its mode, so the folder's 0700 is what keeps
+others out; Caddy runs with umask 077 and the socket is chmod 0600 once it appears.
+Over a unix socket Caddy 2.6 accepts only an empty Host header (`admin_request`
+sends one); the Origin check is off, as browsers cannot reach a unix socket.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,28 +50,104 @@ HTTP_SERVER = "router_http"
 # heap grow 4x between collections (tens of MB here) buys about 15 % more requests per core.
 DEFAULT_GOGC = 400
 HTTPS_SERVER = "router_https"
+# The kernel's limit on a unix socket's path (sun_path is 108 bytes, NUL included).
+MAX_SOCKET_PATH = 107
+
+
+class RouterAdminError(Exception):
+    """The admin socket's folder or path cannot be made safe; the message says what to fix."""
 
 
 @dataclass(frozen=True)
 class RouterAddress:
-    """Where Caddy listens: the public ports and the loopback admin API."""
+    """Where Caddy listens: the public ports, and the unix socket of its admin API."""
 
     http_port: int = 8080
     https_port: int = 8443
-    admin_port: int = 2019
+    admin_socket: str = ""  # absolute path; "" until CaddyServer or the settings choose one
     listen_host: str = ""  # "" = every interface; the router is the internet-facing door
-    admin_host: str = "127.0.0.1"
 
     @property
     def admin_listen(self) -> str:
-        return f"{self.admin_host}:{self.admin_port}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://{self.admin_listen}"
+        """Caddy's network address of the admin socket ("unix/" + absolute path)."""
+        if not self.admin_socket:
+            raise RouterAdminError("the router's admin socket path is not set")
+        return f"unix/{self.admin_socket}"
 
     def listen(self, port: int) -> str:
         return f"{self.listen_host}:{port}"
+
+
+def admin_socket_path(data_dir: Path | str) -> Path:
+    """The default admin socket of the router whose state is in `data_dir`."""
+    return Path(data_dir).resolve() / "admin" / "admin.sock"
+
+
+def private_folder(folder: Path) -> None:
+    """Make `folder` (0700) for a socket only this user may open, or refuse an unsafe one.
+
+    A folder someone else owns, or a link, could let them swap the socket for their own or
+    reach it; one that others may enter would expose it. Those are refused, not repaired:
+    chmod-ing a folder an operator named (/run, /tmp) would break what else lives there.
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise RouterAdminError(f"{folder} is not a directory: remove it, or choose another path")
+    if info.st_uid != os.geteuid():
+        raise RouterAdminError(
+            f"{folder} belongs to uid {info.st_uid}, not to the router's controller"
+            f" (uid {os.geteuid()}): remove it, or choose another path"
+        )
+    if info.st_mode & 0o077:
+        raise RouterAdminError(
+            f"{folder} is open to other users (mode {stat.S_IMODE(info.st_mode):o}): a socket"
+            f" there must be its owner's alone; chmod 700 {folder}, or choose another path"
+        )
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket (the standard library only dials TCP)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def admin_request(
+    admin_socket: Path | str, method: str, path: str, body: Any = None, timeout: float = 10.0
+) -> Any:
+    """One call to Caddy's admin API over its socket; the JSON answer (None if empty).
+
+    Raises OSError when nothing answers and RouterAdminError when Caddy answers an error.
+    """
+    conn = _UnixHTTPConnection(str(admin_socket), timeout)
+    try:
+        # Caddy 2.6 accepts only an empty Host on a unix socket (there is no host to name).
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        conn.putheader("Host", "")
+        data = b"" if body is None else json.dumps(body).encode()
+        if body is not None:
+            conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(len(data)))
+        conn.endheaders(data)
+        answer = conn.getresponse()
+        text = answer.read().decode()
+    finally:
+        conn.close()
+    if answer.status >= 400:
+        raise RouterAdminError(f"caddy {method} {path}: {answer.status} {text[:500]}")
+    return json.loads(text) if text.strip() else None
 
 
 MIGRATE_SYSCTL = Path("/proc/sys/net/ipv4/tcp_migrate_req")
@@ -111,7 +198,12 @@ def boot_config(address: RouterAddress, storage_dir: Path | str) -> dict[str, An
         }
     ]
     return {
-        "admin": {"listen": address.admin_listen, "config": {"persist": False}},
+        "admin": {
+            "listen": address.admin_listen,
+            # Origin checks guard against browsers, which cannot open a unix socket.
+            "enforce_origin": False,
+            "config": {"persist": False},
+        },
         "storage": {"module": "file_system", "root": str(storage_dir)},
         "apps": {
             "http": {
@@ -166,12 +258,17 @@ class CaddyServer:
         address = address or RouterAddress()
         # Ports are fixed at the first start so that a restart answers on the same ones.
         bind_host = address.listen_host or "0.0.0.0"  # noqa: S104 - the router is public
-        self.address = RouterAddress(
+        admin_socket = Path(address.admin_socket or admin_socket_path(self.data_dir)).resolve()
+        if len(str(admin_socket).encode()) > MAX_SOCKET_PATH:
+            raise RouterAdminError(
+                f"the admin socket path {admin_socket} is longer than {MAX_SOCKET_PATH} bytes,"
+                " the kernel's limit: set SLIPWAY_ROUTER_ADMIN_SOCKET to a shorter path"
+            )
+        self.address = replace(
+            address,
             http_port=address.http_port or free_port(bind_host),
             https_port=address.https_port or free_port(bind_host),
-            admin_port=address.admin_port or free_port(address.admin_host),
-            listen_host=address.listen_host,
-            admin_host=address.admin_host,
+            admin_socket=str(admin_socket),
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -189,14 +286,21 @@ class CaddyServer:
         return self.data_dir / "caddy.log"
 
     @property
-    def admin_url(self) -> str:
-        return self.address.admin_url
+    def admin_socket(self) -> Path:
+        return Path(self.address.admin_socket)
 
-    def start(self, timeout: float = 15.0) -> str:
-        """Start Caddy and wait until its admin API answers; returns the admin URL."""
+    def admin(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        """One call to this Caddy's admin API (see `admin_request`)."""
+        return admin_request(self.admin_socket, method, path, body, timeout)
+
+    def start(self, timeout: float = 15.0) -> Path:
+        """Start Caddy and wait until its admin API answers; returns the admin socket."""
         if self.process is not None and self.process.poll() is None:
-            return self.admin_url
+            return self.admin_socket
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(self.admin_socket.parent)
+        # A socket left by a killed Caddy would be answered by nobody; Caddy binds afresh.
+        self.admin_socket.unlink(missing_ok=True)
         if not migrate_queued_connections():
             print(
                 "caddy: net.ipv4.tcp_migrate_req is off and cannot be set (needs root and"
@@ -221,10 +325,12 @@ class CaddyServer:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=self.own_session,
+            # Everything Caddy creates, the admin socket first, is its owner's alone.
+            umask=0o077,
         )
         log.close()
         self._wait_ready(timeout)
-        return self.admin_url
+        return self.admin_socket
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.process is not None
@@ -235,10 +341,15 @@ class CaddyServer:
                     f"caddy exited with {self.process.returncode}; see {self.log_path}"
                 )
             try:
-                with urllib.request.urlopen(f"{self.admin_url}/config/", timeout=0.5):  # noqa: S310
-                    return
-            except (urllib.error.URLError, OSError):
+                # Before the first answer: no one but us has used the socket yet.
+                self.admin_socket.chmod(0o600)
+                self.admin("GET", "/config/", timeout=0.5)
+                return
+            except OSError:
                 time.sleep(0.05)
+            except RouterAdminError:
+                self.stop()  # it answers, but refuses us: no use leaving it running
+                raise
         self.stop()
         raise TimeoutError(f"caddy admin API not ready after {timeout}s; see {self.log_path}")
 
@@ -248,19 +359,20 @@ class CaddyServer:
             stop_child(self.process, timeout)
         self.process = None
 
-    def restart(self) -> str:
+    def restart(self) -> Path:
         """Stop and start again with the same ports and storage (the boot configuration)."""
         self.stop()
         return self.start()
 
 
-def address_from_env(environ: dict[str, str] | None = None) -> RouterAddress:
-    """The router's ports from SLIPWAY_ROUTER_* variables, the same ones network-wirer reads."""
+def address_from_env(data_dir: Path | str, environ: dict[str, str] | None = None) -> RouterAddress:
+    """The router's address from SLIPWAY_ROUTER_* variables, the same ones network-wirer reads."""
     env = os.environ if environ is None else environ
+    socket_path = env.get("SLIPWAY_ROUTER_ADMIN_SOCKET") or admin_socket_path(data_dir)
     return RouterAddress(
         http_port=int(env.get("SLIPWAY_ROUTER_HTTP_PORT", "8080")),
         https_port=int(env.get("SLIPWAY_ROUTER_HTTPS_PORT", "8443")),
-        admin_port=int(env.get("SLIPWAY_ROUTER_ADMIN_PORT", "2019")),
+        admin_socket=str(Path(socket_path).resolve()),
         listen_host=env.get("SLIPWAY_ROUTER_LISTEN_HOST", ""),
     )
 
@@ -274,10 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     procs = int(os.environ.get("SLIPWAY_ROUTER_GOMAXPROCS", "0")) or None
     gogc = int(os.environ.get("SLIPWAY_ROUTER_GOGC", str(DEFAULT_GOGC))) or None
     server = CaddyServer(
-        args.data, address_from_env(), own_session=False, gomaxprocs=procs, gogc=gogc
+        args.data, address_from_env(args.data), own_session=False, gomaxprocs=procs, gogc=gogc
     )
     server.start()
-    print(f"caddy ready: admin {server.admin_url}, storage {server.storage_dir}", flush=True)
+    print(f"caddy ready: admin {server.admin_socket}, storage {server.storage_dir}", flush=True)
     return serve_until_signalled(server)
 
 

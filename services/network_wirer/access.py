@@ -1,4 +1,4 @@
-"""The router's access lines: Caddy writes JSON logs to our TCP listener, we publish RouterAccess.
+"""The router's access lines: Caddy writes JSON logs to our unix socket, we publish RouterAccess.
 
 Caddy's `net` log writer sends its access log here (routes.py sets it up):
 `http.log.access.router` "handled request" lines with the method, host, URI,
@@ -7,6 +7,10 @@ status, size, duration, client address, the response's `X-Request-Id` /
 handler in each app's route turns the upstream's address into it). The host
 becomes the app. Records go to `contracts.logs.router_subject(app_id)` on core
 NATS: they hold customer data (paths, addresses), so nothing here is stored.
+
+The listener is a unix socket (0600, in a 0700 folder), not a loopback port: it has no
+authentication, and anyone who could connect could write forged router lines into any
+app's logs.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from slipway.contracts.logs import RouterAccess
+from slipway.libs.caddy import private_folder
 from slipway.services.network_wirer.routes import (
     ACCESS_LOG_NAME,
     ERROR_HEADER,
@@ -84,20 +90,23 @@ class AccessJoiner:
 
 
 class AccessListener:
-    """A loopback TCP server Caddy's log writer connects to."""
+    """A unix socket server Caddy's log writer connects to; only its owner can."""
 
-    def __init__(self, publish: Publish, host: str = "127.0.0.1") -> None:
+    def __init__(self, publish: Publish, socket_path: Path) -> None:
         self.publish = publish
-        self.host = host
+        self.socket_path = socket_path
         self.joiner = AccessJoiner()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> str:
-        """Listen on a free port; returns "host:port" for Caddy's configuration."""
-        self._server = await asyncio.start_server(self._serve, self.host, 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"{self.host}:{port}"
+        """Listen on the socket; returns its address for Caddy's configuration."""
+        private_folder(self.socket_path.parent)
+        # A socket left by a killed wirer would refuse the bind; nobody answers it anyway.
+        self.socket_path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._serve, path=self.socket_path)
+        self.socket_path.chmod(0o600)
+        return f"unix/{self.socket_path}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
@@ -132,3 +141,4 @@ class AccessListener:
                 writer.close()
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
+            self.socket_path.unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """The network-wirer process: access-log listener, Caddy admin client, networks, reconcile loop.
 
-On start, in this order: listen for Caddy's access log (its address goes into the
-router's configuration), open the admin client and the Docker hosts, then run the
+On start, in this order: listen for Caddy's access log on a unix socket (its address
+goes into the router's configuration), open the admin client and the Docker hosts, run the
 reconcile loop, whose first pass loads every route before events are consumed.
 Events (dynos, maintenance, renames, domains, destroyed apps) trigger a reconcile
 and are acknowledged once it has run.
@@ -51,9 +51,9 @@ def create_service(settings: WirerSettings) -> ServiceApp:
         async def publish(access: RouterAccess) -> None:
             await bus.live_publish(router_subject(access.app_id), encode(access))
 
-        access = AccessListener(publish, settings.access_log_host)
+        access = AccessListener(publish, settings.access_socket)
         address = await access.start()
-        admin = CaddyAdmin(settings.address.admin_url)
+        admin = CaddyAdmin(settings.address.admin_socket)
         networks = None
         if settings.manage_networks:
             ports = [settings.router_http_port, settings.router_https_port]

@@ -66,7 +66,7 @@ class RouterOptions:
 
     address: RouterAddress = field(default_factory=RouterAddress)
     storage_dir: str = "var/caddy/storage"
-    access_log: str | None = None  # "127.0.0.1:PORT": network-wirer's access-log listener
+    access_log: str | None = None  # Caddy network address ("unix//…"): the access-log listener
     upstream_timeout: float = 30.0  # Heroku's H12
     try_duration: float = 5.0
     try_interval: float = 0.25
@@ -289,7 +289,7 @@ def _logging(access_log: str) -> dict[str, Any]:
         "logs": {
             "default": {"exclude": [ACCESS_LOG_NAME, PROXY_LOG_NAME, ERROR_LOG_NAME]},
             ACCESS_LOGGER: {
-                "writer": {"output": "net", "address": f"tcp/{access_log}"},
+                "writer": {"output": "net", "address": access_log},
                 "encoder": {"format": "json"},
                 "include": [ACCESS_LOG_NAME],
             },

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slipway.libs.caddy import RouterAddress
+from slipway.libs.caddy import RouterAddress, admin_socket_path
 from slipway.libs.service import Settings
 from slipway.services.network_wirer.routes import RouterOptions
 
@@ -15,7 +15,9 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
     base_domain: str = "localhost"  # apps answer at <app>.<base_domain>
     router_http_port: int = 8080
     router_https_port: int = 8443
-    router_admin_port: int = 2019  # always on 127.0.0.1
+    # Caddy's admin API: a unix socket only its controller may open (never TCP);
+    # "" = <caddy_data>/admin/admin.sock
+    router_admin_socket: str = ""
     router_listen_host: str = ""  # "" = every interface
     router_public_http_port: int = 0  # 0: the same as router_http_port
     router_public_https_port: int = 0
@@ -31,7 +33,9 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
     router_host_id: str = "local"
     caddy_data: str = ""  # default $SLIPWAY_HOME/caddy
     reconcile_interval: float = 5.0
-    access_log_host: str = "127.0.0.1"
+    # Where Caddy writes its access log: a unix socket of ours (never a loopback port);
+    # "" = $SLIPWAY_HOME/network-wirer/run/access.sock
+    access_log_socket: str = ""
     docker_hosts: str = "unix:///var/run/docker.sock"  # comma-separated Docker endpoints
     manage_networks: bool = True
     # Each app network takes a /24 from here on each host (libs/appnet.py).
@@ -43,13 +47,25 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
         return RouterAddress(
             http_port=self.router_http_port,
             https_port=self.router_https_port,
-            admin_port=self.router_admin_port,
+            admin_socket=str(
+                Path(self.router_admin_socket or admin_socket_path(self.caddy_dir)).resolve()
+            ),
             listen_host=self.router_listen_host,
         )
 
     @property
+    def caddy_dir(self) -> Path:
+        """Caddy's state folder, as libs/caddy.py is given it (SLIPWAY_CADDY_DATA)."""
+        return Path(self.caddy_data or Path(self.home) / "caddy").resolve()
+
+    @property
+    def access_socket(self) -> Path:
+        default = Path(self.home) / "network-wirer" / "run" / "access.sock"
+        return Path(self.access_log_socket or default).resolve()
+
+    @property
     def storage_dir(self) -> Path:
-        return Path(self.caddy_data or Path(self.home) / "caddy").resolve() / "storage"
+        return self.caddy_dir / "storage"
 
     def router_options(self, access_log: str | None) -> RouterOptions:
         """The router's behaviour, with the address of our access-log listener."""

@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from slipway.libs.caddy import admin_request, admin_socket_path
+
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,7 +119,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         "SLIPWAY_ROUTER_HTTP_PORT": router_port,
         "SLIPWAY_ROUTER_PORT": router_port,
         "SLIPWAY_ROUTER_HTTPS_PORT": free_port(),
-        "SLIPWAY_ROUTER_ADMIN_PORT": free_port(),
     }
     env = {
         **os.environ,
@@ -251,9 +252,8 @@ def push(platform: Platform, app: str, example: str) -> str:
 @pytest.mark.timeout(900)
 def router_dials(platform: Platform, count: int) -> list[str] | None:
     """The upstream addresses in Caddy's running configuration, once there are `count`."""
-    admin = platform.env["SLIPWAY_ROUTER_ADMIN_PORT"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/config/", timeout=5) as answer:
-        config = json.load(answer)
+    # Caddy's admin API is a unix socket in the router's state folder (libs/caddy.py).
+    config = admin_request(admin_socket_path(platform.home / "var" / "caddy"), "GET", "/config/")
     found: list[str] = []
 
     def walk(node: Any) -> None:

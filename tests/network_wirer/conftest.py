@@ -77,7 +77,7 @@ def caddy(tmp_path: Path) -> Iterator[CaddyServer]:
     """A real Caddy on free loopback ports."""
     server = CaddyServer(
         tmp_path / "caddy",
-        RouterAddress(http_port=0, https_port=0, admin_port=0, listen_host="127.0.0.1"),
+        RouterAddress(http_port=0, https_port=0, listen_host="127.0.0.1"),
     )
     server.start()
     try:
@@ -178,7 +178,7 @@ async def wirer(
         home=str(tmp_path / "home"),
         router_http_port=caddy.address.http_port,
         router_https_port=caddy.address.https_port,
-        router_admin_port=caddy.address.admin_port,
+        router_admin_socket=caddy.address.admin_socket,
         router_listen_host="127.0.0.1",
         caddy_data=str(caddy.data_dir),
         router_try_duration=2.0,

@@ -79,9 +79,7 @@ async def _restore_chain(saved: str | None) -> None:
 @pytest.fixture
 async def public_caddy(tmp_path: Path) -> AsyncIterator[CaddyServer]:
     """Caddy with its public ports on every address, as in production."""
-    server = CaddyServer(
-        tmp_path / "public-caddy", RouterAddress(http_port=0, https_port=0, admin_port=0)
-    )
+    server = CaddyServer(tmp_path / "public-caddy", RouterAddress(http_port=0, https_port=0))
     await asyncio.to_thread(server.start)
     yield server
     await asyncio.to_thread(server.stop)
@@ -94,7 +92,7 @@ async def test_dyno_reaches_only_the_router(
     public_caddy: CaddyServer,
     tmp_path: Path,
 ) -> None:
-    """From app A: app B, NATS, the gateway, the registry and Caddy's admin are unreachable."""
+    """From app A: app B, NATS, the gateway and the registry are unreachable."""
     saved_chain = await _iptables("-S", CHAIN)
     nats = NatsServer(tmp_path / "open-nats", host="0.0.0.0")  # noqa: S104 - on purpose
     await asyncio.to_thread(nats.start)
@@ -107,7 +105,7 @@ async def test_dyno_reaches_only_the_router(
         await wirer.start(
             router_http_port=address.http_port,
             router_https_port=address.https_port,
-            router_admin_port=address.admin_port,
+            router_admin_socket=address.admin_socket,
             router_listen_host="",
             caddy_data=str(public_caddy.data_dir),
             manage_networks=True,
@@ -123,14 +121,13 @@ async def test_dyno_reaches_only_the_router(
             ("nats", host_ip, nats.port),
             ("gateway", host_ip, gateway_port),
             ("registry", host_ip, registry_port),
-            ("caddy-admin", host_ip, address.admin_port),
             ("router", host_ip, address.http_port),
         ]
         code, out = await dynos.exec(dyno_a, "python3", "-c", PROBE, json.dumps(targets))
         assert code == 0, out
         reached = json.loads(out)
         assert reached["router"] == "open"
-        for name in ("app-b", "nats", "gateway", "registry", "caddy-admin"):
+        for name in ("app-b", "nats", "gateway", "registry"):
             assert reached[name] != "open", (name, reached)
 
         # Destroying app B removes its network once its dynos are gone.

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
-import json
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,12 +76,7 @@ def _load(caddy: CaddyServer, port: int, version: int) -> None:
         upstream_timeout=30.0 + version % 2,  # a different configuration each time
     )
     config = caddy_config(app_routes([app], [dyno], "localhost"), options, load_pages())
-    request = urllib.request.Request(  # noqa: S310 - Caddy's admin API on loopback
-        f"{caddy.admin_url}/load",
-        data=json.dumps(config).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    urllib.request.urlopen(request, timeout=30).read()  # noqa: S310
+    caddy.admin("POST", "/load", config, timeout=30)
 
 
 def _get(port: int) -> int:

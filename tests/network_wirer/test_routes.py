@@ -20,7 +20,9 @@ from slipway.services.network_wirer.routes import (
     caddy_config,
 )
 
-OPTIONS = RouterOptions(address=RouterAddress(), storage_dir="/s", access_log="127.0.0.1:9")
+ADDRESS = RouterAddress(admin_socket="/run/slipway/caddy/admin/admin.sock")
+ACCESS_LOG = "unix//run/slipway/network-wirer/run/access.sock"
+OPTIONS = RouterOptions(address=ADDRESS, storage_dir="/s", access_log=ACCESS_LOG)
 
 
 def _app(name: str, **kw: Any) -> AppDesired:
@@ -133,12 +135,12 @@ def test_proxy_balances_retries_and_checks_health() -> None:
     assert https["headers"]["request"]["set"]["X-Forwarded-Port"] == ["8443"]
 
 
-def test_unknown_hosts_get_404_and_admin_stays_on_loopback() -> None:
+def test_unknown_hosts_get_404_and_admin_stays_on_its_socket() -> None:
     """The last route answers 404; admin, storage and trust come from the boot skeleton."""
     config = caddy_config([], OPTIONS, load_pages())
     last = config["apps"]["http"]["servers"][HTTP_SERVER]["routes"][-1]
     assert last["handle"][0]["status_code"] == 404
-    assert config["admin"]["listen"] == "127.0.0.1:2019"
+    assert config["admin"]["listen"] == "unix//run/slipway/caddy/admin/admin.sock"
     assert config["apps"]["pki"]["certificate_authorities"]["local"]["install_trust"] is False
     assert config["apps"]["http"]["servers"][HTTP_SERVER]["automatic_https"] == {"disable": True}
     issuers = config["apps"]["tls"]["automation"]["policies"][0]["issuers"]
@@ -147,7 +149,7 @@ def test_unknown_hosts_get_404_and_admin_stays_on_loopback() -> None:
 
 def test_acme_is_a_setting_away() -> None:
     """A real deployment switches the issuer to ACME with its account email."""
-    options = RouterOptions(tls_issuer="acme", acme_email="ops@example.com")
+    options = RouterOptions(address=ADDRESS, tls_issuer="acme", acme_email="ops@example.com")
     config = caddy_config([], options, load_pages())
     issuers = config["apps"]["tls"]["automation"]["policies"][0]["issuers"]
     assert issuers == [{"module": "acme", "email": "ops@example.com"}]
@@ -174,7 +176,9 @@ def test_each_upstream_is_mapped_to_its_dyno_for_the_access_line() -> None:
     route = AppRoute(
         "id", "a", ("a.localhost",), (Upstream("web.1", "h:1"), Upstream("web.2", "h:2"))
     )
-    config = caddy_config([route], RouterOptions(access_log="127.0.0.1:9"), load_pages())
+    config = caddy_config(
+        [route], RouterOptions(address=ADDRESS, access_log=ACCESS_LOG), load_pages()
+    )
     routes = config["apps"]["http"]["servers"][HTTP_SERVER]["routes"]
     [app] = [r for r in routes if r.get("@id") == "app-id-http"]
     naming, proxy = app["handle"][0]["routes"][-1]["handle"]
@@ -187,6 +191,7 @@ def test_each_upstream_is_mapped_to_its_dyno_for_the_access_line() -> None:
     ]
     logs = config["logging"]["logs"]
     assert logs["router"]["include"] == ["http.log.access.router"]
+    assert logs["router"]["writer"] == {"output": "net", "address": ACCESS_LOG}
     assert "http.handlers.reverse_proxy" in logs["default"]["exclude"]
 
 

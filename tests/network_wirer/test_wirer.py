@@ -34,7 +34,7 @@ async def test_an_unanswering_scheduler_keeps_the_last_routes(
     app = world.app("kept")
     await world.set_dyno(_dyno(app.app_id, 40001), announce=False)
     running = await wirer.start()
-    admin = CaddyAdmin(caddy.admin_url)
+    admin = CaddyAdmin(caddy.admin_socket)
     try:
         route = await admin.by_id(f"app-{app.app_id}-http")
         proxy = route["handle"][0]["routes"][-1]["handle"][-1]
@@ -55,7 +55,7 @@ async def test_a_new_app_is_routed_on_the_next_pass(
 ) -> None:
     """An app the wirer learns about at a reconcile gets its route; before, it has none."""
     running = await wirer.start()
-    admin = CaddyAdmin(caddy.admin_url)
+    admin = CaddyAdmin(caddy.admin_socket)
     try:
         app = world.app("later")
         config = await admin.config("apps/http/servers/router_http/routes")
