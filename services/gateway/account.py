@@ -1,4 +1,4 @@
-"""The caller's account, and users registered by a platform admin (a Slipway extension).
+"""The caller's account, its API rate limit, and users registered by a platform admin.
 
 A platform admin (the bootstrap user) may create users; each new user gets a
 personal team they own. Being a platform admin gives no access to any team's
@@ -11,7 +11,7 @@ import re
 
 from aiohttp import web
 
-from slipway.services.gateway import store, views
+from slipway.services.gateway import ratelimit, store, views
 from slipway.services.gateway.auth import actor, principal, require_admin
 from slipway.services.gateway.changes import Change, change
 from slipway.services.gateway.errors import InvalidParams
@@ -69,6 +69,18 @@ async def account_view(conn: store.Conn, user: store.User) -> views.Account:
 @routes.get("/account", summary="Info for your account", response=views.Account)
 async def info(request: web.Request) -> web.Response:
     return reply(await account_view(request.app[GATEWAY].reader, principal(request).user))
+
+
+class RateLimits(views.View, frozen=True, kw_only=True):
+    """Heroku's rate-limit resource: the API requests the caller's token has left."""
+
+    remaining: int
+
+
+@routes.get(ratelimit.STATUS_PATH, summary="Your API rate limit status", response=RateLimits)
+async def rate_limits(request: web.Request) -> web.Response:
+    # Asking costs nothing: a client told to wait can still learn when to resume.
+    return reply(RateLimits(remaining=ratelimit.remaining(request)))
 
 
 @routes.post(

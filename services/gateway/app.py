@@ -51,6 +51,7 @@ from slipway.services.gateway import (
     openapi,
     passthrough,
     pushes,
+    ratelimit,
     releases,
     sources,
     teams,
@@ -88,6 +89,7 @@ def build_web_app(gw: Gateway) -> web.Application:
         client_max_size=gw.settings.max_body_bytes,
         middlewares=[
             middleware.context,
+            ratelimit.rate_limit,  # git and source blobs count too
             passthrough.passthrough,  # git and source blobs: their own checks
             middleware.version,
             middleware.body_limit(gw.settings.max_body_bytes),
@@ -95,6 +97,7 @@ def build_web_app(gw: Gateway) -> web.Application:
         ],
     )
     app[GATEWAY] = gw
+    ratelimit.install(app, gw.settings.api_rate_limit)
     app[pushes.STATE] = pushes.PushState(gw)
     app[openapi.DOCUMENT] = openapi.document(ENDPOINTS)
     install(app, ENDPOINTS)

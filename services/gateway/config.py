@@ -6,9 +6,14 @@ kind "config" and the version's own id — so a ciphertext copied to another row
 or app does not decrypt. The database and the events never hold a value; events
 name the changed keys only.
 
-Rules: keys match `^[A-Za-z_][A-Za-z0-9_]*$` (what a shell can export); values
+Rules: keys match `^[A-Za-z_][A-Za-z0-9_]*$` (what a shell can export) and are at
+most 255 characters (the builder writes each one as a file name in ENV_DIR, and
+NAME_MAX is 255); the names the platform sets on every dyno (`RESERVED`) are
+refused, since a value set there would silently lose to the platform's. Values
 are at most `config_value_max_bytes` (32 KiB) and hold no NUL; the whole map
-stays under `config_total_max_bytes` and `config_max_keys`.
+stays under `config_total_max_bytes` and `config_max_keys`. A value the platform
+itself reads is checked for what it means: `SLIPWAY_HEALTH_PATH` must be a path
+(`libs.healthpath`), never something that could name another host.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import cast
 from aiohttp import web
 
 from slipway.contracts.gateway import CONFIG_CHANGED, ConfigChanged
+from slipway.libs import healthpath
 from slipway.libs.errors import Conflict, Gone, NotFound
 from slipway.services.gateway import store
 from slipway.services.gateway.auth import Action, actor, app_for
@@ -35,7 +41,10 @@ from slipway.services.gateway.store import new_uuid, timestamp
 routes = Routes("config-vars")
 
 KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
-MAX_KEY_LENGTH = 256
+MAX_KEY_LENGTH = 255  # NAME_MAX: each key is a file name in the build's ENV_DIR
+# Set by the scheduler on every dyno after the app's config (services/scheduler/containers.py):
+# Heroku likewise owns PORT and DYNO. Removing one (null) stays allowed, to clean up.
+RESERVED = frozenset({"PORT", "DYNO", "HOME", "SLIPWAY_RELEASE_VERSION"})
 ATTEMPTS = 5  # optimistic retries when another change lands between read and write
 
 
@@ -44,13 +53,11 @@ def check_changes(changes: ConfigPatch, settings: GatewaySettings) -> None:
     if not changes:
         raise InvalidParams('No config vars given: send {"KEY": "value"} or {"KEY": null}.')
     for key, value in changes.items():
-        if not KEY.match(key) or len(key) > MAX_KEY_LENGTH:
-            raise InvalidParams(
-                f"Invalid config var name {key[:60]!r}: use letters, digits and underscores,"
-                " not starting with a digit."
-            )
+        check_key(key, removing=value is None)
         if value is None:
             continue
+        if key == healthpath.HEALTH_PATH_VAR and not healthpath.is_valid(value):
+            raise InvalidParams(f"Invalid {key}: {healthpath.RULE}")
         if "\x00" in value:
             raise InvalidParams(f"The value of {key} contains a NUL byte, which is not allowed.")
         size = len(value.encode())
@@ -59,6 +66,20 @@ def check_changes(changes: ConfigPatch, settings: GatewaySettings) -> None:
                 f"The value of {key} is {size} bytes; the limit is"
                 f" {settings.config_value_max_bytes} bytes per value."
             )
+
+
+def check_key(key: str, *, removing: bool) -> None:
+    """Refuse a config var name no dyno environment or ENV_DIR file can hold."""
+    if not KEY.match(key) or len(key) > MAX_KEY_LENGTH:
+        raise InvalidParams(
+            f"Invalid config var name {key[:60]!r}: use letters, digits and underscores,"
+            f" not starting with a digit, at most {MAX_KEY_LENGTH} characters."
+        )
+    if key in RESERVED and not removing:
+        raise InvalidParams(
+            f"{key} is set by the platform on every dyno and cannot be changed:"
+            " choose another name."
+        )
 
 
 def apply_changes(

@@ -6,13 +6,25 @@ each owned by exactly one app; adding or removing one emits DOMAIN_ADDED /
 DOMAIN_REMOVED, on which network-wirer routes it and Caddy gets its certificate
 (from its internal CA locally, from ACME when configured for a real deployment).
 `DESIRED_GET` carries them too (`hostnames_of`), so a missed event heals.
+
+A hostname belongs to one app at a time across all teams: the table's unique
+index decides (two adds racing: one wins, the other answers 422), and the
+refusal never names the other app or its team. IP literals (any form a resolver
+reads as an address: `1.2.3.4`, `127.1`, `0x7f.1`, `[::1]`), special-use names
+(`.localhost`, `.local`, `.internal`, `.arpa`, ...) and names under the platform's
+own domains (the apps domain, so every app's `<app>.<apps domain>`, and the API's
+host) are refused.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import sqlite3
 import uuid
+from collections.abc import Collection
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -33,6 +45,9 @@ routes = Routes("domains")
 # RFC 1123 labels, lowercase, at least two of them; no wildcard, no trailing dot.
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 MAX_DOMAINS_PER_APP = 100
+# Special-use top-level names (RFC 6761, 6762, 7686; ICANN's .internal): they mean loopback,
+# the local network, reverse lookups of addresses or nothing at all, never a customer's site.
+SPECIAL_USE = frozenset({"localhost", "local", "internal", "arpa", "invalid", "onion"})
 
 
 class CreateDomain(Body, frozen=True, kw_only=True):
@@ -56,18 +71,47 @@ class Domain(View, frozen=True, kw_only=True):
     sni_endpoint: dict[str, str] | None = None
 
 
-def check_hostname(hostname: str, apps_domain: str) -> str:
+def check_hostname(hostname: str, platform_domains: Collection[str]) -> str:
     """The canonical hostname, or a 422 that says what is wrong with it."""
     name = hostname.strip().lower().rstrip(".")
+    for domain in platform_domains:
+        if name == domain or name.endswith(f".{domain}"):
+            raise InvalidParams(f"Hostnames under {domain} are the platform's own.")
     labels = name.split(".")
     if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
         raise InvalidParams(
             f"{hostname[:80]!r} is not a valid hostname: use letters, digits and hyphens "
             "in dot-separated labels, like www.example.com."
         )
-    if name == apps_domain or name.endswith(f".{apps_domain}"):
-        raise InvalidParams(f"Hostnames under {apps_domain} are the platform's own.")
+    # Every top-level domain starts with a letter; resolvers read a numeric or hex last
+    # label (`1.2.3.4`, `127.1`, `0x7f.0x1`) as an IP address, whatever the labels before.
+    if not labels[-1][0].isalpha():
+        raise InvalidParams(
+            f"{hostname[:80]!r} is an IP address, not a hostname: add a name like"
+            " www.example.com and point its DNS at the router."
+        )
+    if labels[-1] in SPECIAL_USE:
+        raise InvalidParams(
+            f"{hostname[:80]!r} is under .{labels[-1]}, which never names a public host:"
+            " use a domain you own in public DNS."
+        )
     return name
+
+
+def platform_domains(gw: Gateway) -> tuple[str, ...]:
+    """The domains no customer may add: the apps domain and the API's own host name."""
+    api_host = (urlsplit(gw.api_url).hostname or "").lower()
+    # An API reached by address needs no entry: IP literals are refused on their own.
+    names = (gw.settings.apps_domain.lower(), "" if _is_address(api_host) else api_host)
+    return tuple(name for name in names if name)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _default_domain(gw: Gateway, app: store.App) -> Domain:
@@ -118,6 +162,18 @@ async def _find(conn: Conn, app_id: str, ident: str) -> Any:
     return await cursor.fetchone()
 
 
+async def _taken(conn: Conn, hostname: str, app_id: str) -> InvalidParams:
+    """The refusal of a hostname some app holds; never which app or team, if not this one."""
+    cursor = await conn.execute("SELECT app_id FROM domains WHERE hostname = ?", (hostname,))
+    owner = await cursor.fetchone()
+    if owner is not None and owner["app_id"] == app_id:
+        return InvalidParams(f"{hostname} is already added to this app.")
+    return InvalidParams(
+        f"{hostname} is already in use by another app: a hostname belongs to one app at"
+        " a time. Remove it there first, or choose another hostname."
+    )
+
+
 @routes.post(
     "/apps/{app}/domains",
     summary="Add a custom domain",
@@ -129,21 +185,20 @@ async def create(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     app = await app_for(request, Action.DEPLOY, "add domains to the app")
     body = await read_body(request, CreateDomain)
-    hostname = check_hostname(body.hostname, gw.settings.apps_domain)
+    hostname = check_hostname(body.hostname, platform_domains(gw))
     async with change(gw, actor(request)) as tx:
-        cursor = await tx.conn.execute("SELECT app_id FROM domains WHERE hostname = ?", (hostname,))
-        owner = await cursor.fetchone()
-        if owner is not None:
-            where = "this app" if owner["app_id"] == app.id else "another app"
-            raise InvalidParams(f"{hostname} is already added to {where}.")
         if len(await _rows(tx.conn, app.id)) >= MAX_DOMAINS_PER_APP:
             raise InvalidParams(f"An app holds at most {MAX_DOMAINS_PER_APP} custom domains.")
         domain_id, at = new_uuid(), timestamp()
-        await tx.conn.execute(
-            "INSERT INTO domains (id, app_id, hostname, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (domain_id, app.id, hostname, at, at),
-        )
+        try:
+            # No look-up first: the unique index on hostname decides, races included.
+            await tx.conn.execute(
+                "INSERT INTO domains (id, app_id, hostname, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (domain_id, app.id, hostname, at, at),
+            )
+        except sqlite3.IntegrityError:
+            raise await _taken(tx.conn, hostname, app.id) from None
         tx.audit(
             app.team_id,
             "domain.add",

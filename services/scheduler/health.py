@@ -9,7 +9,10 @@ exponentially, capped, and the count starts again after a healthy period, so a
 crash-looping app is bounded.
 
 An app declares a health path with the config var `SLIPWAY_HEALTH_PATH` (for web
-dynos): the scheduler reads that one value when the dyno starts, in memory only.
+dynos): the scheduler reads that one value when the dyno starts, in memory only. The
+URL is built from parts (`health_url`): the address and port are the dyno's, the value
+only ever its path and query, so `@169.254.169.254/` or `//host/` cannot name another
+host; a value that is not a path (`libs.healthpath`) is not requested at all.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import time
 import aiodocker
 import aiohttp
 import msgspec
+from yarl import URL
+
+from slipway.libs import healthpath
 
 BOOT_TIMEOUT_REASON = "Error R10 (Boot timeout) -> Web process failed to bind to $PORT"
 
@@ -71,9 +77,25 @@ async def port_accepts(address: str, port: int) -> bool:
             await writer.wait_closed()
 
 
-async def _path_ok(session: aiohttp.ClientSession, url: str) -> bool:
+def health_url(address: str, port: int, health_path: str | None) -> URL | None:
+    """The URL of the dyno's health path, or None when it declares no valid one."""
+    if not health_path or not healthpath.is_valid(health_path):
+        return None
+    path, query = healthpath.split(health_path)
+    # The authority is made by yarl from the address (IPv6 bracketed) and port; the path
+    # was checked to hold only path characters, so it is passed on as it was written.
+    authority = URL.build(scheme="http", host=address, port=port).raw_authority
+    return URL.build(
+        scheme="http", authority=authority, path=path, query_string=query, encoded=True
+    )
+
+
+async def _path_ok(session: aiohttp.ClientSession, url: URL) -> bool:
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=2.0)) as answer:
+        # Not following redirects: the dyno must not send the platform to another host.
+        async with session.get(
+            url, timeout=aiohttp.ClientTimeout(total=2.0), allow_redirects=False
+        ) as answer:
             return answer.status < 400
     except (aiohttp.ClientError, TimeoutError, OSError):
         return False
@@ -99,10 +121,8 @@ async def wait_healthy(
                 )
             if address is None or port is None:
                 return Health(ok=True)
-            url = f"http://{address}:{port}{health_path}"
-            if await port_accepts(address, port) and (
-                not health_path or await _path_ok(session, url)
-            ):
+            url = health_url(address, port, health_path)
+            if await port_accepts(address, port) and (url is None or await _path_ok(session, url)):
                 return Health(ok=True)
             if time.monotonic() > deadline:
                 return Health(ok=False, reason=BOOT_TIMEOUT_REASON)
