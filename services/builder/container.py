@@ -14,6 +14,10 @@ platform services bind to loopback, which a container cannot reach). Mounts:
 
 Output is read line by line while the container runs; past the time limit
 the container is killed and the build fails saying so.
+
+A buildpack named by URL is fetched by a container of its own (`fetch_config`),
+fenced in the same way, with a read-only root, the download and unpacking in a
+size-capped tmpfs at /fetch, and one host folder (/buildpack, rw) to copy into.
 """
 
 from __future__ import annotations
@@ -139,6 +143,51 @@ async def remove_leftovers(docker: aiodocker.Docker, build_ids: list[str]) -> in
     return removed
 
 
+def _hardening(settings: BuilderSettings, memory: int) -> dict[str, Any]:
+    """HostConfig parts every container running customer-chosen code gets."""
+    return {
+        "Memory": memory,
+        "MemorySwap": memory,
+        "NanoCpus": int(settings.build_cpus * 1e9),
+        "PidsLimit": settings.build_pids,
+        "CapDrop": ["ALL"],
+        "SecurityOpt": ["no-new-privileges"],
+        "NetworkMode": settings.build_network,
+        "Init": True,
+    }
+
+
+def fetch_config(
+    settings: BuilderSettings,
+    target: Path,
+    script: str,
+    env: dict[str, str],
+    labels: dict[str, str],
+) -> dict[str, Any]:
+    """The engine API body of a buildpack fetch container writing into host folder `target`."""
+    cap = settings.buildpack_max_bytes
+    # tmpfs pages count against the memory limit: leave room for git and curl themselves.
+    memory = 2 * cap + 256 * 1024 * 1024
+    full_env = {"HOME": "/tmp", "GIT_SSL_CAINFO": CA_PATH, "CURL_CA_BUNDLE": CA_PATH, **env}  # noqa: S108
+    return {
+        "Image": settings.build_image,
+        "Cmd": ["/bin/bash", "-c", script],
+        "User": f"{settings.build_uid}:{settings.build_uid}",
+        "WorkingDir": "/tmp",  # noqa: S108
+        "Env": [f"{k}={v}" for k, v in full_env.items()],
+        "Labels": labels,
+        "HostConfig": {
+            "Binds": [f"{target}:/buildpack:rw", f"{settings.ca_bundle}:{CA_PATH}:ro"],
+            "ReadonlyRootfs": True,
+            "Tmpfs": {
+                "/fetch": f"rw,nosuid,nodev,noexec,size={cap},mode=1777",
+                "/tmp": "rw,nosuid,nodev,noexec,size=16m,mode=1777",  # noqa: S108
+            },
+            **_hardening(settings, memory),
+        },
+    }
+
+
 def container_config(
     settings: BuilderSettings,
     mounts: BuildMounts,
@@ -177,20 +226,18 @@ def container_config(
                 f"{mounts.slipway}:/slipway:rw",
                 f"{settings.ca_bundle}:{CA_PATH}:ro",
             ],
-            "Memory": memory,
-            "MemorySwap": memory,
-            "NanoCpus": int(settings.build_cpus * 1e9),
-            "PidsLimit": settings.build_pids,
-            "CapDrop": ["ALL"],
-            "SecurityOpt": ["no-new-privileges"],
-            "NetworkMode": settings.build_network,
-            "Init": True,
+            **_hardening(settings, memory),
         },
     }
 
 
 async def run_build_container(
-    docker: aiodocker.Docker, config: dict[str, Any], sink: LineSink, *, timeout: float
+    docker: aiodocker.Docker,
+    config: dict[str, Any],
+    sink: LineSink,
+    *,
+    timeout: float,
+    timeout_message: str | None = None,
 ) -> int:
     """Run the container, send its output to `sink` line by line; return its exit code."""
     container = await docker.containers.create(config)
@@ -205,7 +252,8 @@ async def run_build_container(
                 await container.kill()
             await asyncio.wait_for(reader, 10)
             raise BuildTimedOut(
-                f"build timed out after {timeout:g}s: a buildpack did not finish and was"
+                timeout_message
+                or f"build timed out after {timeout:g}s: a buildpack did not finish and was"
                 " stopped (limit: SLIPWAY_BUILD_TIMEOUT)"
             ) from None
         await asyncio.wait_for(reader, 30)

@@ -4,10 +4,16 @@ set -uo pipefail
 out=/slipway/out
 # The builder prints the reason itself, as the build's last line.
 fail() { echo "$1" > "$out/failure"; exit 1; }
+# The names the customer gave, by folder: written by the builder into root-owned /slipway.
+declare -A names=()
+while IFS=$'\t' read -r folder name; do
+  names[$folder]=$name
+done < /slipway/names
+label_of() { local folder; folder=$(basename "$1"); printf '%s' "${names[$folder]:-$folder}"; }
 chosen=()
 for bp in /buildpacks/*/; do
   bp=${bp%/}
-  label=$(cat "$bp/.slipway-name" 2>/dev/null || basename "$bp")
+  label=$(label_of "$bp")
   if name=$("$bp/bin/detect" /app); then
     name=$(printf '%s' "$name" | head -n1)
     echo "-----> ${name:-$label} app detected"
@@ -20,7 +26,7 @@ done
 [ ${#chosen[@]} -gt 0 ] || fail "No default language could be detected for this app; add a Procfile and requirements.txt, package.json, public/ or static.json, or name a buildpack"
 i=0
 for bp in "${chosen[@]}"; do
-  label=$(cat "$bp/.slipway-name" 2>/dev/null || basename "$bp")
+  label=$(label_of "$bp")
   "$bp/bin/compile" /app /cache /env || fail "Failed to compile app with buildpack $label (bin/compile exited $?)"
   if [ -x "$bp/bin/release" ]; then
     "$bp/bin/release" /app > "$out/release-$i.yml" || fail "bin/release of buildpack $label failed"
