@@ -136,7 +136,15 @@ def text_line(entry: LogEntry) -> str:
 
 
 def _drain_rows(drains: list[dict[str, Any]]) -> list[dict[str, str]]:
-    return [{"url": str(d.get("url", "")), "token": str(d.get("token", ""))} for d in drains]
+    return [
+        {
+            "url": str(d.get("url", "")),
+            "token": str(d.get("token", "")),
+            # Why a drain is not shipping ("refused: ..." by the egress guard, "failing: ...").
+            "status": str(d.get("status", "")),
+        }
+        for d in drains
+    ]
 
 
 @command("drains", "list an app's log drains", needs_app=True, json=True)
@@ -151,7 +159,8 @@ def drains(ctx: Context, args: argparse.Namespace) -> None:
         ctx.out(f"{app} has no log drains.")
         return
     ctx.out(output.header(f"{app} Drains"))
-    ctx.out(output.table(_drain_rows(found), [("url", "URL"), ("token", "Token")]))
+    columns = [("url", "URL"), ("token", "Token"), ("status", "Status")]
+    ctx.out(output.table(_drain_rows(found), columns))
 
 
 @command(

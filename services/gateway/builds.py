@@ -13,13 +13,13 @@ build id) and `BUILD_FINISHED` (handled here, idempotent by event id). A
 build's release is the one whose `release.create` audit entry names the build:
 both commit together, so the link cannot be lost between them.
 
-A source URL must be this gateway's signed `get_url` or an http(s) URL on
-loopback: the builder fetches it, and it must not be made to reach elsewhere.
+A source URL is this gateway's signed `get_url` (marked `platform`, fetched by the
+builder from the gateway only) or an http(s) URL the egress guard (libs/egress.py)
+accepts: no loopback, private, link-local or platform address (422 otherwise).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import time
@@ -39,6 +39,7 @@ from slipway.contracts.builder import (
     PurgeCache,
     SourceBlob,
 )
+from slipway.libs import egress
 from slipway.libs.errors import NotFound
 from slipway.libs.storage import claim
 from slipway.services.gateway import sources, store, views
@@ -49,6 +50,7 @@ from slipway.services.gateway.routing import Routes, read_body, reply
 from slipway.services.gateway.schemas import Body
 from slipway.services.gateway.state import GATEWAY, Gateway
 from slipway.services.gateway.store import new_uuid, timestamp
+from slipway.services.gateway.urlguard import customer_url_policy
 
 log = structlog.get_logger("slipway.gateway.builds")
 
@@ -163,23 +165,18 @@ async def release_of(gw: Gateway, build: Build) -> store.Release | None:
 # ---- starting a build -----------------------------------------------------------------------
 
 
-def check_source_url(gw: Gateway, url: str) -> None:
-    """Refuse a source URL the builder must not be sent to."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidParams("source_blob.url must be an http(s) URL.")
+async def check_source_url(gw: Gateway, url: str) -> None:
+    """Refuse a source URL the builder must not be sent to (the builder checks again).
+
+    This gateway's own get_url passes; any other URL passes the egress guard now, so a
+    loopback, private or platform address is a 422 here rather than a failed build.
+    """
     if sources.source_id_of(gw, url) is not None:
         return
-    host = parts.hostname
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise InvalidParams(
-            "source_blob.url must be a get_url from POST /sources or a URL on loopback"
-            " (127.0.0.1): this platform fetches sources from nowhere else."
-        )
+        await egress.resolve_checked(url, customer_url_policy(gw), schemes=("http", "https"))
+    except egress.EgressError as exc:
+        raise InvalidParams(f"source_blob.url is refused: {exc.message}") from None
 
 
 async def start_build(
@@ -264,7 +261,7 @@ async def start_build(
 async def _source_of(
     gw: Gateway, app: store.App, body: SourceBlobBody
 ) -> tuple[SourceBlob, str | None]:
-    check_source_url(gw, body.url)
+    await check_source_url(gw, body.url)
     if body.checksum is not None and not CHECKSUM.match(body.checksum):
         raise InvalidParams('source_blob.checksum must read "SHA256:<64 hex digits>".')
     checksum = body.checksum
@@ -278,7 +275,39 @@ async def _source_of(
         if checksum is not None and checksum != found.checksum:
             raise InvalidParams("source_blob.checksum does not match the uploaded tarball.")
         checksum = found.checksum
-    return SourceBlob(url=body.url, checksum=checksum, version=body.version), source_id
+    # Only this gateway's own signed URL is marked as the platform's: the builder fetches it
+    # from the gateway alone; every other URL goes through the builder's egress guard.
+    blob = SourceBlob(
+        url=body.url, checksum=checksum, version=body.version, platform=source_id is not None
+    )
+    return blob, source_id
+
+
+# The builder's own buildpacks (services/builder/buildpacks.py BUILTINS).
+BUILTIN_BUILDPACKS = ("python", "nodejs", "static")
+
+
+def check_buildpack(name: str) -> str:
+    """A built-in name or an https URL with a host; 422 for anything the builder must not open.
+
+    `file://` and host paths would read the builder's own disk, `ssh://` and `git@` use
+    the platform's keys, plain `http://` can be altered on the way.
+    """
+    if name in BUILTIN_BUILDPACKS:
+        return name
+    try:
+        parts = urlsplit(name)
+        host = parts.hostname
+    except ValueError:  # an unclosed IPv6 bracket, say
+        host = None
+    printable = name.isprintable() and " " not in name
+    if printable and host and parts.scheme.lower() == "https" and not parts.username:
+        return name
+    raise InvalidParams(
+        f"Buildpack {name[:100]!r} is not allowed: name a built-in one"
+        f" ({', '.join(BUILTIN_BUILDPACKS)}) or an https:// git or tarball URL"
+        " (no user or password in it)."
+    )
 
 
 def _buildpack_names(body: CreateBuild) -> list[str]:
@@ -287,7 +316,7 @@ def _buildpack_names(body: CreateBuild) -> list[str]:
         name = buildpack.url or buildpack.name
         if not name:
             raise InvalidParams("Each buildpack needs a url (or a name).")
-        names.append(name)
+        names.append(check_buildpack(name))
     return names
 
 

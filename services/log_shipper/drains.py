@@ -12,6 +12,14 @@ exponential backoff (plus jitter) up to `drain_backoff_max` seconds.
 
 Plain `syslog://` (no TLS) and `http://` are refused: log lines hold patient
 data and never leave the platform in the clear.
+
+Every connection passes the egress guard (libs/egress.py): the drain's host is
+resolved once per connection, every address checked (no loopback, private,
+link-local or platform address unless `egress_allow` names it), and the
+connection goes to a checked address while TLS verifies the host name. HTTPS
+drains follow no redirect: a 3xx is a failure. A refused drain keeps its lines
+buffered and is re-checked with backoff (DNS may change back); its status says
+why, in `slipway drains`, and one platform line in the app's log says so too.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import random
 import ssl
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -31,6 +39,7 @@ import aiohttp
 import structlog
 
 from slipway.contracts.log_shipper import LogEntry
+from slipway.libs import egress
 from slipway.libs.errors import InvalidRequest
 from slipway.services.log_shipper import formats
 from slipway.services.log_shipper.settings import LogShipperSettings
@@ -39,6 +48,13 @@ log = structlog.get_logger("slipway.log_shipper.drains")
 
 SCHEMES = ("syslog+tls", "https")
 _CONNECT_TIMEOUT = 10.0
+
+# Called with (app_id, text) when a drain's state changes in a way the app's owner must see.
+Notify = Callable[[str, str], Awaitable[None]]
+
+
+class DrainFailed(Exception):
+    """The drain's end answered, but not with success; the message is for the customer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +93,20 @@ def ssl_context(ca_file: str) -> ssl.SSLContext:
 class DrainWorker:
     """Ships one drain's buffer, reconnecting with backoff; never blocks its producers."""
 
-    def __init__(self, target: DrainTarget, settings: LogShipperSettings, tls: ssl.SSLContext):
+    def __init__(
+        self,
+        target: DrainTarget,
+        settings: LogShipperSettings,
+        tls: ssl.SSLContext,
+        notify: Notify | None = None,
+    ) -> None:
         self.target = target
         self.settings = settings
         self.tls = tls
+        self.notify = notify
+        self.policy = egress.policy_for(settings.egress_allow, settings.egress_deny)
+        # What `slipway drains` shows: "pending", "ok", "refused: ..." or "failing: ...".
+        self.status = "pending"
         self.buffer: collections.deque[LogEntry] = collections.deque(
             maxlen=settings.drain_buffer_lines
         )
@@ -110,22 +136,47 @@ class DrainWorker:
 
     async def _run(self) -> None:
         delay = 0.25
-        scheme = urlsplit(self.target.url).scheme
         while True:
             await self._ready.wait()
             try:
-                if scheme == "https":
-                    await self._ship_https()
-                else:
-                    await self._ship_syslog()
+                await self._connect_and_ship()
                 delay = 0.25
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure of a remote end is retried
                 self.failures += 1
+                await self._failed(exc)
                 log.warning("drain.failed", drain=self.target.id, error=repr(exc), retry_in=delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter
                 delay = min(delay * 2, self.settings.drain_backoff_max)
+
+    async def _connect_and_ship(self) -> None:
+        # Resolved and checked once per connection: the connection uses these addresses only.
+        destination = await egress.resolve_checked(
+            self.target.url, self.policy, schemes=SCHEMES, allow_userinfo=True
+        )
+        if destination.scheme == "https":
+            await self._ship_https(destination)
+        else:
+            await self._ship_syslog(destination)
+
+    async def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, egress.EgressRefused):
+            status = f"refused: {exc.message}"
+        elif isinstance(exc, (DrainFailed, egress.FetchFailed)):
+            status = f"failing: {exc}"
+        else:
+            status = f"failing: {type(exc).__name__} {exc}".rstrip()
+        changed, self.status = status != self.status, status
+        if changed and status.startswith("refused") and self.notify is not None:
+            text = f"drain {self.target.token} is not shipping, {status}"
+            try:
+                await self.notify(self.target.app_id, text)
+            except Exception as exc:  # the notice is best effort: the worker must live on
+                log.warning("drain.notice_failed", drain=self.target.id, error=repr(exc))
+
+    def _shipped(self) -> None:
+        self.status = "ok"
 
     def _take(self) -> list[LogEntry]:
         batch: list[LogEntry] = []
@@ -153,15 +204,9 @@ class DrainWorker:
         token = self.target.token
         return b"".join(formats.octet_frame(formats.syslog_message(e, token)) for e in batch)
 
-    async def _ship_syslog(self) -> None:
-        parts = urlsplit(self.target.url)
-        assert parts.hostname is not None
-        assert parts.port is not None
+    async def _ship_syslog(self, destination: egress.Destination) -> None:
         _, writer = await asyncio.wait_for(
-            asyncio.open_connection(
-                parts.hostname, parts.port, ssl=self.tls, server_hostname=parts.hostname
-            ),
-            _CONNECT_TIMEOUT,
+            egress.open_stream(destination, ssl_context=self.tls), _CONNECT_TIMEOUT
         )
         try:
             while True:
@@ -172,17 +217,17 @@ class DrainWorker:
                 writer.write(self._frames(batch))
                 await asyncio.wait_for(writer.drain(), _CONNECT_TIMEOUT)
                 if writer.is_closing():
-                    raise ConnectionError("the syslog drain closed the connection")
+                    raise DrainFailed("the syslog drain closed the connection")
                 self._done(batch)
+                self._shipped()
         finally:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _ship_https(self) -> None:
+    async def _ship_https(self, destination: egress.Destination) -> None:
         timeout = aiohttp.ClientTimeout(total=30, connect=_CONNECT_TIMEOUT)
-        connector = aiohttp.TCPConnector(ssl=self.tls)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        async with egress.pinned_session(destination, ssl_context=self.tls) as session:
             while True:
                 batch = self._take()
                 if not batch:
@@ -195,12 +240,27 @@ class DrainWorker:
                     "Logplex-Drain-Token": self.target.token,
                     "User-Agent": "Slipway-Logplex/1",
                 }
+                # A redirect could point anywhere, the platform included: never followed.
                 async with session.post(
-                    self.target.url, data=self._frames(batch), headers=headers
+                    destination.url,
+                    data=self._frames(batch),
+                    headers=headers,
+                    allow_redirects=False,
+                    timeout=timeout,
                 ) as answer:
-                    if answer.status >= 300:
-                        raise ConnectionError(f"the HTTPS drain answered {answer.status}")
+                    _check_answer(answer)
                 self._done(batch)
+                self._shipped()
+
+
+def _check_answer(answer: aiohttp.ClientResponse) -> None:
+    if 300 <= answer.status < 400:
+        raise DrainFailed(
+            f"the HTTPS drain answered {answer.status} (a redirect): Slipway does not follow "
+            "a drain's redirects; add the final URL as the drain instead"
+        )
+    if answer.status >= 400:
+        raise DrainFailed(f"the HTTPS drain answered {answer.status}")
 
 
 def _overflow_line(dropped: int) -> LogEntry:
@@ -218,8 +278,9 @@ def _overflow_line(dropped: int) -> LogEntry:
 class Drains:
     """Every drain of this host, by app; a History listener."""
 
-    def __init__(self, settings: LogShipperSettings) -> None:
+    def __init__(self, settings: LogShipperSettings, notify: Notify | None = None) -> None:
         self.settings = settings
+        self.notify = notify
         self.tls = ssl_context(settings.drain_ca_file)
         self.workers: dict[str, DrainWorker] = {}
         self._by_app: dict[str, list[DrainWorker]] = {}
@@ -233,7 +294,7 @@ class Drains:
         """Start shipping to a drain (nothing happens if it already runs)."""
         if target.id in self.workers:
             return
-        worker = DrainWorker(target, self.settings, self.tls)
+        worker = DrainWorker(target, self.settings, self.tls, self.notify)
         self.workers[target.id] = worker
         self._by_app.setdefault(target.app_id, []).append(worker)
         worker.start()

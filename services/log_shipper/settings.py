@@ -21,8 +21,9 @@ class LogShipperSettings(Settings, frozen=True, kw_only=True):
 
     docker_url: str = "unix:///var/run/docker.sock"
     host_id: str = "local"
-    # Only containers with this label value are followed (tests use their own).
-    managed_value: str = "true"
+    # Only containers with this `org.slipway.managed` value are followed; "": the scope's
+    # (contracts/scope.py), so another installation's dynos are never read.
+    managed_value: str = ""
     # A batch is sealed and stored when it holds this many lines or is this old.
     batch_lines: int = 20_000
     batch_seconds: float = 1.0
@@ -43,6 +44,10 @@ class LogShipperSettings(Settings, frozen=True, kw_only=True):
     drain_buffer_lines: int = 10_000
     drain_backoff_max: float = 30.0
     drain_batch_lines: int = 500
+    # The egress guard (libs/egress.py) for drains: CIDRs allowed despite the default deny
+    # (SLIPWAY_EGRESS_ALLOW, e.g. an on-premise syslog), more to refuse (SLIPWAY_EGRESS_DENY).
+    egress_allow: str = ""
+    egress_deny: str = ""
 
     def db_path(self) -> Path:
         return self.state_dir("log-shipper") / f"log-shipper-{self.host_id}.db"

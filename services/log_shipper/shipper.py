@@ -62,7 +62,7 @@ class Shipper:
         self.docker = aiodocker.Docker(url=settings.docker_url)
         self.history = History(db, reader, bus, settings, seq)
         self.tail = TailFanout(bus, settings.host_id, settings.tail_interval)
-        self.drains = Drains(settings)
+        self.drains = Drains(settings, notify=self._drain_notice)
         self.history.listeners += [self.tail.offer, self.drains.offer]
         self.follower: Follower | None = None
         self.metrics: Metrics | None = None
@@ -80,7 +80,7 @@ class Shipper:
             self.settings.docker_url,
             self.history,
             cursors,
-            self.settings.managed_value,
+            self.settings.managed_value or self.settings.scoped.managed,
         )
         self.metrics = Metrics(
             self.docker, self.follower, self.history, self.settings.metrics_interval
@@ -243,9 +243,14 @@ class Shipper:
                     token=row.token,
                     created_at=row.created_at,
                     updated_at=row.updated_at,
+                    status=worker.status if worker else "pending",
                 )
             )
         return found
+
+    async def _drain_notice(self, app_id: str, text: str) -> None:
+        """A drain's refusal, as a `heroku[logplex]` line in the app's own log."""
+        await self.add(app_id, [(time.time(), "heroku", "logplex", text, False)])
 
     async def apply_drain(self, event: DrainChanged, url: str | None = None) -> None:
         """Record a drain change in this host's database and start or stop shipping."""
@@ -333,4 +338,5 @@ def _info(event: DrainChanged, url: str) -> DrainInfo:
         token=event.token,
         created_at=event.created_at,
         updated_at=event.created_at,
+        status="pending",
     )

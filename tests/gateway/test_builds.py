@@ -238,15 +238,15 @@ async def test_build_finished_is_handled_once(stack: Stack, builder: FakeBuilder
 
 
 async def test_bad_build_requests_are_refused(stack: Stack, builder: FakeBuilder) -> None:
-    """Off-loopback URLs, malformed checksums, empty sources and viewers are refused."""
+    """Private URLs, malformed checksums, empty sources and viewers are refused."""
     alice = await stack.user("alice@example.com")
     vera = await stack.user("vera@example.com")
     await alice.ok("POST", "/teams", {"name": "acme"}, 201)
     await stack.join(alice, "acme", vera, "viewer")
     await stack.app(alice, "hello", team="acme")
-    far = await create_build(alice, "hello", "http://203.0.113.9/source.tgz")
+    far = await create_build(alice, "hello", "http://10.20.30.40/source.tgz")
     assert (far.status, far.error_id) == (422, "invalid_params")
-    assert "loopback" in far.body["message"]
+    assert "a private address" in far.body["message"]
     ftp = await create_build(alice, "hello", "ftp://127.0.0.1/source.tgz")
     assert ftp.status == 422
     bad_sum = await create_build(alice, "hello", "http://127.0.0.1:9/x.tgz", checksum="md5:1")

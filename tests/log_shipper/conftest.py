@@ -24,13 +24,14 @@ from slipway.contracts.scheduler import LABEL_APP, LABEL_DYNO, LABEL_MANAGED, LA
 from slipway.libs.bus import Bus
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service import ServiceApp
+from slipway.services.gateway.app import create_service as create_gateway
 from slipway.services.log_shipper.app import SHIPPER, create_service
 from slipway.services.log_shipper.settings import LogShipperSettings
 from slipway.services.log_shipper.shipper import Shipper
 from tests.cli.conftest import Result
 from tests.gateway.conftest import (  # noqa: F401 - fixtures
     Api,
-    gateway_service,
+    gateway_settings,
     keyring_service,
     run_in_background,
     slipway_home,
@@ -39,6 +40,25 @@ from tests.gateway.conftest import (  # noqa: F401 - fixtures
 )
 
 IMAGE = "slipway/stack-run:bookworm"
+# Drain servers in these tests listen on loopback, which the egress guard refuses unless the
+# operator allows it: these tests are that operator (tests/security/test_egress.py is not).
+LOOPBACK_ALLOWED = "127.0.0.1/32,::1/128"
+
+
+@pytest.fixture
+async def gateway_service(
+    nats_server: NatsServer,
+    slipway_home: Path,  # noqa: F811 - a fixture
+    keyring_service: ServiceApp,  # noqa: F811 - a fixture
+) -> AsyncIterator[ServiceApp]:
+    """The real gateway, allowing drains on loopback (the tests' drain servers)."""
+    settings = gateway_settings(nats_server.url, slipway_home, egress_allow=LOOPBACK_ALLOWED)
+    service = create_gateway(settings)
+    task = await run_in_background(service)
+    yield service
+    await stop(service, task)
+
+
 SLIPWAY = str(Path(sys.executable).parent / "slipway")
 
 
@@ -139,6 +159,7 @@ def shipper_settings(
             "batch_seconds": 0.2,
             "metrics_interval": 0.0,
             "shutdown_grace": 5.0,
+            "egress_allow": LOOPBACK_ALLOWED,
             **overrides,
         }
         return LogShipperSettings(**values)
