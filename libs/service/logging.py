@@ -6,6 +6,11 @@ message. The canonical line is on every message's path, so it has to be cheap:
 the context is read from one ContextVar (structlog's own contextvars copy the
 whole context on every line), the timestamp reuses its formatted second, and
 JSON is encoded with msgspec and written as bytes.
+
+Tracebacks never carry local variables: structlog's `dict_tracebacks` (and a
+rich console renderer) show every frame's locals by default, and a handler's
+locals hold request bodies, config values, tokens and data keys. Logged
+exceptions keep their type, message and frames (file, line, function) only.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
 from slipway.libs import logcontext
 
@@ -43,6 +49,12 @@ class _Stamp:
         return event
 
 
+# The locals of a frame may be anyone's secrets: render frames without them.
+_exceptions_without_locals = structlog.processors.ExceptionRenderer(
+    ExceptionDictTransformer(show_locals=False)
+)
+
+
 def _dumps(event: dict[str, Any], **_: Any) -> bytes:
     return _json.encode(event)
 
@@ -60,11 +72,13 @@ def configure_logging(
     ]
     factory: Any
     if use_console:
-        processors.append(structlog.dev.ConsoleRenderer())
+        processors.append(
+            structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        )
         factory = structlog.WriteLoggerFactory(file=sys.stderr if file is None else _text(out))
     else:
         processors += [
-            structlog.processors.dict_tracebacks,
+            _exceptions_without_locals,
             structlog.processors.JSONRenderer(serializer=_dumps),
         ]
         factory = structlog.BytesLoggerFactory(file=out)

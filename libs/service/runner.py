@@ -36,6 +36,7 @@ from slipway.libs import logcontext
 from slipway.libs.bus import Bus, Route, route
 from slipway.libs.service.discovery import Discovery
 from slipway.libs.service.logging import configure_logging
+from slipway.libs.service.private import private_umask
 from slipway.libs.service.settings import Settings
 
 log = structlog.get_logger("slipway.service")
@@ -191,6 +192,7 @@ class ServiceApp:
 
 def run_service(app: ServiceApp) -> None:
     """The `__main__` of a service: configure logging, run, exit 0 after a graceful stop."""
+    private_umask()  # before any file is made: state under SLIPWAY_HOME is owner-only
     configure_logging(app.service, fmt=app.settings.log_format, level=app.settings.log_level)
     asyncio.run(app.run())
     sys.exit(0)

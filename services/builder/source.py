@@ -9,48 +9,104 @@ device or FIFO.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import ipaddress
 import os
 import posixpath
 import shutil
+import socket
+import stat
 import tarfile
 from pathlib import Path
 
-import aiohttp
+import yarl
 
+from slipway.contracts.builder import SourceBlob
+from slipway.libs import egress
+from slipway.services.builder import untar
 from slipway.services.builder.errors import SourceRejected
+from slipway.services.builder.settings import BuilderSettings
 
 _CHUNK = 64 * 1024
 
 
-async def fetch(
-    url: str, dest: Path, *, checksum: str | None, max_bytes: int, timeout: float
-) -> int:
-    """Download `url` to `dest` (at most `max_bytes`), verify `checksum`; return the size."""
-    digest = hashlib.sha256()
-    size = 0
-    client_timeout = aiohttp.ClientTimeout(total=timeout)
+async def fetch(source: SourceBlob, dest: Path, settings: BuilderSettings) -> int:
+    """Download `source` to `dest` within the settings' limits, verify its checksum; its size.
+
+    A customer's URL passes the egress guard (libs/egress.py): checked address only, every
+    redirect re-checked. The gateway's own signed get_url (`source.platform`) is fetched
+    from the gateway only, with no redirect, since the guard refuses the platform's ports.
+    """
     try:
-        async with (
-            aiohttp.ClientSession(timeout=client_timeout) as session,
-            session.get(url) as response,
-        ):
-            if response.status != 200:
-                raise SourceRejected(f"fetching the source failed: HTTP {response.status}")
-            with dest.open("wb") as out:
-                async for chunk in response.content.iter_chunked(_CHUNK):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise SourceRejected(
-                            f"source is larger than the limit of {max_bytes} bytes"
-                        )
-                    digest.update(chunk)
-                    out.write(chunk)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise SourceRejected(f"fetching the source failed: {exc or type(exc).__name__}") from None
-    if checksum is not None:
-        _verify(checksum, digest.hexdigest())
+        if source.platform:
+            size = await _from_gateway(source.url, dest, settings)
+        else:
+            size = await egress.fetch_to_file(
+                source.url,
+                dest,
+                policy=egress.policy_for(settings.egress_allow, settings.egress_deny),
+                max_bytes=settings.source_max_bytes,
+                timeout=settings.fetch_timeout,
+            )
+    except egress.EgressRefused as exc:
+        raise SourceRejected(f"the source URL is refused: {exc.message}") from None
+    except egress.FetchFailed as exc:
+        if exc.details.get("reason") == "too_large":
+            raise SourceRejected(
+                f"source is larger than the limit of {settings.source_max_bytes} bytes"
+            ) from None
+        raise SourceRejected(f"fetching the source failed: {exc.message}") from None
+    if source.checksum is not None:
+        _verify(source.checksum, await asyncio.to_thread(_sha256, dest))
     return size
+
+
+async def _from_gateway(url: str, dest: Path, settings: BuilderSettings) -> int:
+    """GET a gateway get_url: only from the gateway's address, only /sources/, no redirect."""
+    destination = await _gateway_destination(url, settings.gateway_url)
+    return await egress.fetch_once_to_file(
+        destination, dest, max_bytes=settings.source_max_bytes, timeout=settings.fetch_timeout
+    )
+
+
+async def _gateway_destination(url: str, gateway_url: str) -> egress.Destination:
+    wrong = SourceRejected(
+        "the build names a platform source that is not on the gateway: push again, or "
+        "upload the source with POST /sources"
+    )
+    parsed = yarl.URL(url)
+    if not parsed.path.startswith("/sources/") or parsed.host is None or parsed.port is None:
+        raise wrong
+    if gateway_url:
+        gateway = yarl.URL(gateway_url)
+        if parsed.origin() != gateway.origin():
+            raise wrong
+        addresses = await _addresses(parsed.host, parsed.port)
+    else:
+        # Without a configured gateway, the gateway is on loopback (its default bind).
+        addresses = await _addresses(parsed.host, parsed.port)
+        if not all(ipaddress.ip_address(a).is_loopback for a in addresses):
+            raise wrong
+    return egress.Destination(
+        scheme=parsed.scheme, host=parsed.host, port=parsed.port, addresses=addresses, url=url
+    )
+
+
+async def _addresses(host: str, port: int) -> tuple[str, ...]:
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise SourceRejected(f"the gateway's address {host} does not resolve: {exc}") from None
+    return tuple(dict.fromkeys(str(info[4][0]).split("%")[0] for info in infos))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        while chunk := source.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _verify(checksum: str, actual: str) -> None:
@@ -61,20 +117,43 @@ def _verify(checksum: str, actual: str) -> None:
         raise SourceRejected(f"source checksum mismatch: expected {expected.lower()}, got {actual}")
 
 
-def extract(archive: Path, dest: Path, *, max_bytes: int) -> None:
+def extract(
+    archive: Path,
+    dest: Path,
+    *,
+    max_bytes: int,
+    max_entries: int = untar.MAX_ENTRIES,
+    max_ratio: float = untar.MAX_RATIO,
+) -> None:
     """Unpack a gzipped tarball into `dest` after checking every member; see the module doc."""
     try:
+        # First a streaming pass that writes nothing: bombs stop there (untar.py).
+        untar.scan(archive, untar.Limits(max_bytes, max_entries, max_ratio))
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             check_members(members, max_bytes=max_bytes)
             # The "data" filter repeats the checks above and also drops modes that a
             # source has no business carrying (setuid, group/world-writable).
             tar.extractall(dest, members=members, filter="data")
+        _open_implicit_folders(dest, members)
     except (tarfile.TarError, EOFError, OSError) as exc:
         if isinstance(exc, tarfile.FilterError):
             raise SourceRejected(f"source rejected: {exc}") from None
         raise SourceRejected(f"source is not a readable gzipped tarball: {exc}") from None
     _hoist_single_folder(dest)
+
+
+def _open_implicit_folders(dest: Path, members: list[tarfile.TarInfo]) -> None:
+    # Folders the archive only implies (`a/b.py` with no `a/` entry) are made under the
+    # builder's umask 077; the slug's dyno user must still enter them, as before.
+    explicit = {posixpath.normpath(m.name) for m in members if m.isdir()}
+    for root, folders, _ in os.walk(dest, followlinks=False):
+        for name in folders:
+            path = Path(root, name)
+            if posixpath.normpath(str(path.relative_to(dest))) in explicit:
+                continue
+            if stat.S_ISDIR(path.lstat().st_mode):
+                path.chmod(0o755)
 
 
 def check_members(members: list[tarfile.TarInfo], *, max_bytes: int) -> None:

@@ -7,6 +7,10 @@ subscribes before it sends the build command, so it misses nothing. A client of
 what was produced so far (`BUILD_OUTPUT_GET`), and then skips the live chunks
 that text already holds (the chunks delivered before the builder's answer whose
 text ends it), so nothing is shown twice; later chunks are ordered by `seq`.
+
+Chunks wait for the reader in a bounded `Backlog` (services/gateway/backlog.py):
+a pusher or stream client that reads slowly loses the oldest waiting lines, shown
+as `[... N lines dropped]`, and the gateway's memory stays bounded.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import msgspec
 import nats.errors
 import structlog
 from aiohttp import web
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from slipway.contracts.builder import (
@@ -31,6 +36,7 @@ from slipway.contracts.builder import (
 )
 from slipway.libs.errors import SlipwayError
 from slipway.services.gateway import builds, sources
+from slipway.services.gateway.backlog import Backlog, dropped_marker
 from slipway.services.gateway.errors import ErrorBody
 from slipway.services.gateway.passthrough import raw
 from slipway.services.gateway.routing import Routes, reply
@@ -45,35 +51,49 @@ POLL = 1.0  # how often a quiet follower checks whether the build ended without 
 IDLE_NOTICE = 10.0  # seconds without a word from any builder before a push is told so
 
 
+def _chunk_size(chunk: BuildOutput) -> int:
+    return len(chunk.text) + 64
+
+
 @dataclass
 class Follower:
     """The live output of one build, from the moment `open` returned."""
 
     gw: Gateway
     build_id: str
-    subscription: Subscription
+    backlog: Backlog[BuildOutput]
+    subscription: Subscription | None = None
     last_seq: int = -1
     status: str = "pending"
     pending: list[BuildOutput] = field(default_factory=list)
+    dropped: int = 0
 
     @classmethod
     async def open(cls, gw: Gateway, build_id: str) -> Follower:
-        """Subscribe now: every chunk published after this returns will be seen."""
-        subscription = await gw.bus.nc.subscribe(output_subject(build_id))
+        """Subscribe now: every chunk published after this returns will be seen (or counted)."""
+        settings = gw.settings
+        backlog: Backlog[BuildOutput] = Backlog(
+            settings.live_backlog_lines, settings.live_backlog_bytes, _chunk_size
+        )
+
+        async def on_chunk(msg: Msg) -> None:
+            backlog.put([_decode.decode(msg.data)])
+
+        follower = cls(gw, build_id, backlog)
+        follower.subscription = await gw.bus.nc.subscribe(output_subject(build_id), cb=on_chunk)
         await gw.bus.nc.flush()
-        return cls(gw, build_id, subscription)
+        return follower
 
     async def close(self) -> None:
-        with contextlib.suppress(nats.errors.Error):
-            await self.subscription.unsubscribe()
+        if self.subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self.subscription.unsubscribe()
 
     async def _take_queued(self) -> list[BuildOutput]:
-        # What arrived and was not read yet: the client queues a subscription's messages
-        # in the order the server sent them, before it resolves a later reply.
-        taken: list[BuildOutput] = []
-        for _ in range(self.subscription.pending_msgs):
-            msg = await self.subscription.next_msg(timeout=1.0)
-            taken.append(_decode.decode(msg.data))
+        # What arrived and was not read yet: NATS delivers a subscription's messages in the
+        # order the server sent them, before it resolves a later reply.
+        dropped, taken = self.backlog.take_now()
+        self.dropped += dropped
         return sorted(taken, key=lambda chunk: chunk.seq)
 
     async def catch_up(self) -> str:
@@ -115,6 +135,9 @@ class Follower:
         """
         quiet_since = time.monotonic()
         while not self.done:
+            if self.dropped:
+                yield dropped_marker(self.dropped) + "\n"
+                self.dropped = 0
             for chunk in self.pending:
                 for text in self._accept(chunk):
                     yield text
@@ -123,16 +146,16 @@ class Follower:
                 return
             if time.monotonic() > deadline:
                 return
-            try:
-                msg = await self.subscription.next_msg(timeout=POLL)
-            except nats.errors.TimeoutError:
+            dropped, chunks = await self.backlog.take(POLL)
+            if not chunks:
                 await self._check_row()
                 idle = time.monotonic() - quiet_since > IDLE_NOTICE
                 if idle_notice and self.last_seq < 0 and idle:
                     yield idle_notice
                     idle_notice = ""
                 continue
-            self.pending = [_decode.decode(msg.data)]
+            self.dropped += dropped
+            self.pending = sorted(chunks, key=lambda chunk: chunk.seq)
 
     def _accept(self, chunk: BuildOutput) -> list[str]:
         if chunk.seq <= self.last_seq:

@@ -36,7 +36,7 @@ import structlog
 from aiohttp import web
 
 from slipway.services.gateway import gitrepo, store
-from slipway.services.gateway.auth import ALLOWED, Action, Role, token_hash
+from slipway.services.gateway.auth import ALLOWED, Action, Role, disabled_at, token_hash
 from slipway.services.gateway.changes import Actor
 from slipway.services.gateway.passthrough import raw
 from slipway.services.gateway.pushes import STATE, PushState
@@ -49,7 +49,7 @@ routes = Routes("git")
 
 SERVICES = {"git-receive-pack": Action.DEPLOY, "git-upload-pack": Action.READ}
 _CHUNK = 64 * 1024
-_SPOOL_IN_MEMORY = 4 * 1024 * 1024
+_SPOOL_IN_MEMORY = 1024 * 1024  # per push: fifty at once stay ~50 MiB, the rest on disk
 
 
 class Refusal(Exception):
@@ -96,6 +96,8 @@ async def authorize(request: web.Request, action: Action) -> tuple[store.App, Ac
     if found is None:
         raise Refusal(401, "Invalid credentials: use a valid Slipway API token as the password.")
     user, token = found
+    if await disabled_at(state.gw.reader, user.id) is not None:
+        raise Refusal(401, "This account is disabled: ask your platform admin to enable it.")
     if token.revoked_at is not None or (
         token.expires_at is not None and token.expires_at <= time.time()
     ):

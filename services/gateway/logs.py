@@ -49,14 +49,17 @@ from slipway.contracts.log_shipper import (
     tail_subject,
 )
 from slipway.contracts.logs import LogSource
+from slipway.libs import egress
 from slipway.libs.errors import NotFound
 from slipway.services.gateway import shippers, store
 from slipway.services.gateway.auth import Action, actor, app_for
+from slipway.services.gateway.backlog import Backlog, dropped_marker
 from slipway.services.gateway.changes import change
 from slipway.services.gateway.errors import InvalidParams
 from slipway.services.gateway.routing import Routes, read_body, reply
 from slipway.services.gateway.state import GATEWAY, Gateway
 from slipway.services.gateway.store import new_uuid, timestamp
+from slipway.services.gateway.urlguard import customer_url_policy
 from slipway.services.gateway.views import View
 
 routes = Routes("logs")
@@ -95,6 +98,9 @@ class LogDrain(View, frozen=True, kw_only=True):
     token: str
     updated_at: str
     url: str
+    # Slipway's addition: "ok", "pending", "refused: <why>" (the egress guard refused the
+    # address the drain's host resolves to now) or "failing: <why>".
+    status: str = ""
 
 
 class LogDrainCreate(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,6 +129,10 @@ def notice_line(text: str) -> str:
     """A line from the platform about the stream itself (a host's history missing, ...)."""
     at = datetime.datetime.now(datetime.UTC)
     return f"{at.isoformat(timespec='microseconds')} slipway[logs]: {text}"
+
+
+def _entry_size(entry: LogEntry) -> int:
+    return len(entry.text) + 64  # the text and, roughly, the fields around it
 
 
 def _hash(token: str) -> str:
@@ -243,10 +253,14 @@ class _Streamer:
     async def run(
         self, request: web.Request, response: web.StreamResponse, lines: int, tail: bool
     ) -> None:
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        settings = self.gw.settings
+        backlog: Backlog[LogEntry] = Backlog(
+            settings.live_backlog_lines, settings.live_backlog_bytes, _entry_size
+        )
 
         async def on_batch(msg: Msg) -> None:
-            queue.put_nowait(msg.data)
+            # Decoded and queued at NATS's pace; written at the client's (bounded between).
+            backlog.put(_TAIL.decode(msg.data).lines)
 
         # Subscribed before history is read: no line falls between the two.
         sub = await self.bus.nc.subscribe(tail_subject(self.app_id), cb=on_batch) if tail else None
@@ -263,13 +277,14 @@ class _Streamer:
                 await response.write("".join(notice_line(n) + "\n" for n in past.notices).encode())
             await self.write(response, past.lines)
             while sub is not None:
-                try:
-                    data = await asyncio.wait_for(queue.get(), _IDLE_CHECK)
-                except TimeoutError:
+                dropped, entries = await backlog.take(_IDLE_CHECK)
+                if not entries:
                     if request.transport is None or request.transport.is_closing():
                         return
                     continue
-                await self.write(response, _TAIL.decode(data).lines)
+                if dropped:
+                    await response.write((notice_line(dropped_marker(dropped)) + "\n").encode())
+                await self.write(response, entries)
         except (ConnectionResetError, asyncio.CancelledError):
             return
         finally:
@@ -349,6 +364,7 @@ def _drain_view(app: store.App, drain: DrainInfo) -> LogDrain:
         token=drain.token,
         updated_at=_iso(drain.updated_at),
         url=drain.url,
+        status=drain.status,
     )
 
 
@@ -385,6 +401,7 @@ async def add_drain(request: web.Request) -> web.Response:
     app = await app_for(request, Action.DEPLOY, "add log drains")
     body = await read_body(request, LogDrainCreate)
     gw = request.app[GATEWAY]
+    await _check_drain_url(gw, body.url)
     added = await gw.bus.call(
         DRAIN_ADD, AddDrain(app_id=app.id, team_id=app.team_id, url=body.url), timeout=10.0
     )
@@ -400,6 +417,24 @@ async def remove_drain(request: web.Request) -> web.Response:
     removed = await gw.bus.call(DRAIN_REMOVE, request_, timeout=10.0)
     await _audit(request, app, "drain.remove", removed.drain)
     return reply(_drain_view(app, removed.drain))
+
+
+async def _check_drain_url(gw: Gateway, url: str) -> None:
+    """422 for a drain URL the egress guard refuses now (log-shipper checks every connection).
+
+    A name that does not resolve yet is accepted: its drain's status will say so.
+    """
+    try:
+        await egress.resolve_checked(
+            url.strip(),
+            customer_url_policy(gw),
+            schemes=("syslog+tls", "https"),
+            allow_userinfo=True,  # https://user:password@host/ is how HTTPS drains authenticate
+        )
+    except egress.EgressRefused as exc:
+        raise InvalidParams(f"The drain URL is refused: {exc.message}") from None
+    except egress.FetchFailed:
+        return
 
 
 async def _audit(request: web.Request, app: store.App, action: str, drain: DrainInfo) -> None:

@@ -48,6 +48,7 @@ from slipway.libs.errors import SlipwayError
 from slipway.services.gateway import builds, gitrepo, sources, store
 from slipway.services.gateway.buildoutput import Follower
 from slipway.services.gateway.changes import Actor
+from slipway.services.gateway.errors import PayloadTooLarge
 from slipway.services.gateway.state import Gateway
 from slipway.services.gateway.store import new_uuid
 
@@ -198,15 +199,10 @@ class Channel:
             raise Refused("Malformed message from the hook.")
         return decoded
 
-    async def receive_archive(self, limit: int) -> bytes:
-        parts: list[bytes] = []
-        size = 0
+    async def archive_frames(self) -> AsyncIterator[bytes]:
+        """The archive's frames as the hook sends them, until the empty one."""
         while frame := await read_frame(self.reader):
-            size += len(frame)
-            if size > limit:
-                raise Refused(f"The source is over the limit of {limit} bytes.")
-            parts.append(frame)
-        return b"".join(parts)
+            yield frame
 
 
 async def handle(
@@ -240,10 +236,16 @@ async def deploy(gw: Gateway, push: Push, updates: list[list[str]], channel: Cha
     old, rev, ref = check_updates(updates)
     await _check_not_moved(gw, push, old, ref)
     await channel.send({"archive": rev})
-    data = await channel.receive_archive(gw.settings.source_max_bytes)
     app = push.app
+    # Streamed to an encrypted file frame by frame: a push is never held whole in memory.
+    limit = gw.settings.source_max_bytes
+    try:
+        source, url, checksum = await sources.store_stream(
+            gw, app, push.actor.user_id or "", channel.archive_frames(), limit
+        )
+    except PayloadTooLarge:
+        raise Refused(f"The source is over the limit of {limit} bytes.") from None
     await channel.say(f"-----> Building {app.name} at {rev[:12]}\n")
-    source, url, checksum = await sources.store_tarball(gw, app, push.actor.user_id or "", data)
     build_id = new_uuid()
     follower = await Follower.open(gw, build_id)  # before the command: no chunk is missed
     try:
@@ -251,7 +253,7 @@ async def deploy(gw: Gateway, push: Push, updates: list[list[str]], channel: Cha
             gw,
             app,
             push.actor,
-            SourceBlob(url=url, checksum=checksum, version=rev),
+            SourceBlob(url=url, checksum=checksum, version=rev, platform=True),
             source_id=source.id,
             build_id=build_id,
         )

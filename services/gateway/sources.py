@@ -9,22 +9,34 @@ authority: an HMAC-SHA256 signature over the operation, the source id and an
 expiry, under a key kept in `<SLIPWAY_HOME>/gateway/url-signing.key` (0600).
 The builder fetches from loopback with no user token.
 
-A source is stored as one envelope record (purpose `build-source`) in
-`<SLIPWAY_HOME>/gateway/sources/<id>.enc`, bound to team, app, kind
-"build-source" and the source id, so a file moved to another source or team
-does not decrypt. It is deleted when the build using it finishes, or after
+A source is streamed, never held whole in memory: the upload (or a push's
+archive) is encrypted chunk by chunk (libs/crypto/stream.py, under a fresh data
+key of purpose `build-source`) into `<SLIPWAY_HOME>/gateway/sources/<id>.enc`
+(0600), and served back the same way. The file is
+
+    format 0x05 (1) | KEK version (4) | length w (2) | wrapped data key (w) | the stream
+
+bound to team, app, kind "build-source" and the source id, so a file moved to
+another source or team does not decrypt. An upload past `source_max_bytes` is
+refused (413) as soon as it passes the limit, and its partial file removed. A
+user holds at most `source_pending_max` sources not yet used or expired (429
+beyond). A source is deleted when the build using it finishes, or after
 `source_ttl` seconds, whichever comes first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
 import secrets
+import struct
 import time
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlencode
 
 import structlog
@@ -32,10 +44,16 @@ from aiohttp import web
 
 from slipway.contracts.keyring import Purpose
 from slipway.libs.crypto import Binding, DecryptionFailed, envelope
+from slipway.libs.crypto.stream import StreamDecryptor, StreamEncryptor
 from slipway.libs.errors import Forbidden, Gone, NotFound
 from slipway.services.gateway import store, views
 from slipway.services.gateway.auth import Action, app_for, principal
-from slipway.services.gateway.errors import DataIntegrity, InvalidParams, PayloadTooLarge
+from slipway.services.gateway.errors import (
+    ApiError,
+    DataIntegrity,
+    InvalidParams,
+    PayloadTooLarge,
+)
 from slipway.services.gateway.passthrough import raw
 from slipway.services.gateway.routing import Routes, reply
 from slipway.services.gateway.state import GATEWAY, Gateway
@@ -48,6 +66,15 @@ routes = Routes("sources")
 
 KIND = "build-source"
 _CHUNK = 256 * 1024
+FORMAT_SOURCE_STREAM = 0x05
+_HEAD = struct.Struct(">BIH")
+
+
+class TooManySources(ApiError):
+    """The user already holds as many pending sources as allowed."""
+
+    status: ClassVar[int] = 429
+    heroku_id: ClassVar[str] = "rate_limit"
 
 
 # ---- signed URLs ----------------------------------------------------------------------------
@@ -135,11 +162,12 @@ async def get_source(conn: store.Conn, source_id: str) -> Source | None:
 
 
 async def new_source(gw: Gateway, team_id: str, app_id: str, user_id: str) -> Source:
-    """Record an empty source that expires after `source_ttl`."""
+    """Record an empty source that expires after `source_ttl`; 429 past the user's limit."""
     source = Source(
         new_uuid(), team_id, app_id, user_id, None, None, time.time() + gw.settings.source_ttl
     )
     async with gw.db.transaction() as conn:
+        await _check_pending(gw, conn, user_id)
         await conn.execute(
             "INSERT INTO sources (id, team_id, app_id, user_id, created_at, expires_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
@@ -148,52 +176,136 @@ async def new_source(gw: Gateway, team_id: str, app_id: str, user_id: str) -> So
     return source
 
 
+async def _check_pending(gw: Gateway, conn: store.Conn, user_id: str) -> None:
+    # Counted inside the insert's transaction: parallel requests cannot all pass the check.
+    limit = gw.settings.source_pending_max
+    async with conn.execute(
+        "SELECT COUNT(*) FROM sources WHERE user_id = ? AND expires_at >= ?",
+        (user_id, time.time()),
+    ) as cursor:
+        row = await cursor.fetchone()
+    if row is not None and row[0] >= limit:
+        raise TooManySources(
+            f"You already have {row[0]} sources waiting for a build (the limit is {limit}):"
+            " build from them, or wait until they expire, before creating more."
+        )
+
+
 def checksum_of(data: bytes) -> str:
     """Heroku's spelling of a tarball's checksum."""
     return "SHA256:" + hashlib.sha256(data).hexdigest()
 
 
-async def put_blob(gw: Gateway, source: Source, data: bytes) -> str:
-    """Encrypt and store the tarball of `source`; returns its checksum."""
-    sealed = await envelope.encrypt(
-        gw.bus, source.team_id, Purpose.BUILD_SOURCE, binding(source), data
+async def put_stream(
+    gw: Gateway, source: Source, chunks: AsyncIterable[bytes], limit: int, what: str = "source"
+) -> str:
+    """Encrypt `chunks` into the file of `source` as they come; its checksum.
+
+    PayloadTooLarge as soon as more than `limit` bytes came; the partial file is removed.
+    """
+    key = await envelope.generate_data_key(
+        gw.bus, source.team_id, Purpose.BUILD_SOURCE, binding(source)
     )
+    encryptor = StreamEncryptor(key.plaintext, binding(source), key_version=key.kek_version)
     path = source_path(gw, source.id)
-    partial = path.with_suffix(".part")
+    # Its own partial file: two PUTs to one put_url at once never write into each other.
+    partial = path.with_name(f"{source.id}.{secrets.token_hex(6)}.part")
+    digest = hashlib.sha256()
+    size = 0
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(sealed)
-        out.flush()
-        os.fsync(out.fileno())
-    partial.replace(path)
-    checksum = checksum_of(data)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(_HEAD.pack(FORMAT_SOURCE_STREAM, key.kek_version, len(key.wrapped)))
+            out.write(key.wrapped)
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"The {what} is over the limit of {limit} bytes.")
+                digest.update(chunk)
+                out.write(encryptor.update(chunk))
+            out.write(encryptor.finalize())
+            out.flush()
+            await asyncio.to_thread(os.fsync, out.fileno())
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    checksum = "SHA256:" + digest.hexdigest()
     async with gw.db.transaction() as conn:
         await conn.execute(
             "UPDATE sources SET size = ?, checksum = ?, uploaded_at = ? WHERE id = ?",
-            (len(data), checksum, timestamp(), source.id),
+            (size, checksum, timestamp(), source.id),
         )
     return checksum
 
 
-async def read_blob(gw: Gateway, source: Source) -> bytes:
-    """The plaintext tarball of `source`."""
+async def put_blob(gw: Gateway, source: Source, data: bytes) -> str:
+    """Encrypt and store the tarball of `source` (already in memory); returns its checksum."""
+    return await put_stream(gw, source, _once(data), len(data))
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def iter_blob(gw: Gateway, source: Source) -> AsyncIterator[bytes]:
+    """The plaintext tarball of `source`, chunk by chunk as each one authenticates.
+
+    The last chunk proves the whole: a DataIntegrity raised at the end means the bytes
+    already handed out must be thrown away (the builder checks the checksum anyway).
+    """
     try:
-        sealed = source_path(gw, source.id).read_bytes()
+        sealed = source_path(gw, source.id).open("rb")
     except FileNotFoundError:
         raise NotFound("Nothing was uploaded to this source.") from None
+    with sealed:
+        head = sealed.read(_HEAD.size)
+        if head[:1] == bytes([envelope.FORMAT_RECORD_V1]):
+            # Uploaded by an older gateway, as one record (at most source_max_bytes).
+            yield await _legacy_blob(gw, source, head + sealed.read())
+            return
+        if len(head) < _HEAD.size or head[0] != FORMAT_SOURCE_STREAM:
+            raise _integrity_failed(source)
+        _, _, length = _HEAD.unpack(head)
+        try:
+            key = await envelope.unwrap_data_key(
+                gw.bus, source.team_id, Purpose.BUILD_SOURCE, binding(source), sealed.read(length)
+            )
+            decryptor = StreamDecryptor(key, binding(source))
+            while chunk := sealed.read(_CHUNK):
+                if plain := decryptor.update(chunk):
+                    yield plain
+            if last := decryptor.finalize():
+                yield last
+        except DecryptionFailed:
+            raise _integrity_failed(source) from None
+
+
+async def _legacy_blob(gw: Gateway, source: Source, sealed: bytes) -> bytes:
     try:
         return await envelope.decrypt(
             gw.bus, source.team_id, Purpose.BUILD_SOURCE, binding(source), sealed
         )
     except DecryptionFailed:
-        log.error("source.integrity_failed", source=source.id)
-        raise DataIntegrity("The stored source failed its integrity check.") from None
+        raise _integrity_failed(source) from None
+
+
+def _integrity_failed(source: Source) -> DataIntegrity:
+    log.error("source.integrity_failed", source=source.id)
+    return DataIntegrity("The stored source failed its integrity check.")
+
+
+async def read_blob(gw: Gateway, source: Source) -> bytes:
+    """The plaintext tarball of `source`, whole (small sources and tests only)."""
+    return b"".join([chunk async for chunk in iter_blob(gw, source)])
 
 
 async def delete_source(gw: Gateway, source_id: str) -> None:
     """Forget a source: its file first, then its row (a crash between leaves a row to sweep)."""
-    source_path(gw, source_id).unlink(missing_ok=True)
-    source_path(gw, source_id).with_suffix(".part").unlink(missing_ok=True)
+    path = source_path(gw, source_id)
+    path.unlink(missing_ok=True)
+    for partial in path.parent.glob(f"{source_id}.*part"):
+        partial.unlink(missing_ok=True)
     async with gw.db.transaction() as conn:
         await conn.execute("DELETE FROM sources WHERE id = ?", (source_id,))
 
@@ -202,8 +314,19 @@ async def store_tarball(
     gw: Gateway, app: store.App, user_id: str, data: bytes
 ) -> tuple[Source, str, str]:
     """A new source holding `data` for `app`: the source, its get_url and its checksum."""
+    return await store_stream(gw, app, user_id, _once(data), len(data))
+
+
+async def store_stream(
+    gw: Gateway, app: store.App, user_id: str, chunks: AsyncIterable[bytes], limit: int
+) -> tuple[Source, str, str]:
+    """A new source streamed from `chunks` for `app`: the source, its get_url, its checksum."""
     source = await new_source(gw, app.team_id, app.id, user_id)
-    checksum = await put_blob(gw, source, data)
+    try:
+        checksum = await put_stream(gw, source, chunks, limit)
+    except BaseException:
+        await delete_source(gw, source.id)
+        raise
     return source, get_url(gw, source), checksum
 
 
@@ -298,19 +421,29 @@ async def _signed_source(request: web.Request, op: str) -> Source:
     return source
 
 
-async def read_limited(request: web.Request, limit: int, what: str) -> bytes:
-    """The request body, refused with 413 as soon as it passes `limit` bytes."""
-    too_big = f"The {what} is over the limit of {limit} bytes."
+def check_length(request: web.Request, limit: int, what: str) -> None:
+    """413 at once when the declared Content-Length is over `limit`."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(
             f"The {what} ({request.content_length} bytes) is over the limit of {limit} bytes."
         )
+
+
+async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives (aiohttp pauses the socket while we do not read)."""
+    while chunk := await request.content.read(_CHUNK):
+        yield chunk
+
+
+async def read_limited(request: web.Request, limit: int, what: str) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    check_length(request, limit, what)
     parts: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(_CHUNK):
+    async for chunk in body_chunks(request):
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLarge(too_big)
+            raise PayloadTooLarge(f"The {what} is over the limit of {limit} bytes.")
         parts.append(chunk)
     return b"".join(parts)
 
@@ -326,8 +459,9 @@ async def read_limited(request: web.Request, limit: int, what: str) -> bytes:
 async def put(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     source = await _signed_source(request, "put")
-    data = await read_limited(request, gw.settings.source_max_bytes, "source")
-    await put_blob(gw, source, data)
+    limit = gw.settings.source_max_bytes
+    check_length(request, limit, "source")
+    await put_stream(gw, source, body_chunks(request), limit)
     return web.Response(status=200)
 
 
@@ -339,8 +473,21 @@ async def put(request: web.Request) -> web.Response:
     extension=True,
 )
 @raw
-async def get(request: web.Request) -> web.Response:
+async def get(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     source = await _signed_source(request, "get")
-    data = await read_blob(gw, source)
-    return web.Response(body=data, content_type="application/gzip")
+    chunks = iter_blob(gw, source)
+    first = await anext(chunks, b"")  # a missing or unreadable file still gets its 404/500
+    response = web.StreamResponse(headers={"Content-Type": "application/gzip"})
+    await response.prepare(request)
+    await response.write(first)
+    try:
+        async for chunk in chunks:
+            await response.write(chunk)
+    except DataIntegrity:
+        # Bytes already went out: cut the connection so the reader cannot take them as whole.
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
