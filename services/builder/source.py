@@ -136,6 +136,7 @@ def extract(
             # source has no business carrying (setuid, group/world-writable).
             tar.extractall(dest, members=members, filter="data")
         _open_implicit_folders(dest, members)
+        _links_stay_inside(dest)
     except (tarfile.TarError, EOFError, OSError) as exc:
         if isinstance(exc, tarfile.FilterError):
             raise SourceRejected(f"source rejected: {exc}") from None
@@ -154,6 +155,26 @@ def _open_implicit_folders(dest: Path, members: list[tarfile.TarInfo]) -> None:
                 continue
             if stat.S_ISDIR(path.lstat().st_mode):
                 path.chmod(0o755)
+
+
+def _links_stay_inside(dest: Path) -> None:
+    # Each link was checked on its own as it was unpacked, but a chain can only be judged
+    # once every link exists: `Procfile -> l/l/l/../../../x` unpacked before `l -> .`
+    # looked inside then and leaves the folder now. Resolve every link on disk, once all
+    # are there.
+    root = os.path.realpath(dest)
+    for folder, folders, files in os.walk(dest, followlinks=False):
+        for name in folders + files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                continue
+            target = os.path.realpath(path)
+            if target != root and not target.startswith(root + os.sep):
+                shown = os.path.relpath(path, dest)
+                raise SourceRejected(
+                    f"source rejected: link {shown!r} leads outside the source"
+                    f" through other links ({os.readlink(path)!r})"
+                )
 
 
 def check_members(members: list[tarfile.TarInfo], *, max_bytes: int) -> None:
