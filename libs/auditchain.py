@@ -6,6 +6,14 @@ checkpoint (team, seq, head hash) with the platform's Ed25519 audit key. Anyone
 holding the entries, the checkpoints and the public key can recompute the chain
 offline (`slipway audit --verify`) and learn the exact entry where it breaks.
 
+A chain is valid only when a signed checkpoint covers its newest entry: the
+gateway signs every head soon after it is written, so entries past the last
+checkpoint are what someone who cut the chain (deleted its newest entries and
+their checkpoints) leaves behind. And because whoever runs the platform can
+make the keyring sign a rewritten chain, a customer can save checkpoints
+(`slipway audit:checkpoint`) and later prove the chain still extends them
+(`extends`): a signature cannot vouch against a history the customer holds.
+
 This module is pure: no I/O, shared by the gateway (append) and the CLI (verify).
 """
 
@@ -116,7 +124,67 @@ def verify(
             )
         if heads.get(cp.seq) != cp.head:
             return _broken(entries, checkpoints, cp.seq, "chain differs from the signed checkpoint")
-    return Verdict(ok=True, entries=len(entries), checkpoints=len(checkpoints))
+    return _head_covered(entries, checkpoints)
+
+
+def _head_covered(entries: list[Any], checkpoints: list[Checkpoint]) -> Verdict:
+    """Broken at the newest entry when no checkpoint covers it: the chain may have been cut."""
+    newest = len(entries)
+    signed = max((cp.seq for cp in checkpoints), default=0)
+    if newest > signed:
+        return _broken(
+            entries,
+            checkpoints,
+            newest,
+            f"the newest entry is not covered by a signed checkpoint (the last one covers"
+            f" entry {signed}): entries after it may have been cut, or the chain rewritten",
+        )
+    return Verdict(ok=True, entries=newest, checkpoints=len(checkpoints))
+
+
+def extends(
+    entries: list[tuple[AuditEntry, str]],
+    saved: list[Checkpoint],
+    public_keys: dict[str, bytes],
+) -> Verdict:
+    """Whether the (already verified) chain still holds every checkpoint the customer saved.
+
+    Each saved checkpoint must carry a valid signature and name the very hash the
+    chain has at its seq; a shorter chain means entries were removed.
+    """
+    hashes = {entry.seq: stored for entry, stored in entries}
+    for cp in sorted(saved, key=lambda c: c.seq):
+        if not _signed(cp, public_keys):
+            return _broken(entries, saved, cp.seq, "the saved checkpoint's signature is invalid")
+        if cp.seq not in hashes:
+            return _broken(
+                entries,
+                saved,
+                len(entries) + 1,
+                f"entries after {len(entries)} were removed (your saved checkpoint covers"
+                f" entry {cp.seq})",
+            )
+        if hashes[cp.seq] != cp.head:
+            return _broken(
+                entries,
+                saved,
+                cp.seq,
+                "history was rewritten: the chain differs from the checkpoint you saved",
+            )
+    return Verdict(ok=True, entries=len(entries), checkpoints=len(saved))
+
+
+def _signed(cp: Checkpoint, public_keys: dict[str, bytes]) -> bool:
+    key = public_keys.get(cp.key_id)
+    if key is None:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(key).verify(
+            bytes.fromhex(cp.signature), checkpoint_message(cp.team_id, cp.seq, cp.head)
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True
 
 
 def _broken(entries: list[Any], checkpoints: list[Checkpoint], seq: int, reason: str) -> Verdict:

@@ -1,13 +1,26 @@
-"""login, logout, auth:token, auth:whoami."""
+"""login, logout, auth:token, auth:whoami; auth:invite-code and auth:join (a first token);
+users:invite/disable/enable and access:grant/grants/revoke (break-glass).
+
+A new user's first token comes from an invitation that only they can redeem:
+`auth:invite-code` makes a secret, keeps it in the config dir (0600) and prints
+its SHA-256 for the platform admin, who invites the user with it
+(`POST /users/{user}/invitations`); `auth:join` then trades the secret for a
+token and logs in. The admin never sees the secret.
+"""
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
+import json
+import os
+import secrets
+from pathlib import Path
 
-from slipway.cli import config
-from slipway.cli.client import Client
-from slipway.cli.errors import CliError, NotLoggedIn
+from slipway.cli import config, output
+from slipway.cli.client import Client, segment
+from slipway.cli.errors import ApiError, CliError, NotLoggedIn
 from slipway.cli.registry import Context, arg, command
 
 
@@ -87,3 +100,186 @@ def whoami(ctx: Context, args: argparse.Namespace) -> None:
         ctx.emit_json(account)
         return
     ctx.out(str(account.get("email") or account.get("id") or ""))
+
+
+def _invitation_path(ctx: Context) -> Path:
+    return config.config_dir(ctx.env) / "invitation.json"
+
+
+@command(
+    "auth:invite-code",
+    "make the code a platform admin needs to invite you (the secret stays here)",
+    arg("--email", required=True, help="the email the admin registered you with"),
+    description=(
+        "Prints the SHA-256 of a new secret kept in $SLIPWAY_CONFIG_DIR/invitation.json\n"
+        "(0600). Send the printed code to your platform admin; once invited, run\n"
+        "`slipway auth:join`. Running this again replaces the secret."
+    ),
+    examples=("slipway auth:invite-code --email alice@example.com",),
+)
+def invite_code(ctx: Context, args: argparse.Namespace) -> None:
+    """Create and store the secret; print its verifier."""
+    secret = "slpi_" + secrets.token_urlsafe(32)
+    path = _invitation_path(ctx)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"email": args.email, "secret": secret}, handle)
+    ctx.out(hashlib.sha256(secret.encode()).hexdigest())
+    ctx.note("Send this code to your platform admin; then run `slipway auth:join`.")
+
+
+@command(
+    "auth:join",
+    "redeem your invitation: get your first token and log in",
+    arg("--api-url", metavar="URL", help=f"the Slipway API (default {config.DEFAULT_API_URL})"),
+    description="Uses the secret `slipway auth:invite-code` kept; it works once.",
+)
+def join(ctx: Context, args: argparse.Namespace) -> None:
+    """POST /invitations/actions/redeem with the stored secret, then store the token."""
+    path = _invitation_path(ctx)
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise CliError("No invitation secret here: run `slipway auth:invite-code` first.") from None
+    api_url = config.normalize_api_url(
+        args.api_url or ctx.env.get("SLIPWAY_API_URL") or config.DEFAULT_API_URL
+    )
+    body = {"email": stored["email"], "secret": stored["secret"], "description": "slipway login"}
+    created = Client(api_url, None).post("/invitations/actions/redeem", body)
+    token = str(created["access_token"]["token"])
+    saved = config.save(
+        config.Credentials(api_url=api_url, token=token, email=stored["email"]), ctx.env
+    )
+    path.unlink()
+    ctx.note(f"Logged in as {stored['email']} at {api_url} (saved to {saved}).")
+
+
+# ---- platform admins: users -------------------------------------------------------------------
+
+
+@command(
+    "users:invite",
+    "register a user and invite them with the code they made (platform admins)",
+    arg("email", help="the user's email"),
+    arg("--code", required=True, help="the code the user's `slipway auth:invite-code` printed"),
+    arg("--name", help="the user's full name, for a new user"),
+    description=(
+        "Creates the user if they do not exist yet, then a one-time invitation that only\n"
+        "the holder of the code's secret can redeem (`slipway auth:join`). A user who\n"
+        "has signed in before cannot be invited again: nobody takes over an account."
+    ),
+    examples=("slipway users:invite alice@example.com --code 3f2a...",),
+)
+def invite(ctx: Context, args: argparse.Namespace) -> None:
+    """POST /users when new, then POST /users/{user}/invitations with the verifier."""
+    client = ctx.client()
+    try:
+        client.post("/users", {"email": args.email, "name": args.name})
+    except ApiError as exc:
+        if exc.status != 422 or "already exists" not in str(exc):
+            raise
+    invitation = client.post(f"/users/{segment(args.email)}/invitations", {"verifier": args.code})
+    ctx.note(
+        f"Invited {args.email} until {output.when(invitation.get('expires_at'))}:"
+        " they run `slipway auth:join` to log in."
+    )
+
+
+def _set_disabled(ctx: Context, email: str, action: str) -> None:
+    ctx.client().post(f"/users/{segment(email)}/actions/{action}")
+    ctx.note(f"{email} is {action}d.")
+
+
+@command(
+    "users:disable",
+    "disable a user: all their tokens stop working at once (platform admins)",
+    arg("email", help="the user's email"),
+)
+def disable(ctx: Context, args: argparse.Namespace) -> None:
+    """POST /users/{user}/actions/disable."""
+    _set_disabled(ctx, args.email, "disable")
+
+
+@command(
+    "users:enable",
+    "let a disabled user's tokens work again (platform admins)",
+    arg("email", help="the user's email"),
+)
+def enable(ctx: Context, args: argparse.Namespace) -> None:
+    """POST /users/{user}/actions/enable."""
+    _set_disabled(ctx, args.email, "enable")
+
+
+# ---- break-glass access grants ------------------------------------------------------------------
+
+
+@command(
+    "access:grant",
+    "break-glass: give yourself time-boxed access to a team (platform admins)",
+    arg("-t", "--team", required=True, metavar="TEAM", help="the team to open"),
+    arg("--reason", required=True, help="why: it goes into the team's audit log"),
+    arg("--role", default="viewer", choices=("viewer", "member"), help="default viewer"),
+    arg("--minutes", type=int, default=60, help="how long (default 60, at most 1440)"),
+    description="The team sees the grant at once in `slipway audit --team` and can revoke it.",
+    examples=('slipway access:grant -t acme --reason "INC-42: customer asked"',),
+)
+def grant(ctx: Context, args: argparse.Namespace) -> None:
+    """POST /teams/{team}/access-grants."""
+    body = {"reason": args.reason, "role": args.role, "expires_in": args.minutes * 60}
+    made = ctx.client().post(f"/teams/{segment(args.team)}/access-grants", body)
+    ctx.note(
+        f"Access to team {args.team} as {made.get('role')} until"
+        f" {output.when(made.get('expires_at'))} (grant {made.get('id')}); recorded in its audit."
+    )
+
+
+_GRANT_COLUMNS = [
+    ("id", "Id"),
+    ("user", "User"),
+    ("role", "Role"),
+    ("reason", "Reason"),
+    ("expires_at", "Expires"),
+    ("state", "State"),
+]
+
+
+@command(
+    "access:grants",
+    "list the break-glass access grants made on a team",
+    arg("-t", "--team", required=True, metavar="TEAM", help="the team"),
+    json=True,
+)
+def grants(ctx: Context, args: argparse.Namespace) -> None:
+    """GET /teams/{team}/access-grants."""
+    found = ctx.client().get(f"/teams/{segment(args.team)}/access-grants")
+    if args.json:
+        ctx.emit_json(found)
+        return
+    rows = [
+        {
+            "id": str(g.get("id")),
+            "user": str((g.get("user") or {}).get("email")),
+            "role": str(g.get("role")),
+            "reason": str(g.get("reason")),
+            "expires_at": output.when(g.get("expires_at")),
+            "state": "active"
+            if g.get("active")
+            else ("revoked" if g.get("revoked_at") else "ended"),
+        }
+        for g in found
+    ]
+    ctx.out(output.header(f"Access grants of team {args.team}"))
+    ctx.out(output.table(rows, _GRANT_COLUMNS))
+
+
+@command(
+    "access:revoke",
+    "end a break-glass access grant at once (team owners and admins)",
+    arg("id", help="the grant's id (from access:grants)"),
+    arg("-t", "--team", required=True, metavar="TEAM", help="the team"),
+)
+def revoke(ctx: Context, args: argparse.Namespace) -> None:
+    """DELETE /teams/{team}/access-grants/{id}."""
+    ctx.client().delete(f"/teams/{segment(args.team)}/access-grants/{segment(args.id)}")
+    ctx.note(f"Revoked grant {args.id} on team {args.team}.")

@@ -3,9 +3,15 @@
 `GET /teams/{team}/audit` answers the team's whole chain (`complete: true`) with
 its signed checkpoints: `slipway.libs.auditchain.verify` recomputes it with the
 keys of `GET /audit/keys`. `GET /apps/{app}/audit` answers the same team's
-entries about that app only (`complete: false`): a subset of a hash chain
-cannot be verified alone, so a verifier fetches the team's chain (named in
-`team`) and checks the app's entries are in it.
+entries about that app only, plus the team's break-glass grants, which open
+every app (`complete: false`): a subset of a hash chain cannot be verified
+alone, so a verifier fetches the team's chain (named in `team`) and checks the
+app's entries are in it.
+
+`GET /audit/keys` lists every key that ever signed a checkpoint, with its
+validity period (`checkpoints.record_key`), plus the keyring's current key
+if it has signed nothing yet (`valid_from: null`). Keys are never dropped
+from the list: the CLI pins them and fails loudly when one disappears.
 """
 
 from __future__ import annotations
@@ -28,10 +34,15 @@ _entry = msgspec.json.Decoder(AuditEntry)
 async def entries(
     conn: store.Conn, team_id: str, app_id: str | None = None
 ) -> list[views.AuditRecord]:
-    """A team's entries in sequence order, only those about `app_id` when given."""
+    """A team's entries in sequence order, only those about `app_id` when given.
+
+    Break-glass grants open every app of the team, so an app's log shows them too.
+    """
     async with conn.execute(
         "SELECT entry, hash FROM audit_entries WHERE team_id = ?"
-        " AND (? IS NULL OR app_id = ?) ORDER BY seq",
+        " AND (? IS NULL OR app_id = ? OR (app_id IS NULL"
+        " AND json_extract(entry, '$.action') LIKE 'access\\_grant.%' ESCAPE '\\'))"
+        " ORDER BY seq",
         (team_id, app_id, app_id),
     ) as cursor:
         rows = await cursor.fetchall()
@@ -107,5 +118,21 @@ async def app_audit(request: web.Request) -> web.Response:
     extension=True,
 )
 async def keys(request: web.Request) -> web.Response:
-    key = await request.app[GATEWAY].bus.call(keyring.AUDIT_KEY, keyring.GetAuditKey())
-    return reply([views.AuditKey(key_id=key.key_id, public_key=key.public_key.hex())])
+    gw = request.app[GATEWAY]
+    async with gw.reader.execute(
+        "SELECT key_id, public_key, valid_from, valid_until FROM audit_keys"
+        " ORDER BY valid_until IS NULL, valid_from, key_id"  # retired keys first, in order
+    ) as cursor:
+        used = [
+            views.AuditKey(
+                key_id=row["key_id"],
+                public_key=row["public_key"],
+                valid_from=row["valid_from"],
+                valid_until=row["valid_until"],
+            )
+            for row in await cursor.fetchall()
+        ]
+    current = await gw.bus.call(keyring.AUDIT_KEY, keyring.GetAuditKey())
+    if all(key.key_id != current.key_id for key in used):
+        used.append(views.AuditKey(key_id=current.key_id, public_key=current.public_key.hex()))
+    return reply(used)

@@ -12,20 +12,26 @@ Roles, per team:
     viewer  read only
 
 A user who is not a member of an app's team is told the app does not exist
-(404, not 403): another team's app names are not theirs to learn.
+(404, not 403): another team's app names are not theirs to learn. The one way
+in without membership is an active break-glass grant (`grants.py`), which
+gives its role until it expires or a team owner revokes it.
+
+A disabled user (`users.disabled_at`) is refused (401) on every request, with
+every token they hold, from the moment the change commits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from enum import StrEnum
 
 from aiohttp import web
 
 from slipway.libs.errors import Forbidden, NotFound, Unauthorized
-from slipway.services.gateway import store
+from slipway.services.gateway import grants, store
 from slipway.services.gateway.changes import Actor
 from slipway.services.gateway.state import GATEWAY, REQUEST_ID
 
@@ -90,11 +96,20 @@ async def authenticate(request: web.Request, now: float) -> Principal:
     if found is None:
         raise Unauthorized("Invalid credentials provided.")
     user, record = found
+    if await disabled_at(request.app[GATEWAY].reader, user.id) is not None:
+        raise Unauthorized("This account is disabled: ask your platform admin to enable it.")
     if record.revoked_at is not None:
         raise Unauthorized("This token was revoked.")
     if record.expires_at is not None and record.expires_at <= now:
         raise Unauthorized("This token has expired: create a new one.")
     return Principal(user, record)
+
+
+async def disabled_at(conn: store.Conn, user_id: str) -> str | None:
+    """When the user was disabled, or None for an enabled user."""
+    async with conn.execute("SELECT disabled_at FROM users WHERE id = ?", (user_id,)) as cursor:
+        row = await cursor.fetchone()
+    return str(row["disabled_at"]) if row and row["disabled_at"] else None
 
 
 def principal(request: web.Request) -> Principal:
@@ -126,14 +141,24 @@ def require_admin(request: web.Request) -> None:
 async def app_for(request: web.Request, action: Action, doing: str) -> store.App:
     """The app named in the path if the caller's team role allows `action` on it."""
     gw = request.app[GATEWAY]
-    found = await store.app_for_user(
-        gw.reader, request.match_info["app"], request[PRINCIPAL].user.id
-    )
+    user_id = request[PRINCIPAL].user.id
+    found = await store.app_for_user(gw.reader, request.match_info["app"], user_id)
+    if found is None:
+        found = await _granted_app(gw.reader, request.match_info["app"], user_id)
     if found is None:
         raise NotFound("Couldn't find that app.")
     app, role = found
     require(role, action, doing)
     return app
+
+
+async def _granted_app(conn: store.Conn, ident: str, user_id: str) -> tuple[store.App, str] | None:
+    """The app and the role a break-glass grant on its team gives, if one is active."""
+    app = await store.get_app(conn, ident)
+    if app is None:
+        return None
+    role = await grants.active_role(conn, app.team_id, user_id, time.time())
+    return (app, role) if role else None
 
 
 async def team_for(
@@ -142,7 +167,10 @@ async def team_for(
     """A team by name or id with the caller's role, if the role allows `action`."""
     gw = request.app[GATEWAY]
     team = await store.get_team(gw.reader, ident)
-    role = await store.role_in(gw.reader, team.id, principal(request).user.id) if team else None
+    user_id = principal(request).user.id
+    role = await store.role_in(gw.reader, team.id, user_id) if team else None
+    if team is not None and role is None:
+        role = await grants.active_role(gw.reader, team.id, user_id, time.time())
     if team is None or role is None:
         raise NotFound("Couldn't find that team.")
     require(role, action, doing)

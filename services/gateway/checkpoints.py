@@ -6,6 +6,11 @@ head)`) and stored. Signing runs after the commit, off the request's path, so a
 burst of changes coalesces into one checkpoint of the latest head; and a keyring
 outage delays checkpoints without refusing changes. At start every team whose
 head is ahead of its last checkpoint is signed, so nothing stays unsigned.
+
+Every signing key is recorded (`audit_keys`) the first time it signs: from
+then on it is listed by `GET /audit/keys` with its validity period, which ends
+when the next key first signs. A verifier can then check old checkpoints after
+the keyring's key has changed, and notice a key that vanished from the list.
 """
 
 from __future__ import annotations
@@ -80,10 +85,27 @@ class Checkpointer(Sweeper):
             keyring.AUDIT_SIGN,
             keyring.SignAudit(team_id=team_id, message=checkpoint_message(team_id, seq, digest)),
         )
+        at = timestamp()
         async with self.db.transaction() as conn:
             await conn.execute(
                 "INSERT OR IGNORE INTO audit_checkpoints"
                 " (team_id, seq, head, at, key_id, signature) VALUES (?, ?, ?, ?, ?, ?)",
-                (team_id, seq, digest, timestamp(), signed.key_id, signed.signature.hex()),
+                (team_id, seq, digest, at, signed.key_id, signed.signature.hex()),
             )
+            await record_key(conn, signed.key_id, signed.public_key, at)
         return seq
+
+
+async def record_key(conn: aiosqlite.Connection, key_id: str, public_key: bytes, at: str) -> None:
+    """Remember a signing key from its first use; it retires the keys that signed before it."""
+    # Checkpoints older than this table (made before it existed) date the key's first use.
+    cursor = await conn.execute(
+        "INSERT OR IGNORE INTO audit_keys (key_id, public_key, valid_from) VALUES (?, ?,"
+        " coalesce((SELECT min(at) FROM audit_checkpoints WHERE key_id = ?), ?))",
+        (key_id, public_key.hex(), key_id, at),
+    )
+    if cursor.rowcount:
+        await conn.execute(
+            "UPDATE audit_keys SET valid_until = ? WHERE key_id != ? AND valid_until IS NULL",
+            (at, key_id),
+        )

@@ -188,4 +188,38 @@ MIGRATIONS = [
     ALTER TABLE apps ADD COLUMN log_retention_days REAL;
     ALTER TABLE apps ADD COLUMN log_settings_revision INTEGER NOT NULL DEFAULT 0
     """,
+    # No operator impersonation (tokens.py, grants.py): disabled users, one-time
+    # invitations redeemed with a secret only the user holds (`verifier` is its
+    # SHA-256), break-glass access grants, and every audit key ever used.
+    """
+    ALTER TABLE users ADD COLUMN disabled_at TEXT;
+    CREATE TABLE invitations (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id),
+        verifier TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        redeemed_at TEXT
+    );
+    CREATE INDEX invitations_user ON invitations(user_id);
+    CREATE TABLE access_grants (
+        id TEXT PRIMARY KEY,
+        team_id TEXT NOT NULL REFERENCES teams(id),
+        user_id TEXT NOT NULL REFERENCES users(id),
+        role TEXT NOT NULL CHECK (role IN ('member', 'viewer')),
+        reason TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at REAL NOT NULL,
+        revoked_at TEXT,
+        revoked_by TEXT
+    );
+    CREATE INDEX access_grants_team ON access_grants(team_id, user_id);
+    CREATE TABLE audit_keys (
+        key_id TEXT PRIMARY KEY,
+        public_key TEXT NOT NULL,
+        valid_from TEXT NOT NULL,
+        valid_until TEXT
+    )
+    """,
 ]

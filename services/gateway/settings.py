@@ -32,13 +32,25 @@ class GatewaySettings(Settings, frozen=True, kw_only=True):
     token_ttl: int = 30 * DAY  # when a client asks for no expiry
     token_max_ttl: int = 365 * DAY
     bootstrap_token_ttl: int = 90 * DAY
+    # API requests per token an hour (a bucket refilled continuously, as Heroku's 4,500).
+    api_rate_limit: int = 4500
     # False only in tests that prove events survive a crash between commit and publish.
     outbox_relay: bool = True
     # Seconds between outbox and checkpoint sweeps when nothing wakes them earlier.
     sweep_interval: float = 5.0
+    # The egress guard (libs/egress.py) checking customer URLs (sources, drains): CIDRs
+    # allowed despite the default deny (SLIPWAY_EGRESS_ALLOW), more to refuse (_DENY).
+    egress_allow: str = ""
+    egress_deny: str = ""
     # git pushes and build sources (services/gateway/git.py, sources.py, builds.py).
     git_push_max_bytes: int = 200 * MIB
     source_max_bytes: int = 200 * MIB
+    # What a live stream (build output, log tail) holds for a slow client before it drops
+    # the oldest lines and shows `[... N lines dropped]` (services/gateway/backlog.py).
+    live_backlog_lines: int = 5000
+    live_backlog_bytes: int = 2 * MIB
+    # Sources a user may hold not yet built from (nor expired): more answers 429.
+    source_pending_max: int = 10
     source_ttl: float = 3600.0  # an unused or unfinished source is deleted after this
     build_timeout: float = 1800.0  # a push waits this long for its build to end
     release_wait: float = 60.0  # and then this long for the build's release to appear

@@ -2,18 +2,29 @@
 
 Every app belongs to a team and every user has a personal team, created with
 the user, so `POST /apps {name}` works without naming one. A team always keeps
-at least one owner.
+at least one owner. Break-glass access grants (`grants.py`) are asked for by a
+platform admin and listed and revoked here by the team.
 """
 
 from __future__ import annotations
+
+import time
 
 from aiohttp import web
 
 from slipway.contracts import keyring
 from slipway.contracts.gateway import TEAM_CREATED, TEAM_SHREDDED, TeamCreated, TeamShredded
 from slipway.libs.errors import Conflict, Gone, NotFound
-from slipway.services.gateway import store, views
-from slipway.services.gateway.auth import Action, Role, actor, principal, require, team_for
+from slipway.services.gateway import grants, store, views
+from slipway.services.gateway.auth import (
+    Action,
+    Role,
+    actor,
+    principal,
+    require,
+    require_admin,
+    team_for,
+)
 from slipway.services.gateway.changes import Change, change
 from slipway.services.gateway.errors import InvalidParams
 from slipway.services.gateway.names import check_name, personal_team_base
@@ -256,3 +267,58 @@ async def shred(request: web.Request) -> web.Response:
         shredded = await store.get_team(tx.conn, team.id)
     assert shredded is not None
     return reply(team_view(shredded, role, principal(request).user.default_team_id))
+
+
+# ---- break-glass access grants ----------------------------------------------------------------
+
+
+@routes.post(
+    "/teams/{team}/access-grants",
+    summary="Break-glass: a platform admin's time-boxed access to a team (reason required)",
+    body=grants.CreateGrant,
+    response=grants.AccessGrant,
+    status=201,
+    extension=True,
+)
+async def create_grant(request: web.Request) -> web.Response:
+    require_admin(request)
+    gw = request.app[GATEWAY]
+    body = await read_body(request, grants.CreateGrant)
+    team = await store.get_team(gw.reader, request.match_info["team"])
+    if team is None:
+        raise NotFound("Couldn't find that team.")
+    async with change(gw, actor(request)) as tx:
+        grant = await grants.create(tx, team, principal(request).user, body)
+    return reply(grants.view(grant, team, time.time()), 201)
+
+
+@routes.get(
+    "/teams/{team}/access-grants",
+    summary="Break-glass access grants made on the team, newest first",
+    response=list[grants.AccessGrant],
+    extension=True,
+)
+async def list_grants(request: web.Request) -> web.Response:
+    team, _ = await team_for(request, request.match_info["team"], Action.READ, "read it")
+    now = time.time()
+    found = await grants.of_team(request.app[GATEWAY].reader, team.id)
+    return reply([grants.view(grant, team, now) for grant in found])
+
+
+@routes.delete(
+    "/teams/{team}/access-grants/{grant}",
+    summary="Revoke a break-glass access grant at once",
+    response=grants.AccessGrant,
+    extension=True,
+)
+async def revoke_grant(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    team, _ = await team_for(
+        request, request.match_info["team"], Action.MANAGE, "revoke access grants"
+    )
+    async with change(gw, actor(request)) as tx:
+        grant = await grants.get(tx.conn, team.id, request.match_info["grant"])
+        if grant is None:
+            raise NotFound("Couldn't find that access grant.")
+        grant = await grants.revoke(tx, grant)
+    return reply(grants.view(grant, team, time.time()))

@@ -50,7 +50,7 @@ class Account(View, frozen=True, kw_only=True):
     suspended_at: Timestamp | None = None
     delinquent_at: Timestamp | None = None
     sms_number: str | None = None
-    # Slipway: may create users and log them in (POST /users, /users/{user}/authorizations).
+    # Slipway: may create, invite and disable users (POST /users, /users/{user}/invitations).
     platform_admin: bool = False
 
 
@@ -220,6 +220,9 @@ class AuditKey(View, frozen=True, kw_only=True):
     key_id: str
     algorithm: str = "ed25519"
     public_key: str
+    # When it first signed, and when the next key took over (null: still in use).
+    valid_from: Timestamp | None = None
+    valid_until: Timestamp | None = None
 
 
 class KeyRotation(View, frozen=True, kw_only=True):

@@ -70,13 +70,13 @@ def test_intact_chain_verifies_with_counts(key: Ed25519PrivateKey) -> None:
     assert line == "OK: audit chain of team acme verified: 4 entries, 1 signed checkpoint."
 
 
-def test_unsigned_tail_is_mentioned(key: Ed25519PrivateKey) -> None:
-    """Entries after the last checkpoint are reported as not yet signed."""
+def test_unsigned_newest_entry_breaks_the_chain(key: Ed25519PrivateKey) -> None:
+    """A newest entry no checkpoint covers fails there: that is what a cut chain looks like."""
     entries, checkpoints = split_body(_answer(5, 3, key))
-    line = verdict_line(
-        verify_chain(entries, checkpoints, _public(key)), entries, checkpoints, "team acme"
-    )
-    assert "entries after 3 are hash-linked but not yet covered" in line
+    verdict = verify_chain(entries, checkpoints, _public(key))
+    assert (verdict.ok, verdict.broken_at) == (False, 5)
+    line = verdict_line(verdict, entries, checkpoints, "team acme")
+    assert "the newest entry is not covered by a signed checkpoint" in line
 
 
 def test_edited_entry_is_named_by_seq_action_and_time(key: Ed25519PrivateKey) -> None:

@@ -12,8 +12,9 @@ Fixtures, each building on the one before:
 - `keyring_service`: the real keyring ServiceApp, running in this event loop;
 - `gateway_service`: the real gateway ServiceApp on a free loopback port;
 - `stack`: all of it, with `stack.admin` (an `Api` logged in with the bootstrap
-  token), `stack.user(email)` to register and log in users, `stack.bus` to read
-  the EVT stream or call services, and `stack.gw` (the gateway's state).
+  token), `stack.user(email)` to register users and log them in (through an
+  invitation), `stack.bus` to read the EVT stream or call services, and
+  `stack.gw` (the gateway's state).
 
 `Api` wraps an aiohttp client session: `await api.get(path)` returns an
 `Answer(status, body, headers)` with the JSON body decoded. Nothing is faked.
@@ -28,8 +29,10 @@ Other test folders reuse the fixtures by importing them into their conftest:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
+import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -152,11 +155,22 @@ class Stack:
         return Api(self.session, self.url)
 
     async def user(self, email: str) -> Api:
-        """Register `email` (as the platform admin) and log them in."""
+        """Register `email` (as the platform admin), invite them, and redeem it as the user.
+
+        As in production, the admin only ever sees the SHA-256 of the user's secret.
+        """
         if email not in self._users:
             user = await self.admin.ok("POST", "/users", {"email": email}, status=201)
-            auth = await self.admin.ok(
-                "POST", f"/users/{user['id']}/authorizations", {"description": "test"}, status=201
+            secret = secrets.token_urlsafe(32)
+            verifier = hashlib.sha256(secret.encode()).hexdigest()
+            await self.admin.ok(
+                "POST", f"/users/{user['id']}/invitations", {"verifier": verifier}, status=201
+            )
+            auth = await self.anonymous().ok(
+                "POST",
+                "/invitations/actions/redeem",
+                {"email": email, "secret": secret, "description": "test"},
+                status=201,
             )
             self._users[email] = Api(self.session, self.url, auth["access_token"]["token"], email)
         return self._users[email]

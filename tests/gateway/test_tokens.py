@@ -132,9 +132,12 @@ async def test_users_cannot_see_each_others_tokens(stack: Stack) -> None:
     assert (await alice.delete(f"/oauth/authorizations/{created['id']}")).status == 404
 
 
-async def test_admin_issued_token_is_audited_in_the_users_team(stack: Stack) -> None:
-    """A token a platform admin issues for a user shows in that user's team audit."""
+async def test_invitation_and_its_redemption_are_audited_in_the_users_team(stack: Stack) -> None:
+    """The admin's invitation and the user's redemption of it show in the user's team audit."""
     alice = await stack.user("alice@example.com")
     log = await alice.ok("GET", "/teams/alice/audit")
-    issued = [e for e in log["entries"] if e["action"] == "token.issue"]
-    assert issued and issued[0]["actor"] == stack.admin.email
+    steps = [(e["action"], e["actor"]) for e in log["entries"] if e["action"].startswith("invit")]
+    assert steps == [
+        ("invitation.create", stack.admin.email),
+        ("invitation.redeem", alice.email),
+    ]
