@@ -29,12 +29,16 @@ from slipway.contracts.builder import (
 )
 from slipway.contracts.keyring import Purpose
 from slipway.contracts.subjects import Service
+from slipway.libs.bus import context
 from slipway.libs.crypto import envelope
+from slipway.libs.egress import policy_for
 from slipway.libs.errors import NotFound
 from slipway.libs.service import Key, ServiceApp
 from slipway.services.builder.appdata import destroy_app, purge_cache
 from slipway.services.builder.build import Builder, output_binding
 from slipway.services.builder.container import ensure_network, remove_leftovers
+from slipway.services.builder.dockerfile.steps import remove_build_images
+from slipway.services.builder.firewall import BuildFirewall
 from slipway.services.builder.settings import BuilderSettings
 from slipway.services.builder.store import BuildStore
 
@@ -69,6 +73,9 @@ def create_service(settings: BuilderSettings) -> ServiceApp:
         try:
             await _recover(docker, store, settings)
             await ensure_network(docker, settings.build_network)
+            if settings.build_firewall:
+                policy = policy_for(settings.egress_allow, settings.egress_deny)
+                await BuildFirewall(settings.build_network, policy).apply(docker)
             service[BUILDER] = Builder(
                 settings, service.bus, docker, store, destroyed=await store.destroyed()
             )
@@ -83,10 +90,12 @@ def create_service(settings: BuilderSettings) -> ServiceApp:
 
     @service.rpc(BUILD_OUTPUT_GET)
     async def output(req: GetBuildOutput) -> BuildOutputText:
+        context.require_caller(BUILD_OUTPUT_GET)
         return await build_output(service[BUILDER], req.build_id)
 
     @service.rpc(CACHE_PURGE)
     async def purge(req: PurgeCache) -> Ok:
+        context.require_caller(CACHE_PURGE)
         await purge_cache(service[BUILDER], req.app_id)
         return Ok()
 
@@ -100,11 +109,13 @@ def create_service(settings: BuilderSettings) -> ServiceApp:
 async def _recover(docker: aiodocker.Docker, store: BuildStore, settings: BuilderSettings) -> None:
     # Builds this builder was running when it stopped will be redelivered and run again:
     # their containers and scratch folders are stale. Old finished builds are forgotten.
-    removed = await remove_leftovers(docker, await store.pending())
+    pending = await store.pending()
+    removed = await remove_leftovers(docker, pending)
+    removed += await remove_build_images(docker, pending)
     await asyncio.to_thread(shutil.rmtree, settings.builds_dir(), True)
     pruned = await store.prune(settings.keep_builds_days * 86400)
     if removed or pruned:
-        log.info("builder.recovered", containers_removed=removed, builds_pruned=pruned)
+        log.info("builder.recovered", leftovers_removed=removed, builds_pruned=pruned)
 
 
 async def build_output(builder: Builder, build_id: str) -> BuildOutputText:

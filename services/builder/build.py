@@ -34,7 +34,7 @@ from slipway.libs.errors import SlipwayError
 from slipway.services.builder import slug
 from slipway.services.builder.compile import compile_app
 from slipway.services.builder.errors import BuildError
-from slipway.services.builder.image import build_image, image_labels, publish
+from slipway.services.builder.image import build_dockerfile, build_image, image_labels, publish
 from slipway.services.builder.output import OutputStream
 from slipway.services.builder.procfile import read_procfile
 from slipway.services.builder.settings import BuilderSettings
@@ -77,7 +77,13 @@ class Builder:
         if cmd.build_id in self.running:
             return  # a redelivery while this very process still runs it
         await self.store.start(cmd.build_id, cmd.app_id, cmd.app_name, cmd.team_id)
-        out = OutputStream(self.bus, cmd.build_id)
+        out = OutputStream(
+            self.bus,
+            cmd.build_id,
+            max_lines=self.settings.output_max_lines,
+            max_bytes=self.settings.output_max_bytes,
+            tail_lines=self.settings.output_tail_lines,
+        )
         if cmd.app_id in self.destroyed:
             await self.announce(cmd, await self._cancelled(cmd, out))
             return
@@ -131,6 +137,8 @@ class Builder:
         work = self.settings.builds_dir() / cmd.build_id
         await asyncio.to_thread(shutil.rmtree, work, True)
         (work / "app").mkdir(parents=True)
+        # /app in the image keeps this mode: readable by the dyno user whatever the umask.
+        (work / "app").chmod(0o755)
         try:
             return await self._steps(cmd, out, work, base)
         except BuildError as exc:
@@ -149,13 +157,11 @@ class Builder:
     ) -> BuildRecord:
         s = self.settings
         await out.line("-----> Fetching source")
-        size = await fetch(
-            cmd.source.url, work / "source.tgz", checksum=cmd.source.checksum,
-            max_bytes=s.source_max_bytes, timeout=s.fetch_timeout,
-        )  # fmt: skip
+        size = await fetch(cmd.source, work / "source.tgz", s)
         await asyncio.to_thread(
-            extract, work / "source.tgz", work / "app", max_bytes=s.extracted_max_bytes
-        )
+            extract, work / "source.tgz", work / "app", max_bytes=s.extracted_max_bytes,
+            max_entries=s.extracted_max_entries, max_ratio=s.extracted_max_ratio,
+        )  # fmt: skip
         verified = ", checksum verified" if cmd.source.checksum else ""
         await out.line(f"       {size} bytes{verified}")
         image_id, process_types = await self._image(cmd, out, work)
@@ -179,25 +185,26 @@ class Builder:
         """Build the image on the engine: from the app's Dockerfile, or buildpacks + slug."""
         app_dir, context = work / "app", work / "context.tgz"
         procfile = read_procfile(app_dir)
-        dockerfile = (app_dir / "Dockerfile").is_file()
-        if dockerfile:
+        labels = image_labels(cmd.app_id, cmd.build_id)
+        if (app_dir / "Dockerfile").is_file():
             await out.line("-----> Building from the app's Dockerfile")
-            await asyncio.to_thread(slug.write_source_context, app_dir, context)
-            process_types = procfile if procfile is not None else {"web": ""}
-        else:
-            process_types = await compile_app(self, cmd, out, work, procfile)
-            await out.line("-----> Compressing and building the image")
-            await asyncio.to_thread(
-                slug.write_context, app_dir, context,
-                run_image=self.settings.run_image, web=process_types.get("web"),
+            image_id = await build_dockerfile(
+                self.docker, self.settings, app_dir, work, tag=_tag(cmd), labels=labels,
+                sink=out.line,
             )  # fmt: skip
-        image_id = await build_image(
-            self.docker, context, tag=_tag(cmd), labels=image_labels(cmd.app_id, cmd.build_id),
-            sink=out.line, timeout=self.settings.build_timeout, show_steps=dockerfile,
+            return image_id, procfile if procfile is not None else {"web": ""}
+        process_types = await compile_app(self, cmd, out, work, procfile)
+        await out.line("-----> Compressing and building the image")
+        await asyncio.to_thread(
+            slug.write_context, app_dir, context,
+            run_image=self.settings.run_image, web=process_types.get("web"),
         )  # fmt: skip
-        if not dockerfile:
-            size = (await self.docker.images.inspect(image_id))["Size"]
-            await out.line(f"       Done: {size / 1e6:.1f} MB image")
+        image_id = await build_image(
+            self.docker, context, tag=_tag(cmd), labels=labels, sink=out.line,
+            timeout=self.settings.build_timeout, show_steps=False,
+        )  # fmt: skip
+        size = (await self.docker.images.inspect(image_id))["Size"]
+        await out.line(f"       Done: {size / 1e6:.1f} MB image")
         return image_id, process_types
 
     async def _keep_output(self, record: BuildRecord, text: str) -> None:

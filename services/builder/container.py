@@ -41,6 +41,7 @@ LABEL_APP = "slipway.app"
 LABEL_CACHE = "slipway.build-cache"
 
 LineSink = Callable[[str], Awaitable[None]]
+PENDING_MAX_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,11 @@ class LineSplitter:
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
             await self.sink(line)
+        if len(self._pending) > PENDING_MAX_CHARS:
+            # Output that never ends its line must not grow here without end: it goes on
+            # in pieces, and the OutputStream cuts each one (services/builder/output.py).
+            await self.sink(self._pending)
+            self._pending = ""
 
     async def close(self) -> None:
         if self._pending:

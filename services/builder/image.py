@@ -1,4 +1,10 @@
-"""Images on the engine: build from a context tarball with streamed output, and publish.
+"""Images on the engine: build a slug or a customer's Dockerfile, and publish.
+
+`build_image` sends a context we wrote (the slug's Dockerfile) to the engine's
+classic builder. A customer's Dockerfile never goes there: `build_dockerfile`
+runs it step by step (services/builder/dockerfile/), every RUN in a fenced
+container, and removes every container and intermediate image it made, however
+the build ends (failure, time limit, cancellation).
 
 `publish` is where an image leaves the builder. In "registry" mode it asks
 registry-proxy for push credentials scoped to the app, tags the image
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +28,17 @@ import aiodocker
 
 from slipway.contracts.registry import CREDENTIALS_ISSUE, IssueCredentials
 from slipway.libs.bus import Bus
+from slipway.libs.egress import policy_for
 from slipway.libs.errors import SlipwayError
+from slipway.services.builder.dockerfile.errors import DockerfileError
+from slipway.services.builder.dockerfile.executor import DockerfileBuild
+from slipway.services.builder.dockerfile.parser import parse
+from slipway.services.builder.dockerfile.steps import Steps
 from slipway.services.builder.errors import BuildTimedOut, ImageError
+from slipway.services.builder.settings import BuilderSettings
 
 LineSink = Callable[[str], Awaitable[None]]
+DOCKERFILE_MAX_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,45 @@ async def _build(
             raise ImageError(f"image build failed: {_one_line(str(exc.message))}") from None
     if pending.strip():
         await sink(pending)
+
+
+async def build_dockerfile(
+    docker: aiodocker.Docker,
+    settings: BuilderSettings,
+    app_dir: Path,
+    work: Path,
+    *,
+    tag: str,
+    labels: dict[str, str],
+    sink: LineSink,
+) -> str:
+    """Build the app's root Dockerfile (context: `app_dir`) as `tag`; return the image id."""
+    dockerfile = parse(await asyncio.to_thread(_read_dockerfile, app_dir / "Dockerfile"))
+    deadline = asyncio.get_running_loop().time() + settings.build_timeout
+    steps = Steps(docker, settings, labels, sink, deadline)
+    policy = policy_for(settings.egress_allow, settings.egress_deny)
+    final: str | None = None
+    try:
+        state = await DockerfileBuild(steps, app_dir, work, policy, dockerfile).build()
+        # One last commit puts the labels on the result even when it is a bare FROM.
+        container = await steps.idle_container(state.image, state.config)
+        final = await steps.commit(container, state.config)
+        repository, _, version = tag.rpartition(":")
+        await docker.images.tag(final, repository, tag=version)
+        return final
+    finally:
+        await steps.clean_up(keep=final)
+
+
+def _read_dockerfile(path: Path) -> str:
+    # The source is the customer's: no link to follow, no endless file to read.
+    info = path.lstat()
+    if not stat.S_ISREG(info.st_mode) or info.st_size > DOCKERFILE_MAX_BYTES:
+        raise DockerfileError(
+            f"the Dockerfile must be a regular file (not a link) of at most"
+            f" {DOCKERFILE_MAX_BYTES // 1024} KiB"
+        )
+    return path.read_text(errors="replace")
 
 
 def _one_line(text: str) -> str:

@@ -22,6 +22,12 @@ class BuilderSettings(Settings, frozen=True, kw_only=True):
     # The docker network build containers join: a bridge of their own, no inter-container
     # traffic. Platform services bind to loopback only, so a build cannot reach them.
     build_network: str = "slipway-builds"
+    # iptables rules fencing the build network (services/builder/firewall.py; needs root).
+    # Off only where builds run trusted code (a developer's laptop without root).
+    build_firewall: bool = True
+    # Base images a Dockerfile may name in FROM besides the two stacks (comma-separated
+    # repository names with tags, loaded on the engine by the operator; never pulled).
+    dockerfile_base_images: str = ""
     build_timeout: float = 900.0  # seconds for all buildpacks' compile steps together
     build_memory_mb: int = 2048
     build_cpus: float = 1.0
@@ -29,7 +35,26 @@ class BuilderSettings(Settings, frozen=True, kw_only=True):
     build_uid: int = 10000
     source_max_bytes: int = 200 * 1024 * 1024  # the gzipped tarball as downloaded
     extracted_max_bytes: int = 1024 * 1024 * 1024  # the source unpacked (also the Docker context)
+    # Checked while streaming, before anything is unpacked (services/builder/untar.py).
+    extracted_max_entries: int = 100_000
+    extracted_max_ratio: float = 100.0  # unpacked / compressed, past the first 16 MiB
     fetch_timeout: float = 120.0
+    # A buildpack named by https:// URL is fetched in a container within this time, and
+    # unpacks to at most this many bytes (a tmpfs of that size).
+    buildpack_fetch_timeout: float = 120.0
+    buildpack_max_bytes: int = 100 * 1024 * 1024
+    # The egress guard (libs/egress.py) for customer URLs: CIDRs allowed despite the
+    # default deny (SLIPWAY_EGRESS_ALLOW) and more to refuse (SLIPWAY_EGRESS_DENY).
+    egress_allow: str = ""
+    egress_deny: str = ""
+    # The gateway's API URL: the only place the gateway's own signed source URLs are
+    # fetched from. Empty: any loopback address (the gateway binds to loopback).
+    gateway_url: str = ""
+    # A build's output (services/builder/output.py): lines kept and sent live, then only
+    # the last output_tail_lines, after a `[... N lines dropped]` marker.
+    output_max_lines: int = 10_000
+    output_max_bytes: int = 4 * 1024 * 1024
+    output_tail_lines: int = 200
     config_timeout: float = 5.0  # waiting for gateway.CONFIG_SEALED_GET
     concurrency: int = 2  # builds at once in this builder
     # Builds (and their sealed output) are kept this long for BUILD_OUTPUT_GET and for

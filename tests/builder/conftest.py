@@ -43,12 +43,16 @@ from slipway.contracts.builder import (
 )
 from slipway.contracts.gateway import RELEASE_CREATE, CreateRelease
 from slipway.libs.bus import Bus
+from slipway.libs.egress import EgressPolicy
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service import ServiceApp
 from slipway.services.builder.app import create_service
+from slipway.services.builder.container import ensure_network
+from slipway.services.builder.firewall import BuildFirewall
 from slipway.services.builder.settings import BuilderSettings
 from slipway.services.keyring.app import create_service as create_keyring
 from slipway.services.keyring.settings import KeyringSettings
+from tests.builder.buildpack_server import BuildpackServer, network_gateway
 from tests.gateway.conftest import run_in_background, stop
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -103,6 +107,8 @@ class Harness:
     docker: aiodocker.Docker
     base_url: str
     blobs: dict[str, bytes]
+    # https:// buildpacks (tarballs, git) reachable from the build network, under a test CA.
+    buildpacks: BuildpackServer
     finished: dict[str, BuildFinished] = field(default_factory=dict)
     releases: dict[str, list[CreateRelease]] = field(default_factory=dict)
     app_ids: list[str] = field(default_factory=list)
@@ -114,11 +120,15 @@ class Harness:
         return app
 
     def serve(self, blob: bytes) -> SourceBlob:
-        """Serve `blob` on loopback; the SourceBlob that names it, with its checksum."""
+        """Serve `blob` on loopback as the gateway would; its SourceBlob, with its checksum."""
         name = uuid.uuid4().hex + ".tgz"
         self.blobs[name] = blob
         digest = hashlib.sha256(blob).hexdigest()
-        return SourceBlob(url=f"{self.base_url}/{name}", checksum=f"SHA256:{digest}")
+        # The gateway's own source URLs (platform=True) are the ones a builder fetches from
+        # loopback; a customer's URL to loopback is refused by the egress guard.
+        return SourceBlob(
+            url=f"{self.base_url}/sources/{name}", checksum=f"SHA256:{digest}", platform=True
+        )
 
     async def build(
         self,
@@ -134,7 +144,9 @@ class Harness:
             source = tarball(source)
         blob = self.serve(source) if isinstance(source, bytes) else source
         if version is not None:
-            blob = SourceBlob(url=blob.url, checksum=blob.checksum, version=version)
+            blob = SourceBlob(
+                url=blob.url, checksum=blob.checksum, version=version, platform=blob.platform
+            )
         cmd = BuildRequested(
             build_id=build_id or uuid.uuid4().hex,
             app_id=app_id,
@@ -204,12 +216,20 @@ async def harness(session_nats: NatsServer, builder_home: Path) -> AsyncIterator
 async def builder_stack(nats: NatsServer, home: Path, **overrides: Any) -> AsyncIterator[Harness]:
     """Start keyring, builder and source server on `nats`; remove all they made at the end."""
     token = uuid.uuid4().hex[:8]
+    network = f"slipway-test-builds-{token}"
+    docker = aiodocker.Docker()
+    # The buildpack server listens on the build network's host side, made here first.
+    await ensure_network(docker, network)
+    gateway = await network_gateway(docker, network)
+    packs = await BuildpackServer.start(home / f"buildpack-server-{token}", gateway)
     values: dict[str, Any] = {
         "nats_url": nats.url,
         "home": str(home),
         "registry_mode": "local",
-        "ca_bundle": CA_BUNDLE,  # the TLS-inspecting proxy's CA, for pip and npm
-        "build_network": f"slipway-test-builds-{token}",
+        # The TLS-inspecting proxy's CA (for pip and npm) plus the buildpack server's.
+        "ca_bundle": str(packs.ca_bundle),
+        "egress_allow": f"{gateway}/32",
+        "build_network": network,
         "build_timeout": 240.0,
         "config_timeout": 0.3,
         "concurrency": 4,
@@ -222,12 +242,11 @@ async def builder_stack(nats: NatsServer, home: Path, **overrides: Any) -> Async
     keyring_task = await run_in_background(keyring)
     builder = create_service(settings)
     builder_task = await run_in_background(builder)
-    bus = await Bus.connect(nats.url, "tests")
+    bus = await Bus.connect(nats.url, "gateway")  # output and cache purges are the gateway's
     blobs: dict[str, bytes] = {}
     runner = await _source_server(blobs)
     port = runner.addresses[0][1]
-    docker = aiodocker.Docker()
-    h = Harness(bus, builder, settings, docker, f"http://127.0.0.1:{port}", blobs)
+    h = Harness(bus, builder, settings, docker, f"http://127.0.0.1:{port}", blobs, packs)
     await _listen(h)
     try:
         yield h
@@ -236,6 +255,7 @@ async def builder_stack(nats: NatsServer, home: Path, **overrides: Any) -> Async
         await stop(keyring, keyring_task)
         await bus.close()
         await runner.cleanup()
+        await packs.close()
         await _remove_everything(docker, h)
         await docker.close()
 
@@ -266,7 +286,7 @@ async def _source_server(blobs: dict[str, bytes]) -> web.AppRunner:
         return web.Response(body=data, content_type="application/gzip")
 
     app = web.Application()
-    app.router.add_get("/{name}", blob)
+    app.router.add_get("/sources/{name}", blob)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -285,6 +305,8 @@ async def _remove_everything(docker: aiodocker.Docker, h: Harness) -> None:
     with contextlib.suppress(aiodocker.DockerError):
         network = await docker.networks.get(h.settings.build_network)
         await network.delete()
+    # The builder fenced the test's network at start: its chains go with it.
+    await BuildFirewall(h.settings.build_network, EgressPolicy()).remove()
 
 
 @contextlib.asynccontextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import subprocess
 import tarfile
 import uuid
 from pathlib import Path
@@ -75,26 +74,14 @@ def third_party_buildpack(root: Path, compile_script: str = COMPILE) -> Path:
     return root
 
 
-def git_repo(folder: Path) -> str:
-    """Commit `folder` as a git repository; its file:// URL."""
-
-    def git(*args: str) -> None:
-        subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True)
-
-    git("init", "--quiet", "--initial-branch=main")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "--quiet", "-m", "bp")
-    return f"file://{folder}"
-
-
 HELLO_APP = {"hello.txt": "hello from a third-party buildpack\n"}
 
 
 async def test_third_party_buildpack_from_git_runs_unchanged(
     harness: Harness, tmp_path: Path
 ) -> None:
-    """A shell buildpack cloned from a git URL detects, compiles and releases like on Heroku."""
-    url = git_repo(third_party_buildpack(tmp_path / "hello-buildpack"))
+    """A shell buildpack cloned over https git detects, compiles and releases like on Heroku."""
+    url = harness.buildpacks.git(third_party_buildpack(tmp_path / "hello-buildpack"))
     result = await harness.build(
         tarball(HELLO_APP), app_id=harness.app_id(), buildpacks=[url + "#main"]
     )
@@ -113,12 +100,12 @@ async def test_third_party_buildpack_from_git_runs_unchanged(
     assert out == "profile-ok|hi there\nhello from a third-party buildpack\n"
 
 
-async def test_buildpacks_run_in_order_from_a_local_path(harness: Harness, tmp_path: Path) -> None:
+async def test_buildpacks_run_in_order_from_a_tarball_url(harness: Harness, tmp_path: Path) -> None:
     """Two buildpacks named in order both compile; a named one that does not detect fails."""
     bp = third_party_buildpack(tmp_path / "hello")
     app = {**HELLO_APP, "public/index.html": "<p>static</p>\n"}
     result = await harness.build(
-        tarball(app), app_id=harness.app_id(), buildpacks=["static", str(bp)]
+        tarball(app), app_id=harness.app_id(), buildpacks=["static", harness.buildpacks.tarball(bp)]
     )
     assert result.status == "succeeded", result.text
     assert result.text.index("Static app detected") < result.text.index("Hello app detected")
@@ -135,7 +122,8 @@ async def test_failing_compile_fails_the_build_without_a_release(
     """A compile that exits non-zero: failed status, its error in the output, no release."""
     failing = COMPILE + 'echo "ERROR: libfrobnicate is missing" >&2\nexit 3\n'
     bp = third_party_buildpack(tmp_path / "failing", failing)
-    result = await harness.build(tarball(HELLO_APP), app_id=harness.app_id(), buildpacks=[str(bp)])
+    url = harness.buildpacks.tarball(bp)
+    result = await harness.build(tarball(HELLO_APP), app_id=harness.app_id(), buildpacks=[url])
     assert result.status == "failed"
     assert "ERROR: libfrobnicate is missing" in result.text
     assert result.finished.status == "failed"
@@ -200,7 +188,7 @@ def _command(harness: Harness, url: str, checksum: str | None) -> BuildRequested
         app_id=harness.app_id(),
         app_name="n",
         team_id=TEAM,
-        source=SourceBlob(url=url, checksum=checksum),
+        source=SourceBlob(url=url, checksum=checksum, platform=True),  # the gateway's own URL
         actor="user:t",
     )
 
@@ -224,7 +212,8 @@ async def test_never_exiting_buildpack_is_killed_at_the_time_limit(
         async with builder_stack(nats, tmp_path / "home", build_timeout=4.0) as h:
             forever = COMPILE + 'echo "waiting forever"\nsleep 100000\n'
             bp = third_party_buildpack(tmp_path / "forever", forever)
-            result = await h.build(tarball(HELLO_APP), app_id=h.app_id(), buildpacks=[str(bp)])
+            url = h.buildpacks.tarball(bp)
+            result = await h.build(tarball(HELLO_APP), app_id=h.app_id(), buildpacks=[url])
             assert result.status == "failed"
             assert "waiting forever" in result.text
             assert "build timed out after 4s" in result.text

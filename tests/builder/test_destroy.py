@@ -80,7 +80,7 @@ async def test_destroy_removes_cache_images_and_records_of_that_app_only(
     doomed = "app" + uuid.uuid4().hex[:10]
     other = doomed + "0"  # an id the doomed one is a prefix of: exact names only
     harness.app_ids += [doomed, other]
-    bp = str(third_party_buildpack(tmp_path / "hello"))
+    bp = harness.buildpacks.tarball(third_party_buildpack(tmp_path / "hello"))
     built = await asyncio.gather(
         *(harness.build(tarball(HELLO_APP), app_id=a, buildpacks=[bp]) for a in (doomed, other))
     )
@@ -119,7 +119,7 @@ async def test_destroy_cancels_a_running_build_of_the_app(harness: Harness, tmp_
     """A build in progress ends failed saying why, its container goes, no release is sent."""
     app_id = harness.app_id()
     slow = COMPILE + 'echo "compiling slowly"\nsleep 600\n'
-    bp = str(third_party_buildpack(tmp_path / "slow", slow))
+    bp = harness.buildpacks.tarball(third_party_buildpack(tmp_path / "slow", slow))
     build_id = uuid.uuid4().hex
     running = asyncio.create_task(
         harness.build(tarball(HELLO_APP), app_id=app_id, buildpacks=[bp], build_id=build_id)
@@ -157,7 +157,7 @@ async def test_a_build_for_a_destroyed_app_is_refused(harness: Harness, tmp_path
         assert app_id in harness.builder[BUILDER].destroyed
 
     await assert_eventually(tombstoned, timeout=30)
-    bp = str(third_party_buildpack(tmp_path / "hello"))
+    bp = harness.buildpacks.tarball(third_party_buildpack(tmp_path / "hello"))
     result = await harness.build(tarball(HELLO_APP), app_id=app_id, buildpacks=[bp])
     assert result.status == "failed"
     assert "Fetching source" not in result.text

@@ -71,7 +71,9 @@ async def test_config_vars_reach_env_dir(harness: Harness, tmp_path: Path) -> No
     try:
         bp = third_party_buildpack(tmp_path / "env", SHOW_ENV)
         result = await harness.build(
-            tarball({"hello.txt": "hi\n"}), app_id=app_id, buildpacks=[str(bp)]
+            tarball({"hello.txt": "hi\n"}),
+            app_id=app_id,
+            buildpacks=[harness.buildpacks.tarball(bp)],
         )
     finally:
         await gateway.close()
