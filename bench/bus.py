@@ -1,6 +1,6 @@
 """libs/bus beside raw nats-py, same server, same run: typed RPC and command throughput.
 
-    .venv/bin/python bench/bus.py [--requests 20000] [--commands 5000] [--concurrency 32]
+    .venv/bin/python bench/bus.py [--requests 20000] [--commands 5000] [--concurrency 32] [--tls]
 
 Both sides do the same work. RPC: the same bytes are sent and answered; the
 answering side runs in a second process, as a service does (raw: a core
@@ -10,6 +10,11 @@ canonical JSON log line to a file). Commands are stored in the same JetStream
 stream (sync_interval always) and acknowledged after handling, in this process
 (raw: publish + pull fetch + ack; typed: bus.send + Consumer). Raw and typed
 alternate in rounds; the best round of each is reported.
+
+The server runs hardened, as in production: every connection, raw or typed, is the
+service user it plays (gateway calling, keyring answering, builder consuming) with the
+permissions generated from contracts/, on subjects those declarations grant. With
+`--tls` the bus runs as it does off loopback: TLS with a client certificate per user.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from pathlib import Path
 
 import nats
 from nats.aio.msg import Msg
-from nats.js import api
 
-from slipway.contracts import subjects
+from slipway.contracts import keyring, subjects
 from slipway.contracts.base import Command, CommandSpec, Message, Rpc, encode
+from slipway.contracts.builder import BUILD_REQUEST
 from slipway.contracts.subjects import Service
 from slipway.libs.bus import Bus, route
+from slipway.libs.bus.tls import TLS_DIR_ENV, identity_from_env
+from slipway.libs.natsauth import stored_password
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service.logging import configure_logging
 
@@ -51,11 +58,37 @@ class Job(Command, tag="bench.job.v1", frozen=True, kw_only=True):
     n: int
 
 
-RPC = Rpc(Service.KEYRING, "bench", subjects.rpc(Service.KEYRING, "bench"), Ping, Pong)
-RAW_SUBJECT = subjects.rpc(Service.KEYRING, "bench-raw")
-PLAIN_SUBJECT = subjects.rpc(Service.KEYRING, "bench-plain")
-JOB = CommandSpec(Service.BUILDER, "job", subjects.cmd(Service.BUILDER, "job"), Job)
-RAW_JOB_SUBJECT = subjects.cmd(Service.BACKUP, "job")
+# Subjects the gateway is declared to call and the keyring to answer, so the hardened
+# server lets them through; the bench's own message types ride on them.
+RPC = Rpc(Service.KEYRING, "bench", keyring.AUDIT_KEY.subject, Ping, Pong)
+RAW_SUBJECT = keyring.AUDIT_SIGN.subject
+PLAIN_SUBJECT = keyring.PUBKEY_GET.subject
+# The gateway sends to the builder, which takes them from its provisioned durable.
+JOB = CommandSpec(Service.BUILDER, "job", BUILD_REQUEST.subject, Job)
+RAW_JOB_SUBJECT = BUILD_REQUEST.subject
+
+# The hardened server's data folder, whose users.json holds every user's password.
+_NATS_DATA: Path | None = None
+
+
+def _as(service: str) -> dict[str, object]:
+    """nats.connect arguments for `service`'s user and inbox."""
+    assert _NATS_DATA is not None
+    password = stored_password(_NATS_DATA, service)
+    found: dict[str, object] = {
+        "user": service,
+        "password": password,
+        "inbox_prefix": subjects.inbox_prefix(service),
+    }
+    identity = identity_from_env(service)  # set by main() when --tls
+    if identity is not None:
+        found["tls"] = identity.client_context()
+    return found
+
+
+async def _bus(url: str, service: str) -> Bus:
+    creds = _as(service)
+    return await Bus.connect(url, service, user=str(creds["user"]), password=str(creds["password"]))
 
 
 async def drive(total: int, concurrency: int, one: Callable[[], Awaitable[object]]) -> float:
@@ -77,8 +110,8 @@ async def serve(url: str, log_path: str) -> None:
     """The answering process: the typed endpoint and the raw echo, until stdin closes."""
     with open(log_path, "ab") as log:
         configure_logging("keyring", fmt="json", file=log)
-        server = await Bus.connect(url, Service.KEYRING)
-        raw_server = await nats.connect(url)
+        server = await _bus(url, Service.KEYRING)
+        raw_server = await nats.connect(url, **_as(Service.KEYRING))
 
         async def handle(req: Ping) -> Pong:
             return Pong(app=req.app, payload=req.payload)
@@ -105,6 +138,7 @@ async def serve(url: str, log_path: str) -> None:
 async def rpc_rounds(
     url: str, total: int, concurrency: int, rounds: int, log_path: str
 ) -> tuple[float, float, float]:
+    assert _NATS_DATA is not None
     answering = await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -112,14 +146,16 @@ async def rpc_rounds(
         url,
         "--log",
         log_path,
+        "--nats-data",
+        str(_NATS_DATA),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
     assert answering.stdout is not None
     assert answering.stdin is not None
     assert await answering.stdout.readline() == b"ready\n"
-    client = await Bus.connect(url, Service.GATEWAY)
-    raw_client = await nats.connect(url)
+    client = await _bus(url, Service.GATEWAY)
+    raw_client = await nats.connect(url, **_as(Service.GATEWAY))
     request = Ping(app="hello", payload="x" * 200)
     raw_payload = encode(request)
 
@@ -148,8 +184,8 @@ async def rpc_rounds(
 
 
 async def typed_commands(url: str, total: int) -> float:
-    sender = await Bus.connect(url, Service.GATEWAY)
-    worker = await Bus.connect(url, Service.BUILDER)
+    sender = await _bus(url, Service.GATEWAY)
+    worker = await _bus(url, Service.BUILDER)
     done = asyncio.Event()
     handled = 0
 
@@ -170,18 +206,11 @@ async def typed_commands(url: str, total: int) -> float:
 
 
 async def raw_commands(url: str, total: int) -> float:
-    nc = await nats.connect(url)
-    js = nc.jetstream()
-    durable = "backup-raw"
-    await js.add_consumer(
-        subjects.STREAM_CMD,
-        api.ConsumerConfig(
-            durable_name=durable,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            filter_subject=subjects.cmd_filter(Service.BACKUP),
-            max_ack_pending=256,
-        ),
-    )
+    # The same provisioned durable the typed worker binds to, as the same user.
+    nc = await nats.connect(url, **_as(Service.BUILDER))
+    sender = await nats.connect(url, **_as(Service.GATEWAY))
+    js, sending = nc.jetstream(), sender.jetstream()
+    durable = subjects.durable(Service.BUILDER, "cmd")
     sub = await js.pull_subscribe_bind(durable, stream=subjects.STREAM_CMD)
     payload = encode(Job(n=1))
     counter = 0
@@ -189,7 +218,7 @@ async def raw_commands(url: str, total: int) -> float:
     async def publish() -> object:
         nonlocal counter
         counter += 1
-        return await js.publish(
+        return await sending.publish(
             RAW_JOB_SUBJECT, payload, headers={"Nats-Msg-Id": f"raw-{counter}-{time.time_ns()}"}
         )
 
@@ -209,8 +238,8 @@ async def raw_commands(url: str, total: int) -> float:
     await drive(total, 32, publish)
     await asyncio.wait_for(consumer, 120)
     rate = total / (time.perf_counter() - started)
-    await js.delete_consumer(subjects.STREAM_CMD, durable)
     await nc.close()
+    await sender.close()
     return rate
 
 
@@ -220,10 +249,14 @@ async def main() -> None:
     parser.add_argument("--commands", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tls", action="store_true", help="TLS with client certificates")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--log", help=argparse.SUPPRESS)
+    parser.add_argument("--nats-data", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global _NATS_DATA
     if args.serve:
+        _NATS_DATA = Path(args.nats_data)
         if os.environ.get("SLIPWAY_BENCH_PROFILE"):
             import cProfile
 
@@ -238,12 +271,13 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         log_path = Path(tmp) / "bus.log"
         configure_logging("bench", fmt="json", file=log_path.open("ab"))
-        server = NatsServer(Path(tmp) / "nats")
+        _NATS_DATA = Path(tmp) / "nats"
+        # Hardened: provisions the streams and consumers, and every user gets its permissions.
+        server = NatsServer(_NATS_DATA, hardened=True, tls=args.tls)
         url = server.start()
+        if args.tls:  # Bus.connect, and the answering process, find their certificates here
+            os.environ[TLS_DIR_ENV] = str(server.tls_dir)
         try:
-            probe = await Bus.connect(url, Service.GATEWAY)
-            await probe.ensure_streams()
-            await probe.close()
             typed_rpc, plain_rpc, raw_rpc = await rpc_rounds(
                 url, args.requests, args.concurrency, args.rounds, str(log_path)
             )
@@ -254,6 +288,8 @@ async def main() -> None:
         finally:
             server.stop()
     typed_cmd, raw_cmd = max(typed_cmd_rates), max(raw_cmd_rates)
+    transport = "TLS, client certificates" if args.tls else "plain text on loopback"
+    print(f"bus: hardened nats-server (per-service users), {transport}")
     print(
         f"RPC round trips/s   typed {typed_rpc:9.0f}   plain nats-py service {plain_rpc:9.0f}   "
         f"ratio {typed_rpc / plain_rpc:.2f}   (plain: the handler parses and answers JSON)"

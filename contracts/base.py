@@ -21,6 +21,8 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from slipway.contracts import subjects
+
 
 def new_id() -> str:
     """A random, unique id for commands, events and requests (UUID4, hex)."""
@@ -89,24 +91,75 @@ class Rpc(Generic[ReqT, RepT]):
     request: type[ReqT]
     reply: type[RepT]
     fanout: bool = False
+    # The services (NATS users) that may call it; libs/natsauth grants them the subject.
+    callers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
 class CommandSpec(Generic[CmdT]):
-    """A command kind: the owning service, its subject and its message type."""
+    """A command kind: the owning service, its subject, its message type and who sends it."""
 
     service: str
     name: str
     subject: str
     message: type[CmdT]
+    senders: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
 class EventSpec(Generic[EvtT]):
-    """An event kind: its subject in the EVT stream and its message type."""
+    """An event kind: its subject in the EVT stream, its message type and who publishes it."""
 
     subject: str
     message: type[EvtT]
+    publishers: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class LiveSpec:
+    """A kind of ephemeral core-NATS stream (`slipway.live.<kind>.<id>`): who writes, who reads.
+
+    Live subjects carry customer bytes (output, log lines, keystrokes), so only their
+    declared readers may subscribe and only their writers may publish.
+    """
+
+    kind: str
+    writers: frozenset[str]
+    readers: frozenset[str]
+
+    @property
+    def filter(self) -> str:
+        """Every subject of this kind (one token per id)."""
+        return subjects.live_filter(self.kind)
+
+    def subject(self, ident: str) -> str:
+        """The subject of one stream of this kind."""
+        return subjects.live(self.kind, ident)
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """A durable consumer of the EVT stream, provisioned before its service starts.
+
+    A `per_instance` consumer exists once per instance (each builder, each log-shipper
+    host needs every event): its durable is `<service>-<purpose>-<instance>`.
+    """
+
+    service: str
+    purpose: str
+    events: tuple[EventSpec[Any], ...]
+    per_instance: bool = False
+
+    def durable_purpose(self, instance: str | None = None) -> str:
+        """The purpose a service passes to `Bus.consume_events` for `instance`."""
+        if not self.per_instance or instance is None:
+            return self.purpose
+        return f"{self.purpose}-{instance}"
+
+
+def only(*who: str) -> frozenset[str]:
+    """The set of services (NATS users) a declaration names."""
+    return frozenset(who)
 
 
 def encode(message: Message) -> bytes:

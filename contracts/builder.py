@@ -25,7 +25,17 @@ from typing import Literal
 import msgspec
 
 from slipway.contracts import subjects
-from slipway.contracts.base import Command, CommandSpec, Event, EventSpec, Message, Ok, Rpc
+from slipway.contracts.base import (
+    Command,
+    CommandSpec,
+    Event,
+    EventSpec,
+    LiveSpec,
+    Message,
+    Ok,
+    Rpc,
+    only,
+)
 from slipway.contracts.subjects import Service
 
 LAUNCHER = "/usr/local/bin/slipway-launch"
@@ -39,6 +49,10 @@ class SourceBlob(msgspec.Struct, frozen=True, kw_only=True):
     url: str
     checksum: str | None = None  # "SHA256:<hex>", Heroku's spelling
     version: str | None = None  # the commit, for git pushes
+    # True only for the gateway's own signed get_url (POST /sources, git pushes): the builder
+    # then fetches it from its configured gateway, without redirects. A customer's URL is
+    # False and passes the egress guard (libs/egress.py), which refuses the gateway's address.
+    platform: bool = False
 
 
 class BuildRequested(Command, tag="build.requested.v1", frozen=True, kw_only=True):
@@ -94,10 +108,14 @@ class PurgeCache(Message, tag="builder.cache.purge.v1", frozen=True, kw_only=Tru
 
 
 BUILD_REQUEST: CommandSpec[BuildRequested] = CommandSpec(
-    Service.BUILDER, "build", subjects.cmd(Service.BUILDER, "build"), BuildRequested
+    Service.BUILDER,
+    "build",
+    subjects.cmd(Service.BUILDER, "build"),
+    BuildRequested,
+    senders=only(Service.GATEWAY),
 )
 BUILD_FINISHED: EventSpec[BuildFinished] = EventSpec(
-    subjects.evt("build", "finished"), BuildFinished
+    subjects.evt("build", "finished"), BuildFinished, publishers=only(Service.BUILDER)
 )
 BUILD_OUTPUT_GET: Rpc[GetBuildOutput, BuildOutputText] = Rpc(
     Service.BUILDER,
@@ -105,12 +123,21 @@ BUILD_OUTPUT_GET: Rpc[GetBuildOutput, BuildOutputText] = Rpc(
     subjects.rpc(Service.BUILDER, "output.get"),
     GetBuildOutput,
     BuildOutputText,
+    callers=only(Service.GATEWAY),
 )
 CACHE_PURGE: Rpc[PurgeCache, Ok] = Rpc(
-    Service.BUILDER, "cache.purge", subjects.rpc(Service.BUILDER, "cache.purge"), PurgeCache, Ok
+    Service.BUILDER,
+    "cache.purge",
+    subjects.rpc(Service.BUILDER, "cache.purge"),
+    PurgeCache,
+    Ok,
+    callers=only(Service.GATEWAY),
 )
+
+
+BUILD_OUTPUT = LiveSpec("build", writers=only(Service.BUILDER), readers=only(Service.GATEWAY))
 
 
 def output_subject(build_id: str) -> str:
     """The live subject a build's output is published on."""
-    return subjects.live("build", build_id)
+    return BUILD_OUTPUT.subject(build_id)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import msgspec
 
 from slipway.contracts import subjects
-from slipway.contracts.base import Command, CommandSpec, Event, EventSpec, Message, Rpc
-from slipway.contracts.subjects import Service
+from slipway.contracts.base import Command, CommandSpec, Event, EventSpec, Message, Rpc, only
+from slipway.contracts.subjects import OPERATOR, Service
 
 
 class DynoSize(msgspec.Struct, frozen=True, kw_only=True):
@@ -167,29 +167,40 @@ class CreateRelease(Command, tag="release.create.v1", frozen=True, kw_only=True)
     actor: str = "service:builder"
 
 
-APP_CREATED: EventSpec[AppCreated] = EventSpec(subjects.evt("app", "created"), AppCreated)
-APP_RENAMED: EventSpec[AppRenamed] = EventSpec(subjects.evt("app", "renamed"), AppRenamed)
-MAINTENANCE_CHANGED: EventSpec[MaintenanceChanged] = EventSpec(
-    subjects.evt("app", "maintenance.changed"), MaintenanceChanged
+APP_CREATED: EventSpec[AppCreated] = EventSpec(
+    subjects.evt("app", "created"), AppCreated, publishers=only(Service.GATEWAY)
 )
-APP_DESTROYED: EventSpec[AppDestroyed] = EventSpec(subjects.evt("app", "destroyed"), AppDestroyed)
+APP_RENAMED: EventSpec[AppRenamed] = EventSpec(
+    subjects.evt("app", "renamed"), AppRenamed, publishers=only(Service.GATEWAY)
+)
+MAINTENANCE_CHANGED: EventSpec[MaintenanceChanged] = EventSpec(
+    subjects.evt("app", "maintenance.changed"), MaintenanceChanged, publishers=only(Service.GATEWAY)
+)
+APP_DESTROYED: EventSpec[AppDestroyed] = EventSpec(
+    subjects.evt("app", "destroyed"), AppDestroyed, publishers=only(Service.GATEWAY)
+)
 CONFIG_CHANGED: EventSpec[ConfigChanged] = EventSpec(
-    subjects.evt("config", "changed"), ConfigChanged
+    subjects.evt("config", "changed"), ConfigChanged, publishers=only(Service.GATEWAY)
 )
 RELEASE_CREATED: EventSpec[ReleaseCreated] = EventSpec(
-    subjects.evt("release", "created"), ReleaseCreated
+    subjects.evt("release", "created"), ReleaseCreated, publishers=only(Service.GATEWAY)
 )
 FORMATION_CHANGED: EventSpec[FormationChanged] = EventSpec(
-    subjects.evt("formation", "changed"), FormationChanged
+    subjects.evt("formation", "changed"), FormationChanged, publishers=only(Service.GATEWAY)
 )
-TEAM_CREATED: EventSpec[TeamCreated] = EventSpec(subjects.evt("team", "created"), TeamCreated)
-TEAM_SHREDDED: EventSpec[TeamShredded] = EventSpec(subjects.evt("team", "shredded"), TeamShredded)
+TEAM_CREATED: EventSpec[TeamCreated] = EventSpec(
+    subjects.evt("team", "created"), TeamCreated, publishers=only(Service.GATEWAY)
+)
+TEAM_SHREDDED: EventSpec[TeamShredded] = EventSpec(
+    subjects.evt("team", "shredded"), TeamShredded, publishers=only(Service.GATEWAY)
+)
 
 RELEASE_CREATE: CommandSpec[CreateRelease] = CommandSpec(
     Service.GATEWAY,
     "release.create",
     subjects.cmd(Service.GATEWAY, "release.create"),
     CreateRelease,
+    senders=only(Service.BUILDER, OPERATOR),
 )
 
 
@@ -244,6 +255,7 @@ CONFIG_SEALED_GET: Rpc[GetSealedConfig, SealedConfig] = Rpc(
     subjects.rpc(Service.GATEWAY, "config.sealed.get"),
     GetSealedConfig,
     SealedConfig,
+    callers=only(Service.SCHEDULER, Service.BUILDER),
 )
 DESIRED_GET: Rpc[GetDesired, DesiredState] = Rpc(
     Service.GATEWAY,
@@ -251,6 +263,14 @@ DESIRED_GET: Rpc[GetDesired, DesiredState] = Rpc(
     subjects.rpc(Service.GATEWAY, "desired.get"),
     GetDesired,
     DesiredState,
+    callers=only(
+        Service.SCHEDULER,
+        Service.NETWORK_WIRER,
+        Service.LOG_SHIPPER,
+        Service.BUILDER,
+        Service.REGISTRY_PROXY,
+        Service.BACKUP,
+    ),
 )
 
 
@@ -273,5 +293,7 @@ class LogRetentionChanged(Event, tag="log_retention.changed.v1", frozen=True, kw
 
 
 LOG_RETENTION_CHANGED: EventSpec[LogRetentionChanged] = EventSpec(
-    subjects.evt("app", "log_retention.changed"), LogRetentionChanged
+    subjects.evt("app", "log_retention.changed"),
+    LogRetentionChanged,
+    publishers=only(Service.GATEWAY),
 )

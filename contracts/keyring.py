@@ -12,8 +12,8 @@ from __future__ import annotations
 from enum import StrEnum
 
 from slipway.contracts import subjects
-from slipway.contracts.base import Message, Ok, Rpc
-from slipway.contracts.subjects import Service
+from slipway.contracts.base import Message, Ok, Rpc, only
+from slipway.contracts.subjects import OPERATOR, Service
 
 
 class Purpose(StrEnum):
@@ -137,6 +137,7 @@ DATAKEY_GENERATE: Rpc[GenerateDataKey, DataKey] = Rpc(
     subjects.rpc(Service.KEYRING, "datakey.generate"),
     GenerateDataKey,
     DataKey,
+    callers=only(Service.GATEWAY, Service.BUILDER, Service.LOG_SHIPPER, Service.BACKUP),
 )
 DATAKEY_DECRYPT: Rpc[DecryptDataKey, PlainDataKey] = Rpc(
     Service.KEYRING,
@@ -144,6 +145,9 @@ DATAKEY_DECRYPT: Rpc[DecryptDataKey, PlainDataKey] = Rpc(
     subjects.rpc(Service.KEYRING, "datakey.decrypt"),
     DecryptDataKey,
     PlainDataKey,
+    callers=only(
+        Service.GATEWAY, Service.SCHEDULER, Service.BUILDER, Service.LOG_SHIPPER, Service.BACKUP
+    ),
 )
 DATAKEY_REWRAP: Rpc[RewrapDataKey, WrappedDataKey] = Rpc(
     Service.KEYRING,
@@ -151,6 +155,7 @@ DATAKEY_REWRAP: Rpc[RewrapDataKey, WrappedDataKey] = Rpc(
     subjects.rpc(Service.KEYRING, "datakey.rewrap"),
     RewrapDataKey,
     WrappedDataKey,
+    callers=only(Service.GATEWAY, Service.BUILDER, Service.LOG_SHIPPER, Service.BACKUP),
 )
 KEK_ROTATE: Rpc[RotateKek, KekRotated] = Rpc(
     Service.KEYRING,
@@ -158,6 +163,7 @@ KEK_ROTATE: Rpc[RotateKek, KekRotated] = Rpc(
     subjects.rpc(Service.KEYRING, "kek.rotate"),
     RotateKek,
     KekRotated,
+    callers=only(Service.GATEWAY, OPERATOR),
 )
 KEK_RETIRE: Rpc[RetireKek, KekRetired] = Rpc(
     Service.KEYRING,
@@ -165,6 +171,7 @@ KEK_RETIRE: Rpc[RetireKek, KekRetired] = Rpc(
     subjects.rpc(Service.KEYRING, "kek.retire"),
     RetireKek,
     KekRetired,
+    callers=only(Service.GATEWAY, OPERATOR),
 )
 TEAM_SHRED: Rpc[ShredTeam, Ok] = Rpc(
     Service.KEYRING,
@@ -172,6 +179,7 @@ TEAM_SHRED: Rpc[ShredTeam, Ok] = Rpc(
     subjects.rpc(Service.KEYRING, "team.shred"),
     ShredTeam,
     Ok,
+    callers=only(Service.GATEWAY, OPERATOR),
 )
 PUBKEY_REGISTER: Rpc[RegisterPublicKey, PublicKeyInfo] = Rpc(
     Service.KEYRING,
@@ -179,6 +187,7 @@ PUBKEY_REGISTER: Rpc[RegisterPublicKey, PublicKeyInfo] = Rpc(
     subjects.rpc(Service.KEYRING, "pubkey.register"),
     RegisterPublicKey,
     PublicKeyInfo,
+    callers=only(Service.GATEWAY),
 )
 PUBKEY_GET: Rpc[GetPublicKey, PublicKeyInfo] = Rpc(
     Service.KEYRING,
@@ -186,6 +195,7 @@ PUBKEY_GET: Rpc[GetPublicKey, PublicKeyInfo] = Rpc(
     subjects.rpc(Service.KEYRING, "pubkey.get"),
     GetPublicKey,
     PublicKeyInfo,
+    callers=only(Service.GATEWAY, Service.LOG_SHIPPER, Service.BACKUP, OPERATOR),
 )
 AUDIT_SIGN: Rpc[SignAudit, AuditSignature] = Rpc(
     Service.KEYRING,
@@ -193,6 +203,7 @@ AUDIT_SIGN: Rpc[SignAudit, AuditSignature] = Rpc(
     subjects.rpc(Service.KEYRING, "audit.sign"),
     SignAudit,
     AuditSignature,
+    callers=only(Service.GATEWAY),
 )
 AUDIT_KEY: Rpc[GetAuditKey, AuditKey] = Rpc(
     Service.KEYRING,
@@ -200,4 +211,5 @@ AUDIT_KEY: Rpc[GetAuditKey, AuditKey] = Rpc(
     subjects.rpc(Service.KEYRING, "audit.key"),
     GetAuditKey,
     AuditKey,
+    callers=only(Service.GATEWAY, OPERATOR),
 )

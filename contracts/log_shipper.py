@@ -23,7 +23,7 @@ from typing import Literal
 import msgspec
 
 from slipway.contracts import subjects
-from slipway.contracts.base import Event, EventSpec, Message, Rpc
+from slipway.contracts.base import Event, EventSpec, LiveSpec, Message, Rpc, only
 from slipway.contracts.logs import LogSource
 from slipway.contracts.subjects import Service
 
@@ -124,6 +124,9 @@ class DrainInfo(msgspec.Struct, frozen=True, kw_only=True):
     token: str
     created_at: float
     updated_at: float
+    # How shipping goes on the answering log-shipper: "pending", "ok", "refused: <why>"
+    # (the egress guard), "failing: <why>"; empty from older log-shippers.
+    status: str = ""
 
 
 class AddDrain(Message, tag="logshipper.drain.add.v1", frozen=True, kw_only=True):
@@ -187,9 +190,12 @@ class Metrics(Message, tag="logshipper.metrics.v1", frozen=True, kw_only=True):
     dynos: list[DynoSample]  # those running on the answering log-shipper's host
 
 
+TAIL = LiveSpec("tail", writers=only(Service.LOG_SHIPPER), readers=only(Service.GATEWAY))
+
+
 def tail_subject(app_id: str) -> str:
     """Where every log-shipper publishes the new lines of one app (core NATS, not stored)."""
-    return subjects.live("tail", app_id)
+    return TAIL.subject(app_id)
 
 
 HISTORY_READ: Rpc[ReadHistory, HistoryPage] = Rpc(
@@ -199,6 +205,7 @@ HISTORY_READ: Rpc[ReadHistory, HistoryPage] = Rpc(
     ReadHistory,
     HistoryPage,
     fanout=True,
+    callers=only(Service.GATEWAY),
 )
 HISTORY_EXPORT: Rpc[ExportHistory, HistoryArchive] = Rpc(
     Service.LOG_SHIPPER,
@@ -207,6 +214,7 @@ HISTORY_EXPORT: Rpc[ExportHistory, HistoryArchive] = Rpc(
     ExportHistory,
     HistoryArchive,
     fanout=True,
+    callers=only(Service.GATEWAY),
 )
 DRAIN_ADD: Rpc[AddDrain, Drain] = Rpc(
     Service.LOG_SHIPPER,
@@ -214,6 +222,7 @@ DRAIN_ADD: Rpc[AddDrain, Drain] = Rpc(
     subjects.rpc(Service.LOG_SHIPPER, "drain.add"),
     AddDrain,
     Drain,
+    callers=only(Service.GATEWAY),
 )
 DRAINS_LIST: Rpc[ListDrains, Drains] = Rpc(
     Service.LOG_SHIPPER,
@@ -221,6 +230,7 @@ DRAINS_LIST: Rpc[ListDrains, Drains] = Rpc(
     subjects.rpc(Service.LOG_SHIPPER, "drains.list"),
     ListDrains,
     Drains,
+    callers=only(Service.GATEWAY),
 )
 DRAIN_REMOVE: Rpc[RemoveDrain, Drain] = Rpc(
     Service.LOG_SHIPPER,
@@ -228,6 +238,7 @@ DRAIN_REMOVE: Rpc[RemoveDrain, Drain] = Rpc(
     subjects.rpc(Service.LOG_SHIPPER, "drain.remove"),
     RemoveDrain,
     Drain,
+    callers=only(Service.GATEWAY),
 )
 METRICS_GET: Rpc[GetMetrics, Metrics] = Rpc(
     Service.LOG_SHIPPER,
@@ -236,7 +247,8 @@ METRICS_GET: Rpc[GetMetrics, Metrics] = Rpc(
     GetMetrics,
     Metrics,
     fanout=True,
+    callers=only(Service.GATEWAY),
 )
 DRAIN_CHANGED: EventSpec[DrainChanged] = EventSpec(
-    subjects.evt("logshipper", "drain.changed"), DrainChanged
+    subjects.evt("logshipper", "drain.changed"), DrainChanged, publishers=only(Service.LOG_SHIPPER)
 )

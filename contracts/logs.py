@@ -13,8 +13,8 @@ from typing import Literal
 
 import msgspec
 
-from slipway.contracts import subjects
-from slipway.contracts.base import Message
+from slipway.contracts.base import LiveSpec, Message, only
+from slipway.contracts.subjects import Service
 
 LogSource = Literal["app", "heroku", "api", "router"]
 
@@ -52,15 +52,24 @@ class RouterAccess(Message, tag="router.access.v1", frozen=True, kw_only=True):
     code: str = ""  # "H14", "H12", ... when the router answered itself
 
 
+# Non-dyno lines: API lines from the gateway, build lines, platform lines from the scheduler.
+LINES = LiveSpec(
+    "logs",
+    writers=only(Service.GATEWAY, Service.BUILDER, Service.SCHEDULER),
+    readers=only(Service.LOG_SHIPPER),
+)
+ROUTER = LiveSpec("router", writers=only(Service.NETWORK_WIRER), readers=only(Service.LOG_SHIPPER))
+
+
 def lines_subject(app_id: str) -> str:
     """Where non-dyno lines of one app go (router, build, platform, api)."""
-    return subjects.live("logs", app_id)
+    return LINES.subject(app_id)
 
 
 def router_subject(app_id: str) -> str:
     """Where network-wirer publishes the router's access records of one app."""
-    return subjects.live("router", app_id)
+    return ROUTER.subject(app_id)
 
 
-LINES_ALL = subjects.live_filter("logs")
-ROUTER_ALL = subjects.live_filter("router")
+LINES_ALL = LINES.filter
+ROUTER_ALL = ROUTER.filter

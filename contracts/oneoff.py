@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Literal
 
 from slipway.contracts import subjects
-from slipway.contracts.base import Message, Rpc
+from slipway.contracts.base import LiveSpec, Message, Rpc, only
 from slipway.contracts.scheduler import Dyno
 from slipway.contracts.subjects import Service
 
@@ -66,14 +66,19 @@ ONEOFF_RUN: Rpc[RunOneOff, OneOffStarted] = Rpc(
     subjects.rpc(Service.SCHEDULER, "oneoff.run"),
     RunOneOff,
     OneOffStarted,
+    callers=only(Service.GATEWAY),
 )
+
+
+TTY_IN = LiveSpec("ttyin", writers=only(Service.GATEWAY), readers=only(Service.SCHEDULER))
+TTY_OUT = LiveSpec("ttyout", writers=only(Service.SCHEDULER), readers=only(Service.GATEWAY))
 
 
 def tty_in(session: str) -> str:
     """Client → dyno: keystrokes, resizes, the ready handshake."""
-    return subjects.live("ttyin", session)
+    return TTY_IN.subject(session)
 
 
 def tty_out(session: str) -> str:
     """Dyno → client: output, then one exit frame."""
-    return subjects.live("ttyout", session)
+    return TTY_OUT.subject(session)

@@ -14,8 +14,8 @@ from typing import Literal
 import msgspec
 
 from slipway.contracts import subjects
-from slipway.contracts.base import Event, EventSpec, Message, Rpc
-from slipway.contracts.subjects import Service
+from slipway.contracts.base import Event, EventSpec, Message, Rpc, only
+from slipway.contracts.subjects import OPERATOR, Service
 
 Access = Literal["pull", "push"]
 
@@ -49,9 +49,10 @@ CREDENTIALS_ISSUE: Rpc[IssueCredentials, Credentials] = Rpc(
     subjects.rpc(Service.REGISTRY_PROXY, "credentials.issue"),
     IssueCredentials,
     Credentials,
+    callers=only(Service.BUILDER, Service.SCHEDULER),
 )
 IMAGE_PUSHED: EventSpec[ImagePushed] = EventSpec(
-    subjects.evt("registry", "image.pushed"), ImagePushed
+    subjects.evt("registry", "image.pushed"), ImagePushed, publishers=only(Service.REGISTRY_PROXY)
 )
 
 
@@ -84,4 +85,5 @@ IMAGES_LIST: Rpc[ListImages, ImageList] = Rpc(
     subjects.rpc(Service.REGISTRY_PROXY, "images.list"),
     ListImages,
     ImageList,
+    callers=only(Service.BUILDER, Service.SCHEDULER, Service.GATEWAY, OPERATOR),
 )

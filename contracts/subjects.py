@@ -31,6 +31,12 @@ class Service(StrEnum):
     BACKUP = "backup"
 
 
+# NATS users that are not services. The operator (scripts, the health check, tests)
+# holds every permission; the provisioner may only create the streams and durable
+# consumers declared in contracts/catalog.py, never delete or purge them.
+OPERATOR = "operator"
+PROVISIONER = "provisioner"
+
 # Streams and their subject filters.
 STREAM_CMD = "CMD"
 STREAM_EVT = "EVT"
@@ -121,9 +127,14 @@ def inbox_prefix(service: Service | str, instance: str | None = None) -> str:
     return f"{base}.{_token(instance)}" if instance else base
 
 
+def is_inbox(subject: str) -> bool:
+    """Whether `subject` is a reply inbox (Slipway's or a plain NATS client's)."""
+    return subject.startswith("_INBOX.")
+
+
 def caller_of(reply_subject: str | None) -> str | None:
     """The service whose inbox a reply subject belongs to, if it is a Slipway inbox."""
-    if not reply_subject or not reply_subject.startswith("_INBOX."):
+    if not reply_subject or not is_inbox(reply_subject):
         return None
     parts = reply_subject.split(".")
     return parts[1] if len(parts) > 2 else None

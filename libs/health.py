@@ -81,6 +81,8 @@ async def _connect(url: str, deadline: float, interval: float) -> NatsClient | N
             return await nats.connect(
                 url,
                 **_credentials(),
+                # Services may answer discovery only into the operator's inbox (natsauth).
+                inbox_prefix=subjects.inbox_prefix(OPERATOR),
                 connect_timeout=max(min(deadline - time.monotonic(), 1.0), 0.05),
                 allow_reconnect=False,
                 max_reconnect_attempts=1,

@@ -5,24 +5,39 @@ the server has reached the disk (see the 2025 Jepsen analysis of NATS). The
 server listens on loopback only. Port 0 picks a free port; a restart keeps it,
 so clients reconnect to the same URL.
 
+Hardened (`hardened=True`): one NATS user per service with the permissions
+libs/natsauth.py generates from contracts/, and, once the server is up, the
+streams and declared consumers are created by the `provisioner` user
+(libs/bus/provision.py) — services themselves may only bind to them.
+
+TLS (libs/bus/tls.py) is on whenever the server listens on anything but loopback
+(`tls=None`, the default, decides by the host): a platform CA made at first start,
+a server certificate, a client certificate per user, and clients must present theirs.
+
     python -m slipway.libs.natsserver --data var/nats --port 4222
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from slipway.libs.bus import tls as bus_tls
+from slipway.libs.bus.provision import provision_at
 from slipway.libs.foreground import serve_until_signalled, stop_child
-from slipway.libs.natsauth import authorization_block, load_or_create_users
+from slipway.libs.natsauth import PROVISIONER, authorization_block, load_or_create_users
 
 
 def nats_server_binary() -> str:
@@ -51,18 +66,52 @@ class NatsServer:
         host: str = "127.0.0.1",
         extra_config: str = "",
         hardened: bool = False,
+        instances: Mapping[str, Iterable[str | None]] | None = None,
+        tls: bool | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
         self.extra_config = extra_config
         self.hardened = hardened
+        # The instances of services with per-instance consumers (contracts/catalog.py):
+        # each gets its own durable and permission. None: one builder, log-shipper "local".
+        self.instances = instances
+        # Plain text only while the bus never leaves this machine.
+        self.tls = (not bus_tls.is_loopback(host)) if tls is None else tls
         self.users: dict[str, str] = {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        scheme = "tls" if self.tls else "nats"
+        host = "127.0.0.1" if self.host in bus_tls.WILDCARDS else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The platform CA and every certificate (SLIPWAY_NATS_TLS_DIR for clients)."""
+        return self.data_dir / "tls"
+
+    def client_tls(self, user: str) -> ssl.SSLContext | None:
+        """The TLS context `user` connects with (None when the bus is plain text)."""
+        if not self.tls:
+            return None
+        return bus_tls.issue(self.tls_dir, user).client_context()
+
+    def _tls_block(self) -> str:
+        server = bus_tls.issue(self.tls_dir, "server", server_hosts=bus_tls.server_hosts(self.host))
+        for user in self.users or load_or_create_users(self.data_dir):
+            bus_tls.issue(self.tls_dir, user)
+        return (
+            "tls {\n"
+            f"  cert_file: {json.dumps(str(server.cert))}\n"
+            f"  key_file: {json.dumps(str(server.key))}\n"
+            f"  ca_file: {json.dumps(str(server.ca))}\n"
+            "  verify: true\n"
+            "  timeout: 2\n"
+            "}\n"
+        )
 
     @property
     def log_path(self) -> Path:
@@ -75,7 +124,9 @@ class NatsServer:
         auth = ""
         if self.hardened:
             self.users = load_or_create_users(self.data_dir)
-            auth = authorization_block(self.users)
+            auth = authorization_block(self.users, self.instances)
+        if self.tls:
+            auth += self._tls_block()
         return (
             f"listen: {self.host}:{listen_port}\n"
             f"ports_file_dir: {ports_dir}\n"
@@ -88,22 +139,45 @@ class NatsServer:
         """Start the server and wait until it accepts connections; returns its URL."""
         if self.process is not None and self.process.poll() is None:
             return self.url
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The JetStream store holds every queued message: owner-only, whatever the caller's
+        # umask (tests start servers without the supervisor's), and nats-server gets 077 too.
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
         config_path = self.data_dir / "nats-server.conf"
         config_path.touch(mode=0o600)  # it holds the users' passwords when hardened
         config_path.write_text(self._config())
         for stale in self.data_dir.glob("nats-server_*.ports"):
             stale.unlink()
-        log = self.log_path.open("ab")
+        log = os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=0o077,
         )
         log.close()
         self._wait_ready(timeout)
+        if self.hardened:
+            self._provision(timeout)
         return self.url
+
+    def _provision(self, timeout: float) -> None:
+        # start() is synchronous and may be called from inside a running event loop
+        # (fixtures, the supervisor): provision on a loop of its own, in a thread.
+        run = provision_at(
+            self.url,
+            user=PROVISIONER,
+            password=self.users[PROVISIONER],
+            instances=self.instances,
+            tls=self.client_tls(PROVISIONER),
+        )
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            try:
+                pool.submit(asyncio.run, run).result(timeout=timeout)
+            except Exception:
+                self.stop()
+                raise
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.process is not None
@@ -154,6 +228,16 @@ def _accepts(host: str, port: int) -> bool:
         return False
 
 
+def _instances(given: list[str]) -> dict[str, list[str | None]] | None:
+    if not given:
+        return None
+    found: dict[str, list[str | None]] = {}
+    for item in given:
+        service, _, name = item.partition("=")
+        found.setdefault(service, []).append(name or None)
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run nats-server with Slipway's settings.")
     parser.add_argument("--data", default=os.environ.get("SLIPWAY_NATS_DATA", "var/nats"))
@@ -161,8 +245,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hardened", action="store_true", help="one user per service, limited subscriptions"
     )
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (TLS unless loopback)")
+    parser.add_argument(
+        "--instance",
+        action="append",
+        default=[],
+        metavar="SERVICE=NAME",
+        help="an instance with its own consumers (builder=b2, log-shipper=host2); repeatable",
+    )
     args = parser.parse_args(argv)
-    server = NatsServer(args.data, port=args.port, hardened=args.hardened)
+    server = NatsServer(
+        args.data,
+        port=args.port,
+        host=args.host,
+        hardened=args.hardened,
+        instances=_instances(args.instance),
+    )
     server.start()
     print(f"nats-server ready at {server.url} (JetStream in {server.data_dir})", flush=True)
     return serve_until_signalled(server)

@@ -9,7 +9,18 @@
 See `bus.py` for the connection and RPC, `consumer.py` for at-least-once delivery.
 """
 
-from slipway.libs.bus.bus import Bus, Gathered, ensure_streams
-from slipway.libs.bus.consumer import Consumer, Delivery, Route, route
+from slipway.libs.bus.bus import Bus, Gathered
+from slipway.libs.bus.consumer import Consumer, Delivery, NotProvisioned, Route, route
+from slipway.libs.bus.provision import ensure_streams, provision
 
-__all__ = ["Bus", "Consumer", "Delivery", "Gathered", "Route", "ensure_streams", "route"]
+__all__ = [
+    "Bus",
+    "Consumer",
+    "Delivery",
+    "Gathered",
+    "NotProvisioned",
+    "Route",
+    "ensure_streams",
+    "provision",
+    "route",
+]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -40,7 +41,9 @@ from slipway.contracts.base import (
 )
 from slipway.libs import logcontext
 from slipway.libs.bus import context
+from slipway.libs.bus import tls as bus_tls
 from slipway.libs.bus.consumer import Consumer, Route
+from slipway.libs.bus.provision import ensure_streams
 from slipway.libs.errors import (
     Internal,
     InvalidRequest,
@@ -105,52 +108,17 @@ class _Endpoint:
     workers: set[asyncio.Task[None]] = field(default_factory=set)
 
 
-async def ensure_streams(js: JetStreamContext, *, evt_max_age: float = 30 * 86400) -> None:
-    """Create or update the CMD, EVT and DLQ streams; safe to call at every start."""
-    configs = [
-        api.StreamConfig(
-            name=subjects.STREAM_CMD,
-            subjects=[subjects.CMD_ALL],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=api.StorageType.FILE,
-            duplicate_window=120.0,
-        ),
-        api.StreamConfig(
-            name=subjects.STREAM_EVT,
-            subjects=[subjects.EVT_ALL],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            max_age=evt_max_age,
-            duplicate_window=120.0,
-        ),
-        api.StreamConfig(
-            name=subjects.STREAM_DLQ,
-            subjects=[subjects.DLQ_ALL],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=api.StorageType.FILE,
-            max_age=30 * 86400.0,
-            duplicate_window=120.0,
-        ),
-    ]
-    for config in configs:
-        assert config.name is not None
-        try:
-            await js.stream_info(config.name)
-        except nats.js.errors.NotFoundError:
-            try:
-                await js.add_stream(config)
-            except nats.js.errors.BadRequestError:
-                # Another instance created it between our look and our add.
-                await js.update_stream(config)
-        else:
-            await js.update_stream(config)
-
-
 class Bus:
     """One service instance's typed connection to NATS."""
 
-    def __init__(self, nc: NatsClient, service: str, instance: str) -> None:
+    def __init__(
+        self, nc: NatsClient, service: str, instance: str, *, provisions_itself: bool = True
+    ) -> None:
         self.nc = nc
+        # Under the hardened configuration (a user per service) the provisioner made the
+        # streams and consumers and this user may not: it only binds. An open server has
+        # nobody else to make them.
+        self.provisions_itself = provisions_itself
         self.js: JetStreamContext = nc.jetstream(timeout=5.0)
         self.service = service
         self.instance = instance
@@ -170,8 +138,13 @@ class Bus:
         user: str | None = None,
         password: str | None = None,
         connect_timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> Bus:
-        """Connect as `service`, with its own inbox prefix, reconnecting forever."""
+        """Connect as `service`, with its own inbox prefix, reconnecting forever.
+
+        Over TLS when `tls` is given, or when $SLIPWAY_NATS_TLS_DIR holds this user's
+        certificate (the supervisor sets it when the bus leaves loopback).
+        """
         instance = instance or NUID().next().decode()[-8:].lower()
 
         async def on_error(exc: Exception) -> None:
@@ -183,8 +156,13 @@ class Bus:
         async def on_reconnected() -> None:
             log.info("nats.reconnected")
 
+        if tls is None:
+            identity = bus_tls.identity_from_env(user or service)
+            tls = identity.client_context() if identity is not None else None
+        secure: dict[str, Any] = {"tls": tls} if tls is not None else {}
         nc = await nats.connect(
             servers,
+            **secure,
             name=f"{service}-{instance}",
             user=user,
             password=password,
@@ -197,11 +175,12 @@ class Bus:
             disconnected_cb=on_disconnected,
             reconnected_cb=on_reconnected,
         )
-        return cls(nc, service, instance)
+        return cls(nc, service, instance, provisions_itself=user is None)
 
     async def ensure_streams(self) -> None:
-        """Create the platform's streams if missing (idempotent)."""
-        await ensure_streams(self.js)
+        """Create the platform's streams if missing; under hardened NATS, the provisioner's job."""
+        if self.provisions_itself:
+            await ensure_streams(self.js)
 
     # ---- request / reply -------------------------------------------------------------
 
@@ -377,9 +356,15 @@ class Bus:
     ) -> None:
         started = time.perf_counter_ns()
         headers = msg.headers or {}
+        caller = subjects.caller_of(msg.reply)
+        if msg.reply and not subjects.is_inbox(msg.reply):
+            # The answer would go to a subject no Slipway inbox owns: possibly one the
+            # sender can read while posing as someone else. Never answer there.
+            log.warning("rpc.refused", endpoint=rpc.name, reason="reply is not a Slipway inbox")
+            return
         ctx = context.MessageContext(
             subject=msg.subject,
-            caller=subjects.caller_of(msg.reply),
+            caller=caller,
             request_id=headers.get(context.REQUEST_ID_HEADER) or self._local_request_id(),
             headers=headers,
         )

@@ -28,12 +28,12 @@ import nats.errors
 import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
-from nats.js import api
 
 from slipway.contracts import subjects
 from slipway.contracts.base import Command, CommandSpec, Event, EventSpec
 from slipway.libs import logcontext
 from slipway.libs.bus import context
+from slipway.libs.bus.provision import ACK_WAIT, consumer_config
 
 log = structlog.get_logger("slipway.bus")
 
@@ -41,6 +41,10 @@ M = TypeVar("M", Command, Event)
 MsgT = TypeVar("MsgT", bound=Command | Event)
 
 DEFAULT_BACKOFF = (1.0, 5.0, 15.0, 60.0)
+
+
+class NotProvisioned(RuntimeError):
+    """A service started before the consumer it binds to was provisioned as it needs."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class Consumer:
         routes: Iterable[Route[Any]],
         max_deliver: int = 5,
         backoff: tuple[float, ...] = DEFAULT_BACKOFF,
-        ack_wait: float = 30.0,
+        ack_wait: float = ACK_WAIT,
         concurrency: int = 8,
     ) -> None:
         self.bus = bus
@@ -98,25 +102,42 @@ class Consumer:
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        """Create or update the durable consumer, then start fetching."""
-        config = api.ConsumerConfig(
-            durable_name=self.durable,
-            ack_policy=api.AckPolicy.EXPLICIT,
-            deliver_policy=api.DeliverPolicy.ALL,
-            ack_wait=self.ack_wait,
-            # Redelivery is bounded by us, not the server, so the last failure
-            # can be moved to the dead-letter stream instead of lingering.
-            max_deliver=-1,
-            max_ack_pending=max(self.concurrency * 4, 64),
-        )
-        if len(self.filter_subjects) == 1:
-            config.filter_subject = self.filter_subjects[0]
+        """Bind to the durable consumer (creating it first on an open server), then fetch."""
+        if self.bus.provisions_itself:
+            config = consumer_config(
+                self.durable,
+                self.filter_subjects,
+                ack_wait=self.ack_wait,
+                max_ack_pending=max(self.concurrency * 4, 64),
+            )
+            await self.bus.js.add_consumer(self.stream, config)
         else:
-            config.filter_subjects = self.filter_subjects
-        await self.bus.js.add_consumer(self.stream, config)
+            await self._check_provisioned()
         self._subscription = await self.bus.js.pull_subscribe_bind(self.durable, stream=self.stream)
         self.bus.track(self)
         self._loop_task = asyncio.create_task(self._fetch_loop(), name=f"consumer:{self.durable}")
+
+    async def _check_provisioned(self) -> None:
+        # Without JetStream admin rights the service cannot fix a missing or narrower
+        # consumer itself: say what to declare rather than silently miss messages.
+        try:
+            info = await self.bus.js.consumer_info(self.stream, self.durable)
+        except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
+            # A consumer this user was not granted looks like no answer at all.
+            raise NotProvisioned(
+                f"the durable consumer {self.durable} on stream {self.stream} does not exist"
+                " or is not this service's:"
+                " declare it in contracts/catalog.py and run the provisioner"
+                " (python -m slipway.libs.bus.provision)"
+            ) from None
+        config = info.config
+        carried = set(config.filter_subjects or []) | {config.filter_subject or ""}
+        missing = sorted(set(self.filter_subjects) - carried)
+        if missing:
+            raise NotProvisioned(
+                f"the durable consumer {self.durable} does not carry {', '.join(missing)}:"
+                " add them to its declaration in contracts/catalog.py and run the provisioner"
+            )
 
     def stop(self) -> None:
         """Stop fetching; messages already fetched are still handled."""

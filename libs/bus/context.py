@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass, field
+from typing import Any
+
+from slipway.contracts.base import Rpc
+from slipway.libs.errors import Forbidden
 
 REQUEST_ID_HEADER = "Slipway-Request-Id"
 
@@ -51,3 +55,21 @@ def enter(ctx: MessageContext) -> None:
     """Bind `ctx` for the rest of the current task (each handler runs in its own task)."""
     _current.set(ctx)
     _request_id.set(ctx.request_id)
+
+
+def require_caller(rpc: Rpc[Any, Any]) -> str:
+    """The calling service, if `rpc` declares it among its callers; else raise Forbidden.
+
+    Under the hardened configuration nats-server already refused undeclared callers;
+    this keeps a handler that acts for a customer safe on an open server too.
+    """
+    ctx = current()
+    caller = ctx.caller if ctx else None
+    if caller is None or caller not in rpc.callers:
+        who = caller or "a caller without a Slipway inbox"
+        allowed = ", ".join(sorted(rpc.callers)) or "nobody"
+        raise Forbidden(
+            f"{who} may not call {rpc.service} {rpc.name}: only {allowed} may"
+            " (declared in contracts/)."
+        )
+    return caller

@@ -6,7 +6,10 @@ service can only receive replies under its own inbox prefix, so it cannot
 borrow another's name. A call the table does not grant raises Forbidden (and is
 audited like any other).
 
-Data-key operations are granted per purpose; the others carry no purpose.
+Data-key operations are granted per purpose; the others carry no purpose. The
+table refines, never widens, the callers each RPC declares in contracts/keyring.py
+(from which nats-server's permissions are generated): a grant to an undeclared
+caller is void, and `disagreements()` (tested) lists any such drift.
 `operator` is the platform operator's NATS user (scripts, the health check): it
 may rotate, retire and shred, and read public information, but never holds a
 data key.
@@ -15,9 +18,10 @@ data key.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from slipway.contracts import keyring
+from slipway.contracts.base import Rpc
 from slipway.contracts.keyring import Purpose
 from slipway.contracts.subjects import Service
 from slipway.libs.errors import Forbidden
@@ -99,10 +103,43 @@ TABLE: tuple[Grant, ...] = (
 
 _ALLOWED = frozenset(TABLE)
 
+# Each operation's RPC, whose declared callers bound the table.
+RPCS: dict[Operation, Rpc[Any, Any]] = {
+    Operation(rpc.name): rpc
+    for rpc in (
+        keyring.DATAKEY_GENERATE,
+        keyring.DATAKEY_DECRYPT,
+        keyring.DATAKEY_REWRAP,
+        keyring.KEK_ROTATE,
+        keyring.KEK_RETIRE,
+        keyring.TEAM_SHRED,
+        keyring.PUBKEY_REGISTER,
+        keyring.PUBKEY_GET,
+        keyring.AUDIT_SIGN,
+        keyring.AUDIT_KEY,
+    )
+}
+
+
+def disagreements() -> list[str]:
+    """Where the table and the declared callers differ (nothing, when they agree)."""
+    found = []
+    for operation, rpc in RPCS.items():
+        granted = {g.caller for g in TABLE if g.operation == operation}
+        for caller in sorted(granted - rpc.callers):
+            found.append(f"{caller} is granted {operation} but not declared to call it")
+        for caller in sorted(rpc.callers - granted):
+            found.append(f"{caller} is declared to call {operation} but granted nothing")
+    return found
+
 
 def allowed(caller: str | None, operation: Operation, purpose: Purpose | None = None) -> bool:
-    """Whether the table grants `operation` (for `purpose`) to `caller`."""
-    return caller is not None and Grant(caller, operation, purpose) in _ALLOWED
+    """Whether `caller` is declared for `operation` and the table grants it (for `purpose`)."""
+    return (
+        caller is not None
+        and caller in RPCS[operation].callers
+        and Grant(caller, operation, purpose) in _ALLOWED
+    )
 
 
 def check(caller: str | None, operation: Operation, purpose: Purpose | None = None) -> None:

@@ -59,6 +59,7 @@ from slipway.contracts.log_shipper import (
 from slipway.contracts.logs import LINES_ALL, ROUTER_ALL
 from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
 from slipway.contracts.subjects import Service
+from slipway.libs.bus import context
 from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database
 from slipway.services.log_shipper import platform, store
@@ -124,6 +125,7 @@ def create_service(settings: LogShipperSettings) -> ServiceApp:
 def _reads(service: ServiceApp) -> None:
     @service.rpc(HISTORY_READ)
     async def read_history(request: ReadHistory) -> HistoryPage | None:
+        context.require_caller(HISTORY_READ)
         shipper = service[SHIPPER]
         if request.host is not None and request.host != shipper.history.host:
             return None  # paging on through another host's history

@@ -10,20 +10,21 @@ from pathlib import Path
 import nats
 import pytest
 
-from slipway.contracts import subjects
-from slipway.contracts.base import Rpc
+from slipway.contracts import keyring, subjects
+from slipway.contracts.gateway import RELEASE_CREATE, CreateRelease
+from slipway.contracts.logs import router_subject
 from slipway.contracts.subjects import Service
-from slipway.libs.bus import Bus
+from slipway.libs.bus import Bus, NotProvisioned, route
 from slipway.libs.bus import context as bus_context
 from slipway.libs.natsserver import NatsServer
-from tests.bus.test_rpc import Echo, Echoed
+from tests.conftest import assert_eventually
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def hardened(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server with one user per service."""
+    """A nats-server with one user per service, provisioned."""
     server = NatsServer(tmp_path / "nats", hardened=True)
     server.start()
     yield server
@@ -35,18 +36,16 @@ async def connect(server: NatsServer, service: str) -> Bus:
 
 
 async def test_services_call_each_other_and_the_caller_is_proven(hardened: NatsServer) -> None:
-    """Under per-service users an RPC works and the handler sees the caller's own name."""
-    keyring, gateway = await connect(hardened, "keyring"), await connect(hardened, "gateway")
-    await keyring.ensure_streams()
-    rpc = Rpc(Service.KEYRING, "who", subjects.rpc(Service.KEYRING, "who"), Echo, Echoed)
+    """Under per-service users a declared RPC works and the handler sees the caller's name."""
+    keyring_bus, gateway = await connect(hardened, "keyring"), await connect(hardened, "gateway")
 
-    async def handle(req: Echo) -> Echoed:
+    async def handle(req: keyring.GetAuditKey) -> keyring.AuditKey:
         ctx = bus_context.current()
-        return Echoed(text=req.text, caller=ctx.caller if ctx else None)
+        return keyring.AuditKey(key_id=str(ctx.caller if ctx else None), public_key=b"")
 
-    await keyring.serve(rpc, handle)
-    assert (await gateway.call(rpc, Echo(text="hi"))).caller == "gateway"
-    await keyring.close()
+    await keyring_bus.serve(keyring.AUDIT_KEY, handle)
+    assert (await gateway.call(keyring.AUDIT_KEY, keyring.GetAuditKey())).key_id == "gateway"
+    await keyring_bus.close()
     await gateway.close()
 
 
@@ -62,17 +61,17 @@ async def test_a_service_cannot_listen_on_another_services_inbox(hardened: NatsS
     )
     await nc.subscribe(f"{subjects.inbox_prefix(Service.KEYRING)}.>")
     await nc.subscribe(subjects.rpc(Service.KEYRING, "datakey.generate"))
-    for _ in range(50):
-        if len(errors) >= 2:
-            break
-        await asyncio.sleep(0.05)
-    assert len(errors) == 2
-    assert all("permissions violation" in str(e).lower() for e in errors)
+
+    def refused() -> None:
+        assert len(errors) == 2
+        assert all("permissions violation" in str(e).lower() for e in errors)
+
+    await assert_eventually(refused)
     await nc.close()
 
 
 async def test_live_subjects_are_read_only_by_their_readers(hardened: NatsServer) -> None:
-    """The log-shipper may listen to router lines; the builder may not listen to log tails."""
+    """The log-shipper hears the wirer's router lines; the builder may not listen to logs."""
     errors: list[Exception] = []
 
     async def on_error(exc: Exception) -> None:
@@ -83,19 +82,62 @@ async def test_live_subjects_are_read_only_by_their_readers(hardened: NatsServer
     )
     heard = await shipper.subscribe(subjects.live_filter("router"))
     await shipper.flush()
+    wirer = await nats.connect(
+        hardened.url, user="network-wirer", password=hardened.users["network-wirer"]
+    )
+    await wirer.publish(router_subject("app1"), b"line")
     builder = await nats.connect(
         hardened.url, user="builder", password=hardened.users["builder"], error_cb=on_error
     )
     await builder.subscribe(subjects.live("logs", "app1"))
-    await builder.publish(subjects.live("router", "app1"), b"line")
-    assert (await heard.next_msg(timeout=2)).data == b"line"
-    for _ in range(50):
-        if errors:
-            break
-        await asyncio.sleep(0.05)
-    assert errors and "permissions violation" in str(errors[0]).lower()
-    await shipper.close()
-    await builder.close()
+    assert (await heard.next_msg(timeout=5)).data == b"line"
+
+    def refused() -> None:
+        assert errors and "permissions violation" in str(errors[0]).lower()
+
+    await assert_eventually(refused)
+    for nc in (shipper, wirer, builder):
+        await nc.close()
+
+
+async def test_a_service_binds_to_its_provisioned_consumer(hardened: NatsServer) -> None:
+    """The gateway takes and acks a command the builder sent, from the provisioned consumer."""
+    gateway, builder = await connect(hardened, "gateway"), await connect(hardened, "builder")
+    got: list[CreateRelease] = []
+
+    async def handle(cmd: CreateRelease) -> None:
+        got.append(cmd)
+
+    await gateway.consume_commands([route(RELEASE_CREATE, handle)])
+    command = CreateRelease(app_id="a1", image_ref="r/a@sha256:0", image_digest="sha256:0")
+    assert await builder.send(RELEASE_CREATE, command)
+
+    operator = await connect(hardened, "operator")
+
+    async def handled_and_acked() -> None:
+        assert [c.command_id for c in got] == [command.command_id]
+        # A work queue drops a message once acked: the ack was allowed too.
+        assert (await operator.js.stream_info(subjects.STREAM_CMD)).state.messages == 0
+
+    await assert_eventually(handled_and_acked)
+    for bus in (gateway, builder, operator):
+        await bus.close()
+
+
+async def test_an_undeclared_consumer_is_reported_not_created(hardened: NatsServer) -> None:
+    """A service asking for a consumer nobody declared is told to declare it; none appears."""
+    gateway = await connect(hardened, "gateway")
+    with pytest.raises(NotProvisioned, match=r"declare it in contracts/catalog\.py"):
+        await gateway.consume_events("undeclared", [route(RELEASE_CREATE, _ignore)])
+    await gateway.close()
+    operator = await connect(hardened, "operator")
+    names = [c.name for c in await operator.js.consumers_info(subjects.STREAM_EVT)]
+    assert "gateway-undeclared" not in names
+    await operator.close()
+
+
+async def _ignore(_: CreateRelease) -> None:
+    return None
 
 
 async def test_wrong_password_is_refused(hardened: NatsServer) -> None:
@@ -111,3 +153,18 @@ async def test_wrong_password_is_refused(hardened: NatsServer) -> None:
     finally:
         writer.close()
         await writer.wait_closed()
+
+
+async def test_each_named_instance_gets_its_own_consumer(tmp_path: Path) -> None:
+    """Two log-shipper hosts each get a provisioned durable they may bind to."""
+    server = NatsServer(tmp_path / "nats", hardened=True, instances={"log-shipper": ["h1", "h2"]})
+    server.start()
+    try:
+        shipper = await connect(server, "log-shipper")
+        for host in ("h1", "h2"):
+            durable = subjects.durable(Service.LOG_SHIPPER, f"host-{host}")
+            bound = await shipper.js.pull_subscribe_bind(durable, stream=subjects.STREAM_EVT)
+            assert (await bound.consumer_info()).name == durable
+        await shipper.close()
+    finally:
+        server.stop()

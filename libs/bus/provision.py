@@ -1,0 +1,172 @@
+"""Creating the platform's streams and durable consumers, before any service starts.
+
+Services hold no JetStream admin rights under the hardened configuration: they
+only bind to consumers that exist. The streams and every consumer declared in
+`contracts.catalog` are created here, by the `provisioner` user (or the operator),
+idempotently: `NatsServer.start()` runs it whenever it starts a hardened server.
+
+    python -m slipway.libs.bus.provision --url nats://127.0.0.1:4222 --user provisioner
+
+In an open development server (no users), a service provisions its own consumer
+when it starts (`Bus.provisions_itself`), as there is nobody else to do it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import ssl
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import nats
+import nats.js.errors
+from nats.js import JetStreamContext, api
+
+from slipway.contracts import subjects
+from slipway.contracts.catalog import DEFAULT_INSTANCES, catalog
+from slipway.contracts.subjects import PROVISIONER, Service
+
+# How long a handler may hold a message before the server redelivers it; the consumer's
+# keep-alive (`in_progress`) runs at a third of it.
+ACK_WAIT = 30.0
+
+
+def stream_configs(evt_max_age: float = 30 * 86400) -> list[api.StreamConfig]:
+    """The CMD (work queue), EVT and DLQ streams, stored on disk."""
+    return [
+        api.StreamConfig(
+            name=subjects.STREAM_CMD,
+            subjects=[subjects.CMD_ALL],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            duplicate_window=120.0,
+        ),
+        api.StreamConfig(
+            name=subjects.STREAM_EVT,
+            subjects=[subjects.EVT_ALL],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=evt_max_age,
+            duplicate_window=120.0,
+        ),
+        api.StreamConfig(
+            name=subjects.STREAM_DLQ,
+            subjects=[subjects.DLQ_ALL],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=30 * 86400.0,
+            duplicate_window=120.0,
+        ),
+    ]
+
+
+def consumer_config(
+    durable: str, filters: list[str], *, ack_wait: float = ACK_WAIT, max_ack_pending: int = 256
+) -> api.ConsumerConfig:
+    """A durable pull consumer with explicit acks whose redeliveries we bound ourselves."""
+    config = api.ConsumerConfig(
+        durable_name=durable,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_wait=ack_wait,
+        # Redelivery is bounded by the consumer, not the server, so the last failure
+        # can be moved to the dead-letter stream instead of lingering.
+        max_deliver=-1,
+        max_ack_pending=max_ack_pending,
+    )
+    if len(filters) == 1:
+        config.filter_subject = filters[0]
+    else:
+        config.filter_subjects = filters
+    return config
+
+
+async def ensure_streams(js: JetStreamContext, *, evt_max_age: float = 30 * 86400) -> None:
+    """Create the CMD, EVT and DLQ streams, or update them to this config."""
+    for config in stream_configs(evt_max_age):
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            try:
+                await js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                # Another instance created it between our look and our add.
+                await js.update_stream(config)
+        else:
+            await js.update_stream(config)
+
+
+def declared_consumers(
+    instances: Mapping[str, Iterable[str | None]] | None = None,
+) -> list[tuple[str, api.ConsumerConfig]]:
+    """(stream, config) of every consumer the catalog declares."""
+    cat = catalog()
+    instances = DEFAULT_INSTANCES if instances is None else instances
+    found: list[tuple[str, api.ConsumerConfig]] = []
+    for service in sorted({c.service for c in cat.commands}):
+        durable = subjects.durable(Service(service), "cmd")
+        found.append(
+            (subjects.STREAM_CMD, consumer_config(durable, [subjects.cmd_filter(Service(service))]))
+        )
+    for spec in cat.consumers:
+        names = instances.get(spec.service, (None,)) if spec.per_instance else (None,)
+        filters = [event.subject for event in spec.events]
+        for instance in names:
+            durable = subjects.durable(Service(spec.service), spec.durable_purpose(instance))
+            found.append((subjects.STREAM_EVT, consumer_config(durable, filters)))
+    return found
+
+
+async def provision(
+    js: JetStreamContext, instances: Mapping[str, Iterable[str | None]] | None = None
+) -> None:
+    """Create the streams and every declared consumer; safe to run at every start."""
+    await ensure_streams(js)
+    for stream, config in declared_consumers(instances):
+        await js.add_consumer(stream, config)
+
+
+async def provision_at(
+    url: str,
+    *,
+    user: str | None,
+    password: str | None,
+    instances: Mapping[str, Iterable[str | None]] | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> None:
+    """Connect as `user` (the provisioner), provision, disconnect."""
+    extra: dict[str, Any] = {"tls": tls} if tls is not None else {}
+    nc = await nats.connect(
+        url,
+        **extra,
+        user=user,
+        password=password,
+        inbox_prefix=subjects.inbox_prefix(user or PROVISIONER),
+        allow_reconnect=False,
+        max_reconnect_attempts=1,
+    )
+    try:
+        await provision(nc.jetstream(timeout=10.0), instances)
+    finally:
+        await nc.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Create Slipway's streams and consumers.")
+    parser.add_argument(
+        "--url", default=os.environ.get("SLIPWAY_NATS_URL", "nats://127.0.0.1:4222")
+    )
+    parser.add_argument("--user", default=os.environ.get("SLIPWAY_NATS_USER", PROVISIONER))
+    parser.add_argument("--password", default=os.environ.get("SLIPWAY_NATS_PASSWORD"))
+    args = parser.parse_args(argv)
+    asyncio.run(provision_at(args.url, user=args.user, password=args.password))
+    print("streams and consumers provisioned", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
