@@ -11,6 +11,10 @@ State lives in `$SLIPWAY_HOME` (default `var/`):
     run/supervisor.pid   this process, locked while it runs; a second supervisor exits 0
     run/<name>.pid       each running child: "<pid> <start time>", for scripts/down
 
+All of it is owner-only: the supervisor and its children run with umask 077, and at
+start anything under the home with group or other bits loses them
+(libs/service/private.py).
+
 A child that exits is started again after a delay that doubles (0.5s, 1s, ... up to 30s)
 and falls back to the first delay once a run has lasted 60s. SIGTERM or SIGINT stops the
 children one by one in reverse start order (SIGTERM, then SIGKILL after a grace period),
@@ -37,9 +41,11 @@ import structlog
 
 import slipway.services
 from slipway.contracts.subjects import Service
+from slipway.libs.bus.tls import TLS_DIR_ENV
 from slipway.libs.natsauth import OPERATOR
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service.logging import configure_logging
+from slipway.libs.service.private import private_dir, private_umask, tighten
 
 log = structlog.get_logger("slipway.supervisor")
 
@@ -161,7 +167,7 @@ class PidFile:
         """Lock the file and write our pid, or raise AlreadyRunning."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -250,6 +256,8 @@ class Supervisor:
         env["SLIPWAY_HOME"] = str(self.home)
         if self.nats is not None:
             env["SLIPWAY_NATS_URL"] = self.nats.url
+            if self.nats.tls:  # each child finds its own client certificate there
+                env[TLS_DIR_ENV] = str(self.nats.tls_dir)
         # A service should give up on in-flight work before we give up on the service,
         # so it still closes its resources and NATS connection cleanly.
         env.setdefault("SLIPWAY_SHUTDOWN_GRACE", str(max(self.grace - 5.0, self.grace / 2)))
@@ -507,6 +515,11 @@ def main(argv: list[str] | None = None) -> int:
             children.insert(0, ChildSpec(CADDY_NAME, (sys.executable, "-m", "slipway.libs.caddy")))
 
     home: Path = args.home.resolve()
+    # Owner-only from here on, for this process and every child it starts; and whatever an
+    # older version or a umask-ignoring child left readable by others is narrowed now.
+    private_umask()
+    private_dir(home)
+    tightened = tighten(home)
     pidfile = PidFile(home / "run" / PIDFILE_NAME)
     try:
         pidfile.acquire()
@@ -517,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     configure_logging("supervisor", fmt=os.environ.get("SLIPWAY_LOG_FORMAT", "auto"))
+    if tightened:
+        log.warning("home.tightened", home=str(home), files=tightened)
     supervisor = Supervisor(
         home,
         children,
