@@ -330,7 +330,7 @@ async def scale_bench(counts: list[int], rounds: int) -> None:
             await task
             await docker.close()
             nats.stop()
-            for args in (["rmi", "-f", image], ["network", "rm", f"slipway-app-{app_id}"]):
+            for args in (["rmi", "-f", image], ["network", "rm", settings.scoped.network(app_id)]):
                 await asyncio.to_thread(subprocess.run, ["docker", *args], capture_output=True)
 
 

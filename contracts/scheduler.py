@@ -18,13 +18,15 @@ from typing import Literal
 import msgspec
 
 from slipway.contracts import subjects
-from slipway.contracts.base import Event, EventSpec, Message, Rpc
-from slipway.contracts.subjects import Service
+from slipway.contracts.base import Event, EventSpec, Message, Rpc, only
+from slipway.contracts.subjects import OPERATOR, Service
 
 DynoState = Literal["starting", "up", "crashed", "down"]
 
 LABEL_PREFIX = "org.slipway"
-LABEL_MANAGED = f"{LABEL_PREFIX}.managed"  # "true" on every container the scheduler owns
+# On every container and app network Slipway owns: its scope's `Scope.managed` ("true" in
+# the default scope), so an installation filters exactly its own (contracts/scope.py).
+LABEL_MANAGED = f"{LABEL_PREFIX}.managed"
 LABEL_APP = f"{LABEL_PREFIX}.app"  # the app's id
 LABEL_APP_NAME = f"{LABEL_PREFIX}.app-name"
 LABEL_TEAM = f"{LABEL_PREFIX}.team"
@@ -77,13 +79,16 @@ class DynoList(Message, tag="scheduler.dynos.v1", frozen=True, kw_only=True):
     dynos: list[Dyno]
 
 
-DYNO_CHANGED: EventSpec[DynoChanged] = EventSpec(subjects.evt("dyno", "changed"), DynoChanged)
+DYNO_CHANGED: EventSpec[DynoChanged] = EventSpec(
+    subjects.evt("dyno", "changed"), DynoChanged, publishers=only(Service.SCHEDULER)
+)
 DYNOS_LIST: Rpc[ListDynos, DynoList] = Rpc(
     Service.SCHEDULER,
     "dynos.list",
     subjects.rpc(Service.SCHEDULER, "dynos.list"),
     ListDynos,
     DynoList,
+    callers=only(Service.GATEWAY, Service.NETWORK_WIRER),
 )
 
 
@@ -167,7 +172,7 @@ class DeployFinished(Event, tag="deploy.finished.v1", frozen=True, kw_only=True)
 
 
 DEPLOY_FINISHED: EventSpec[DeployFinished] = EventSpec(
-    subjects.evt("deploy", "finished"), DeployFinished
+    subjects.evt("deploy", "finished"), DeployFinished, publishers=only(Service.SCHEDULER)
 )
 HOSTS_ADD: Rpc[AddHost, HostAnswer] = Rpc(
     Service.SCHEDULER,
@@ -175,6 +180,7 @@ HOSTS_ADD: Rpc[AddHost, HostAnswer] = Rpc(
     subjects.rpc(Service.SCHEDULER, "hosts.add"),
     AddHost,
     HostAnswer,
+    callers=only(Service.GATEWAY, OPERATOR),
 )
 HOSTS_LIST: Rpc[ListHosts, HostList] = Rpc(
     Service.SCHEDULER,
@@ -182,6 +188,7 @@ HOSTS_LIST: Rpc[ListHosts, HostList] = Rpc(
     subjects.rpc(Service.SCHEDULER, "hosts.list"),
     ListHosts,
     HostList,
+    callers=only(Service.GATEWAY, OPERATOR),
 )
 HOSTS_DRAIN: Rpc[HostRef, HostAnswer] = Rpc(
     Service.SCHEDULER,
@@ -189,6 +196,7 @@ HOSTS_DRAIN: Rpc[HostRef, HostAnswer] = Rpc(
     subjects.rpc(Service.SCHEDULER, "hosts.drain"),
     HostRef,
     HostAnswer,
+    callers=only(Service.GATEWAY, OPERATOR),
 )
 HOSTS_REMOVE: Rpc[HostRef, HostAnswer] = Rpc(
     Service.SCHEDULER,
@@ -196,6 +204,7 @@ HOSTS_REMOVE: Rpc[HostRef, HostAnswer] = Rpc(
     subjects.rpc(Service.SCHEDULER, "hosts.remove"),
     HostRef,
     HostAnswer,
+    callers=only(Service.GATEWAY, OPERATOR),
 )
 DYNOS_RESTART: Rpc[RestartDynos, DynoList] = Rpc(
     Service.SCHEDULER,
@@ -203,6 +212,7 @@ DYNOS_RESTART: Rpc[RestartDynos, DynoList] = Rpc(
     subjects.rpc(Service.SCHEDULER, "dynos.restart"),
     RestartDynos,
     DynoList,
+    callers=only(Service.GATEWAY),
 )
 DYNOS_STOP: Rpc[StopDyno, DynoList] = Rpc(
     Service.SCHEDULER,
@@ -210,4 +220,5 @@ DYNOS_STOP: Rpc[StopDyno, DynoList] = Rpc(
     subjects.rpc(Service.SCHEDULER, "dynos.stop"),
     StopDyno,
     DynoList,
+    callers=only(Service.GATEWAY),
 )

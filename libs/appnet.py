@@ -4,7 +4,9 @@ The scheduler needs the network before it creates a dyno; network-wirer owns it
 afterwards (verifies it, firewalls its bridge, removes it with the app). Both
 call `ensure_app_network`, so the network always has the same name, bridge,
 labels and a /24 subnet from Slipway's own pool: Docker's default pools hold
-only about thirty bridge networks, far fewer than a host has apps.
+only about thirty bridge networks, far fewer than a host has apps. Name, bridge,
+labels and the default pool all come from the installation's scope
+(`contracts.scope`), so two installations on one engine never share a network.
 
 Two creators racing cannot make two networks: the bridge name is fixed per app,
 so the second create fails and the network the first one made is used.
@@ -19,17 +21,11 @@ from collections.abc import Iterable
 import aiodocker
 import structlog
 
-from slipway.contracts.router import (
-    LABEL_NETWORK_APP,
-    app_network_name,
-    app_network_options,
-)
-from slipway.contracts.scheduler import LABEL_MANAGED
+from slipway.contracts.scope import Scope
 
 log = structlog.get_logger("slipway.appnet")
 
-# 256 app networks per host by default; set SLIPWAY_APP_NETWORK_POOL to change it.
-DEFAULT_POOL = "10.210.0.0/16"
+# 256 app networks per host and scope by default; SLIPWAY_APP_NETWORK_POOL changes it.
 SUBNET_PREFIX = 24
 
 
@@ -68,12 +64,16 @@ async def ensure_app_network(
     docker: aiodocker.Docker,
     app_id: str,
     *,
-    pool: str = DEFAULT_POOL,
-    labels: dict[str, str] | None = None,
+    scope: Scope,
+    pool: str = "",
     attempts: int = 20,
 ) -> str:
-    """The name of `app_id`'s network on this engine, created if missing (`labels` added)."""
-    name = app_network_name(app_id)
+    """The name of `app_id`'s network in `scope` on this engine, created if missing.
+
+    Its /24 comes from `pool`, or the scope's own pool when that is empty.
+    """
+    name = scope.network(app_id)
+    pool = pool or scope.pool
     # Subnets the engine refused although no listed network holds them (another creator's,
     # or one Docker has not released yet): not offered again by this call.
     refused: set[ipaddress.IPv4Network] = set()
@@ -91,12 +91,12 @@ async def ensure_app_network(
                     "Name": name,
                     "Driver": "bridge",
                     "CheckDuplicate": True,
-                    "Options": app_network_options(app_id),
+                    "Options": scope.network_options(app_id),
                     "IPAM": {
                         "Driver": "default",
                         "Config": [{"Subnet": str(subnet), "Gateway": str(subnet[1])}],
                     },
-                    "Labels": {LABEL_NETWORK_APP: app_id, LABEL_MANAGED: "true", **(labels or {})},
+                    "Labels": scope.network_labels(app_id),
                 }
             )
             log.info("network.created", app_id=app_id, subnet=str(subnet))

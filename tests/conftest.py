@@ -16,26 +16,58 @@ from typing import Any, TypeVar, overload
 
 import pytest
 
+from slipway.contracts.scheduler import LABEL_MANAGED
+from slipway.contracts.scope import Scope
 from slipway.libs.bus import Bus
 from slipway.libs.natsserver import NatsServer
 
 T = TypeVar("T")
 
 
+# Every scope the suite runs an installation in starts with this (contracts/scope.py):
+# what the suite made is told apart from `scripts/up`'s (the default scope) by it.
+TEST_SCOPE_PREFIX = "tst"
+
+
+def new_scope() -> Scope:
+    """A scope of its own: its names, labels, chain and pool meet no other installation's."""
+    return Scope(f"{TEST_SCOPE_PREFIX}{uuid.uuid4().hex[:7]}")
+
+
+@pytest.fixture
+def scope() -> Scope:
+    """This test's own scope (`new_scope`)."""
+    return new_scope()
+
+
+def remove_scope_objects(scope: Scope, url: str = "unix:///var/run/docker.sock") -> None:
+    """Remove the containers, then the networks, of one test scope on one engine."""
+    assert scope.name.startswith(TEST_SCOPE_PREFIX), scope  # never an installation's
+    for kind, rm in ((["ps", "-aq"], ["rm", "-f"]), (["network", "ls", "-q"], ["network", "rm"])):
+        ids = subprocess.run(
+            ["docker", "-H", url, *kind, "--filter", f"label={scope.managed_label}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if ids:
+            subprocess.run(["docker", "-H", url, *rm, *ids], capture_output=True, check=False)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def remove_empty_app_networks() -> Iterator[None]:
-    """App networks the suite's apps left behind (empty ones made during the run) are removed.
+    """Empty app networks the suite's scopes made during the run are removed at its end.
 
-    Tests create apps whose dynos make `slipway-app-<id>` networks; each holds a subnet, and
-    an engine has room for a limited number. Networks older than the run, or still in use,
-    are left alone (a `scripts/up` on the same engine keeps its own).
+    Tests create apps whose dynos make app networks; each holds a subnet, and an engine
+    has room for a limited number. Only networks of test scopes (`TEST_SCOPE_PREFIX`) are
+    looked at: a `scripts/up` on the same engine keeps its own, whatever their age.
     """
     started = datetime.datetime.now(datetime.UTC)
     yield
     if shutil.which("docker") is None:
         return
     listed = subprocess.run(
-        ["docker", "network", "ls", "-q", "--filter", "name=slipway-app-"],
+        ["docker", "network", "ls", "-q", "--filter", f"label={LABEL_MANAGED}"],
         capture_output=True,
         text=True,
         check=False,
@@ -46,8 +78,13 @@ def remove_empty_app_networks() -> Iterator[None]:
         ["docker", "network", "inspect", *listed], capture_output=True, text=True, check=False
     )
     for network in json.loads(inspected.stdout or "[]"):
+        managed = (network.get("Labels") or {}).get(LABEL_MANAGED, "")
         created = datetime.datetime.fromisoformat(network["Created"][:26].rstrip("Z") + "+00:00")
-        if created >= started and not network.get("Containers"):
+        if (
+            managed.startswith(TEST_SCOPE_PREFIX)
+            and created >= started
+            and not network.get("Containers")
+        ):
             subprocess.run(["docker", "network", "rm", network["Id"]], capture_output=True)
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import msgspec
 
+from slipway.contracts.scope import SCOPE_PATTERN, Scope
 from slipway.libs.errors import InvalidRequest
 
 
@@ -29,6 +30,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: str = "info"
     instance: str | None = None
     shutdown_grace: float = 60.0
+    # The installation this process belongs to (contracts/scope.py): the Docker objects,
+    # label values and iptables chains it makes or looks for are named from it, so a
+    # second installation on the machine (the test suite) never meets them. "": default.
+    scope: Annotated[str, msgspec.Meta(pattern=SCOPE_PATTERN)] = ""
+
+    @property
+    def scoped(self) -> Scope:
+        """The names of this installation's objects on a shared machine."""
+        return Scope(self.scope)
 
     @property
     def home_path(self) -> Path:
@@ -37,7 +47,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def state_dir(self, service: str) -> Path:
         """The folder a service keeps its own state in, created on demand."""
         path = self.home_path / service
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         return path
 
 

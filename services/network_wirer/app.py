@@ -57,8 +57,10 @@ def create_service(settings: WirerSettings) -> ServiceApp:
         networks = None
         if settings.manage_networks:
             ports = [settings.router_http_port, settings.router_https_port]
-            isolation = Isolation(ports) if settings.isolation else None
-            networks = Networks(settings.docker_urls, isolation, settings.app_network_pool)
+            isolation = Isolation(ports, settings.scoped) if settings.isolation else None
+            networks = Networks(
+                settings.docker_urls, isolation, settings.scoped, settings.app_network_pool
+            )
         wirer = Wirer(
             bus,
             admin,

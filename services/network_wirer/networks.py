@@ -1,18 +1,21 @@
 """Per-app Docker networks on every host, and the firewall that keeps dynos in their lane.
 
-Each app has `slipway-app-<app id>` (label `org.slipway.app=<id>`) on each Docker
-host: dynos of the app share the bridge (ICC on), apps sit on different bridges,
-and Docker's own isolation chains drop traffic between bridges.
+Each app has its network on each Docker host (`slipway-app-<app id>` in the
+default scope, labelled `org.slipway.app=<id>` and `org.slipway.managed=<scope>`;
+contracts/scope.py): dynos of the app share the bridge (ICC on), apps sit on
+different bridges, and Docker's own isolation chains drop traffic between bridges.
 
 What Docker does not stop is a dyno reaching the *host*: its bridge gateway
 address or any other address of the machine, where the platform's services
-would answer if one were ever bound beyond loopback. The chain
-`SLIPWAY-ISOLATION`, jumped to first from INPUT, drops every new connection
+would answer if one were ever bound beyond loopback. The scope's chain
+(`SLIPWAY-ISOLATION` by default), jumped to first from INPUT, drops every new connection
 that arrives on an app bridge, except to the router's public ports (dynos may
 call any app through its public URL, as on Heroku). Replies to connections the
 host opened (health checks, the router's proxying) pass as ESTABLISHED. The
 chain is rebuilt atomically (`iptables-restore --noflush`) from the networks
-that exist, and stays in place when network-wirer stops.
+of this scope that exist, and stays in place when network-wirer stops. Only this
+scope's networks, chain and jump are ever listed, rebuilt or removed: another
+installation on the machine (the test suite beside `scripts/up`) keeps its own.
 """
 
 from __future__ import annotations
@@ -23,17 +26,12 @@ from collections.abc import Iterable, Sequence
 import aiodocker
 import structlog
 
-from slipway.contracts.router import (
-    LABEL_NETWORK_APP,
-    NETWORK_PREFIX,
-    app_network_name,
-)
+from slipway.contracts.scheduler import LABEL_APP
+from slipway.contracts.scope import Scope
 from slipway.libs import appnet
 from slipway.services.network_wirer.errors import IsolationError
 
 log = structlog.get_logger("slipway.network_wirer.networks")
-
-CHAIN = "SLIPWAY-ISOLATION"
 
 
 def bridge_of(network: dict[str, object]) -> str:
@@ -44,24 +42,27 @@ def bridge_of(network: dict[str, object]) -> str:
     return str(name) if name else f"br-{str(network['Id'])[:12]}"
 
 
-def isolation_rules(bridges: Iterable[str], router_ports: Sequence[int]) -> list[str]:
+def isolation_rules(
+    bridges: Iterable[str], router_ports: Sequence[int], chain: str = Scope().chain
+) -> list[str]:
     """The chain's rules (iptables-restore syntax) for these app bridges (pure)."""
     ports = ",".join(str(p) for p in sorted(set(router_ports)))
     rules = []
     for bridge in sorted(set(bridges)):
         rules += [
-            f"-A {CHAIN} -i {bridge} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
-            f"-A {CHAIN} -i {bridge} -p tcp -m multiport --dports {ports} -j RETURN",
-            f"-A {CHAIN} -i {bridge} -j DROP",
+            f"-A {chain} -i {bridge} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+            f"-A {chain} -i {bridge} -p tcp -m multiport --dports {ports} -j RETURN",
+            f"-A {chain} -i {bridge} -j DROP",
         ]
     return rules
 
 
 class Isolation:
-    """The SLIPWAY-ISOLATION chain on this machine (iptables, as root)."""
+    """One scope's isolation chain on this machine (iptables, as root)."""
 
-    def __init__(self, router_ports: Sequence[int]) -> None:
+    def __init__(self, router_ports: Sequence[int], scope: Scope) -> None:
         self.router_ports = tuple(router_ports)
+        self.chain = scope.chain
         self._applied: list[str] | None = None
 
     async def _run(self, *argv: str, stdin: bytes | None = None) -> int:
@@ -78,38 +79,41 @@ class Isolation:
 
     async def apply(self, bridges: Iterable[str]) -> None:
         """Make the chain hold exactly the rules for `bridges`, and INPUT jump to it."""
-        rules = isolation_rules(bridges, self.router_ports)
+        rules = isolation_rules(bridges, self.router_ports, self.chain)
         if rules == self._applied:
             return
         # Declaring the chain in a --noflush restore empties it and refills it atomically.
-        script = "\n".join(["*filter", f":{CHAIN} - [0:0]", *rules, "COMMIT", ""])
+        script = "\n".join(["*filter", f":{self.chain} - [0:0]", *rules, "COMMIT", ""])
         await self._run("iptables-restore", "--noflush", stdin=script.encode())
-        if await self._run("iptables", "-C", "INPUT", "-j", CHAIN) != 0:
-            await self._run("iptables", "-I", "INPUT", "1", "-j", CHAIN)
+        if await self._run("iptables", "-C", "INPUT", "-j", self.chain) != 0:
+            await self._run("iptables", "-I", "INPUT", "1", "-j", self.chain)
         self._applied = rules
         log.info("isolation.applied", bridges=len(rules) // 3)
 
 
 class Networks:
-    """The app networks on each Docker host."""
+    """One scope's app networks on each Docker host."""
 
     def __init__(
         self,
         docker_urls: Sequence[str],
         isolation: Isolation | None,
-        pool: str = appnet.DEFAULT_POOL,
+        scope: Scope,
+        pool: str = "",
     ) -> None:
         self.hosts = [aiodocker.Docker(url=url) for url in docker_urls]
         self.isolation = isolation
-        self.pool = pool
+        self.scope = scope
+        self.pool = pool or scope.pool
 
     async def close(self) -> None:
         for docker in self.hosts:
             await docker.close()
 
     async def _app_networks(self, docker: aiodocker.Docker) -> list[dict[str, object]]:
-        found = await docker.networks.list(filters={"label": [LABEL_NETWORK_APP]})
-        return [n for n in found if str(n.get("Name", "")).startswith(NETWORK_PREFIX)]
+        # Exactly this scope's: another installation's networks are not ours to firewall.
+        wanted = [self.scope.managed_label, LABEL_APP]
+        return await docker.networks.list(filters={"label": wanted})
 
     async def ensure(self, app_ids: Iterable[str]) -> None:
         """Create each app's network where missing; warn about ones made with other flags."""
@@ -117,7 +121,7 @@ class Networks:
         for docker in self.hosts:
             existing = {str(n["Name"]): n for n in await self._app_networks(docker)}
             for app_id in sorted(wanted):
-                network = existing.get(app_network_name(app_id))
+                network = existing.get(self.scope.network(app_id))
                 if network is None:
                     await self._create(docker, app_id)
                 else:
@@ -125,13 +129,13 @@ class Networks:
         await self.sync_isolation()
 
     async def _create(self, docker: aiodocker.Docker, app_id: str) -> None:
-        await appnet.ensure_app_network(docker, app_id, pool=self.pool)
+        await appnet.ensure_app_network(docker, app_id, scope=self.scope, pool=self.pool)
 
     async def remove(self, app_id: str) -> None:
         """Remove an app's network on every host (an app being destroyed)."""
         for docker in self.hosts:
             try:
-                network = await docker.networks.get(app_network_name(app_id))
+                network = await docker.networks.get(self.scope.network(app_id))
                 await network.delete()
                 log.info("network.removed", app_id=app_id)
             except aiodocker.DockerError as exc:
@@ -154,15 +158,11 @@ def _verify(network: dict[str, object], app_id: str) -> None:
     labels = network.get("Labels") or {}
     assert isinstance(labels, dict)
     icc = options.get("com.docker.network.bridge.enable_icc", "true")
-    if (
-        network.get("Driver") != "bridge"
-        or icc != "true"
-        or labels.get(LABEL_NETWORK_APP) != app_id
-    ):
+    if network.get("Driver") != "bridge" or icc != "true" or labels.get(LABEL_APP) != app_id:
         log.warning(
             "network.unexpected_flags",
             app_id=app_id,
             driver=network.get("Driver"),
             icc=icc,
-            label=labels.get(LABEL_NETWORK_APP),
+            label=labels.get(LABEL_APP),
         )

@@ -38,8 +38,9 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
     access_log_socket: str = ""
     docker_hosts: str = "unix:///var/run/docker.sock"  # comma-separated Docker endpoints
     manage_networks: bool = True
-    # Each app network takes a /24 from here on each host (libs/appnet.py).
-    app_network_pool: str = "10.210.0.0/16"
+    # Each app network takes a /24 from here on each host (libs/appnet.py); "": the
+    # scope's pool (10.210.0.0/16 in the default scope, contracts/scope.py).
+    app_network_pool: str = ""
     isolation: bool = True  # iptables rules (needs root)
 
     @property

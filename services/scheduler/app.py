@@ -17,6 +17,7 @@ from slipway.contracts import scheduler as sc
 from slipway.contracts.oneoff import ONEOFF_RUN, OneOffStarted, RunOneOff
 from slipway.contracts.registry import CREDENTIALS_ISSUE, IssueCredentials
 from slipway.contracts.subjects import Service
+from slipway.libs.bus import context
 from slipway.libs.service import Key, ServiceApp
 from slipway.services.scheduler import containers
 from slipway.services.scheduler.errors import Conflict, NotFound
@@ -74,7 +75,8 @@ def _oneoff_rpcs(service: ServiceApp) -> None:
                 log_max_size=settings.log_max_size,
                 log_max_file=settings.log_max_file,
                 tmp_size=settings.tmp_size,
-                scope=settings.scope,
+                scope=settings.scoped,
+                app_network_pool=settings.app_network_pool,
                 stop_grace=settings.stop_grace,
             ),
         )
@@ -91,6 +93,7 @@ def _oneoff_rpcs(service: ServiceApp) -> None:
 
     @service.rpc(ONEOFF_RUN)
     async def run(request: RunOneOff) -> OneOffStarted:
+        context.require_caller(ONEOFF_RUN)
         sched = _sched(service)
         engine = sched.roomiest_host()
         if engine is None:
@@ -225,6 +228,7 @@ def _host_info(sched: Scheduler, engine: Engine) -> sc.HostInfo:
 def _host_rpcs(service: ServiceApp) -> None:
     @service.rpc(sc.HOSTS_ADD)
     async def hosts_add(request: sc.AddHost) -> sc.HostAnswer:
+        context.require_caller(sc.HOSTS_ADD)
         sched = _sched(service)
         if request.id in sched.rt.engines:
             raise Conflict(f"Host {request.id!r} is already registered.")

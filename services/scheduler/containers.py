@@ -20,11 +20,8 @@ import msgspec
 from slipway.contracts import scheduler as sc
 from slipway.contracts.gateway import DYNO_SIZES, DynoSize
 from slipway.contracts.registry import Credentials
+from slipway.contracts.scope import Scope
 from slipway.libs import appnet
-
-NETWORK_PREFIX = "slipway-app-"
-SCOPE_LABEL = f"{sc.LABEL_PREFIX}.scheduler"
-APP_NETWORK_LABEL = "org.slipway.app"
 
 
 class DynoSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,22 +47,18 @@ class DynoSpec(msgspec.Struct, frozen=True, kw_only=True):
         return DYNO_SIZES[self.size]
 
 
-def network_name(app_id: str) -> str:
-    """One network per app per host; network-wirer uses the same name."""
-    return f"{NETWORK_PREFIX}{app_id}"
-
-
-def container_name(spec: DynoSpec) -> str:
-    """App, release and dyno, and a suffix: a replacement never collides with its predecessor."""
+def container_name(spec: DynoSpec, scope: Scope) -> str:
+    """Scope, app, release and dyno, and a suffix: a replacement never collides with its
+    predecessor."""
     app = spec.app_name[:30]
-    return f"slipway-{app}-v{spec.release}-{spec.process_type}.{spec.index}-{secrets.token_hex(3)}"
+    suffix = secrets.token_hex(3)
+    return scope.container(f"{app}-v{spec.release}-{spec.process_type}.{spec.index}-{suffix}")
 
 
-def labels(spec: DynoSpec, scope: str = "") -> dict[str, str]:
-    """The labels every other service reads a container by."""
-    scoped = {SCOPE_LABEL: scope} if scope else {}
-    return scoped | {
-        sc.LABEL_MANAGED: "true",
+def labels(spec: DynoSpec, scope: Scope) -> dict[str, str]:
+    """The labels every other service reads a container by (the managed one: its scope)."""
+    return {
+        sc.LABEL_MANAGED: scope.managed,
         sc.LABEL_APP: spec.app_id,
         sc.LABEL_APP_NAME: spec.app_name,
         sc.LABEL_TEAM: spec.team_id,
@@ -109,7 +102,7 @@ def container_config(
     log_max_size: str,
     log_max_file: str,
     tmp_size: str,
-    scope: str = "",
+    scope: Scope,
 ) -> dict[str, Any]:
     """The Docker create body of one dyno (`publish`: web dynos get a host port)."""
     size = spec.dyno_size
@@ -128,7 +121,7 @@ def container_config(
             "Type": "json-file",
             "Config": {"max-size": log_max_size, "max-file": log_max_file},
         },
-        "NetworkMode": network_name(spec.app_id),
+        "NetworkMode": scope.network(spec.app_id),
         "RestartPolicy": {"Name": "no"},
         "Binds": [],
         "Privileged": False,
@@ -157,12 +150,10 @@ def container_config(
 
 
 async def ensure_network(
-    docker: aiodocker.Docker, app_id: str, scope: str = "", pool: str = appnet.DEFAULT_POOL
+    docker: aiodocker.Docker, app_id: str, scope: Scope, pool: str = ""
 ) -> None:
     """Create the app's network if missing, as network-wirer would (`libs.appnet`)."""
-    await appnet.ensure_app_network(
-        docker, app_id, pool=pool, labels={SCOPE_LABEL: scope} if scope else None
-    )
+    await appnet.ensure_app_network(docker, app_id, scope=scope, pool=pool)
 
 
 async def _networks_named(docker: aiodocker.Docker, name: str) -> list[dict[str, Any]]:
@@ -170,9 +161,9 @@ async def _networks_named(docker: aiodocker.Docker, name: str) -> list[dict[str,
     return [n for n in listed if n.get("Name") == name]  # the filter matches substrings
 
 
-async def remove_network(docker: aiodocker.Docker, app_id: str) -> None:
+async def remove_network(docker: aiodocker.Docker, app_id: str, scope: Scope) -> None:
     """Remove an app's network once it has no containers left (ignores 'in use' / missing)."""
-    for found in await _networks_named(docker, network_name(app_id)):
+    for found in await _networks_named(docker, scope.network(app_id)):
         with contextlib.suppress(aiodocker.DockerError):
             await (await docker.networks.get(found["Id"])).delete()
 
@@ -203,10 +194,10 @@ async def ensure_image(
     await docker.images.pull(image, auth=auth)
 
 
-def private_address(info: dict[str, Any], app_id: str) -> str | None:
+def private_address(info: dict[str, Any], app_id: str, scope: Scope) -> str | None:
     """The container's address on its app's network, from an inspect (None: not attached)."""
     networks = (info.get("NetworkSettings") or {}).get("Networks") or {}
-    found = (networks.get(network_name(app_id)) or {}).get("IPAddress")
+    found = (networks.get(scope.network(app_id)) or {}).get("IPAddress")
     return str(found) if found else None
 
 

@@ -167,7 +167,7 @@ async def release_phase(
     engine = rt.engines[host_id]
     await rt.ensure_network(engine, app.app_id)
     config = rt.container_config(spec, env, engine, publish=False)
-    name = containers.container_name(spec)
+    name = containers.container_name(spec, rt.settings.scoped)
     rt.creating.add(name)
     try:
         container = await engine.docker.containers.create(config, name=name)

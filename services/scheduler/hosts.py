@@ -16,8 +16,8 @@ from typing import Any
 import aiodocker
 import aiohttp
 
-from slipway.contracts import scheduler as sc
 from slipway.contracts.scheduler import AddHost, HostInfo
+from slipway.contracts.scope import Scope
 from slipway.services.scheduler import model
 from slipway.services.scheduler.errors import EngineUnavailable, InvalidRequest
 from slipway.services.scheduler.store import HostRow
@@ -85,11 +85,11 @@ class Engine:
             state=model.HostState(info.state),
         )
 
-    async def poll(self, timeout: float, scope: str = "") -> dict[str, Container]:
-        """List every managed container (running or not); raise EngineUnavailable if silent."""
-        wanted = [f"{sc.LABEL_MANAGED}=true"]
-        if scope:
-            wanted.append(f"{sc.LABEL_PREFIX}.scheduler={scope}")
+    async def poll(self, timeout: float, scope: Scope) -> dict[str, Container]:
+        """List every container of `scope` (running or not); raise EngineUnavailable if silent."""
+        # The exact managed value: another installation's dynos are never seen, so never
+        # adopted, restarted or removed.
+        wanted = [scope.managed_label]
         try:
             async with asyncio.timeout(timeout):
                 found = await self.docker.containers.list(all=True, filters={"label": wanted})

@@ -31,6 +31,7 @@ from slipway.contracts import builder, oneoff
 from slipway.contracts import scheduler as sc
 from slipway.contracts.base import encode
 from slipway.contracts.oneoff import RunOneOff, TtyFrame
+from slipway.contracts.scope import Scope
 from slipway.libs.bus import Bus
 from slipway.services.scheduler import containers
 from slipway.services.scheduler.containers import DynoSpec
@@ -56,7 +57,9 @@ class OneOffSettings:
     log_max_size: str = "10m"
     log_max_file: str = "3"
     tmp_size: str = "64m"
-    scope: str = ""
+    # The installation's scope and app network pool (contracts/scope.py; "": its own).
+    scope: Scope = field(default_factory=Scope)
+    app_network_pool: str = ""
     # How long an attached one-off waits for its client before it is removed unstarted.
     attach_timeout: float = 60.0
     # SIGTERM, then SIGKILL after this long, when the time to live is over.
@@ -96,10 +99,12 @@ class OneOffs:
             command=request.command,
             host_id=where.host_id,
         )
-        await containers.ensure_network(where.docker, request.app_id)
+        await containers.ensure_network(
+            where.docker, request.app_id, self.settings.scope, self.settings.app_network_pool
+        )
         config = await self._config(request, spec, where, env)
         container = await where.docker.containers.create(
-            config, name=containers.container_name(spec)
+            config, name=containers.container_name(spec, self.settings.scope)
         )
         dyno = sc.Dyno(
             app_id=request.app_id,
@@ -263,9 +268,8 @@ class OneOffs:
 
     async def adopt(self, where: Placement) -> None:
         """After a restart: enforce the deadlines of one-offs found on `where`."""
-        filters = {"label": [f"{sc.LABEL_TYPE}={ONE_OFF_TYPE}", f"{sc.LABEL_MANAGED}=true"]}
-        if self.settings.scope:
-            filters["label"].append(f"{containers.SCOPE_LABEL}={self.settings.scope}")
+        # This scope's one-offs only: another installation's are not ours to expire.
+        filters = {"label": [f"{sc.LABEL_TYPE}={ONE_OFF_TYPE}", self.settings.scope.managed_label]}
         found = await where.docker.containers.list(all=True, filters=filters)
         for container in found:
             labels: dict[str, str] = container["Labels"] or {}

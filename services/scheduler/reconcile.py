@@ -283,7 +283,7 @@ class Scheduler:
                 await self.store.set_serving(app_id, target)  # a formation change
         if (row is None or row.destroyed) and not self.rt.of_app(app_id):
             for engine in self.rt.engines.values():
-                await containers.remove_network(engine.docker, app_id)
+                await containers.remove_network(engine.docker, app_id, self.settings.scoped)
             # Only a destroyed app's images: an app merely unknown here may be new.
             if row is not None and not await self._remove_images(app_id):
                 return  # kept: the next full pass tries again
@@ -329,7 +329,7 @@ class Scheduler:
         engines = list(self.rt.engines.values())
         self._polled_at = time.monotonic()
         results = await asyncio.gather(
-            *(e.poll(self.settings.engine_timeout, self.settings.scope) for e in engines),
+            *(e.poll(self.settings.engine_timeout, self.settings.scoped) for e in engines),
             return_exceptions=True,
         )
         async with self._picture:
@@ -431,7 +431,9 @@ class Scheduler:
             info = await docker_container.show()
             if spec.process_type == "web":
                 tracked.port = containers.published_port(info, self.settings.port)
-                tracked.private_address = containers.private_address(info, spec.app_id)
+                tracked.private_address = containers.private_address(
+                    info, spec.app_id, self.settings.scoped
+                )
             if stored[0] == "up":
                 tracked.state = "up"
                 tracked.up_since = time.monotonic()

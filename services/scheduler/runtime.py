@@ -22,6 +22,7 @@ from slipway.contracts import gateway as gw
 from slipway.contracts.keyring import Purpose
 from slipway.contracts.registry import CREDENTIALS_ISSUE, Credentials, IssueCredentials
 from slipway.contracts.scheduler import DYNO_CHANGED, Dyno, DynoChanged, DynoState
+from slipway.libs import healthpath
 from slipway.libs.bus import Bus
 from slipway.libs.crypto import Binding, envelope
 from slipway.services.scheduler import containers, health, model
@@ -32,7 +33,13 @@ from slipway.services.scheduler.store import SchedulerStore
 
 log = structlog.get_logger("slipway.scheduler")
 
-HEALTH_PATH_VAR = "SLIPWAY_HEALTH_PATH"
+HEALTH_PATH_VAR = healthpath.HEALTH_PATH_VAR
+# Said in the app's log (as `heroku[web.1]: ...`) when a stored health path is not a path;
+# the value itself is config, so it is never repeated in a log line.
+HEALTH_PATH_IGNORED = (
+    f"Ignoring {HEALTH_PATH_VAR}: it is not an absolute path like /health, so only the"
+    f" binding of $PORT is checked. Set it again: {healthpath.RULE}"
+)
 
 
 @dataclass
@@ -211,7 +218,7 @@ class Runtime:
         lock = self._network_locks.setdefault((engine.id, app_id), asyncio.Lock())
         async with lock:
             await containers.ensure_network(
-                engine.docker, app_id, self.settings.scope, self.settings.app_network_pool
+                engine.docker, app_id, self.settings.scoped, self.settings.app_network_pool
             )
 
     # ---- operations ----------------------------------------------------------------------
@@ -229,7 +236,7 @@ class Runtime:
             log_max_size=self.settings.log_max_size,
             log_max_file=self.settings.log_max_file,
             tmp_size=self.settings.tmp_size,
-            scope=self.settings.scope,
+            scope=self.settings.scoped,
         )
 
     async def create(
@@ -241,16 +248,20 @@ class Runtime:
         await self.ensure_network(engine, spec.app_id)
         web = spec.process_type == "web"
         config = self.container_config(spec, env, engine, publish=web)
-        name = containers.container_name(spec)
+        name = containers.container_name(spec, self.settings.scoped)
         self.creating.add(name)
         try:
             container = await engine.docker.containers.create(config, name=name)
             tracked = Tracked(container_id=container.id, spec=spec, state="starting", busy=True)
-            tracked.health_path = env.get(HEALTH_PATH_VAR) if web else None
+            declared = env.get(HEALTH_PATH_VAR) if web else None
+            tracked.health_path = declared if declared and healthpath.is_valid(declared) else None
             self.dynos[container.id] = tracked
         finally:
             self.creating.discard(name)
         await self._set_state(tracked, "starting", "Starting process")
+        if declared and tracked.health_path is None:
+            # Refused by the API since; a value stored before (or planted) is not requested.
+            await self._set_state(tracked, "starting", HEALTH_PATH_IGNORED)
         try:
             await self._start_container(tracked)
         except aiodocker.DockerError as exc:
@@ -266,7 +277,9 @@ class Runtime:
         if tracked.spec.process_type == "web":
             info = await container.show()
             tracked.port = containers.published_port(info, self.settings.port)
-            tracked.private_address = containers.private_address(info, tracked.spec.app_id)
+            tracked.private_address = containers.private_address(
+                info, tracked.spec.app_id, self.settings.scoped
+            )
 
     async def await_health(self, tracked: Tracked) -> health.Health:
         """Wait for the dyno to be up; mark it up or crashed (R10 kills it)."""

@@ -38,11 +38,10 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
     log_max_size: str = "10m"
     log_max_file: str = "3"
     tmp_size: str = "64m"
-    # Each app network takes a /24 from here on each host (libs/appnet.py).
-    app_network_pool: str = "10.210.0.0/16"
-    # Non-empty: this scheduler labels its containers `org.slipway.scheduler=<scope>` and
-    # sees only those (tests sharing one engine with other tests set it).
-    scope: str = ""
+    # Each app network takes a /24 from here on each host (libs/appnet.py); "": the
+    # scope's pool (10.210.0.0/16 in the default scope, contracts/scope.py).
+    app_network_pool: str = ""
+    # `scope` (every Settings has it) picks the containers it labels, lists and adopts.
 
     def db_path(self) -> Path:
         return self.state_dir("scheduler") / "scheduler.db"

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import aiodocker
 import pytest
 
-from slipway.contracts.router import app_network_name
+from slipway.contracts.scope import Scope
 from slipway.libs.appnet import (
     NetworkPoolExhausted,
     ensure_app_network,
@@ -49,17 +49,21 @@ async def docker() -> AsyncIterator[aiodocker.Docker]:
 
 
 @pytest.mark.docker
-async def test_concurrent_creators_make_one_network_in_the_pool(docker: aiodocker.Docker) -> None:
+async def test_concurrent_creators_make_one_network_in_the_pool(
+    docker: aiodocker.Docker, scope: Scope
+) -> None:
     """The scheduler and network-wirer asking together get the same single network."""
     app_id = uuid.uuid4().hex
-    name = app_network_name(app_id)
+    name = scope.network(app_id)
     try:
-        names = await asyncio.gather(*(ensure_app_network(docker, app_id) for _ in range(4)))
+        names = await asyncio.gather(
+            *(ensure_app_network(docker, app_id, scope=scope) for _ in range(4))
+        )
         assert set(names) == {name}
         found = [n for n in await docker.networks.list() if n["Name"] == name]
         assert len(found) == 1
         subnet = ipaddress.ip_network(found[0]["IPAM"]["Config"][0]["Subnet"])
-        assert subnet.subnet_of(net("10.210.0.0/16"))  # type: ignore[arg-type]
+        assert subnet.subnet_of(net(scope.pool))  # type: ignore[arg-type]
     finally:
         with contextlib.suppress(aiodocker.DockerError):
             await (await docker.networks.get(name)).delete()

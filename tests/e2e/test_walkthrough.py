@@ -31,7 +31,9 @@ from typing import Any, TypeVar
 
 import pytest
 
+from slipway.contracts.scope import Scope
 from slipway.libs.caddy import admin_request, admin_socket_path
+from tests.conftest import new_scope, remove_scope_objects
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
 
@@ -110,7 +112,7 @@ def with_text(text: str, *needles: str) -> str | None:
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     home = tmp_path_factory.mktemp("walkthrough")
-    scope = f"e2e{uuid.uuid4().hex[:8]}"
+    scope = new_scope()  # nothing of a `scripts/up` on this machine is touched, nor ours by it
     router_port = free_port()
     ports = {
         "SLIPWAY_NATS_PORT": free_port(),
@@ -124,10 +126,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         **os.environ,
         **{name: str(port) for name, port in ports.items()},
         "SLIPWAY_HOME": str(home / "var"),
-        "SLIPWAY_SCOPE": scope,
+        "SLIPWAY_SCOPE": scope.name,
         "SLIPWAY_LOG_FORMAT": "json",
         "SLIPWAY_METRICS_INTERVAL": "2",
-        "SLIPWAY_BUILD_NETWORK": f"slipway-builds-{scope}",
+        "SLIPWAY_BUILD_NETWORK": scope.build_network,
         "SLIPWAY_CONFIG_DIR": str(home / "cli"),
         "HOME": str(home),
         "GIT_CONFIG_NOSYSTEM": "1",
@@ -167,19 +169,14 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         remove_docker_leftovers(scope)
 
 
-def remove_docker_leftovers(scope: str) -> None:
-    """Containers of this run (by scope label), then its build network."""
-    found = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=org.slipway.scheduler={scope}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    if found:
-        subprocess.run(["docker", "rm", "-f", *found], capture_output=True, check=False)
+def remove_docker_leftovers(scope: Scope) -> None:
+    """Containers and app networks of this run (its scope), its build network and chain."""
+    remove_scope_objects(scope)
     subprocess.run(
-        ["docker", "network", "rm", f"slipway-builds-{scope}"], capture_output=True, check=False
+        ["docker", "network", "rm", scope.build_network], capture_output=True, check=False
     )
+    for argv in (["-D", "INPUT", "-j", scope.chain], ["-F", scope.chain], ["-X", scope.chain]):
+        subprocess.run(["iptables", *argv], capture_output=True, check=False)
 
 
 def dynos(platform: Platform, app: str) -> list[dict[str, Any]]:
@@ -287,7 +284,7 @@ def test_the_walkthrough(platform: Platform) -> None:
     for _ in range(10):
         assert platform.get("hello.localhost")[0] == 200
     # Caddy runs beside the dynos: it dials them on the app's network, not a published port.
-    pool = ipaddress.ip_network("10.210.0.0/16")  # SLIPWAY_APP_NETWORK_POOL's default
+    pool = ipaddress.ip_network(Scope(platform.env["SLIPWAY_SCOPE"]).pool)
     dials = wait_for(lambda: router_dials(platform, 2), 30, "two upstreams in Caddy")
     assert all(ipaddress.ip_address(d.rsplit(":", 1)[0]) in pool for d in dials), dials
 

@@ -52,6 +52,7 @@ from slipway.contracts.scheduler import (
     DynoState,
     ListDynos,
 )
+from slipway.contracts.scope import Scope
 from slipway.libs.bus import Bus
 from slipway.libs.caddy import CaddyServer, RouterAddress
 from slipway.libs.natsserver import NatsServer
@@ -170,10 +171,11 @@ class RunningWirer:
 
 @pytest.fixture
 async def wirer(
-    nats_server: NatsServer, caddy: CaddyServer, tmp_path: Path
+    nats_server: NatsServer, caddy: CaddyServer, tmp_path: Path, scope: Scope
 ) -> AsyncIterator[RunningWirer]:
-    """network-wirer's settings for this test's NATS and Caddy; not started yet."""
+    """network-wirer's settings for this test's NATS, Caddy and scope; not started yet."""
     settings = WirerSettings(
+        scope=scope.name,
         nats_url=nats_server.url,
         home=str(tmp_path / "home"),
         router_http_port=caddy.address.http_port,
@@ -237,6 +239,7 @@ class Dynos:
 
     docker: aiodocker.Docker
     image: str
+    scope: Scope
     containers: list[str] = field(default_factory=list)
 
     async def start(
@@ -249,7 +252,7 @@ class Dynos:
             "ExposedPorts": {f"{DYNO_PORT}/tcp": {}},
             "Labels": {
                 TEST_LABEL: "1",
-                LABEL_MANAGED: "true",
+                LABEL_MANAGED: self.scope.managed,
                 LABEL_APP: app.app_id,
                 LABEL_APP_NAME: app.app_name,
                 LABEL_TYPE: name.split(".")[0],
@@ -329,10 +332,10 @@ async def _wait_http(url: str, timeout: float = 20.0) -> None:
 
 
 @pytest.fixture
-async def dynos(dyno_image: str) -> AsyncIterator[Dynos]:
-    """Test dynos on the local engine, removed at the end."""
+async def dynos(dyno_image: str, scope: Scope) -> AsyncIterator[Dynos]:
+    """Test dynos of this test's scope on the local engine, removed at the end."""
     docker = aiodocker.Docker()
-    running = Dynos(docker, dyno_image)
+    running = Dynos(docker, dyno_image, scope)
     try:
         yield running
     finally:

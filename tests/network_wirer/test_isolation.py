@@ -2,8 +2,8 @@
 
 The platform binds to loopback, which a container cannot reach anyway; to prove
 the firewall itself, stand-ins for the gateway and the registry and a real NATS
-listen on *every* address here, so only SLIPWAY-ISOLATION stands between them
-and the dyno.
+listen on *every* address here, so only the isolation chain (the test scope's
+own, `SLIPWAY-ISO-TST…`) stands between them and the dyno.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import aiodocker
 import pytest
 
 from slipway.contracts.gateway import APP_DESTROYED, AppDestroyed
-from slipway.contracts.router import app_network_name
+from slipway.contracts.scope import Scope
 from slipway.libs.caddy import CaddyServer, RouterAddress
 from slipway.libs.natsserver import NatsServer
-from slipway.services.network_wirer.networks import CHAIN
 from tests.conftest import assert_eventually
 from tests.network_wirer.conftest import Dynos, RunningWirer, World
 
@@ -64,16 +63,11 @@ async def _iptables(*argv: str, stdin: bytes | None = None) -> str | None:
     return out.decode() if process.returncode == 0 else None
 
 
-async def _restore_chain(saved: str | None) -> None:
-    """Put the machine's firewall back as it was before the test (other tests share it)."""
-    if saved is None:
-        await _iptables("-D", "INPUT", "-j", CHAIN)
-        await _iptables("-F", CHAIN)
-        await _iptables("-X", CHAIN)
-        return
-    rules = [line for line in saved.splitlines() if line.startswith("-A ")]
-    script = "\n".join(["*filter", f":{CHAIN} - [0:0]", *rules, "COMMIT", ""])
-    await _iptables("--noflush", stdin=script.encode())
+async def remove_chain(chain: str) -> None:
+    """Remove a test scope's chain and its jump (network-wirer leaves them in place)."""
+    await _iptables("-D", "INPUT", "-j", chain)
+    await _iptables("-F", chain)
+    await _iptables("-X", chain)
 
 
 @pytest.fixture
@@ -91,9 +85,9 @@ async def test_dyno_reaches_only_the_router(
     wirer: RunningWirer,
     public_caddy: CaddyServer,
     tmp_path: Path,
+    scope: Scope,
 ) -> None:
     """From app A: app B, NATS, the gateway and the registry are unreachable."""
-    saved_chain = await _iptables("-S", CHAIN)
     nats = NatsServer(tmp_path / "open-nats", host="0.0.0.0")  # noqa: S104 - on purpose
     await asyncio.to_thread(nats.start)
     gateway, gateway_port = await _listener()
@@ -111,11 +105,11 @@ async def test_dyno_reaches_only_the_router(
             manage_networks=True,
             isolation=True,
         )
-        dyno_a = await dynos.start(a, network=app_network_name(a.app_id))
-        dyno_b = await dynos.start(b, network=app_network_name(b.app_id))
-        network_a = await docker.networks.get(app_network_name(a.app_id))
+        dyno_a = await dynos.start(a, network=scope.network(a.app_id))
+        dyno_b = await dynos.start(b, network=scope.network(b.app_id))
+        network_a = await docker.networks.get(scope.network(a.app_id))
         host_ip = (await network_a.show())["IPAM"]["Config"][0]["Gateway"]
-        b_ip = await dynos.ip(dyno_b, app_network_name(b.app_id))
+        b_ip = await dynos.ip(dyno_b, scope.network(b.app_id))
         targets = [
             ("app-b", b_ip, 5000),
             ("nats", host_ip, nats.port),
@@ -138,7 +132,7 @@ async def test_dyno_reaches_only_the_router(
 
         async def b_network_gone() -> None:
             names = [n["Name"] for n in await docker.networks.list()]
-            assert app_network_name(b.app_id) not in names
+            assert scope.network(b.app_id) not in names
 
         await assert_eventually(b_network_gone, timeout=20)
     finally:
@@ -146,8 +140,8 @@ async def test_dyno_reaches_only_the_router(
         await dynos.cleanup()
         for app in (a, b):
             with contextlib.suppress(aiodocker.DockerError):
-                await (await docker.networks.get(app_network_name(app.app_id))).delete()
-        await _restore_chain(saved_chain)
+                await (await docker.networks.get(scope.network(app.app_id))).delete()
+        await remove_chain(scope.chain)
         await docker.close()
         gateway.close()
         registry.close()

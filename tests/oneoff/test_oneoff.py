@@ -29,6 +29,7 @@ from slipway.contracts.gateway import (
 )
 from slipway.contracts.keyring import Purpose
 from slipway.contracts.oneoff import ONEOFF_RUN, OneOffStarted, RunOneOff
+from slipway.contracts.scope import Scope
 from slipway.contracts.subjects import Service
 from slipway.libs.bus import Bus
 from slipway.libs.crypto import Binding, envelope
@@ -65,12 +66,12 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture
 async def scheduler_oneoffs(
-    stack: Stack, bus_factory: Callable[[str], Awaitable[Bus]], unique: str
+    stack: Stack, bus_factory: Callable[[str], Awaitable[Bus]], scope: Scope
 ) -> AsyncIterator[OneOffs]:
     """The scheduler's one-off code answering ONEOFF_RUN on the local engine."""
     bus = await bus_factory(Service.SCHEDULER)
     docker = aiodocker.Docker()
-    runs = OneOffs(bus, OneOffSettings(scope=unique, attach_timeout=20.0, stop_grace=1.0))
+    runs = OneOffs(bus, OneOffSettings(scope=scope, attach_timeout=20.0, stop_grace=1.0))
     where = Placement(docker=docker, host_id="local", address="127.0.0.1")
 
     async def config_env(request: RunOneOff) -> dict[str, str]:
@@ -93,7 +94,7 @@ async def scheduler_oneoffs(
     yield runs
     await runs.close()
     for container in await docker.containers.list(
-        all=True, filters={"label": [f"org.slipway.scheduler={unique}"]}
+        all=True, filters={"label": [scope.managed_label]}
     ):
         with contextlib.suppress(aiodocker.DockerError):  # removed by the one-off itself
             await container.delete(force=True)
@@ -210,7 +211,7 @@ async def test_an_attach_url_works_once(
 
 
 async def test_detached_run_is_stopped_at_its_time_to_live(
-    stack: Stack, scheduler_oneoffs: OneOffs, image: str, unique: str
+    stack: Stack, scheduler_oneoffs: OneOffs, image: str, scope: Scope
 ) -> None:
     """A detached one-off runs in the background and is gone after time_to_live."""
     alice = await stack.user("alice@example.com")
@@ -222,7 +223,7 @@ async def test_detached_run_is_stopped_at_its_time_to_live(
     async with aiodocker.Docker() as docker:
 
         async def running() -> list[Any]:
-            labels = [f"org.slipway.scheduler={unique}", f"{sc.LABEL_DYNO}={dyno['name']}"]
+            labels = [scope.managed_label, f"{sc.LABEL_DYNO}={dyno['name']}"]
             found = await docker.containers.list(all=True, filters={"label": labels})
             return list(found)
 

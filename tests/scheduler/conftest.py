@@ -26,12 +26,14 @@ import pytest
 
 from slipway.contracts import gateway as gw
 from slipway.contracts import scheduler as sc
+from slipway.contracts.scope import Scope
 from slipway.libs.bus import Bus
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service import ServiceApp
 from slipway.services.scheduler.app import SCHEDULER, create_service
 from slipway.services.scheduler.reconcile import Scheduler
 from slipway.services.scheduler.settings import SchedulerSettings
+from tests.conftest import new_scope, remove_scope_objects
 from tests.dockerhosts import DockerHost, extra_docker_hosts
 
 STACK = "slipway/stack-run:bookworm"
@@ -79,7 +81,6 @@ CMD ["python3 /srv/app.py"]
 """
 
 WEB = "python3 /srv/app.py"
-SCOPE = "org.slipway.scheduler"
 CRASH = "sleep 0.3; exit 3"
 NEVER_BIND = "sleep 600"
 
@@ -200,7 +201,7 @@ class Cluster:
     bus: Bus
     gateway: StandInGateway
     hosts: list[DockerHost]
-    scope: str
+    scope: Scope
     home: Path
     service: ServiceApp | None = None
     task: asyncio.Task[None] | None = None
@@ -227,7 +228,7 @@ class Cluster:
             "reconcile_interval": 3.0,
             "host_down_grace": 3.0,
             "engine_timeout": 5.0,
-            "scope": self.scope,
+            "scope": self.scope.name,
             "shutdown_grace": 5.0,
         }
         self.settings = SchedulerSettings(**{**base, **overrides})  # type: ignore[arg-type]
@@ -298,19 +299,6 @@ class Cluster:
         return found
 
 
-def _cleanup(scope: str, hosts: list[DockerHost]) -> None:
-    """Remove every container and network this test's scheduler made, on every engine."""
-    for url in ["unix:///var/run/docker.sock", *(h.socket for h in hosts)]:
-        label = f"org.slipway.scheduler={scope}"
-        ids = subprocess.run(
-            ["docker", "-H", url, "ps", "-aq", "--filter", f"label={label}"],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        if ids:
-            subprocess.run(["docker", "-H", url, "rm", "-f", *ids], capture_output=True)
-
-
 @pytest.fixture
 async def cluster(
     nats_server: NatsServer,
@@ -326,7 +314,7 @@ async def cluster(
     await bus.ensure_streams()
     gateway = StandInGateway(bus=bus, image=sched_image)
     await gateway.serve()
-    scope = uuid.uuid4().hex[:10]
+    scope = new_scope()
     made = Cluster(
         nats=nats_server,
         bus=bus,
@@ -342,17 +330,29 @@ async def cluster(
             await made.stop()
         finally:
             await bus.close()
-            _cleanup(scope, docker_hosts)
+            # Every engine: this test's containers, then its networks (by its scope's label).
             for url in ["unix:///var/run/docker.sock", *(h.socket for h in docker_hosts)]:
-                remove_scope_networks(scope, url)
+                remove_scope_objects(scope, url)
 
 
 def remove_scope_networks(scope: str, url: str = "unix:///var/run/docker.sock") -> None:
-    """Remove the app networks one test's scheduler made on one engine (by its scope label)."""
+    """Remove the app networks one scope made on one engine (by its managed label)."""
     ids = subprocess.run(
-        ["docker", "-H", url, "network", "ls", "-q", "--filter", f"label={SCOPE}={scope}"],
+        [
+            "docker",
+            "-H",
+            url,
+            "network",
+            "ls",
+            "-q",
+            "--filter",
+            f"label={Scope(scope).managed_label}",
+        ],
         capture_output=True,
         text=True,
+        check=False,
     ).stdout.split()
     if ids:
-        subprocess.run(["docker", "-H", url, "network", "rm", *ids], capture_output=True)
+        subprocess.run(
+            ["docker", "-H", url, "network", "rm", *ids], capture_output=True, check=False
+        )

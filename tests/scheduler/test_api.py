@@ -14,7 +14,7 @@ from slipway.contracts.gateway import RELEASE_CREATE, CreateRelease
 from slipway.libs.service import ServiceApp
 from slipway.services.scheduler.app import create_service
 from slipway.services.scheduler.settings import SchedulerSettings
-from tests.conftest import assert_eventually
+from tests.conftest import assert_eventually, new_scope, remove_scope_objects
 from tests.gateway.conftest import (  # noqa: F401
     Stack,
     gateway_service,
@@ -22,7 +22,7 @@ from tests.gateway.conftest import (  # noqa: F401
     slipway_home,
     stack,
 )
-from tests.scheduler.conftest import WEB, remove_scope_networks
+from tests.scheduler.conftest import WEB
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.slow]
 
@@ -30,11 +30,11 @@ pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture
 async def scheduler(stack: Stack) -> AsyncIterator[ServiceApp]:  # noqa: F811
     """The scheduler on the stack's bus, with the main engine as its one host."""
-    scope = uuid.uuid4().hex[:10]
+    scope = new_scope()
     settings = SchedulerSettings(
         nats_url=stack.nats.url,
         home=str(stack.home),
-        scope=scope,
+        scope=scope.name,
         poll_interval=0.25,
         stop_grace=3.0,
         deregister_delay=0.2,
@@ -49,19 +49,7 @@ async def scheduler(stack: Stack) -> AsyncIterator[ServiceApp]:  # noqa: F811
     finally:
         service.stop()
         await asyncio.wait_for(task, 30)
-        await asyncio.to_thread(_remove_scope, scope)
-        await asyncio.to_thread(remove_scope_networks, scope)
-
-
-def _remove_scope(scope: str) -> None:
-    """Every container this test's scheduler made (its scope label), on the main engine."""
-    ids = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=org.slipway.scheduler={scope}"],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
+        await asyncio.to_thread(remove_scope_objects, scope)
 
 
 async def test_a_release_runs_and_ps_restart_stop_work_through_the_api(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from slipway.contracts import scheduler as sc
+from slipway.contracts.scope import Scope
 from slipway.services.scheduler import containers, health
 from slipway.services.scheduler.containers import DynoSpec
 
@@ -27,14 +28,19 @@ def test_backoff_doubles_and_is_capped() -> None:
 
 
 def test_names_carry_app_release_and_dyno_and_never_repeat() -> None:
-    names = {containers.container_name(SPEC) for _ in range(50)}
+    names = {containers.container_name(SPEC, Scope()) for _ in range(50)}
     assert len(names) == 50
     assert all(name.startswith("slipway-shop-v7-web.2-") for name in names)
 
 
+def test_names_of_a_scope_start_with_it() -> None:
+    """A scoped installation's dyno containers are named `slipway-<scope>-…`."""
+    assert containers.container_name(SPEC, Scope("s1")).startswith("slipway-s1-shop-v7-web.2-")
+
+
 def test_labels_round_trip_to_the_spec() -> None:
-    labels = containers.labels(SPEC, scope="s1")
-    assert labels[sc.LABEL_MANAGED] == "true" and labels["org.slipway.scheduler"] == "s1"
+    labels = containers.labels(SPEC, Scope("s1"))
+    assert labels[sc.LABEL_MANAGED] == "s1"
     back = containers.spec_from_labels(labels, image="img")
     assert back is not None
     assert (back.app_id, back.release, back.name, back.size, back.host_id) == (
@@ -57,6 +63,7 @@ def test_the_config_is_hardened_and_env_carries_port_and_config() -> None:
         log_max_size="10m",
         log_max_file="3",
         tmp_size="64m",
+        scope=Scope(),
     )
     host = config["HostConfig"]
     assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
@@ -72,6 +79,7 @@ def test_the_config_is_hardened_and_env_carries_port_and_config() -> None:
         publish=False,
         log_max_size="1m",
         log_max_file="1",
+        scope=Scope(),
         tmp_size="1m",
     )
     assert "PortBindings" not in worker["HostConfig"]

@@ -96,7 +96,7 @@ async def test_every_dyno_container_is_hardened(cluster: Cluster) -> None:
         assert host["PidsLimit"] == 512 and host["CpuShares"] == 1024
         assert host["LogConfig"]["Config"] == {"max-size": "10m", "max-file": "3"}
         assert host["Privileged"] is False
-        assert host["NetworkMode"] == f"slipway-app-{app}"
+        assert host["NetworkMode"] == cluster.scope.network(app)
         assert host["PidMode"] == "" and host["IpcMode"] in ("private", "shareable", "")
         assert not info["Mounts"] and not host.get("Binds")
         assert all("docker.sock" not in str(m) for m in info["Mounts"])
