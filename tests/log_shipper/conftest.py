@@ -124,6 +124,13 @@ class Dynos:
 
 
 @pytest.fixture
+async def gateway_bus(bus_factory: Callable[[str], Any]) -> Bus:
+    """A bus connected as the gateway: the only service declared to read history."""
+    bus: Bus = await bus_factory("gateway")
+    return bus
+
+
+@pytest.fixture
 def managed() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
 

@@ -10,6 +10,7 @@ import pytest
 
 from slipway.contracts.base import encode
 from slipway.contracts.logs import LogLine, LogLines, lines_subject
+from slipway.libs.bus import Bus
 from slipway.services.gateway import shippers
 from tests.conftest import assert_eventually
 from tests.gateway.conftest import Stack
@@ -27,6 +28,7 @@ async def test_a_printed_secret_is_nowhere_on_disk_in_plaintext(
     dynos: Dynos,
     shipper_settings: ShipperFactory,
     start_shipper: Any,
+    gateway_bus: Bus,
     tmp_path: Path,
 ) -> None:
     """The secret is in history (so it was stored) and in no file under the test's folders."""
@@ -41,7 +43,7 @@ async def test_a_printed_secret_is_nowhere_on_disk_in_plaintext(
     await stack.bus.live_publish(lines_subject(app_id), encode(LogLines(lines=[line])))
 
     async def stored() -> None:
-        texts = [e.text for e in await shippers.history(stack.bus, app_id, team_id, 100)]
+        texts = [e.text for e in await shippers.history(gateway_bus, app_id, team_id, 100)]
         assert f"patient record {secret}" in texts
         assert router_secret in texts
         assert running.shipper.history.pending_lines() == 0

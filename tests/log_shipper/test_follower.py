@@ -19,16 +19,16 @@ async def lines_of(bus: Bus, app_id: str, team_id: str, n: int = 1000) -> list[A
 
 
 async def test_a_dynos_stdout_and_stderr_reach_history_in_order(
-    dynos: Dynos, shipper_settings: ShipperFactory, start_shipper: Any
+    dynos: Dynos, shipper_settings: ShipperFactory, start_shipper: Any, gateway_bus: Bus
 ) -> None:
     """Lines a dyno prints on stdout and stderr are stored in order, tagged app[web.1]."""
-    running = await start_shipper(shipper_settings())
+    await start_shipper(shipper_settings())
     app_id, team_id = new_id(), new_id()
     script = "import sys\nfor i in range(5): print(f'out {i}')\nprint('oops', file=sys.stderr)"
     await dynos.run(app_id, team_id, "web.1", script)
 
     async def six() -> list[Any]:
-        found = await lines_of(running.bus, app_id, team_id)
+        found = await lines_of(gateway_bus, app_id, team_id)
         assert len(found) == 6, found
         return found
 

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from slipway.contracts.log_shipper import ReadHistory
+from slipway.libs.bus import Bus
 from slipway.services.gateway import shippers
 from tests.conftest import assert_eventually
 from tests.gateway.conftest import Stack
@@ -110,6 +111,7 @@ async def test_a_silent_host_is_named_and_the_others_lines_still_come(
     other_host_dynos: Dynos,
     shipper_settings: ShipperFactory,
     start_shipper: Any,
+    gateway_bus: Bus,
 ) -> None:
     """With h2's log-shipper stopped, a read expecting h1 and h2 returns h1's lines and a notice."""
     await start_shipper(shipper_settings(host_id="h1"))
@@ -124,14 +126,14 @@ async def test_a_silent_host_is_named_and_the_others_lines_still_come(
     ask = ReadHistory(app_id=app_id, team_id=team_id, lines=10, dyno="web")
 
     async def both() -> None:
-        found = await shippers.read_history(stack.bus, ask, expect={"h1", "h2"})
+        found = await shippers.read_history(gateway_bus, ask, expect={"h1", "h2"})
         assert sorted(e.text for e in found.lines) == ["from h1", "from h2"]
         assert not found.notices
 
     await assert_eventually(both, timeout=20)
     second.service.stop()
     await assert_eventually(lambda: _gone(second), timeout=20)
-    found = await shippers.read_history(stack.bus, ask, expect={"h1", "h2"}, timeout=1.0)
+    found = await shippers.read_history(gateway_bus, ask, expect={"h1", "h2"}, timeout=1.0)
     assert [e.text for e in found.lines] == ["from h1"]
     assert found.notices == [
         "The log-shipper of host h2 did not answer: its history is missing here."

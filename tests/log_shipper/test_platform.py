@@ -40,7 +40,7 @@ def dyno(app_id: str, team_id: str, state: Any, restarts: int = 0) -> Dyno:
 
 
 async def test_events_and_router_records_become_heroku_lines(
-    shipper_settings: ShipperFactory, start_shipper: Any, bus_factory: Any
+    shipper_settings: ShipperFactory, start_shipper: Any, bus_factory: Any, gateway_bus: Bus
 ) -> None:
     """State changes, crashes, releases, scaling and requests read as Heroku prints them."""
     await start_shipper(shipper_settings())
@@ -93,7 +93,9 @@ async def test_events_and_router_records_become_heroku_lines(
     await bus.live_publish(router_subject(app_id), encode(access))
 
     async def all_there() -> list[str]:
-        lines = [text_line(e).split(" ", 1)[1] for e in await history(bus, app_id, team_id, 50)]
+        lines = [
+            text_line(e).split(" ", 1)[1] for e in await history(gateway_bus, app_id, team_id, 50)
+        ]
         assert len(lines) == 6, lines
         return lines
 

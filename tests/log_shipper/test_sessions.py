@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from slipway.libs.bus import Bus
 from slipway.services.gateway import logs, shippers
 from tests.conftest import assert_eventually
 from tests.gateway.conftest import Stack
@@ -36,7 +37,11 @@ async def session_url(api: Any, app: str, **body: Any) -> str:
 
 
 async def test_a_tail_shows_history_then_each_new_line_within_a_second(
-    stack: Stack, dynos: Dynos, shipper_settings: ShipperFactory, start_shipper: Any
+    stack: Stack,
+    dynos: Dynos,
+    shipper_settings: ShipperFactory,
+    start_shipper: Any,
+    gateway_bus: Bus,
 ) -> None:
     """`slipway logs --tail`: the old line first, then ticks, each within 1 s of being printed."""
     await start_shipper(shipper_settings(tail_interval=0.05))
@@ -45,7 +50,7 @@ async def test_a_tail_shows_history_then_each_new_line_within_a_second(
     await dynos.run(app["id"], app["team"]["id"], "web.1", TICKER)
 
     async def printed() -> None:
-        lines = await shippers.history(stack.bus, app["id"], app["team"]["id"], 10)
+        lines = await shippers.history(gateway_bus, app["id"], app["team"]["id"], 10)
         assert any(e.text == "hello from web.1" for e in lines)
 
     await assert_eventually(printed, timeout=20)
