@@ -5,11 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import msgspec
+
 from slipway.libs.service import Settings
 
 
 class BuilderSettings(Settings, frozen=True, kw_only=True):
     """Where images go, what a build may use, and how long it may take."""
+
+    def __post_init__(self) -> None:
+        if not self.build_network:
+            msgspec.structs.force_setattr(self, "build_network", self.scoped.build_network)
 
     # "registry": push to registry-proxy with push credentials (production);
     # "local": keep the image on this engine, digest = image id (single host, tests).
@@ -20,8 +26,9 @@ class BuilderSettings(Settings, frozen=True, kw_only=True):
     build_image: str = "slipway/stack-build:bookworm"
     run_image: str = "slipway/stack-run:bookworm"
     # The docker network build containers join: a bridge of their own, no inter-container
-    # traffic. Platform services bind to loopback only, so a build cannot reach them.
-    build_network: str = "slipway-builds"
+    # traffic, fenced by firewall.py. Empty: the scope's (`slipway-builds` in the default
+    # scope), so a second installation on the machine never shares it or its chains.
+    build_network: str = ""
     # iptables rules fencing the build network (services/builder/firewall.py; needs root).
     # Off only where builds run trusted code (a developer's laptop without root).
     build_firewall: bool = True
