@@ -34,6 +34,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from slipway.libs.errors import SlipwayError
 
@@ -81,6 +82,25 @@ def read_regular(root: Path, rel: str, *, max_bytes: int, label: str = "") -> by
             return _read_bounded(fd, shown, max_bytes)
         finally:
             os.close(fd)
+
+
+def open_regular(root: Path, rel: str, *, label: str = "") -> BinaryIO:
+    """The regular file `root/rel` opened for reading, following no link (the caller closes it).
+
+    For files too big to read whole (an archive a Dockerfile ADDs); the same errors as
+    `read_regular`, without its size bound: the caller bounds what it reads.
+    """
+    parts = _split(rel)
+    shown = label + rel
+    with _parent_fd(root, parts, label, create=False) as parent:
+        fd = _open_leaf(parent, parts[-1], shown, _LEAF_READ)
+    try:
+        _require_regular(fd, shown)
+        os.set_blocking(fd, True)  # O_NONBLOCK only kept a FIFO from hanging the open
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
 
 
 def read_optional(root: Path, rel: str, *, max_bytes: int, label: str = "") -> bytes | None:

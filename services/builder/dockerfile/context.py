@@ -178,17 +178,17 @@ def folder_tar(tar_out: BinaryIO, folder: str, place: Placement) -> None:
         _add_folder_entry(tar, Placement(folder, True, place.uid, place.gid, place.mode or 0o755))
 
 
-def archive_size(path: Path, limit: int) -> int:
+def archive_size(archive: BinaryIO, name: str, limit: int) -> int:
     """What a (compressed) tar unpacks to, read as a stream; stops once past `limit`."""
     total = 0
     try:
-        with tarfile.open(path, mode="r|*") as tar:
+        with tarfile.open(fileobj=archive, mode="r|*") as tar:
             for member in tar:
                 total += member.size + 512  # each entry costs at least a block
                 if total > limit:
                     break
     except (tarfile.TarError, OSError, EOFError):
-        raise DockerfileError(f"{path.name} is a damaged archive: ADD cannot unpack it") from None
+        raise DockerfileError(f"{name} is a damaged archive: ADD cannot unpack it") from None
     return total
 
 

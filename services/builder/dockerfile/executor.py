@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import aiodocker
 
+from slipway.libs import safefs
 from slipway.libs.egress import EgressError, EgressPolicy, fetch_to_file
 from slipway.services.builder.dockerfile.bases import (
     SCRATCH,
@@ -220,19 +221,22 @@ class DockerfileBuild:
         """ADD of a local tar (plain or compressed): the engine unpacks it inside the image."""
         steps = self.steps
         limit = steps.settings.extracted_max_bytes
-        if await asyncio.to_thread(archive_size, self.context / relative, limit) > limit:
-            raise DockerfileError(
-                f"{where} {relative}: the archive unpacks to more than {limit} bytes"
-                " (SLIPWAY_EXTRACTED_MAX_BYTES); ADD a smaller one or unpack it in a RUN step"
-            )
-        container = await steps.idle_container(state.image, state.config)
-        if not await self._is_folder_in_image(state, place.dest):
-            tar_path = self.work / "folder.tar"
-            with tar_path.open("w+b") as out:
-                folder_tar(out, place.dest, place)
-                out.seek(0)
-                await steps.put_archive(container, out, "/")
-        with (self.context / relative).open("rb") as archive:
+        # Opened once, without following links: the size scan and the upload read one file.
+        with safefs.open_regular(self.context, relative) as archive:
+            size = await asyncio.to_thread(archive_size, archive, relative, limit)
+            if size > limit:
+                raise DockerfileError(
+                    f"{where} {relative}: the archive unpacks to more than {limit} bytes"
+                    " (SLIPWAY_EXTRACTED_MAX_BYTES); ADD a smaller one or unpack it in a RUN step"
+                )
+            archive.seek(0)
+            container = await steps.idle_container(state.image, state.config)
+            if not await self._is_folder_in_image(state, place.dest):
+                tar_path = self.work / "folder.tar"  # the builder's own scratch folder
+                with tar_path.open("w+b") as out:
+                    folder_tar(out, place.dest, place)
+                    out.seek(0)
+                    await steps.put_archive(container, out, "/")
             await steps.put_archive(container, archive, place.dest)
         state.image = await steps.commit(container, state.config)
 
