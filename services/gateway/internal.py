@@ -14,43 +14,25 @@ hardened NATS configuration that name cannot be borrowed.
 from __future__ import annotations
 
 from slipway.contracts.gateway import (
+    CONFIG_SEALED_GET,
+    DESIRED_GET,
     AppDesired,
     DesiredState,
     GetDesired,
     GetSealedConfig,
     SealedConfig,
 )
-from slipway.contracts.subjects import Service
 from slipway.libs.bus import context
-from slipway.libs.errors import Forbidden, NotFound
+from slipway.libs.errors import NotFound
 from slipway.services.gateway import domains, formation, store
 from slipway.services.gateway.sealing import binding
 from slipway.services.gateway.state import Gateway
 
-# Who may read sealed config (it is still ciphertext, but nobody else has a use for it).
-SEALED_CONFIG_READERS = frozenset({Service.SCHEDULER, Service.BUILDER})
-DESIRED_READERS = frozenset(
-    {
-        Service.SCHEDULER,
-        Service.NETWORK_WIRER,
-        Service.LOG_SHIPPER,
-        Service.BUILDER,
-        Service.REGISTRY_PROXY,
-        Service.BACKUP,
-    }
-)
-
-
-def _check_caller(allowed: frozenset[Service], what: str) -> None:
-    current = context.current()
-    caller = current.caller if current else None
-    if caller not in allowed:
-        raise Forbidden(f"{caller or 'a caller without a Slipway inbox'} may not read {what}.")
-
 
 async def sealed_config(gw: Gateway, request: GetSealedConfig) -> SealedConfig:
     """The ciphertext of the asked config version (default: the current release's)."""
-    _check_caller(SEALED_CONFIG_READERS, "sealed config")
+    # Still ciphertext, but only its declared readers have a use for it (contracts/).
+    context.require_caller(CONFIG_SEALED_GET)
     app = await store.get_app(gw.reader, request.app_id)
     if app is None:
         raise NotFound(f"No app {request.app_id}.")
@@ -76,7 +58,7 @@ async def sealed_config(gw: Gateway, request: GetSealedConfig) -> SealedConfig:
 
 async def desired(gw: Gateway, request: GetDesired) -> DesiredState:
     """Every app's (or one app's) release, formation, maintenance and domains."""
-    _check_caller(DESIRED_READERS, "the desired state")
+    context.require_caller(DESIRED_GET)
     if request.app_id is not None:
         one = await store.get_app(gw.reader, request.app_id)
         apps = [one] if one is not None else []

@@ -7,14 +7,12 @@ from typing import Any
 import pytest
 
 from slipway.contracts.catalog import CONSUMERS, DEFAULT_INSTANCES, catalog
-from slipway.contracts.gateway import CONFIG_SEALED_GET, DESIRED_GET
 from slipway.contracts.registry import CREDENTIALS_ISSUE, IMAGES_LIST
 from slipway.contracts.subjects import Service
 from slipway.libs import natsauth
 from slipway.libs.service import ServiceApp
 from slipway.services.builder.app import create_service as create_builder
 from slipway.services.builder.settings import BuilderSettings
-from slipway.services.gateway import internal
 from slipway.services.gateway.app import create_service as create_gateway
 from slipway.services.gateway.settings import GatewaySettings
 from slipway.services.keyring import policy as keyring_policy
@@ -41,12 +39,6 @@ def test_every_endpoint_names_who_may_use_it() -> None:
 def test_the_keyrings_policy_table_agrees_with_the_declared_callers() -> None:
     """Each keyring operation is granted to exactly the callers its RPC declares."""
     assert keyring_policy.disagreements() == []
-
-
-def test_the_gateways_internal_readers_are_the_declared_callers() -> None:
-    """Sealed config and desired state are read by exactly their declared callers."""
-    assert CONFIG_SEALED_GET.callers == internal.SEALED_CONFIG_READERS
-    assert DESIRED_GET.callers == internal.DESIRED_READERS
 
 
 def test_registry_proxys_policy_table_agrees_with_the_declared_callers() -> None:
