@@ -110,10 +110,18 @@ class PublicKeyInfo(Message, tag="keyring.pubkey.info.v1", frozen=True, kw_only=
 
 
 class SignAudit(Message, tag="keyring.audit.sign.v1", frozen=True, kw_only=True):
-    """Sign an audit checkpoint with the platform's Ed25519 audit key."""
+    """Sign an audit checkpoint with the platform's Ed25519 audit key.
+
+    Once the keyring has signed a head of the team, a higher one must come with the
+    proof that it extends it: the last signed (`previous_seq`, `previous_head`) and
+    the canonical JSON of every entry after it up to the new head, in order.
+    """
 
     team_id: str
     message: bytes
+    previous_seq: int = 0
+    previous_head: str = ""  # hex; "" with previous_seq 0 means the genesis hash
+    entries: list[bytes] = []
 
 
 class AuditSignature(Message, tag="keyring.audit.signature.v1", frozen=True, kw_only=True):

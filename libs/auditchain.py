@@ -9,10 +9,13 @@ offline (`slipway audit --verify`) and learn the exact entry where it breaks.
 A chain is valid only when a signed checkpoint covers its newest entry: the
 gateway signs every head soon after it is written, so entries past the last
 checkpoint are what someone who cut the chain (deleted its newest entries and
-their checkpoints) leaves behind. And because whoever runs the platform can
-make the keyring sign a rewritten chain, a customer can save checkpoints
-(`slipway audit:checkpoint`) and later prove the chain still extends them
-(`extends`): a signature cannot vouch against a history the customer holds.
+their checkpoints) leaves behind; the keyring refuses to sign a head that does
+not extend the last one it signed for the team (services/keyring/heads.py), so a
+cut or rewritten chain stays unsigned. And because whoever runs the keyring can
+start it on a fresh database, which trusts the first head it is shown, a
+customer can save checkpoints (`slipway audit:checkpoint`) and later prove the
+chain still extends them (`extends`): a signature cannot vouch against a history
+the customer holds.
 
 This module is pure: no I/O, shared by the gateway (append) and the CLI (verify).
 """
@@ -137,7 +140,8 @@ def _head_covered(entries: list[Any], checkpoints: list[Checkpoint]) -> Verdict:
             checkpoints,
             newest,
             f"the newest entry is not covered by a signed checkpoint (the last one covers"
-            f" entry {signed}): entries after it may have been cut, or the chain rewritten",
+            f" entry {signed}): entries after it may have been cut, or the chain rewritten,"
+            " which the keyring refuses to sign (or the keyring is unreachable: retry later)",
         )
     return Verdict(ok=True, entries=newest, checkpoints=len(checkpoints))
 

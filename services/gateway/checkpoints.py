@@ -7,6 +7,11 @@ burst of changes coalesces into one checkpoint of the latest head; and a keyring
 outage delays checkpoints without refusing changes. At start every team whose
 head is ahead of its last checkpoint is signed, so nothing stays unsigned.
 
+The keyring signs a head only if it extends the last one it signed for the team:
+each request carries the last checkpoint and the entries since (stored canonical
+JSON). A cut or rewritten chain is refused (`audit_rollback`): logged as an
+error, and the head stays unsigned, so `slipway audit --verify` fails.
+
 Every signing key is recorded (`audit_keys`) the first time it signs: from
 then on it is listed by `GET /audit/keys` with its validity period, which ends
 when the next key first signs. A verifier can then check old checkpoints after
@@ -19,13 +24,17 @@ import aiosqlite
 import structlog
 
 from slipway.contracts import keyring
-from slipway.libs.auditchain import checkpoint_message
+from slipway.libs.auditchain import GENESIS, checkpoint_message
 from slipway.libs.bus import Bus
+from slipway.libs.errors import RemoteError
 from slipway.libs.storage import Database
 from slipway.services.gateway.store import timestamp
 from slipway.services.gateway.sweeper import Sweeper
 
 log = structlog.get_logger("slipway.gateway.checkpoints")
+
+MAX_PROOF_ENTRIES = 256  # the keyring's limit per request (services/keyring/heads.py)
+ROLLBACK = "audit_rollback"  # the keyring's refusal: the chain no longer extends what it signed
 
 
 class Checkpointer(Sweeper):
@@ -67,24 +76,65 @@ class Checkpointer(Sweeper):
             return {row["team_id"] for row in await cursor.fetchall()}
 
     async def sign_head(self, team_id: str) -> int | None:
-        """Sign the current head of `team_id`'s chain unless a checkpoint covers it already."""
+        """Sign the current head of `team_id`'s chain unless a checkpoint covers it already.
+
+        Each request proves the new head extends the last checkpoint (the entries
+        between), in steps of at most `MAX_PROOF_ENTRIES`. A keyring refusal (the
+        chain no longer extends what it signed: cut or rewritten) is logged and
+        leaves the head unsigned, which `slipway audit --verify` reports.
+        """
         async with self.reader.execute(
-            "SELECT seq, hash FROM audit_entries WHERE team_id = ? ORDER BY seq DESC LIMIT 1",
+            "SELECT max(seq) AS seq FROM audit_entries WHERE team_id = ?", (team_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        newest = int(row["seq"]) if row is not None and row["seq"] is not None else 0
+        signed: int | None = None
+        while True:
+            previous_seq, previous_head = await self._last_checkpoint(team_id)
+            if previous_seq >= newest:
+                return signed
+            seq = min(newest, previous_seq + MAX_PROOF_ENTRIES)
+            entries, digest = await self._entries(team_id, previous_seq, seq)
+            request = keyring.SignAudit(
+                team_id=team_id,
+                message=checkpoint_message(team_id, seq, digest),
+                previous_seq=previous_seq,
+                previous_head=previous_head,
+                entries=entries,
+            )
+            try:
+                answer = await self.bus.call(keyring.AUDIT_SIGN, request)
+            except RemoteError as exc:
+                if exc.code != ROLLBACK:
+                    raise
+                log.error("audit.checkpoint_refused", team_id=team_id, seq=seq, reason=exc.message)
+                return signed
+            await self._store(team_id, seq, digest, answer)
+            signed = seq
+
+    async def _last_checkpoint(self, team_id: str) -> tuple[int, str]:
+        """(seq, head hex) of the team's newest checkpoint; (0, genesis) before the first."""
+        async with self.reader.execute(
+            "SELECT seq, head FROM audit_checkpoints WHERE team_id = ? ORDER BY seq DESC LIMIT 1",
             (team_id,),
         ) as cursor:
-            head = await cursor.fetchone()
-        if head is None:
-            return None
+            row = await cursor.fetchone()
+        return (int(row["seq"]), str(row["head"])) if row else (0, GENESIS.hex())
+
+    async def _entries(self, team_id: str, after: int, upto: int) -> tuple[list[bytes], str]:
+        """The canonical entries after `after` up to `upto`, and the stored hash at `upto`."""
         async with self.reader.execute(
-            "SELECT 1 FROM audit_checkpoints WHERE team_id = ? AND seq >= ?", (team_id, head["seq"])
+            "SELECT entry, hash FROM audit_entries WHERE team_id = ? AND seq > ? AND seq <= ?"
+            " ORDER BY seq",
+            (team_id, after, upto),
         ) as cursor:
-            if await cursor.fetchone() is not None:
-                return None
-        seq, digest = int(head["seq"]), str(head["hash"])
-        signed = await self.bus.call(
-            keyring.AUDIT_SIGN,
-            keyring.SignAudit(team_id=team_id, message=checkpoint_message(team_id, seq, digest)),
-        )
+            rows = list(await cursor.fetchall())
+        entries = [_bytes(r["entry"]) for r in rows]
+        return entries, str(rows[-1]["hash"]) if rows else ""
+
+    async def _store(
+        self, team_id: str, seq: int, digest: str, signed: keyring.AuditSignature
+    ) -> None:
         at = timestamp()
         async with self.db.transaction() as conn:
             await conn.execute(
@@ -93,7 +143,10 @@ class Checkpointer(Sweeper):
                 (team_id, seq, digest, at, signed.key_id, signed.signature.hex()),
             )
             await record_key(conn, signed.key_id, signed.public_key, at)
-        return seq
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 async def record_key(conn: aiosqlite.Connection, key_id: str, public_key: bytes, at: str) -> None:

@@ -1,8 +1,10 @@
 """Why the keyring refuses to start.
 
     KeyringError (SlipwayError)
-    └── MasterKeyError         the master key is missing, malformed, too widely readable,
-                               or does not open this keyring's database
+    ├── MasterKeyError         the master key is missing, malformed, too widely readable,
+    │                          or does not open this keyring's database
+    └── AuditRollback          audit.sign asked for a head that does not extend the last
+                               one signed for the team (a cut or rewritten chain)
 
 At run time handlers raise the shared kinds of `slipway.libs.errors` (Forbidden,
 Gone, NotFound, InvalidRequest) and `slipway.libs.crypto.errors.DecryptionFailed`;
@@ -22,3 +24,9 @@ class MasterKeyError(KeyringError):
     """The master key cannot be used; the message says what to fix."""
 
     code = "master_key"
+
+
+class AuditRollback(KeyringError):
+    """A checkpoint that would cut or rewrite a chain the keyring already signed further."""
+
+    code = "audit_rollback"

@@ -172,7 +172,7 @@ class Handlers:
 
     async def sign_audit(self, req: SignAudit) -> AuditSignature:
         async with audited(self.vault, Operation.AUDIT_SIGN, team_id=req.team_id) as call:
-            signed = self.vault.sign_audit(req.team_id, req.message)
+            signed = await self.vault.sign_checkpoint(req)
             call.detail = f"key_id={signed.key_id}"
             return signed
 

@@ -12,7 +12,8 @@ wrapped KEK stays in the database file or its WAL. (Copies outside the keyring's
 reach, such as file-system snapshots or backups of this file, are the operator's
 to destroy.)
 
-The audit table is append-only: triggers refuse UPDATE and DELETE. They are
+The audit table and the signed audit heads are append-only: triggers refuse
+UPDATE and DELETE. They are
 created after the migrations because libs.storage splits migration scripts on
 semicolons, which a trigger body contains.
 """
@@ -81,6 +82,23 @@ MIGRATIONS = [
     BEGIN SELECT RAISE(ABORT, 'the keyring audit is append-only'); END;
     CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the keyring audit is append-only'); END
+    """,
+    # Every audit chain head the keyring signed, per team: it never signs one that does
+    # not extend the highest (see vault.sign_checkpoint). Append-only like the audit.
+    """
+    CREATE TABLE signed_heads (
+        team_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        head TEXT NOT NULL,
+        signed_at REAL NOT NULL,
+        PRIMARY KEY (team_id, seq)
+    )
+    """,
+    """
+    CREATE TRIGGER IF NOT EXISTS signed_heads_no_update BEFORE UPDATE ON signed_heads
+    BEGIN SELECT RAISE(ABORT, 'the signed audit heads are append-only'); END;
+    CREATE TRIGGER IF NOT EXISTS signed_heads_no_delete BEFORE DELETE ON signed_heads
+    BEGIN SELECT RAISE(ABORT, 'the signed audit heads are append-only'); END
     """,
 ]
 
@@ -260,6 +278,29 @@ class KeyringStore:
                 " VALUES (?, ?, ?, ?)",
                 (key.key_id, key.public_key, key.wrapped_private, time.time()),
             )
+
+    # ---- signed audit chain heads --------------------------------------------------------------
+
+    async def signed_head_in(
+        self, conn: aiosqlite.Connection, team_id: str
+    ) -> tuple[int, str] | None:
+        """The highest (seq, head hex) signed for the team, read inside a write transaction."""
+        async with conn.execute(
+            "SELECT seq, head FROM signed_heads WHERE team_id = ? ORDER BY seq DESC LIMIT 1",
+            (team_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return (int(row["seq"]), str(row["head"])) if row else None
+
+    async def add_signed_head(
+        self, conn: aiosqlite.Connection, team_id: str, seq: int, head: str
+    ) -> None:
+        # OR IGNORE: signing the same head again (the gateway lost its reply) adds nothing.
+        await conn.execute(
+            "INSERT OR IGNORE INTO signed_heads (team_id, seq, head, signed_at)"
+            " VALUES (?, ?, ?, ?)",
+            (team_id, seq, head, time.time()),
+        )
 
     # ---- the audit ---------------------------------------------------------------------------
 

@@ -35,12 +35,14 @@ from slipway.contracts.keyring import (
     KekRotated,
     PlainDataKey,
     PublicKeyInfo,
+    SignAudit,
     WrappedDataKey,
 )
 from slipway.libs.crypto import aead, sealedbox
 from slipway.libs.crypto.binding import Context
 from slipway.libs.crypto.errors import DecryptionFailed
 from slipway.libs.errors import Gone, Internal, InvalidRequest, NotFound
+from slipway.services.keyring import heads
 from slipway.services.keyring.errors import MasterKeyError
 from slipway.services.keyring.masterkey import MasterKey
 from slipway.services.keyring.store import KeyringStore, SigningKey, Team
@@ -225,6 +227,16 @@ class Vault:
             key_id=self._signing_key_id,
             public_key=self._signing_public,
         )
+
+    async def sign_checkpoint(self, req: SignAudit) -> AuditSignature:
+        """Sign a checkpoint of `req.team_id` if it extends the last one signed (`heads`)."""
+        seq, head = heads.parse_checkpoint(req.team_id, req.message)
+        async with self.store.transaction() as conn:
+            # Checked and recorded in one transaction: two racing requests cannot both pass.
+            heads.check_extends(req, seq, head, await self.store.signed_head_in(conn, req.team_id))
+            signed = self.sign_audit(req.team_id, req.message)
+            await self.store.add_signed_head(conn, req.team_id, seq, head)
+        return signed
 
     def audit_key(self) -> AuditKey:
         """The audit key's id and public half."""

@@ -22,6 +22,7 @@ from slipway.libs import auditchain
 from slipway.libs.service import ServiceApp
 from slipway.services.gateway.changes import Actor, change
 from slipway.services.keyring.app import create_service as create_keyring
+from slipway.services.keyring.handlers import VAULT
 from slipway.services.keyring.settings import KeyringSettings
 from tests.conftest import assert_eventually
 from tests.gateway import conftest as gateway_fixtures
@@ -88,7 +89,7 @@ async def signed_head(api: Api) -> dict[str, Any]:
     return await assert_eventually(covered)
 
 
-def _rewrite_history(path: Path, team_id: str, seq: int) -> None:
+def _rewrite_history(path: Path, team_id: str, seq: int, *, drop_checkpoints: bool = True) -> None:
     """Change entry `seq`, recompute every later hash and drop the checkpoints: a clean forgery."""
     conn = sqlite3.connect(path, timeout=10, isolation_level=None)
     try:
@@ -106,7 +107,8 @@ def _rewrite_history(path: Path, team_id: str, seq: int) -> None:
                 "UPDATE audit_entries SET entry = ?, hash = ? WHERE team_id = ? AND seq = ?",
                 (auditchain.canonical(entry).decode(), head.hex(), team_id, number),
             )
-        conn.execute("DELETE FROM audit_checkpoints WHERE team_id = ?", (team_id,))
+        if drop_checkpoints:
+            conn.execute("DELETE FROM audit_checkpoints WHERE team_id = ?", (team_id,))
         conn.execute("COMMIT")
     finally:
         conn.close()
@@ -142,6 +144,79 @@ async def test_cut_chain_fails_verify_naming_the_cut(
         f"is BROKEN at entry {kept['seq']} ({kept['action']} at {kept['at']}): the newest entry"
         f" is not covered by a signed checkpoint (the last one covers entry {kept['seq'] - 1})"
     ) in err
+
+
+# ---- the keyring refuses to sign a cut or rewritten chain -----------------------------------
+
+UNSIGNED = "which the keyring refuses to sign"
+
+
+async def refused(keyring: ServiceApp, team_id: str) -> None:
+    """Wait until the keyring has refused an audit.sign for the team as a rollback."""
+
+    async def seen() -> None:
+        records = await keyring[VAULT].store.audit(team_id)
+        assert any(
+            r.operation == "audit.sign" and r.outcome == "audit_rollback" for r in records
+        ), records
+
+    await assert_eventually(seen)
+
+
+async def test_keyring_refuses_to_sign_a_cut_chain(
+    stack: Stack, alice: Api, customer: Customer, keyring_service: ServiceApp
+) -> None:
+    """After the newest entry and its checkpoint are deleted, the shorter head stays unsigned."""
+    log = await signed_head(alice)
+    team_id = log["team"]["id"]
+    async with change(stack.gw, Actor(email=alice.email)) as tx:
+        tx.audit(team_id, "member.add", details={"email": "eve@example.com"})
+        tx.audit(team_id, "member.remove", details={"email": "eve@example.com"})
+    log = await signed_head(alice)
+    newest, kept = log["entries"][-1]["seq"], log["entries"][-2]
+    await tamper(
+        db(stack), "DELETE FROM audit_entries WHERE team_id = ? AND seq = ?", (team_id, newest)
+    )
+    await tamper(
+        db(stack), "DELETE FROM audit_checkpoints WHERE team_id = ? AND seq = ?", (team_id, newest)
+    )
+    stack.gw.checkpointer.touched({team_id})  # what the next change or a restart does
+    await refused(keyring_service, team_id)
+    code, _, err = await customer.run("audit", "--team", TEAM, "--verify")
+    assert code == 1
+    assert f"is BROKEN at entry {kept['seq']}" in err and UNSIGNED in err
+
+
+async def test_keyring_refuses_to_re_sign_a_rewritten_entry(
+    stack: Stack, alice: Api, customer: Customer, keyring_service: ServiceApp
+) -> None:
+    """A rewritten entry, hashes recomputed and checkpoints dropped, is not re-signed at its seq."""
+    log = await signed_head(alice)
+    team_id, newest = log["team"]["id"], log["entries"][-1]["seq"]
+    await asyncio.to_thread(_rewrite_history, db(stack), team_id, log["entries"][0]["seq"])
+    stack.gw.checkpointer.touched({team_id})
+    await refused(keyring_service, team_id)
+    code, _, err = await customer.run("audit", "--team", TEAM, "--verify")
+    assert code == 1
+    assert f"is BROKEN at entry {newest}" in err and UNSIGNED in err
+
+
+async def test_keyring_refuses_to_extend_a_rewritten_chain(
+    stack: Stack, alice: Api, customer: Customer, keyring_service: ServiceApp
+) -> None:
+    """A new entry on a rewritten history is refused: it does not extend the signed head."""
+    log = await signed_head(alice)
+    team_id = log["team"]["id"]
+    await asyncio.to_thread(
+        _rewrite_history, db(stack), team_id, log["entries"][0]["seq"], drop_checkpoints=False
+    )
+    await alice.ok("PATCH", "/apps/hello", {"maintenance": True})
+    await refused(keyring_service, team_id)
+    # Dropping the old checkpoints, which no longer match, leaves the new head unsigned.
+    await tamper(db(stack), "DELETE FROM audit_checkpoints WHERE team_id = ?", (team_id,))
+    code, _, err = await customer.run("audit", "--team", TEAM, "--verify")
+    assert code == 1
+    assert "the newest entry is not covered by a signed checkpoint" in err and UNSIGNED in err
 
 
 # ---- audit keys: listed with validity, pinned on first use ---------------------------------------
@@ -239,22 +314,23 @@ async def test_missing_pinned_key_fails_loudly(
 
 
 async def test_saved_checkpoint_detects_rewritten_history(
-    stack: Stack, alice: Api, customer: Customer, tmp_path: Path
+    stack: Stack, alice: Api, customer: Customer, keyring_service: ServiceApp, tmp_path: Path
 ) -> None:
-    """A history rewritten and re-signed by the platform fails --verify --against the saved file."""
+    """A history rewritten and re-signed by a fresh keyring fails --verify --against the file."""
     log = await signed_head(alice)
     saved = tmp_path / "alice-audit.json"
     await customer.ok("audit:checkpoint", "--team", TEAM, "-o", str(saved))
     victim = log["entries"][0]
     await asyncio.to_thread(_rewrite_history, db(stack), log["team"]["id"], victim["seq"])
-    # The next change makes the gateway sign the forged chain's head with the real key.
-    await alice.ok("PATCH", "/apps/hello", {"maintenance": True})
-    await signed_head(alice)
-    fresh = Customer(tmp_path / "fresh-cli")
-    fresh.config.mkdir()
-    await fresh.run("login", "--api-url", stack.url, stdin=alice.token or "")
-    assert "OK: audit chain" in await fresh.ok("audit", "--team", TEAM, "--verify")
-    code, _, err = await fresh.run("audit", "--team", TEAM, "--verify", "--against", str(saved))
+    # A keyring on a fresh database remembers no signed head: it signs the forged chain.
+    async with replaced_keyring(stack, keyring_service, tmp_path / "keyring2"):
+        await alice.ok("PATCH", "/apps/hello", {"maintenance": True})
+        await signed_head(alice)
+        fresh = Customer(tmp_path / "fresh-cli")
+        fresh.config.mkdir()
+        await fresh.run("login", "--api-url", stack.url, stdin=alice.token or "")
+        assert "OK: audit chain" in await fresh.ok("audit", "--team", TEAM, "--verify")
+        code, _, err = await fresh.run("audit", "--team", TEAM, "--verify", "--against", str(saved))
     assert code == 1
     # The hash chain names the saved checkpoint's entry: everything up to it is in question.
     assert f"is BROKEN at entry {log['entries'][-1]['seq']}" in err
@@ -278,9 +354,9 @@ async def test_saved_checkpoint_is_extended_by_later_entries(
 
 
 async def test_pinned_head_detects_a_re_signed_cut(
-    stack: Stack, alice: Api, customer: Customer
+    stack: Stack, alice: Api, customer: Customer, keyring_service: ServiceApp, tmp_path: Path
 ) -> None:
-    """A chain cut and then re-signed by the platform fails against the head the CLI verified."""
+    """A chain cut and re-signed by a fresh keyring fails against the head the CLI verified."""
     log = await signed_head(alice)
     await customer.ok("audit", "--team", TEAM, "--verify")
     team_id, newest = log["team"]["id"], log["entries"][-1]["seq"]
@@ -288,8 +364,10 @@ async def test_pinned_head_detects_a_re_signed_cut(
         db(stack), "DELETE FROM audit_entries WHERE team_id = ? AND seq = ?", (team_id, newest)
     )
     await tamper(db(stack), "DELETE FROM audit_checkpoints WHERE team_id = ?", (team_id,))
-    stack.gw.checkpointer.touched({team_id})  # what the next change or a restart does
-    await signed_head(alice)
-    code, _, err = await customer.run("audit", "--team", TEAM, "--verify")
+    # A keyring on a fresh database remembers no signed head: it signs the shorter chain.
+    async with replaced_keyring(stack, keyring_service, tmp_path / "keyring2"):
+        stack.gw.checkpointer.touched({team_id})  # what the next change or a restart does
+        await signed_head(alice)
+        code, _, err = await customer.run("audit", "--team", TEAM, "--verify")
     assert code == 1
     assert f"entries after {newest - 1} were removed" in err and "this CLI verified before" in err
