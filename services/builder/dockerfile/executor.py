@@ -69,6 +69,8 @@ class DockerfileBuild:
 
     steps: Steps
     context: Path
+    # The builder's own folder for this build (root-owned, above `context`): no container
+    # mounts it and no customer byte is unpacked into it, so its scratch tars are plain opens.
     work: Path
     policy: EgressPolicy
     dockerfile: Dockerfile
