@@ -103,6 +103,16 @@ def open_regular(root: Path, rel: str, *, label: str = "") -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
+def create_nofollow(path: Path) -> BinaryIO:
+    """A fresh file at `path` (a trusted folder's scratch), read-write, refusing a link there.
+
+    For the builder's own work files: nothing customer-made should be beside them, and a
+    link planted there anyway is an error rather than a write somewhere else.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.fdopen(os.open(path, flags, 0o600), "w+b")
+
+
 def read_optional(root: Path, rel: str, *, max_bytes: int, label: str = "") -> bytes | None:
     """Like `read_regular`, but None when `root/rel` (or a folder on the way) is missing."""
     try:

@@ -10,12 +10,10 @@ never stored in the image, as in Docker.
 from __future__ import annotations
 
 import asyncio
-import os
 import posixpath
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 from urllib.parse import urlsplit
 
 import aiodocker
@@ -65,16 +63,6 @@ class StageState:
         return {**self.args, **self.config.env}
 
 
-def _nofollow_scratch(path: Path) -> BinaryIO:
-    """A fresh scratch file in the build's own folder, opened read-write without following links.
-
-    The folder is the builder's and nothing customer-made lands there; refusing a link
-    anyway keeps that true if a later step ever unpacks something beside it.
-    """
-    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    return os.fdopen(os.open(path, flags, 0o600), "w+b")
-
-
 @dataclass
 class DockerfileBuild:
     """One Dockerfile build in `context`, with scratch space in `work`."""
@@ -82,7 +70,7 @@ class DockerfileBuild:
     steps: Steps
     context: Path
     # The builder's own folder for this build (root-owned, above `context`): no container
-    # mounts it and no customer byte is unpacked into it (scratch files: _nofollow_scratch).
+    # mounts it and no customer byte is unpacked into it (scratch files: safefs.create_nofollow).
     work: Path
     policy: EgressPolicy
     dockerfile: Dockerfile
@@ -217,7 +205,7 @@ class DockerfileBuild:
             folder = await self._is_folder_in_image(state, place.dest)
         place = Placement(place.dest, place.into_folder or folder, place.uid, place.gid, place.mode)
         tar_path = self.work / "step.tar"
-        with _nofollow_scratch(tar_path) as out:
+        with safefs.create_nofollow(tar_path) as out:
             await asyncio.to_thread(write_context_tar, self.context, found, place, ignore, out)
             out.seek(0)
             state.image = await self.steps.put(state.image, state.config, out)
@@ -247,7 +235,7 @@ class DockerfileBuild:
             container = await steps.idle_container(state.image, state.config)
             if not await self._is_folder_in_image(state, place.dest):
                 tar_path = self.work / "folder.tar"  # the builder's own scratch folder
-                with _nofollow_scratch(tar_path) as out:
+                with safefs.create_nofollow(tar_path) as out:
                     folder_tar(out, place.dest, place)
                     out.seek(0)
                     await steps.put_archive(container, out, "/")
@@ -269,7 +257,7 @@ class DockerfileBuild:
         folder = place.into_folder or await self._is_folder_in_image(state, place.dest)
         target = posixpath.join(place.dest, name) if folder else place.dest
         tar_path = self.work / "step.tar"
-        with _nofollow_scratch(tar_path) as out:
+        with safefs.create_nofollow(tar_path) as out:
             add_file(out, download, target, place, place.mode if place.mode is not None else 0o600)
             out.seek(0)
             state.image = await self.steps.put(state.image, state.config, out)
@@ -298,7 +286,7 @@ class DockerfileBuild:
                 place.into_folder or await self._is_folder_in_image(state, place.dest)
             ):
                 root = posixpath.join(place.dest, posixpath.basename(path))
-            with fetched.open("rb") as given, _nofollow_scratch(rewritten) as out:
+            with fetched.open("rb") as given, safefs.create_nofollow(rewritten) as out:
                 await asyncio.to_thread(rewrite_stage_tar, given, path, root, place, out)
                 out.seek(0)
                 state.image = await self.steps.put(state.image, state.config, out)

@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 import aiodocker
 from aiodocker.containers import DockerContainer
 
+from slipway.libs import safefs
 from slipway.services.builder.container import CA_PATH, LineSplitter
 from slipway.services.builder.dockerfile.config import NO_COMMAND, ImageConfig
 from slipway.services.builder.dockerfile.errors import DockerfileError
@@ -204,7 +205,7 @@ class Steps:
             async with self.docker._query(
                 f"containers/{container.id}/archive", method="GET", params={"path": path}
             ) as response:
-                with dest.open("wb") as out:
+                with safefs.create_nofollow(dest) as out:
                     async for chunk in response.content.iter_chunked(1 << 16):
                         size += len(chunk)
                         if size > max_bytes:
