@@ -32,6 +32,7 @@ import aiohttp
 import structlog
 
 from slipway.contracts.scheduler import LABEL_APP, LABEL_DYNO, LABEL_MANAGED, LABEL_TEAM
+from slipway.libs import dockerraw
 from slipway.libs.errors import SlipwayError
 from slipway.services.log_shipper import dockerstream
 from slipway.services.log_shipper.history import History, RawLine
@@ -110,8 +111,8 @@ class Follower:
         """Follow every managed container until cancelled."""
         label = f"{LABEL_MANAGED}={self.managed}"
         filters = json.dumps({"type": ["container"], "label": [label], "event": ["start"]})
-        async with self.docker._query(  # aiodocker has no raw streaming API
-            "events", params={"filters": filters}, timeout=_NO_TIMEOUT
+        async with dockerraw.query(  # aiodocker has no raw streaming API
+            self.docker, "events", params={"filters": filters}, timeout=_NO_TIMEOUT
         ) as events:
             listing = await self.docker.containers.list(
                 all=True, filters=json.dumps({"label": [label]})

@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 import aiodocker
 from aiodocker.containers import DockerContainer
 
-from slipway.libs import safefs
+from slipway.libs import dockerraw, safefs
 from slipway.services.builder.container import CA_PATH, LineSplitter
 from slipway.services.builder.dockerfile.config import NO_COMMAND, ImageConfig
 from slipway.services.builder.dockerfile.errors import DockerfileError
@@ -174,8 +174,9 @@ class Steps:
 
     async def put_archive(self, container: DockerContainer, archive: BinaryIO, at: str) -> None:
         try:
-            async with self.docker._query(
-                f"containers/{container.id}/archive", method="PUT", params={"path": at},
+            async with dockerraw.query(
+                self.docker, f"containers/{container.id}/archive",
+                method="PUT", params={"path": at},
                 data=archive, headers={"content-type": "application/x-tar"},
             ):  # fmt: skip
                 pass
@@ -186,8 +187,11 @@ class Steps:
         """What `path` is in `image` (name, mode...), or None if it does not exist."""
         container = await self.idle_container(image, config)
         try:
-            async with self.docker._query(
-                f"containers/{container.id}/archive", method="HEAD", params={"path": path}
+            async with dockerraw.query(
+                self.docker,
+                f"containers/{container.id}/archive",
+                method="HEAD",
+                params={"path": path},
             ) as response:
                 header = response.headers.get("X-Docker-Container-Path-Stat", "")
         except (aiodocker.DockerError, ValueError):  # 404 to a HEAD: no body to decode
@@ -202,8 +206,11 @@ class Steps:
         container = await self.idle_container(image, ImageConfig())
         size = 0
         try:
-            async with self.docker._query(
-                f"containers/{container.id}/archive", method="GET", params={"path": path}
+            async with dockerraw.query(
+                self.docker,
+                f"containers/{container.id}/archive",
+                method="GET",
+                params={"path": path},
             ) as response:
                 with safefs.create_nofollow(dest) as out:
                     async for chunk in response.content.iter_chunked(1 << 16):
@@ -224,8 +231,11 @@ class Steps:
         """A small text file of `image` (empty if missing), e.g. /etc/passwd for --chown."""
         container = await self.idle_container(image, ImageConfig())
         try:
-            async with self.docker._query(
-                f"containers/{container.id}/archive", method="GET", params={"path": path}
+            async with dockerraw.query(
+                self.docker,
+                f"containers/{container.id}/archive",
+                method="GET",
+                params={"path": path},
             ) as response:
                 data = await response.content.read(_SMALL_FILE)
         except aiodocker.DockerError:
@@ -254,8 +264,8 @@ class Steps:
         with tarfile.open(fileobj=buffer, mode="w"):
             pass
         labels = " ".join(f"{k}={v}" for k, v in self.labels.items())
-        async with self.docker._query(
-            "images/create", method="POST",
+        async with dockerraw.query(
+            self.docker, "images/create", method="POST",
             params={"fromSrc": "-", "changes": f"LABEL {labels}"},
             data=buffer.getvalue(), headers={"content-type": "application/x-tar"},
         ) as response:  # fmt: skip
