@@ -15,6 +15,13 @@ All of it is owner-only: the supervisor and its children run with umask 077, and
 start anything under the home with group or other bits loses them
 (libs/service/private.py).
 
+Run as root, it starts the services that need neither root nor Docker (gateway, keyring,
+registry-proxy) as their own system users `slipway-<service>`, each owning its state
+folder `<home>/<service>` alone (libs/serviceusers.py); the home then lets others
+search it (x, never list) so they reach their folders. `--same-user` (or
+SLIPWAY_SERVICE_USERS=0) keeps every child as the supervisor's user, for development;
+a supervisor that is not root cannot switch users and says so once.
+
 A child that exits is started again after a delay that doubles (0.5s, 1s, ... up to 30s)
 and falls back to the first delay once a run has lasted 60s. SIGTERM or SIGINT stops the
 children one by one in reverse start order (SIGTERM, then SIGKILL after a grace period),
@@ -36,16 +43,19 @@ import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 import slipway.services
 from slipway.contracts.subjects import Service
+from slipway.libs import serviceusers
 from slipway.libs.bus.tls import TLS_DIR_ENV
 from slipway.libs.natsauth import OPERATOR
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service.logging import configure_logging
 from slipway.libs.service.private import private_dir, private_umask, tighten
+from slipway.libs.serviceusers import Account
 
 log = structlog.get_logger("slipway.supervisor")
 
@@ -71,11 +81,16 @@ PIDFILE_NAME = "supervisor.pid"
 
 @dataclass(frozen=True)
 class ChildSpec:
-    """One process to keep running: its name (logs, pidfile) and command."""
+    """One process to keep running: its name (logs, pidfile), command and account.
+
+    With `user`, the child runs as that system user (made if missing), which then owns
+    the state folder `<home>/<name>` alone; without, as the supervisor's own user.
+    """
 
     name: str
     argv: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
+    user: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name or self.name in (NATS_NAME, "supervisor"):
@@ -128,9 +143,21 @@ def discover_services(folders: Iterable[str] | None = None) -> list[str]:
     return [*first, *middle, *last]
 
 
-def service_specs(names: Iterable[str]) -> list[ChildSpec]:
-    """Child specs running each named service with this interpreter."""
-    return [ChildSpec(name, (sys.executable, "-m", service_module(name))) for name in names]
+def service_specs(names: Iterable[str], *, own_users: bool = False) -> list[ChildSpec]:
+    """Child specs running each named service with this interpreter.
+
+    With `own_users`, services that need neither root nor Docker run as their own users.
+    """
+    return [
+        ChildSpec(
+            name,
+            (sys.executable, "-m", service_module(name)),
+            user=serviceusers.user_name(name)
+            if own_users and name in serviceusers.OWN_USER_SERVICES
+            else None,
+        )
+        for name in names
+    ]
 
 
 def process_start_time(pid: int) -> str:
@@ -205,6 +232,8 @@ class _Child:
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     starts: int = 0
+    account: Account | None = None
+    account_env: dict[str, str] = field(default_factory=dict)
 
 
 class Supervisor:
@@ -283,6 +312,7 @@ class Supervisor:
                 await self._start_nats(self.nats)
                 watchers.append(asyncio.create_task(self._watch_nats(self.nats)))
             env = self.child_env()
+            await self._prepare_accounts(env)
             # Started one after another, so the order above holds even if spawning is slow.
             for child in self.children:
                 await self._spawn(child, env)
@@ -300,8 +330,56 @@ class Supervisor:
 
     # ---- children ----------------------------------------------------------------------------
 
+    async def _prepare_accounts(self, env: Mapping[str, str]) -> None:
+        """Make each child's account and hand it its folders, before any child runs."""
+        owned = [child for child in self.children if child.spec.user is not None]
+        if not owned:
+            return
+        opened = await asyncio.to_thread(
+            serviceusers.open_path_to, *serviceusers.needed_folders(self.home)
+        )
+        # The home loses that bit at each start (tighten) and gets it back here: not news.
+        outside = [str(path) for path in opened if path != self.home]
+        if outside:
+            log.warning("folders.opened_for_search", folders=outside)
+        for child in owned:
+            assert child.spec.user is not None
+            account = await asyncio.to_thread(self._hand_over, child.spec, env)
+            child.account, child.account_env = account, self._account_env(account)
+            await serviceusers.probe(account, {**env, **child.account_env})
+            log.info("child.account", child=child.spec.name, user=account.name, uid=account.uid)
+
+    def _hand_over(self, spec: ChildSpec, env: Mapping[str, str]) -> Account:
+        assert spec.user is not None
+        account = serviceusers.ensure_account(spec.user, self.home / spec.name)
+        # Only while no child runs: the walk goes by path (serviceusers.give_folder).
+        serviceusers.give_folder(account.state, account)
+        serviceusers.give_outside(
+            serviceusers.outside_paths(spec.name, self.home, {**env, **spec.env}), account
+        )
+        if self.nats is not None and self.nats.tls:
+            # The certificates stay in nats-server's folder, which only root may enter;
+            # the child gets copies of its own, which only its account may read.
+            serviceusers.hand_over_tls(self.nats.tls_dir, spec.name, account)
+        return account
+
+    def _account_env(self, account: Account) -> dict[str, str]:
+        extra = account.env()
+        if self.nats is not None and self.nats.tls:
+            extra[TLS_DIR_ENV] = str(account.state / serviceusers.TLS_FOLDER)
+        return extra
+
     async def _spawn(self, child: _Child, env: Mapping[str, str]) -> None:
         spec = child.spec
+        # As its own account: a child that still had root could undo the separation.
+        as_account: dict[str, Any] = {}
+        if child.account is not None:
+            as_account = {
+                "user": child.account.uid,
+                "group": child.account.gid,
+                "extra_groups": [],
+                "cwd": child.account.state,
+            }
         try:
             with child.log_path.open("ab") as out:
                 process = await asyncio.create_subprocess_exec(
@@ -309,11 +387,12 @@ class Supervisor:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=out,
                     stderr=asyncio.subprocess.STDOUT,
-                    env={**env, **self._nats_user(spec.name), **spec.env},
+                    env={**env, **self._nats_user(spec.name), **spec.env, **child.account_env},
                     # Its own session: a Ctrl-C on the terminal reaches only the supervisor,
                     # which then stops the children in order; and the process group lets
                     # us kill whatever a child left behind.
                     start_new_session=True,
+                    **as_account,
                 )
         except OSError as exc:
             child.process = None
@@ -480,6 +559,13 @@ def _parser() -> argparse.ArgumentParser:
         help="one NATS user for all (debugging); default: a user per service ($SLIPWAY_NATS_OPEN)",
     )
     parser.add_argument(
+        "--same-user",
+        action="store_true",
+        default=not serviceusers.enabled(env),
+        help="run every service as this user, not as its own (development;"
+        f" ${serviceusers.SWITCH_ENV}=0); default: own users when run as root",
+    )
+    parser.add_argument(
         "--grace",
         type=float,
         default=30.0,
@@ -509,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             found = ", ".join(services) or "none"
             parser.error(f"no such service: {', '.join(unknown)} (found: {found})")
-        children = service_specs(name for name in services if name in wanted)
+        own_users = not args.same_user and serviceusers.is_root()
+        children = service_specs((name for name in services if name in wanted), own_users=own_users)
         if str(Service.NETWORK_WIRER) in wanted:
             # The router is infrastructure, like nats-server: it starts before the services.
             children.insert(0, ChildSpec(CADDY_NAME, (sys.executable, "-m", "slipway.libs.caddy")))
@@ -532,6 +619,12 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("supervisor", fmt=os.environ.get("SLIPWAY_LOG_FORMAT", "auto"))
     if tightened:
         log.warning("home.tightened", home=str(home), files=tightened)
+    if not args.same_user and not args.child and not serviceusers.is_root():
+        log.warning(
+            "service_users.unavailable",
+            reason="not root: every service runs as this user",
+            hint=f"run as root for a user per service, or set {serviceusers.SWITCH_ENV}=0",
+        )
     supervisor = Supervisor(
         home,
         children,
