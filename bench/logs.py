@@ -1,18 +1,25 @@
-"""Log-shipper beside `docker logs`, same containers, same run: ingest rate and tail latency.
+"""Log-shipper beside a bare socket reader, same dynos, same run: ingest rate and tail latency.
 
-    .venv/bin/python bench/logs.py [--lines 200000] [--rounds 3] [--ticks 300]
+    .venv/bin/python bench/logs.py [--lines 200000] [--rounds 3] [--ticks 300] [--sender init]
 
-Ingest: a dyno container prints `--lines` lines as fast as it can; the time
-from its process's start (Docker's StartedAt) until the last line is sealed
-and committed in the log-shipper's database (encrypted, cursors saved) gives
-lines/s end to end. The floor is
-`docker logs -t` reading the same container's json-file log afterwards, to
-/dev/null. Rounds alternate; the best round of each side is reported.
+Dynos print through the dyno init's socket protocol (contracts/dynoinit.py), as
+in production: the real init (`scripts/build-init`, mounted at /.slipway/init,
+env frame on stdin) or, with `--sender python` or when no init is built, the
+Python stand-in tests/log_shipper/dynosender.py. Their Docker log driver is
+`none`; their relay's ring is 32 MiB here so that no line is dropped.
+
+Ingest: a dyno prints `--lines` lines (at most 200,000) as fast as it can; the
+time from its process's start (Docker's StartedAt) until the last line is
+sealed and committed in the log-shipper's database gives lines/s end to end.
+The baseline is the same dyno with its socket folder served by a bare asyncio
+reader that only counts records: the relay and the socket's own ceiling.
+Rounds alternate; the best round of each side is reported. Every wait is
+bounded (60 s).
 
 Tail: a dyno prints a line every 20 ms; latency is the time a line reaches a
 tail subscriber (the app's tail subject, what the gateway relays) minus the
-timestamp Docker gave it. The floor is `docker logs -f -t` on the same
-container, read at the same time. p50 and p99 of each are reported.
+time the init read it (the record's time). The baseline is a second such dyno
+read by the bare reader at the same time. p50 and p99 of each are reported.
 
 The log-shipper runs as its own process (`python -m slipway.services.log_shipper`)
 with its default batching; the keyring and nats-server are real.
@@ -26,6 +33,7 @@ import asyncio
 import contextlib
 import datetime
 import os
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -38,6 +46,7 @@ from typing import Any
 
 import aiodocker
 
+from slipway.contracts import dynoinit
 from slipway.contracts.base import decoder
 from slipway.contracts.log_shipper import TailBatch, tail_subject
 from slipway.contracts.scheduler import LABEL_APP, LABEL_DYNO, LABEL_MANAGED, LABEL_TEAM
@@ -46,8 +55,17 @@ from slipway.libs.natsserver import NatsServer
 from slipway.libs.service.logging import configure_logging
 from slipway.services.keyring.app import create_service as create_keyring
 from slipway.services.keyring.settings import KeyringSettings
+from slipway.services.scheduler.settings import built_init
 
 IMAGE = "slipway/stack-run:bookworm"
+ROOT = Path(__file__).resolve().parents[1]
+SENDER = ROOT / "tests" / "log_shipper" / "dynosender.py"
+LIB = "/.slipway/lib"
+MAX_LINES = 200_000
+# The relay's ring holds a whole flood (200,000 lines of 70 bytes), so the rates compare
+# lines delivered, not lines dropped: production's 1 MiB ring drops and counts instead.
+RING = 32 << 20
+WAIT = 60.0
 FLOOD = """
 import sys
 n = {n}
@@ -65,30 +83,117 @@ for i in range({n}):
 """
 
 
+class BareReader:
+    """The baseline: an asyncio unix server that only splits records and counts lines."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.lines = 0
+        self.last_at = 0.0
+        self.latencies: list[float] = []
+        self.server: asyncio.Server | None = None
+        self._dirfd = -1
+
+    async def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.folder, 0o755)  # noqa: S103 - the dyno (uid 10000) connects
+        self._dirfd = os.open(self.folder, os.O_PATH | os.O_DIRECTORY)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dynoinit.LOG_SOCKET_NAME, dir_fd=self._dirfd)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(f"/proc/self/fd/{self._dirfd}/{dynoinit.LOG_SOCKET_NAME}")
+        os.chmod(dynoinit.LOG_SOCKET_NAME, 0o666, dir_fd=self._dirfd)  # noqa: S103
+        self.server = await asyncio.start_unix_server(self._serve, sock=sock)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # The least a receiver can do: walk the headers, count lines, note tick times.
+        unpack = dynoinit.RECORD_WORDS.unpack_from
+        header = dynoinit.RECORD_WORDS.size
+        dropped = dynoinit.KIND_DROPPED << 24
+        rest = b""
+        try:
+            hello = await reader.readexactly(len(dynoinit.LOG_MAGIC))
+            assert hello == dynoinit.LOG_MAGIC
+            while data := await reader.read(1 << 18):
+                buf = rest + data if rest else data
+                pos, end, now = 0, len(buf), time.time()
+                while pos + header <= end:
+                    word, length, at = unpack(buf, pos)
+                    if pos + header + length > end:
+                        break
+                    if word != dropped:
+                        self.lines += 1
+                        if buf.startswith(b"tick ", pos + header):
+                            self.latencies.append(now - at / 1e9)
+                    pos += header + length
+                rest = buf[pos:]
+                self.last_at = now
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        if self._dirfd >= 0:
+            os.close(self._dirfd)
+
+
 class Bench:
-    def __init__(self, home: Path, nats: NatsServer, managed: str) -> None:
+    def __init__(self, home: Path, managed: str, use_init: bool, baseline: BareReader) -> None:
         self.home = home
-        self.nats = nats
         self.managed = managed
+        self.use_init = use_init
+        self.baseline = baseline
         self.team = uuid.uuid4().hex
         self.docker = aiodocker.Docker()
         self.containers: list[str] = []
         self.db = home / "log-shipper" / "log-shipper-bench.db"
+        self.shipper_folder = dynoinit.host_log_dir("", home, "bench")
 
-    async def dyno(self, app_id: str, script: str) -> str:
+    async def dyno(self, app_id: str, script: str, folder: Path) -> str:
+        """A dyno-like container printing through the init's protocol into `folder`'s socket."""
+        command = ["python3", "-c", script]
+        ring = ["--buffer", str(RING)]
+        binds = [f"{folder}:{dynoinit.LOG_DIR}:ro"]
         config: dict[str, Any] = {
             "Image": IMAGE,
-            "Cmd": ["python3", "-c", script],
+            "User": "10000:10000",
             "Labels": {
                 LABEL_MANAGED: self.managed,
                 LABEL_APP: app_id,
                 LABEL_TEAM: self.team,
                 LABEL_DYNO: "web.1",
             },
-            "HostConfig": {"NetworkMode": "none", "LogConfig": {"Type": "json-file"}},
         }
-        container = await self.docker.containers.run(config, name=f"slw-bench-{app_id[:10]}")
+        if self.use_init:
+            binds.append(f"{built_init()}:{dynoinit.INIT_PATH}:ro")
+            config |= {
+                "Entrypoint": [dynoinit.INIT_PATH, *ring, "--"],
+                "Cmd": command,
+                "OpenStdin": True,
+                "StdinOnce": True,
+                "AttachStdin": True,
+            }
+        else:
+            binds += [
+                f"{SENDER}:{LIB}/dynosender.py:ro",
+                f"{Path(dynoinit.__file__)}:{LIB}/dynoinit.py:ro",
+            ]
+            config["Cmd"] = ["python3", f"{LIB}/dynosender.py", *ring, "--", *command]
+        config["HostConfig"] = {
+            "NetworkMode": "none",
+            "LogConfig": {"Type": "none"},
+            "Binds": binds,
+        }
+        container = await self.docker.containers.create(config, name=f"slw-bench-{app_id[:10]}")
         self.containers.append(container.id)
+        if self.use_init:
+            async with container.attach(stdin=True) as stream:
+                await container.start()
+                await stream.write_in(dynoinit.encode_env({}))
+        else:
+            await container.start()
         return str(container.id)
 
     def stored(self, app_id: str) -> int:
@@ -103,35 +208,35 @@ class Bench:
         finally:
             conn.close()
 
-    async def when_stored(self, app_id: str, lines: int) -> float:
-        """The time at which the database first holds `lines` lines of the app."""
-        while self.stored(app_id) < lines:  # noqa: ASYNC110 - another process writes it
-            await asyncio.sleep(0.01)
-        return time.time()
-
-    async def ingest_round(self, lines: int) -> tuple[float, float]:
-        """(shipper lines/s, docker logs lines/s) for one fresh container."""
-        app_id = uuid.uuid4().hex
-        container = await self.dyno(app_id, FLOOD.format(n=lines))
-        finished = await self.when_stored(app_id, lines)
-        await self.docker.containers.container(container).wait()
+    async def started_at(self, container: str) -> float:
         info = await self.docker.containers.container(container).show()
-        # From the moment the dyno's process started, as Docker recorded it.
-        shipper = lines / (finished - _docker_time(info["State"]["StartedAt"]))
-        begun = time.perf_counter()
-        done = await asyncio.to_thread(
-            subprocess.run,
-            ["docker", "logs", "-t", container],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=True,
-        )
-        assert done.returncode == 0
-        floor = lines / (time.perf_counter() - begun)
-        return shipper, floor
+        return _docker_time(info["State"]["StartedAt"])
+
+    async def shipper_round(self, lines: int) -> float:
+        """Lines/s from the dyno's start to the last line stored by the log-shipper."""
+        app_id = uuid.uuid4().hex
+        container = await self.dyno(app_id, FLOOD.format(n=lines), self.shipper_folder)
+        deadline = time.monotonic() + WAIT
+        while self.stored(app_id) < lines:  # another process writes it
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"log-shipper stored {self.stored(app_id)} of {lines} lines")
+            await asyncio.sleep(0.01)
+        finished = time.time()
+        return lines / (finished - await self.started_at(container))
+
+    async def baseline_round(self, lines: int) -> float:
+        """Lines/s from the dyno's start to the last line read by the bare reader."""
+        self.baseline.lines = 0
+        container = await self.dyno(uuid.uuid4().hex, FLOOD.format(n=lines), self.baseline.folder)
+        deadline = time.monotonic() + WAIT
+        while self.baseline.lines < lines:  # counted by the reader's task
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"baseline read {self.baseline.lines} of {lines} lines")
+            await asyncio.sleep(0.01)
+        return lines / (self.baseline.last_at - await self.started_at(container))
 
     async def tail(self, bus: Bus, ticks: int) -> tuple[list[float], list[float]]:
-        """Latencies (s) of the log-shipper tail and of `docker logs -f -t`, same lines."""
+        """Latencies (s) of the log-shipper tail and of the bare reader, two dynos at once."""
         app_id = uuid.uuid4().hex
         shipper: list[float] = []
         tail_decoder = decoder(TailBatch)
@@ -144,20 +249,16 @@ class Bench:
 
         sub = await bus.nc.subscribe(tail_subject(app_id), cb=on_batch)
         await bus.nc.flush()
-        container = await self.dyno(app_id, TICKS.format(n=ticks))
-        follower = await asyncio.create_subprocess_exec(
-            "docker", "logs", "-f", "-t", container, stdout=asyncio.subprocess.PIPE
-        )
-        floor: list[float] = []
-        assert follower.stdout is not None
-        async for raw in follower.stdout:
-            now = time.time()
-            stamp = raw.decode().split(" ", 1)[0]
-            floor.append(now - _docker_time(stamp))
-        await follower.wait()
-        await asyncio.sleep(0.5)
+        self.baseline.latencies.clear()
+        mine = await self.dyno(app_id, TICKS.format(n=ticks), self.shipper_folder)
+        theirs = await self.dyno(uuid.uuid4().hex, TICKS.format(n=ticks), self.baseline.folder)
+        for container in (mine, theirs):
+            await asyncio.wait_for(self.docker.containers.container(container).wait(), WAIT)
+        deadline = time.monotonic() + WAIT
+        while len(shipper) < ticks and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
         await sub.unsubscribe()
-        return shipper, floor
+        return shipper, list(self.baseline.latencies)
 
     async def close(self) -> None:
         for container in self.containers:
@@ -200,6 +301,8 @@ def pct(values: list[float], q: float) -> float:
 
 async def main(args: argparse.Namespace) -> None:
     configure_logging("bench", fmt="json", level="warning")
+    lines = min(args.lines, MAX_LINES)
+    use_init = args.sender == "init" and built_init().exists()
     with tempfile.TemporaryDirectory(prefix="slipway-bench-logs-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir()
@@ -210,26 +313,38 @@ async def main(args: argparse.Namespace) -> None:
         await keyring.started.wait()
         managed = f"bench-{uuid.uuid4().hex[:8]}"
         process = start_shipper(nats, home, managed)
-        bench = Bench(home, nats, managed)
+        baseline = BareReader(Path(tmp) / "baseline")
+        await baseline.start()
+        bench = Bench(home, managed, use_init, baseline)
         bus = await Bus.connect(nats.url, "gateway")
         try:
-            await asyncio.sleep(2.0)  # the log-shipper process starts up
-            rounds = [await bench.ingest_round(args.lines) for _ in range(args.rounds)]
+            sock = bench.shipper_folder / dynoinit.LOG_SOCKET_NAME
+            deadline = time.monotonic() + WAIT
+            while not sock.is_socket():  # the log-shipper starts up
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"the log-shipper did not start: see {home}/log-shipper.out")
+                await asyncio.sleep(0.05)
+            sender = f"the dyno init {built_init()}" if use_init else "the Python stand-in"
+            print(f"dynos print through {sender}")
+            rounds = []
+            for _ in range(args.rounds):
+                rounds.append((await bench.shipper_round(lines), await bench.baseline_round(lines)))
             shipper_rate = max(r[0] for r in rounds)
             floor_rate = max(r[1] for r in rounds)
-            print(f"ingest ({args.lines} lines, best of {args.rounds}):")
+            print(f"ingest ({lines} lines, best of {args.rounds}):")
             print(f"  log-shipper to encrypted history  {shipper_rate:>10,.0f} lines/s")
-            print(f"  docker logs -t (json-file floor)  {floor_rate:>10,.0f} lines/s")
+            print(f"  bare socket reader (baseline)     {floor_rate:>10,.0f} lines/s")
             print(f"  ratio                             {shipper_rate / floor_rate:>10.2f}x")
             shipper, floor = await bench.tail(bus, args.ticks)
             print(f"tail latency ({len(shipper)} / {len(floor)} lines):")
-            for label, values in (("log-shipper tail", shipper), ("docker logs -f  ", floor)):
+            for label, values in (("log-shipper tail", shipper), ("bare reader     ", floor)):
                 p50, p99 = pct(values, 0.5), pct(values, 0.99)
                 print(f"  {label}  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms")
             print(f"  mean ratio        {statistics.mean(shipper) / statistics.mean(floor):.2f}x")
         finally:
             await bus.close()
             await bench.close()
+            await baseline.close()
             process.terminate()
             process.wait(timeout=30)
             keyring.stop()
@@ -239,7 +354,8 @@ async def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--lines", type=int, default=200_000)
+    parser.add_argument("--lines", type=int, default=MAX_LINES)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ticks", type=int, default=300)
+    parser.add_argument("--sender", choices=("init", "python"), default="init")
     asyncio.run(main(parser.parse_args()))

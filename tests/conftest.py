@@ -88,6 +88,16 @@ def remove_empty_app_networks() -> Iterator[None]:
             subprocess.run(["docker", "network", "rm", network["Id"]], capture_output=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def dyno_init_built() -> None:
+    """Every dyno starts through the init of this source tree: built once if missing."""
+    from slipway.services.scheduler.settings import built_init
+
+    if not built_init().exists() and shutil.which("docker") is not None:
+        root = Path(__file__).resolve().parents[1]
+        subprocess.run(["bash", str(root / "scripts" / "build-init")], check=True)
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     """A real nats-server with JetStream on disk, on a free loopback port, for one test."""

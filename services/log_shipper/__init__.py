@@ -1,1 +1,1 @@
-"""Log-shipper: follows one Docker host's dyno logs; stores them encrypted, tails, drains."""
+"""Log-shipper: takes one Docker host's dyno output; stores it encrypted, tails, drains."""

@@ -1,17 +1,18 @@
-"""The log-shipper process: one per Docker host, following its dynos and serving reads.
+"""The log-shipper process: one per Docker host, receiving its dynos' output and serving reads.
 
 Resources, set up in this order and torn down in reverse:
 
 1. `shipper`: the database (writer + reader), the Docker client, the sealing
-   and tail loops, the followers, metrics and drains;
+   and tail loops, the dyno registry and output socket, metrics and drains;
 2. `live`: queue-group subscriptions to the router's access records and the
    lines other services send (one log-shipper takes each message).
 
 Events are consumed in two durable consumers: `platform` (shared by every
 log-shipper: one of them writes each platform line) and `host-<host_id>` (each
 log-shipper applies every drain change and app or team removal to its own
-database). On SIGTERM the followers stop first, then what is pending is sealed
-and stored; a kill -9 loses nothing either, as reading resumes at the cursors.
+database). On SIGTERM the dyno socket closes first, then what is pending is sealed
+and stored; a kill -9 loses the lines not sealed yet (at most `batch_seconds`),
+and the dyno inits count what they drop until a log-shipper listens again.
 """
 
 from __future__ import annotations

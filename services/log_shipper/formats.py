@@ -2,7 +2,7 @@
 
     2026-11-27T21:00:00.123456+00:00 app[web.1]: text
 
-Pure functions, no I/O: the follower, the drains and the gateway all format
+Pure functions, no I/O: the receiver, the drains and the gateway all format
 through here, so a line reads the same everywhere.
 """
 
@@ -79,6 +79,11 @@ def syslog_message(entry: LogEntry, drain_token: str) -> bytes:
 def octet_frame(message: bytes) -> bytes:
     """RFC 6587 octet-counting framing: `<length> <message>`."""
     return b"%d %b" % (len(message), message)
+
+
+def l10_text(count: int, since: float) -> str:
+    """Heroku's logplex line for lines dropped before they reached it (`heroku[logplex]`)."""
+    return f"Error L10 (output buffer overflow): {count} messages dropped since {iso(since)}."
 
 
 def memory_line(sample_fields: dict[str, str]) -> str:

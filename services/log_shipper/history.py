@@ -9,9 +9,9 @@ sealed when it holds `batch_lines` lines or is `batch_seconds` old:
 
 and, for a team that registered its own X25519 key, the payload is first sealed
 to that key (`sealedbox.seal_to`), so the platform can write it and never read
-it back. The batch and the cursors of the containers whose lines it holds are
-committed in one transaction: after a crash, reading resumes exactly after the
-last stored line. Nothing is written to disk before it is sealed.
+it back. Nothing is written to disk before it is sealed: lines still pending
+when log-shipper is killed are lost (dyno output arrives over a socket with
+no replay; see receiver.py), at most `batch_seconds` of them.
 
 Reads for a sealed team: stored batches cannot be opened by the platform, so
 `read` answers the recent lines this process still holds in memory (up to
@@ -50,7 +50,7 @@ from slipway.libs.errors import Gone
 from slipway.libs.storage import Database, claim
 from slipway.services.log_shipper import store
 from slipway.services.log_shipper.settings import LogShipperSettings
-from slipway.services.log_shipper.store import BatchRow, Cursor
+from slipway.services.log_shipper.store import BatchRow
 
 log = structlog.get_logger("slipway.log_shipper.history")
 
@@ -62,7 +62,7 @@ SEALED_NOTICE = (
     "This team's stored logs are sealed to its own key: only recent lines held in memory are shown."
 )
 
-# A raw line as a follower or an event hands it over: (timestamp, source, dyno, text, stderr).
+# A raw line as the receiver or an event hands it over: (timestamp, source, dyno, text, stderr).
 RawLine = tuple[float, LogSource, str, str, bool]
 Listener = Callable[[str, Sequence[LogEntry]], None]
 
@@ -72,11 +72,10 @@ _ENCODER = msgspec.msgpack.Encoder()
 
 @dataclass
 class _Buffer:
-    """Lines of one app not yet stored, and the cursors they advance."""
+    """Lines of one app not yet stored."""
 
     team_id: str
     entries: list[LogEntry] = field(default_factory=list)
-    cursors: dict[str, Cursor] = field(default_factory=dict)
     claims: list[str] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     since: float = field(default_factory=time.monotonic)
@@ -134,7 +133,6 @@ class History:
         app_id: str,
         team_id: str,
         lines: Sequence[RawLine],
-        cursor: Cursor | None = None,
         message_id: str | None = None,
     ) -> asyncio.Future[None]:
         """Take lines in; the future resolves once they are stored (sealed and committed)."""
@@ -151,8 +149,6 @@ class History:
         ]
         self._seq = seq + len(entries)
         buffer.entries.extend(entries)
-        if cursor is not None:
-            buffer.cursors[cursor.container_id] = cursor
         if message_id is not None:
             buffer.claims.append(message_id)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -167,7 +163,7 @@ class History:
         return done
 
     def seal_soon(self, app_id: str) -> None:
-        """Seal the app's pending lines at the next turn (its dyno's stream just ended)."""
+        """Seal the app's pending lines at the next turn (its dyno's connection just ended)."""
         buffer = self._pending.get(app_id)
         if buffer is not None:
             buffer.since = 0.0
@@ -187,6 +183,10 @@ class History:
     async def wait_room(self) -> None:
         """Wait while too many lines are pending (the keyring is slow or down)."""
         await self._room.wait()
+
+    def has_room(self) -> bool:
+        """Whether more lines may be taken in now (else readers pause until `wait_room`)."""
+        return self._room.is_set()
 
     async def seen(self, message_id: str) -> bool:
         """Whether an event's line was already stored (events are delivered at least once)."""
@@ -235,7 +235,7 @@ class History:
         try:
             row = await self._encrypt(app_id, buffer)
             async with self.db.transaction() as conn:
-                await store.save_batch(conn, row, buffer.cursors.values())
+                await store.save_batch(conn, row)
                 for message_id in buffer.claims:
                     await claim(conn, message_id)
         except Gone:
@@ -262,13 +262,9 @@ class History:
                 waiter.set_result(None)
 
     async def _commit_empty(self, buffer: _Buffer) -> bool:
-        # Cursors or claims without lines (a container whose lines were all skipped).
-        if buffer.cursors or buffer.claims:
+        # Claims without lines (an event whose lines were empty).
+        if buffer.claims:
             async with self.db.transaction() as conn:
-                await conn.executemany(
-                    "UPDATE cursors SET ts_ns = ?, count = ? WHERE container_id = ?",
-                    [(c.ts_ns, c.count, c.container_id) for c in buffer.cursors.values()],
-                )
                 for message_id in buffer.claims:
                     await claim(conn, message_id)
         for waiter in buffer.waiters:
@@ -281,7 +277,6 @@ class History:
         if newer is not None:
             # Lines that arrived meanwhile are newer: keep them after the failed ones.
             failed.entries.extend(newer.entries)
-            failed.cursors.update(newer.cursors)
             failed.claims.extend(newer.claims)
             failed.waiters.extend(newer.waiters)
         self._pending[app_id] = failed

@@ -1,4 +1,4 @@
-"""Dyno metrics: CPU, memory and restarts of every followed container, from Docker's stats API.
+"""Dyno metrics: CPU, memory and restarts of every running dyno, from Docker's stats API.
 
 Every `metrics_interval` seconds each running dyno is sampled (one-shot stats,
 which Docker answers with the current and the previous sample, so CPU is a
@@ -27,7 +27,7 @@ import structlog
 
 from slipway.contracts.log_shipper import DynoSample
 from slipway.services.log_shipper import formats
-from slipway.services.log_shipper.follower import Dyno, Follower
+from slipway.services.log_shipper.dynos import Dyno, DynoRegistry
 from slipway.services.log_shipper.history import History
 
 log = structlog.get_logger("slipway.log_shipper.metrics")
@@ -61,13 +61,13 @@ def memory(stats: dict[str, Any]) -> tuple[float, float, float, float]:
 
 
 class Metrics:
-    """Samples followed dynos periodically; keeps the latest sample of each."""
+    """Samples running dynos periodically; keeps the latest sample of each."""
 
     def __init__(
-        self, docker: aiodocker.Docker, follower: Follower, history: History, interval: float
+        self, docker: aiodocker.Docker, registry: DynoRegistry, history: History, interval: float
     ) -> None:
         self.docker = docker
-        self.follower = follower
+        self.registry = registry
         self.history = history
         self.interval = interval
         self.latest: dict[str, tuple[str, DynoSample]] = {}  # container id -> (app id, sample)
@@ -86,7 +86,7 @@ class Metrics:
                 await asyncio.wait_for(stopping.wait(), self.interval)
             if stopping.is_set():
                 return
-            dynos = list(self.follower.dynos.values())
+            dynos = list(self.registry.running.values())
             await asyncio.gather(*(self.sample(d) for d in dynos), return_exceptions=True)
             gone = self.latest.keys() - {d.container_id for d in dynos}
             for container_id in gone:

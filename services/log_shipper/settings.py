@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from slipway.contracts.dynoinit import host_log_dir
 from slipway.libs.service import Settings
 
 DAY = 86400.0
@@ -21,13 +22,17 @@ class LogShipperSettings(Settings, frozen=True, kw_only=True):
 
     docker_url: str = "unix:///var/run/docker.sock"
     host_id: str = "local"
-    # Only containers with this `org.slipway.managed` value are followed; "": the scope's
-    # (contracts/scope.py), so another installation's dynos are never read.
+    # Only containers with this `org.slipway.managed` value are dynos; "": the scope's
+    # (contracts/scope.py), so another installation's dynos are refused.
     managed_value: str = ""
+    # Where dyno inits find this log-shipper: `<dyno_log_dir>/<host_id>/logs.sock`; the
+    # scheduler mounts that folder read-only at /.slipway/log. "": `<home>/run/dynolog`.
+    dyno_log_dir: str = ""
     # A batch is sealed and stored when it holds this many lines or is this old.
     batch_lines: int = 20_000
     batch_seconds: float = 1.0
-    # Lines waiting to be sealed, per app, before the followers wait (backpressure).
+    # Lines waiting to be sealed before dyno connections stop being read (backpressure:
+    # the dyno init's ring fills, then it drops and counts lines).
     pending_max_lines: int = 200_000
     # New lines are published to live tails at most this often.
     tail_interval: float = 0.05
@@ -48,6 +53,10 @@ class LogShipperSettings(Settings, frozen=True, kw_only=True):
     # (SLIPWAY_EGRESS_ALLOW, e.g. an on-premise syslog), more to refuse (SLIPWAY_EGRESS_DENY).
     egress_allow: str = ""
     egress_deny: str = ""
+
+    def socket_folder(self) -> Path:
+        """The folder of this host's dyno output socket."""
+        return host_log_dir(self.dyno_log_dir, self.home, self.host_id)
 
     def db_path(self) -> Path:
         return self.state_dir("log-shipper") / f"log-shipper-{self.host_id}.db"

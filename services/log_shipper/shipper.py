@@ -1,4 +1,4 @@
-"""One host's log-shipper, assembled: history, tail, drains, follower, metrics and their loops.
+"""One host's log-shipper, assembled: history, tail, drains, dyno output, metrics and loops.
 
 The handlers in app.py call into `Shipper`; nothing here knows about the
 service runner. Drain URLs are kept sealed in the database and in
@@ -35,9 +35,10 @@ from slipway.libs.errors import Conflict, InvalidRequest, NotFound
 from slipway.libs.storage import Database
 from slipway.services.log_shipper import formats, platform, store
 from slipway.services.log_shipper.drains import Drains, DrainTarget, check_url
-from slipway.services.log_shipper.follower import Follower
+from slipway.services.log_shipper.dynos import Dyno, DynoRegistry
 from slipway.services.log_shipper.history import History, RawLine
 from slipway.services.log_shipper.metrics import Metrics
+from slipway.services.log_shipper.receiver import DynoOutput
 from slipway.services.log_shipper.settings import LogShipperSettings
 from slipway.services.log_shipper.tail import TailFanout
 
@@ -64,8 +65,11 @@ class Shipper:
         self.tail = TailFanout(bus, settings.host_id, settings.tail_interval)
         self.drains = Drains(settings, notify=self._drain_notice)
         self.history.listeners += [self.tail.offer, self.drains.offer]
-        self.follower: Follower | None = None
-        self.metrics: Metrics | None = None
+        self.registry = DynoRegistry(self.docker, settings.managed_value or settings.scoped.managed)
+        self.receiver = DynoOutput(
+            settings.socket_folder(), self.registry, self.history, self._dyno_lines
+        )
+        self.metrics = Metrics(self.docker, self.registry, self.history, settings.metrics_interval)
         self.halt = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._teams: dict[str, str] = {}
@@ -73,21 +77,11 @@ class Shipper:
         self._asked: dict[str, float] = {}
 
     async def start(self) -> None:
-        """Start the loops: sealing, tail, followers, metrics, sweeps, drains."""
-        cursors = await store.cursors(self.db)
-        self.follower = Follower(
-            self.docker,
-            self.settings.docker_url,
-            self.history,
-            cursors,
-            self.settings.managed_value or self.settings.scoped.managed,
-        )
-        self.metrics = Metrics(
-            self.docker, self.follower, self.history, self.settings.metrics_interval
-        )
+        """Start the loops: sealing, tail, dyno registry and socket, metrics, sweeps, drains."""
         self._spawn(self.history.run(self.halt), "history")
         self._spawn(self.tail.run(self.halt), "tail")
-        self._spawn(self._keep_following(), "follower")
+        self._spawn(self._keep_registry(), "registry")
+        await self.receiver.start()
         if self.settings.metrics_interval > 0:
             self._spawn(self.metrics.run(self.halt), "metrics")
         self._spawn(self._sweep(), "sweep")
@@ -98,11 +92,10 @@ class Shipper:
 
     async def stop(self) -> None:
         """Stop reading first, then seal what is pending, then stop shipping."""
-        if self.follower is not None:
-            await self.follower.stop()
+        await self.receiver.stop()
         self.halt.set()
         for task in self._tasks:
-            if task.get_name().endswith(("follower", "sweep", "drains")):
+            if task.get_name().endswith(("registry", "sweep", "drains")):
                 task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -110,16 +103,19 @@ class Shipper:
         await self.drains.stop()
         await self.docker.close()
 
-    async def _keep_following(self) -> None:
-        assert self.follower is not None
+    async def _keep_registry(self) -> None:
         while True:
             try:
-                await self.follower.run()
+                await self.registry.run()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the engine restarted or the socket broke: reconnect
-                log.warning("follower.events_lost", error=repr(exc))
+                log.warning("dynos.events_lost", error=repr(exc))
             await asyncio.sleep(1.0)
+
+    def _dyno_lines(self, dyno: Dyno, lines: list[RawLine]) -> None:
+        """Lines a dyno's init sent: its team comes from its labels, not from a lookup."""
+        self.history.add(dyno.app_id, dyno.team_id, lines)
 
     async def _sweep(self) -> None:
         while True:
@@ -298,7 +294,7 @@ class Shipper:
     # ---- apps and teams going away ------------------------------------------------------
 
     async def drop_app(self, app_id: str) -> None:
-        """The app was destroyed: forget its history, cursors and drains on this host."""
+        """The app was destroyed: forget its history and drains on this host."""
         await self.drains.remove_app(app_id)
         self.history.forget(app_id)
         async with self.db.transaction() as conn:

@@ -1,20 +1,17 @@
-"""Log-shipper's database: sealed batches, container cursors, apps, drains.
+"""Log-shipper's database: sealed batches, apps, drains.
 
 No column ever holds a log line or a drain URL in plaintext: `batches.data` is
 an envelope record (purpose LOGS) and `drains.sealed_url` too. What is in the
 clear is bookkeeping only: ids, dyno names, timestamps, sizes.
 
-A cursor says how far a container's log was read: Docker's nanosecond
-timestamp of the last stored line and how many lines carried exactly that
-timestamp (Docker's `since` includes the boundary, so those are skipped on the
-next read). Cursors are written in the same transaction as the batch holding
-the lines they cover, so a crash either keeps both or neither.
+Dyno output arrives from the dyno init over a socket (receiver.py), with
+nothing to resume from: the per-container cursors into Docker's logs that
+older versions kept are dropped (migration 3).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import aiosqlite
@@ -71,16 +68,11 @@ MIGRATIONS = (
     """
     ALTER TABLE apps ADD COLUMN retention_revision INTEGER NOT NULL DEFAULT 0
     """,
+    # Docker's logs are no longer read: nothing to resume.
+    """
+    DROP TABLE cursors
+    """,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    container_id: str
-    app_id: str
-    dyno: str
-    ts_ns: int
-    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,20 +102,14 @@ class DrainRow:
     updated_at: float
 
 
-async def cursors(db: Database) -> dict[str, Cursor]:
-    """Every container's cursor, by container id."""
-    rows = await db.fetchall("SELECT container_id, app_id, dyno, ts_ns, count FROM cursors")
-    return {r[0]: Cursor(r[0], r[1], r[2], int(r[3]), int(r[4])) for r in rows}
-
-
 async def next_seq(db: Database) -> int:
     """The first sequence number not yet used by a stored batch of this host."""
     row = await db.fetchone("SELECT value FROM meta WHERE key = 'next_seq'")
     return int(row[0]) if row else 1
 
 
-async def save_batch(conn: aiosqlite.Connection, batch: BatchRow, moved: Iterable[Cursor]) -> None:
-    """Store a sealed batch and the cursors it advances, in the caller's transaction."""
+async def save_batch(conn: aiosqlite.Connection, batch: BatchRow) -> None:
+    """Store a sealed batch (and the next free sequence number), in the caller's transaction."""
     await conn.execute(
         "INSERT INTO batches (id, app_id, team_id, host, first_seq, last_seq, first_ts,"
         " last_ts, lines, size, sealed_to, data, created_at)"
@@ -148,13 +134,6 @@ async def save_batch(conn: aiosqlite.Connection, batch: BatchRow, moved: Iterabl
         "INSERT INTO meta (key, value) VALUES ('next_seq', ?)"
         " ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
         (batch.last_seq + 1,),
-    )
-    now = time.time()
-    await conn.executemany(
-        "INSERT INTO cursors (container_id, app_id, dyno, ts_ns, count, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (container_id) DO UPDATE SET"
-        " ts_ns = excluded.ts_ns, count = excluded.count, updated_at = excluded.updated_at",
-        [(c.container_id, c.app_id, c.dyno, c.ts_ns, c.count, now) for c in moved],
     )
 
 
@@ -216,8 +195,8 @@ async def team_of(db: Database, app_id: str) -> str | None:
 
 
 async def drop_app(conn: aiosqlite.Connection, app_id: str) -> None:
-    """Forget everything held for an app: its history, cursors, drains."""
-    for table in ("batches", "cursors", "drains", "apps"):
+    """Forget everything held for an app: its history, drains."""
+    for table in ("batches", "drains", "apps"):
         await conn.execute(f"DELETE FROM {table} WHERE app_id = ?", (app_id,))  # noqa: S608
 
 

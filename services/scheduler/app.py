@@ -72,9 +72,9 @@ def _oneoff_rpcs(service: ServiceApp) -> None:
             service.bus,
             OneOffSettings(
                 port=settings.port,
-                log_max_size=settings.log_max_size,
-                log_max_file=settings.log_max_file,
                 tmp_size=settings.tmp_size,
+                dyno_init=settings.init_path(),
+                dyno_log_dir=str(settings.log_root()),
                 scope=settings.scoped,
                 app_network_pool=settings.app_network_pool,
                 stop_grace=settings.stop_grace,

@@ -2,21 +2,31 @@
 
 Every dyno container (DESIGN.md §5): all capabilities dropped, no-new-privileges,
 read-only root with a tmpfs /tmp, user 10000:10000, memory (swap equal: none
-extra), CPU weight and pids by dyno size, capped json-file logs, no Docker socket
-and no host namespaces (nothing is mounted, no host mode is asked), the app's own
-network, and `$PORT` published only on the host's private address, on a port
-Docker picks. Config values go into `Env` at create time and nowhere else.
+extra), CPU weight and pids by dyno size, no Docker socket and no host namespaces
+(no host mode is asked), the app's own network, and `$PORT` published only on the
+host's private address, on a port Docker picks.
+
+It starts through the dyno init (`dynoinit/`, contracts/dynoinit.py), bind-mounted
+read-only at `/.slipway/init`, which runs the image's own entrypoint and command.
+Config values never enter the container's config: `Env` holds the platform's
+values only (PORT, DYNO, HOME, SLIPWAY_RELEASE_VERSION), and the config travels in
+the env frame the scheduler writes on the container's stdin at every start
+(`start_with_env`). Docker keeps no output either (`LogConfig` none): the init
+relays it to the log-shipper's socket in the host's log folder, mounted read-only
+at `/.slipway/log`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import aiodocker
 import msgspec
 
+from slipway.contracts import dynoinit
 from slipway.contracts import scheduler as sc
 from slipway.contracts.gateway import DYNO_SIZES, DynoSize
 from slipway.contracts.registry import Credentials
@@ -92,19 +102,56 @@ def spec_from_labels(found: dict[str, str], image: str = "") -> DynoSpec | None:
         return None
 
 
+def platform_env(spec: DynoSpec, port: int) -> dict[str, str]:
+    """The values the platform sets for every dyno: no secret among them."""
+    return {
+        "PORT": str(port),
+        "DYNO": spec.name,
+        "HOME": "/app",
+        "SLIPWAY_RELEASE_VERSION": str(spec.release),
+    }
+
+
+def env_frame(
+    spec: DynoSpec, config: Mapping[str, str], port: int, extra: Mapping[str, str] | None = None
+) -> bytes:
+    """The env frame of one start: config vars, then the platform's values over them."""
+    return dynoinit.encode_env({**config, **platform_env(spec, port), **(extra or {})})
+
+
+def command_line(image: dict[str, Any], command: str) -> list[str]:
+    """What Docker would run: the image's Entrypoint, then `command` (or the image's Cmd)."""
+    config = image.get("Config") or {}
+    entrypoint = list(config.get("Entrypoint") or [])
+    return entrypoint + ([command] if command else list(config.get("Cmd") or []))
+
+
+def takes_env_frame(info: dict[str, Any]) -> bool:
+    """Whether a container (from an inspect) starts through the init and waits for its env."""
+    config = info.get("Config") or {}
+    entrypoint = config.get("Entrypoint") or []
+    return bool(config.get("OpenStdin")) and entrypoint[:1] == [dynoinit.INIT_PATH]
+
+
 def container_config(
     spec: DynoSpec,
     *,
-    env: dict[str, str],
+    argv: list[str],
     port: int,
     address: str,
     publish: bool,
-    log_max_size: str,
-    log_max_file: str,
     tmp_size: str,
     scope: Scope,
+    init: str,
+    log_dir: str,
+    tty: bool = False,
 ) -> dict[str, Any]:
-    """The Docker create body of one dyno (`publish`: web dynos get a host port)."""
+    """The Docker create body of one dyno (`publish`: web dynos get a host port).
+
+    `argv` is what the init runs (`command_line`); `init` the init binary on the host;
+    `log_dir` the host's folder of the log-shipper's socket (not mounted with `tty`: the
+    output of an attached one-off goes to its terminal only).
+    """
     size = spec.dyno_size
     memory = size.memory_mb * 1024 * 1024
     port_key = f"{port}/tcp"
@@ -117,36 +164,47 @@ def container_config(
         "MemorySwap": memory,
         "PidsLimit": size.pids_limit,
         "CpuShares": size.cpu_shares,
-        "LogConfig": {
-            "Type": "json-file",
-            "Config": {"max-size": log_max_size, "max-file": log_max_file},
-        },
+        # Output is the init's to relay: Docker keeps none of it on disk.
+        "LogConfig": {"Type": "none", "Config": {}},
         "NetworkMode": scope.network(spec.app_id),
         "RestartPolicy": {"Name": "no"},
-        "Binds": [],
+        # A mount (not a bind) of the init: a host without the file fails the create
+        # instead of getting an empty folder made in its place.
+        "Mounts": [
+            {"Type": "bind", "Source": init, "Target": dynoinit.INIT_PATH, "ReadOnly": True}
+        ],
+        "Binds": [f"{log_dir}:{dynoinit.LOG_DIR}:ro"] if log_dir and not tty else [],
         "Privileged": False,
     }
     if publish:
         host_config["PortBindings"] = {port_key: [{"HostIp": address, "HostPort": ""}]}
-    full_env = {
-        **env,
-        "PORT": str(port),
-        "DYNO": spec.name,
-        "HOME": "/app",
-        "SLIPWAY_RELEASE_VERSION": str(spec.release),
-    }
-    config: dict[str, Any] = {
+    return {
         "Image": spec.image,
         "User": "10000:10000",
-        "Env": [f"{key}={value}" for key, value in full_env.items()],
+        "Entrypoint": [dynoinit.INIT_PATH, *(["--tty"] if tty else []), "--"],
+        "Cmd": argv,
+        "Env": [f"{key}={value}" for key, value in platform_env(spec, port).items()],
+        # The env frame arrives on stdin; a dyno's stdin closes after it, a one-off's
+        # terminal stays open.
+        "OpenStdin": True,
+        "StdinOnce": not tty,
+        "AttachStdin": True,
         "Labels": labels(spec, scope),
         "ExposedPorts": {port_key: {}},
         "HostConfig": host_config,
         "StopSignal": "SIGTERM",
     }
-    if spec.command:
-        config["Cmd"] = [spec.command]  # the image's launcher runs it with bash -c
-    return config
+
+
+async def start_with_env(container: aiodocker.containers.DockerContainer, frame: bytes) -> None:
+    """Start a container whose init waits for its env, and write the frame on its stdin.
+
+    Attached before the start, so the init reads the frame from this connection; closing
+    it closes the dyno's stdin (`StdinOnce`).
+    """
+    async with container.attach(stdin=True) as stream:
+        await container.start()
+        await stream.write_in(frame)
 
 
 async def ensure_network(

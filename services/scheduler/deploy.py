@@ -9,7 +9,9 @@
   gets healthy fails the deploy: it is removed, the rest of the roll stops, and the
   old dynos keep serving.
 - The release phase (process type `release`) runs as a one-off before any dyno of
-  its release starts; a non-zero exit fails the deploy before anything changed.
+  its release starts; a non-zero exit fails the deploy before anything changed. It
+  starts through the dyno init like any dyno (env frame on stdin, no Docker log):
+  its output reaches the app's logs through the log-shipper, as a dyno's does.
 """
 
 from __future__ import annotations
@@ -166,7 +168,8 @@ async def release_phase(
     )
     engine = rt.engines[host_id]
     await rt.ensure_network(engine, app.app_id)
-    config = rt.container_config(spec, env, engine, publish=False)
+    config = await rt.container_config(spec, engine, publish=False)
+    frame = containers.env_frame(spec, env, rt.settings.port)
     name = containers.container_name(spec, rt.settings.scoped)
     rt.creating.add(name)
     try:
@@ -175,7 +178,7 @@ async def release_phase(
     finally:
         rt.creating.discard(name)
     try:
-        await container.start()
+        await containers.start_with_env(container, frame)
         try:
             status = await asyncio.wait_for(container.wait(), timeout)
         except TimeoutError:

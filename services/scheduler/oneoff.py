@@ -4,9 +4,12 @@ A one-off is a container of the release's image with the command asked for,
 hardened like every dyno (`containers.container_config`), never published to
 the router. Attached ones get a TTY: the scheduler attaches to the container
 before starting it, waits for the gateway's `ready` frame (the client is
-connected), then relays bytes both ways over the session's live subjects and
-ends with an `exit` frame carrying the process's status. Detached ones start at
-once; their output reaches the logs like any dyno's.
+connected), starts it, waits for the init's `TTY_READY` marker (its terminal is
+raw, without echo), writes the env frame, waits for `TTY_GO` (the terminal is
+back in its mode), then relays bytes both ways over the session's live subjects
+(the markers are not relayed; typed input waits for `TTY_GO`) and ends with an
+`exit` frame carrying the process's status. Detached ones start at once with the
+env frame on stdin; their output reaches the logs like any dyno's, through the init.
 
 `time_to_live` is a deadline label on the container, so a restarted scheduler
 still enforces it (`adopt`). An attached one-off whose relay is gone (the
@@ -27,7 +30,7 @@ import aiodocker
 import msgspec
 import structlog
 
-from slipway.contracts import builder, oneoff
+from slipway.contracts import builder, dynoinit, oneoff
 from slipway.contracts import scheduler as sc
 from slipway.contracts.base import encode
 from slipway.contracts.oneoff import RunOneOff, TtyFrame
@@ -35,11 +38,13 @@ from slipway.contracts.scope import Scope
 from slipway.libs.bus import Bus
 from slipway.services.scheduler import containers
 from slipway.services.scheduler.containers import DynoSpec
+from slipway.services.scheduler.settings import built_init
 
 log = structlog.get_logger("slipway.scheduler.oneoff")
 
 _frame = msgspec.json.Decoder(TtyFrame)
 ONE_OFF_TYPE = "run"
+TERM = "xterm-256color"
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,11 @@ class Placement:
 @dataclass
 class OneOffSettings:
     port: int = 5000
-    log_max_size: str = "10m"
-    log_max_file: str = "3"
     tmp_size: str = "64m"
+    # The dyno init on the hosts, and the folder of per-host log folders ("": none is
+    # mounted, and a detached one-off's output goes nowhere; the service always sets it).
+    dyno_init: str = field(default_factory=lambda: str(built_init()))
+    dyno_log_dir: str = ""
     # The installation's scope and app network pool (contracts/scope.py; "": its own).
     scope: Scope = field(default_factory=Scope)
     app_network_pool: str = ""
@@ -73,6 +80,10 @@ class _Session:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     size: tuple[int, int] | None = None  # the client's (rows, cols), applied once started
     started: bool = False
+    frame: bytes = b""  # the env frame, written once the init is ready for it
+    frame_sent: bool = False
+    before: bytes = b""  # output during the init's handshake (markers not yet found)
+    env_sent: asyncio.Event = field(default_factory=asyncio.Event)  # typed input may go
 
 
 class OneOffs:
@@ -102,7 +113,9 @@ class OneOffs:
         await containers.ensure_network(
             where.docker, request.app_id, self.settings.scope, self.settings.app_network_pool
         )
-        config = await self._config(request, spec, where, env)
+        config = await self._config(request, spec, where)
+        extra = {"TERM": TERM} if request.attach else {}
+        frame = containers.env_frame(spec, {**env, **request.env}, self.settings.port, extra)
         container = await where.docker.containers.create(
             config, name=containers.container_name(spec, self.settings.scope)
         )
@@ -121,7 +134,7 @@ class OneOffs:
             one_off=True,
             updated_at=time.time(),
         )
-        session = _Session(dyno=dyno, container=container)
+        session = _Session(dyno=dyno, container=container, frame=frame)
         self.sessions[container.id] = session
         self._spawn(session, self._expire(session, time.time() + request.time_to_live))
         if request.attach:
@@ -131,24 +144,24 @@ class OneOffs:
             frames = await self.bus.live_subscribe(oneoff.tty_in(request.session))
             self._spawn(session, self._relay(session, request, stream, frames, ready))
         else:
-            await container.start()
+            await containers.start_with_env(container, frame)
             self._spawn(session, self._reap(session))
         log.info("oneoff.created", app=request.app_name, dyno=spec.name, attach=request.attach)
         return dyno
 
-    async def _config(
-        self, request: RunOneOff, spec: DynoSpec, where: Placement, env: dict[str, str]
-    ) -> dict[str, Any]:
+    async def _config(self, request: RunOneOff, spec: DynoSpec, where: Placement) -> dict[str, Any]:
+        root = self.settings.dyno_log_dir
         config = containers.container_config(
             spec,
-            env={**env, **request.env},
+            argv=await self._command(where.docker, request),
             port=self.settings.port,
             address=where.address,
             publish=False,
-            log_max_size=self.settings.log_max_size,
-            log_max_file=self.settings.log_max_file,
             tmp_size=self.settings.tmp_size,
             scope=self.settings.scope,
+            init=self.settings.dyno_init,
+            log_dir=f"{root.rstrip('/')}/{where.host_id}" if root else "",
+            tty=request.attach,
         )
         deadline = int(time.time() + request.time_to_live)
         config["Labels"] |= {
@@ -156,19 +169,14 @@ class OneOffs:
             oneoff.LABEL_ATTACHED: "true" if request.attach else "false",
         }
         config.pop("ExposedPorts", None)
-        # An init as PID 1 forwards signals and makes the command the TTY's foreground
-        # group: Ctrl-C interrupts it (PID 1 itself would ignore SIGINT).
-        config["HostConfig"]["Init"] = True
-        config["Cmd"] = await self._command(where.docker, request)
+        # The init stays PID 1 (it forwards signals) and puts the command's group in the
+        # terminal's foreground: Ctrl-C interrupts it (PID 1 itself would ignore SIGINT).
         if request.attach:
             config |= {
                 "Tty": True,
-                "OpenStdin": True,
-                "StdinOnce": False,
-                "AttachStdin": True,
                 "AttachStdout": True,
                 "AttachStderr": True,
-                "Env": [*config["Env"], "TERM=xterm-256color"],
+                "Env": [*config["Env"], f"TERM={TERM}"],
             }
             config["HostConfig"]["ConsoleSize"] = [request.tty_rows, request.tty_cols]
         return config
@@ -176,12 +184,13 @@ class OneOffs:
     @staticmethod
     async def _command(docker: aiodocker.Docker, request: RunOneOff) -> list[str]:
         # Buildpack images run their one argument through the launcher (.profile.d first);
-        # an image from a Dockerfile gets a shell, as `heroku run` gives one.
+        # an image from a Dockerfile gets a shell, as `heroku run` gives one. The init runs
+        # what Docker would have: the image's entrypoint, then that.
         image = await docker.images.inspect(request.image)
         entrypoint = image.get("Config", {}).get("Entrypoint") or []
         if entrypoint == [builder.LAUNCHER]:
-            return [request.command]
-        return ["/bin/sh", "-c", request.command]
+            return [*entrypoint, request.command]
+        return [*entrypoint, "/bin/sh", "-c", request.command]
 
     # ---- attached sessions --------------------------------------------------------------
 
@@ -204,8 +213,8 @@ class OneOffs:
             await session.container.start()
             session.started = True
             await _resize(session)
-            while (message := await stream.read_out()) is not None:
-                await self._send(out_subject, TtyFrame(kind="data", data=message.data))
+            while (data := await self._read_past_markers(session, stream)) is not None:
+                await self._send(out_subject, TtyFrame(kind="data", data=data))
             status = await session.container.wait()
             code = int(status.get("StatusCode", 1))
             await self._send(out_subject, TtyFrame(kind="exit", exit_code=code))
@@ -215,6 +224,40 @@ class OneOffs:
             with contextlib.suppress(Exception):
                 await stream.close()
             await self._remove(session)
+
+    @staticmethod
+    async def _read_past_markers(
+        session: _Session, stream: aiodocker.stream.Stream
+    ) -> bytes | None:
+        """The command's next output: the init's handshake is consumed here, never relayed.
+
+        `TTY_READY`: the terminal is raw, the frame goes in. `TTY_GO`: the frame was read
+        and the terminal is back in its mode; typed input may follow. Whatever the init
+        prints before a marker (a refusal) still reaches the user.
+        """
+        while (message := await stream.read_out()) is not None:
+            if session.env_sent.is_set():
+                return message.data
+            session.before += message.data
+            marker = dynoinit.TTY_GO if session.frame_sent else dynoinit.TTY_READY
+            at = session.before.find(marker)
+            if at < 0:
+                continue
+            rest = session.before[at + len(marker) :]
+            session.before = b""
+            if not session.frame_sent:
+                session.frame_sent = True
+                await stream.write_in(session.frame)
+                session.before = rest
+                continue
+            session.env_sent.set()
+            if rest:
+                return rest
+        if session.before:  # the init ended during the handshake: say what it said
+            said = session.before.replace(dynoinit.TTY_READY, b"")
+            session.before = b""
+            return said or None
+        return None
 
     async def _inbound(
         self,
@@ -232,6 +275,7 @@ class OneOffs:
                 case "ready":
                     ready.set()
                 case "data" if ready.is_set():
+                    await session.env_sent.wait()  # typed input comes after the env frame
                     await stream.write_in(frame.data)
                 case "resize" if frame.cols > 0 and frame.rows > 0:
                     session.size = (frame.rows, frame.cols)

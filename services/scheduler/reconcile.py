@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
 
@@ -71,6 +72,10 @@ class Scheduler:
     async def start(self) -> None:
         """Connect the engines, adopt what runs, then start the loops."""
         self._started = time.monotonic()
+        init = self.settings.init_path()
+        if not await asyncio.to_thread(os.path.exists, init):
+            # Every dyno create would fail; on a remote host the same path must exist too.
+            log.error("dyno_init.missing", path=init, fix="run scripts/build-init")
         self.rt.start()
         rows = await self.store.hosts()
         if not rows and self.settings.local_engine:

@@ -223,20 +223,21 @@ class Runtime:
 
     # ---- operations ----------------------------------------------------------------------
 
-    def container_config(
-        self, spec: DynoSpec, env: dict[str, str], engine: Engine, *, publish: bool
+    async def container_config(
+        self, spec: DynoSpec, engine: Engine, *, publish: bool
     ) -> dict[str, Any]:
         """The Docker create body of `spec` on `engine`, with this scheduler's limits."""
+        image = await engine.docker.images.inspect(spec.image)
         return containers.container_config(
             spec,
-            env=env,
+            argv=containers.command_line(image, spec.command),
             port=self.settings.port,
             address=engine.address,
             publish=publish,
-            log_max_size=self.settings.log_max_size,
-            log_max_file=self.settings.log_max_file,
             tmp_size=self.settings.tmp_size,
             scope=self.settings.scoped,
+            init=self.settings.init_path(),
+            log_dir=self.settings.log_dir(engine.id),
         )
 
     async def create(
@@ -247,7 +248,7 @@ class Runtime:
         await self._pull(engine, spec)
         await self.ensure_network(engine, spec.app_id)
         web = spec.process_type == "web"
-        config = self.container_config(spec, env, engine, publish=web)
+        config = await self.container_config(spec, engine, publish=web)
         name = containers.container_name(spec, self.settings.scoped)
         self.creating.add(name)
         try:
@@ -263,17 +264,36 @@ class Runtime:
             # Refused by the API since; a value stored before (or planted) is not requested.
             await self._set_state(tracked, "starting", HEALTH_PATH_IGNORED)
         try:
-            await self._start_container(tracked)
+            await self._start_container(tracked, env)
         except aiodocker.DockerError as exc:
             # The container exists: it is a crashed dyno now, restarted with backoff.
             tracked.busy = False
             await self.crashed(tracked, f"Could not start: {exc.message}")
         return tracked
 
-    async def _start_container(self, tracked: Tracked) -> None:
+    async def env_of(self, spec: DynoSpec) -> dict[str, str]:
+        """The config of a dyno's release, fetched again: every start delivers it anew."""
+        row = await self.store.app(spec.app_id)
+        if row is None:
+            return {}
+        releases = [a for a in (row.desired, row.serving) if a is not None]
+        for app in releases:
+            if app.release_version == spec.release:
+                return await self.config_env(app)
+        # A release no longer known: the next plan replaces the dyno; until then it
+        # runs with the app's current config rather than none.
+        return await self.config_env(row.desired)
+
+    async def _start_container(self, tracked: Tracked, env: dict[str, str] | None = None) -> None:
         engine = self.engines[tracked.spec.host_id]
         container = engine.docker.containers.container(tracked.container_id)
-        await container.start()
+        if containers.takes_env_frame(await container.show()):
+            if env is None:
+                env = await self.env_of(tracked.spec)
+            frame = containers.env_frame(tracked.spec, env, self.settings.port)
+            await containers.start_with_env(container, frame)
+        else:
+            await container.start()  # made before the init existed: adopted as it is
         if tracked.spec.process_type == "web":
             info = await container.show()
             tracked.port = containers.published_port(info, self.settings.port)
@@ -325,6 +345,11 @@ class Runtime:
             tracked.busy = False
             await self.crashed(tracked, f"Could not start: {exc.message}")
             return
+        except Exception as exc:  # its config could not be read (keyring or gateway away)
+            log.warning("dyno.env_unavailable", dyno=tracked.spec.name, error=repr(exc))
+            tracked.busy = False
+            await self.crashed(tracked, "Could not start: its config could not be read")
+            return
         await self.await_health(tracked)
 
     async def restart(self, tracked: Tracked) -> None:
@@ -334,7 +359,13 @@ class Runtime:
         container = engine.docker.containers.container(tracked.container_id)
         await self._set_state(tracked, "starting", "Restarting")
         await container.stop(t=int(self.settings.stop_grace))
-        await self._start_container(tracked)
+        try:
+            await self._start_container(tracked)  # the same container: its env again
+        except Exception as exc:  # the engine refused, or the config could not be read
+            log.warning("dyno.restart_failed", dyno=tracked.spec.name, error=repr(exc))
+            tracked.busy = False
+            await self.crashed(tracked, "Could not start again")
+            return
         await self.await_health(tracked)
 
     async def _kill(self, tracked: Tracked) -> None:

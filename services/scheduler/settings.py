@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 
+from slipway.contracts import dynoinit
 from slipway.libs.service import Settings
+
+INIT_DIR = Path("/usr/local/lib/slipway")
+INIT_SOURCE = Path(__file__).resolve().parents[2] / "dynoinit" / "init.c"
+
+
+@functools.cache  # read once: the source does not change under a running process
+def built_init() -> Path:
+    """Where scripts/build-init puts the init of this source tree (named by its hash)."""
+    try:
+        digest = hashlib.sha256(INIT_SOURCE.read_bytes()).hexdigest()[:12]
+    except OSError:  # installed without the source: the stable name
+        return INIT_DIR / "dyno-init"
+    return INIT_DIR / f"dyno-init-{digest}"
 
 
 class SchedulerSettings(Settings, frozen=True, kw_only=True):
@@ -35,13 +51,30 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
     port: int = 5000
     # The release phase (Procfile `release:`) is killed after this long.
     release_phase_timeout: float = 600.0
-    log_max_size: str = "10m"
-    log_max_file: str = "3"
     tmp_size: str = "64m"
+    # The dyno init on every Docker host, mounted read-only at /.slipway/init in every
+    # dyno; "": `built_init()`. A remote host needs the same file at the same path.
+    dyno_init: str = ""
+    # The folder of per-host log folders (`<dir>/<host id>/logs.sock`, the log-shipper's
+    # socket), mounted read-only at /.slipway/log; "": <home>/run/dynolog. The
+    # log-shipper reads the same setting (SLIPWAY_DYNO_LOG_DIR).
+    dyno_log_dir: str = ""
     # Each app network takes a /24 from here on each host (libs/appnet.py); "": the
     # scope's pool (10.210.0.0/16 in the default scope, contracts/scope.py).
     app_network_pool: str = ""
     # `scope` (every Settings has it) picks the containers it labels, lists and adopts.
+
+    def init_path(self) -> str:
+        """The host path of the dyno init."""
+        return self.dyno_init or str(built_init())
+
+    def log_root(self) -> Path:
+        """The folder of every host's log folder (absolute: Docker mounts from it)."""
+        return dynoinit.log_root(self.dyno_log_dir, self.home).absolute()
+
+    def log_dir(self, host_id: str) -> str:
+        """The host folder mounted at /.slipway/log in the dynos of `host_id`."""
+        return str(self.log_root() / host_id)
 
     def db_path(self) -> Path:
         return self.state_dir("scheduler") / "scheduler.db"

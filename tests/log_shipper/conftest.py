@@ -1,8 +1,12 @@
 """Fixtures for log-shipper tests: the real keyring, a real log-shipper, dyno-like containers.
 
 Dynos here are containers of the run stack carrying the scheduler's labels; the
-managed label's value is unique per test, so a test's log-shipper follows its
-own containers only, never another test's (or another helper's) containers.
+managed label's value is unique per test, so a test's log-shipper takes output
+from its own containers only, never another test's (or another helper's). Like
+real dynos they log to nothing on disk (`LogConfig: none`) and send their output
+through the dyno init's socket protocol, spoken by dynosender.py (a Python
+stand-in for the init's relay) with the host's socket folder mounted read-only
+at /.slipway/log.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import aiodocker
 import pytest
 
+from slipway.contracts import dynoinit
 from slipway.contracts.scheduler import LABEL_APP, LABEL_DYNO, LABEL_MANAGED, LABEL_TEAM
 from slipway.libs.bus import Bus
 from slipway.libs.natsserver import NatsServer
@@ -85,6 +90,37 @@ async def slipway(api: Api, home: Path, *args: str) -> Result:
 
 
 TEST_LABEL = "org.slipway.test"
+SENDER = Path(__file__).with_name("dynosender.py")
+CONTRACT = Path(dynoinit.__file__)
+LIB = "/.slipway/lib"
+
+
+def dyno_config(
+    folder: Path, labels: dict[str, str], cmd: list[str], binds: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A dyno-like container: run stack, uid 10000, no log driver, the host's socket folder."""
+    return {
+        "Image": IMAGE,
+        "User": "10000:10000",
+        "Cmd": cmd,
+        "Labels": {**labels, TEST_LABEL: "log-shipper"},
+        "HostConfig": {
+            "NetworkMode": "none",
+            "LogConfig": {"Type": "none"},
+            "Binds": [
+                f"{SENDER}:{LIB}/dynosender.py:ro",
+                f"{CONTRACT}:{LIB}/dynoinit.py:ro",
+                f"{folder}:{dynoinit.LOG_DIR}:ro",
+                *binds,
+            ],
+        },
+    }
+
+
+def sender_cmd(script: str, *, buffer: int | None = None) -> list[str]:
+    """`python3 -c script` under the Python stand-in of the init's relay."""
+    options = ["--buffer", str(buffer)] if buffer is not None else []
+    return ["python3", f"{LIB}/dynosender.py", *options, "--", "python3", "-u", "-c", script]
 
 
 @dataclass
@@ -93,26 +129,48 @@ class Dynos:
 
     docker: aiodocker.Docker
     managed: str
+    folder: Path  # the host's dyno socket folder (`LogShipperSettings.socket_folder()`)
     created: list[str] = field(default_factory=list)
 
-    async def run(self, app_id: str, team_id: str, dyno: str, script: str) -> str:
-        """Start a container running `python3 -c script`; its id."""
-        config: dict[str, Any] = {
-            "Image": IMAGE,
-            "Cmd": ["python3", "-u", "-c", script],
-            "Labels": {
-                LABEL_MANAGED: self.managed,
-                LABEL_APP: app_id,
-                LABEL_TEAM: team_id,
-                LABEL_DYNO: dyno,
-                TEST_LABEL: "log-shipper",
-            },
-            "HostConfig": {"NetworkMode": "none", "LogConfig": {"Type": "json-file"}},
+    def labels(self, app_id: str, team_id: str, dyno: str) -> dict[str, str]:
+        return {
+            LABEL_MANAGED: self.managed,
+            LABEL_APP: app_id,
+            LABEL_TEAM: team_id,
+            LABEL_DYNO: dyno,
         }
+
+    async def run(
+        self,
+        app_id: str,
+        team_id: str,
+        dyno: str,
+        script: str,
+        *,
+        buffer: int | None = None,
+        binds: tuple[str, ...] = (),
+    ) -> str:
+        """Start a dyno running `python3 -c script`, its output relayed to log-shipper; its id."""
+        cmd = sender_cmd(script, buffer=buffer)
+        labels = self.labels(app_id, team_id, dyno)
+        return await self.start(dyno_config(self.folder, labels, cmd, binds))
+
+    async def raw(self, labels: dict[str, str], script: str) -> str:
+        """A container running `script` itself (no relay): it speaks to the socket as it likes."""
+        cmd = ["python3", "-c", f"import sys; sys.path.insert(0, {LIB!r})\n{script}"]
+        return await self.start(dyno_config(self.folder, labels, cmd))
+
+    async def start(self, config: dict[str, Any]) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
         name = f"slw-logtest-{uuid.uuid4().hex[:10]}"
         container = await self.docker.containers.run(config, name=name)
         self.created.append(container.id)
         return str(container.id)
+
+    async def exit_code(self, container_id: str) -> int:
+        """Wait for the container to exit; its status."""
+        result = await self.docker.containers.container(container_id).wait()
+        return int(result["StatusCode"])
 
     async def wait(self, container_id: str) -> None:
         await self.docker.containers.container(container_id).wait()
@@ -135,10 +193,18 @@ def managed() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
 
 
+def socket_folder(home: Path, host_id: str) -> Path:
+    """Where a test log-shipper of `home` listens as `host_id` (default dyno_log_dir)."""
+    return dynoinit.host_log_dir("", home, host_id)
+
+
 @pytest.fixture
-async def dynos(managed: str) -> AsyncIterator[Dynos]:
+async def dynos(
+    managed: str,
+    slipway_home: Path,  # noqa: F811 - a fixture
+) -> AsyncIterator[Dynos]:
     docker = aiodocker.Docker()
-    made = Dynos(docker, managed)
+    made = Dynos(docker, managed, socket_folder(slipway_home, "h1"))
     try:
         yield made
     finally:

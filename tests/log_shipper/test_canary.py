@@ -1,4 +1,8 @@
-"""Canary: a secret a dyno prints is in plaintext nowhere on disk (sqlite, WAL, JetStream, home)."""
+"""Canary: a secret a dyno prints is in plaintext nowhere on disk (sqlite, WAL, JetStream, home).
+
+Nor in the dyno's folder under Docker's data root: dynos have no log driver, their
+output goes from the init's socket into log-shipper's memory, then sealed to disk.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +42,9 @@ async def test_a_printed_secret_is_nowhere_on_disk_in_plaintext(
     app_id, team_id = app["id"], app["team"]["id"]
     secret = f"CANARY-{uuid.uuid4().hex}"
     router_secret = f"ROUTER-{uuid.uuid4().hex}"
-    await dynos.run(app_id, team_id, "web.1", f"print('patient record {secret}')")
+    # Spelled backwards in the command, which Docker keeps in the container's config.
+    script = f"print('patient record ' + {secret[::-1]!r}[::-1])"
+    container = await dynos.run(app_id, team_id, "web.1", script)
     line = LogLine(app_id=app_id, timestamp=1.0, source="router", dyno="router", text=router_secret)
     await stack.bus.live_publish(lines_subject(app_id), encode(LogLines(lines=[line])))
 
@@ -56,3 +62,7 @@ async def test_a_printed_secret_is_nowhere_on_disk_in_plaintext(
         assert files_holding(stack.home, needle) == []  # sqlite + WAL of every service
         assert files_holding(stack.nats.data_dir, needle) == []  # the JetStream store
         assert files_holding(tmp_path, needle) == []
+    info = await dynos.docker.system.info()
+    in_docker = Path(info["DockerRootDir"]) / "containers" / container
+    assert in_docker.is_dir()
+    assert files_holding(in_docker, secret.encode()) == []

@@ -1,16 +1,14 @@
-"""Pure pieces: line formats, syslog framing, Docker timestamps and frames, cursor skipping."""
+"""Pure pieces: line formats, syslog framing, Docker timestamps, cgroup paths."""
 
 from __future__ import annotations
-
-import struct
 
 from slipway.contracts.log_shipper import LogEntry
 from slipway.contracts.logs import RouterAccess
 from slipway.services.log_shipper import formats
-from slipway.services.log_shipper.follower import Dyno, TimestampParser, _LineParser, since_param
-from slipway.services.log_shipper.store import Cursor
+from slipway.services.log_shipper.dynos import docker_time_ns
+from slipway.services.log_shipper.receiver import container_of_cgroup
 
-DYNO = Dyno(container_id="c1", app_id="a1", team_id="t1", dyno="web.1")
+CID = "4818ed0f9e4b7821221d0e09e9fa4374114d59f491ad0c09050497cc2a18deb6"
 
 
 def entry(text: str, *, stderr: bool = False) -> LogEntry:
@@ -23,11 +21,6 @@ def entry(text: str, *, stderr: bool = False) -> LogEntry:
         text=text,
         stderr=stderr,
     )
-
-
-def frame(stamp: str, text: str, stream: int = 1) -> bytes:
-    payload = f"{stamp} {text}\n".encode()
-    return struct.pack(">BxxxL", stream, len(payload)) + payload
 
 
 def test_a_line_reads_like_heroku_logs() -> None:
@@ -66,29 +59,33 @@ def test_syslog_frames_count_bytes_not_characters() -> None:
 
 
 def test_docker_timestamps_of_any_precision_parse_to_nanoseconds() -> None:
-    """RFC 3339 nano with trailing zeros trimmed, or no fraction at all."""
-    parse = TimestampParser().ns
+    """RFC 3339 nano with trailing zeros trimmed, or no fraction at all; Docker's zero time is 0."""
     base = 1795813200 * 10**9
-    assert parse("2026-11-27T21:00:00.123456789Z") == base + 123456789
-    assert parse("2026-11-27T21:00:00.1Z") == base + 100000000
-    assert parse("2026-11-27T21:00:00Z") == base
-    assert since_param(base + 5) == "1795813200.000000005"
+    assert docker_time_ns("2026-11-27T21:00:00.123456789Z") == base + 123456789
+    assert docker_time_ns("2026-11-27T21:00:00.1Z") == base + 100000000
+    assert docker_time_ns("2026-11-27T21:00:00Z") == base
+    assert docker_time_ns("0001-01-01T00:00:00Z") == 0
 
 
-def test_frames_split_across_chunks_become_whole_lines() -> None:
-    """A frame cut anywhere is completed by the next chunk; stderr is marked."""
-    data = frame("2026-11-27T21:00:00.1Z", "one") + frame("2026-11-27T21:00:00.2Z", "two", 2)
-    parser = _LineParser(DYNO, Cursor("c1", "a1", "web.1", 0, 0))
-    lines = parser.feed(data[:5]) + parser.feed(data[5:20]) + parser.feed(data[20:])
-    assert [(text, err) for _, _, _, text, err in lines] == [("one", False), ("two", True)]
-    assert parser.cursor.ts_ns == 1795813200 * 10**9 + 200000000
+def test_l10_reads_like_heroku_logplex() -> None:
+    """Heroku's wording: `Error L10 (output buffer overflow): N messages dropped since <iso>.`"""
+    text = formats.l10_text(500, 1795813200.5)
+    assert text == (
+        "Error L10 (output buffer overflow): 500 messages dropped since"
+        " 2026-11-27T21:00:00.500000+00:00."
+    )
 
 
-def test_lines_a_cursor_covers_are_skipped_by_count_at_its_timestamp() -> None:
-    """Docker resends lines at the cursor's nanosecond: the first `count` of them are skipped."""
-    stamp = "2026-11-27T21:00:00.5Z"
-    ns = 1795813200 * 10**9 + 500000000
-    data = b"".join(frame(stamp, t) for t in ("a", "b", "c")) + frame("2026-11-27T21:00:01Z", "d")
-    parser = _LineParser(DYNO, Cursor("c1", "a1", "web.1", ns, 2))
-    assert [line[3] for line in parser.feed(data)] == ["c", "d"]
-    assert (parser.cursor.ts_ns, parser.cursor.count) == (1795813201 * 10**9, 1)
+def test_a_container_is_found_in_cgroupfs_and_systemd_paths() -> None:
+    """cgroup v1 with cgroupfs, cgroup v2 with systemd; a host process has none."""
+    v1 = f"12:memory:/docker/{CID}\n11:pids:/docker/{CID}\n1:name=systemd:/docker/{CID}\n"
+    assert container_of_cgroup(v1) == CID
+    assert container_of_cgroup(f"0::/system.slice/docker-{CID}.scope\n") == CID
+    assert container_of_cgroup("0::/user.slice/user-0.slice/session-1.scope\n") is None
+    assert container_of_cgroup(f"0::/docker/{CID}/init\n") is None
+
+
+def test_a_process_in_two_containers_at_once_is_nobody() -> None:
+    """Two different ids in one cgroup file: refused rather than guessed."""
+    other = "f" * 64
+    assert container_of_cgroup(f"12:memory:/docker/{CID}\n11:pids:/docker/{other}\n") is None

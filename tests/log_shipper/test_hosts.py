@@ -1,6 +1,6 @@
 """Several Docker hosts: every log-shipper answers for its own lines, the gateway merges them.
 
-Two log-shippers run as hosts h1 and h2, each following its own dynos (its own managed
+Two log-shippers run as hosts h1 and h2, each receiving its own dynos (its own managed
 label stands for its own engine). Reads through the gateway must hold both hosts' lines,
 in time order; a host whose log-shipper is gone is named, not silently left out.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import uuid
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -21,7 +22,7 @@ from slipway.libs.bus import Bus
 from slipway.services.gateway import shippers
 from tests.conftest import assert_eventually
 from tests.gateway.conftest import Stack
-from tests.log_shipper.conftest import Dynos, ShipperFactory
+from tests.log_shipper.conftest import Dynos, ShipperFactory, socket_folder
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
@@ -36,9 +37,9 @@ STAY = "import signal\nsignal.pause()\n"  # until the test removes the container
 
 
 @pytest.fixture
-async def other_host_dynos() -> Any:
+async def other_host_dynos(slipway_home: Path) -> Any:
     docker = aiodocker.Docker()
-    made = Dynos(docker, f"test-{uuid.uuid4().hex[:10]}")
+    made = Dynos(docker, f"test-{uuid.uuid4().hex[:10]}", socket_folder(slipway_home, "h2"))
     try:
         yield made
     finally:

@@ -52,7 +52,7 @@ async def sweep_keeps(running: RunningShipper, batches: list[BatchRow]) -> set[s
     shipper = running.shipper
     async with shipper.db.transaction() as conn:
         for row in batches:
-            await store.save_batch(conn, row, [])
+            await store.save_batch(conn, row)
     await store.sweep(
         shipper.db,
         default_retention=shipper.settings.retention_days * DAY,

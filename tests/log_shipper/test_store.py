@@ -41,7 +41,7 @@ async def test_old_batches_go_after_the_apps_retention(tmp_path: Path) -> None:
         await store.apply_retention(db, "long", "t", 30 * DAY, revision=1)
         async with db.transaction() as conn:
             for row in (batch("a", 1, 8), batch("a", 2, 1), batch("long", 3, 8)):
-                await store.save_batch(conn, row, [])
+                await store.save_batch(conn, row)
         removed = await store.sweep(db, default_retention=7 * DAY, max_bytes=10**9)
         assert removed == 1
         assert await ids(db) == {"a-2", "long-3"}
@@ -55,8 +55,8 @@ async def test_the_oldest_batches_go_when_an_app_passes_its_size_bound(tmp_path:
     try:
         async with db.transaction() as conn:
             for seq in range(1, 6):
-                await store.save_batch(conn, batch("big", seq, 0, size=400), [])
-            await store.save_batch(conn, batch("small", 9, 0, size=400), [])
+                await store.save_batch(conn, batch("big", seq, 0, size=400))
+            await store.save_batch(conn, batch("small", 9, 0, size=400))
         await store.sweep(db, default_retention=7 * DAY, max_bytes=1000)
         assert await ids(db) == {"big-4", "big-5", "small-9"}
         assert await store.next_seq(db) == 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from slipway.contracts import dynoinit
 from slipway.contracts import scheduler as sc
 from slipway.contracts.scope import Scope
 from slipway.services.scheduler import containers, health
@@ -53,36 +54,71 @@ def test_labels_round_trip_to_the_spec() -> None:
     assert containers.spec_from_labels({sc.LABEL_APP: "a1"}) is None
 
 
-def test_the_config_is_hardened_and_env_carries_port_and_config() -> None:
+def test_the_config_is_hardened_and_runs_the_init_with_platform_values_only() -> None:
+    """Hardened; the init runs the command; Env holds PORT/DYNO; no Docker log; mounts."""
     config = containers.container_config(
         SPEC,
-        env={"SECRET": "x"},
+        argv=["/usr/local/bin/slipway-launch", "python3 app.py"],
         port=5000,
         address="10.0.0.2",
         publish=True,
-        log_max_size="10m",
-        log_max_file="3",
         tmp_size="64m",
         scope=Scope(),
+        init="/usr/local/lib/slipway/dyno-init-x",
+        log_dir="/srv/dynolog/h1",
     )
     host = config["HostConfig"]
     assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
     assert host["ReadonlyRootfs"] and host["Memory"] == host["MemorySwap"] == 1024 << 20
     assert host["PortBindings"] == {"5000/tcp": [{"HostIp": "10.0.0.2", "HostPort": ""}]}
-    assert config["User"] == "10000:10000" and config["Cmd"] == ["python3 app.py"]
-    assert {"SECRET=x", "PORT=5000", "DYNO=web.2"} <= set(config["Env"])
+    assert host["LogConfig"]["Type"] == "none"
+    assert host["Mounts"] == [
+        {
+            "Type": "bind",
+            "Source": "/usr/local/lib/slipway/dyno-init-x",
+            "Target": dynoinit.INIT_PATH,
+            "ReadOnly": True,
+        }
+    ]
+    assert host["Binds"] == [f"/srv/dynolog/h1:{dynoinit.LOG_DIR}:ro"]
+    assert config["User"] == "10000:10000"
+    assert config["Entrypoint"] == [dynoinit.INIT_PATH, "--"]
+    assert config["Cmd"] == ["/usr/local/bin/slipway-launch", "python3 app.py"]
+    assert config["OpenStdin"] and config["StdinOnce"]
+    assert sorted(config["Env"]) == sorted(
+        ["PORT=5000", "DYNO=web.2", "HOME=/app", "SLIPWAY_RELEASE_VERSION=7"]
+    )
     worker = containers.container_config(
         SPEC,
-        env={},
+        argv=["x"],
         port=5000,
         address="a",
         publish=False,
-        log_max_size="1m",
-        log_max_file="1",
         scope=Scope(),
         tmp_size="1m",
+        init="/i",
+        log_dir="/l",
+        tty=True,
     )
     assert "PortBindings" not in worker["HostConfig"]
+    assert worker["Entrypoint"] == [dynoinit.INIT_PATH, "--tty", "--"]
+    assert worker["HostConfig"]["Binds"] == [] and not worker["StdinOnce"]
+
+
+def test_the_env_frame_carries_config_under_the_platform_values() -> None:
+    """Config vars in the frame; PORT and DYNO set by the platform win over config."""
+    frame = containers.env_frame(SPEC, {"SECRET": "x", "PORT": "1"}, 5000, {"TERM": "t"})
+    entries = dict(dynoinit.decode_env(frame))
+    assert entries["SECRET"] == "x" and entries["PORT"] == "5000"
+    assert entries["DYNO"] == "web.2" and entries["TERM"] == "t"
+
+
+def test_the_command_line_is_what_docker_would_run() -> None:
+    """The image's entrypoint, then the process command, or the image's own Cmd."""
+    image = {"Config": {"Entrypoint": ["/launch"], "Cmd": ["web"]}}
+    assert containers.command_line(image, "python3 app.py") == ["/launch", "python3 app.py"]
+    assert containers.command_line(image, "") == ["/launch", "web"]
+    assert containers.command_line({"Config": {"Cmd": ["a", "b"]}}, "") == ["a", "b"]
 
 
 def test_only_references_with_a_registry_host_are_pulled() -> None:

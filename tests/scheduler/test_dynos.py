@@ -11,6 +11,7 @@ from collections import Counter
 import aiohttp
 import pytest
 
+from slipway.contracts import dynoinit
 from slipway.contracts import scheduler as sc
 from tests.conftest import assert_eventually
 from tests.scheduler.conftest import CRASH, WEB, Cluster
@@ -94,12 +95,16 @@ async def test_every_dyno_container_is_hardened(cluster: Cluster) -> None:
         assert info["Config"]["User"] == "10000:10000"
         assert host["Memory"] == 512 * 1024 * 1024 == host["MemorySwap"]
         assert host["PidsLimit"] == 512 and host["CpuShares"] == 1024
-        assert host["LogConfig"]["Config"] == {"max-size": "10m", "max-file": "3"}
+        assert host["LogConfig"]["Type"] == "none"  # output is relayed by the init, never on disk
         assert host["Privileged"] is False
         assert host["NetworkMode"] == cluster.scope.network(app)
         assert host["PidMode"] == "" and host["IpcMode"] in ("private", "shareable", "")
-        assert not info["Mounts"] and not host.get("Binds")
+        # Only the init and the host's log folder, both read-only.
+        mounts = {m["Destination"]: m for m in info["Mounts"]}
+        assert set(mounts) == {dynoinit.INIT_PATH, dynoinit.LOG_DIR}
+        assert not any(m["RW"] for m in mounts.values())
         assert all("docker.sock" not in str(m) for m in info["Mounts"])
+        assert info["Config"]["Entrypoint"] == [dynoinit.INIT_PATH, "--"]
         bindings = info["NetworkSettings"]["Ports"] or {}
         published = [b for bs in bindings.values() if bs for b in bs]
         if dyno.process_type == "web":
