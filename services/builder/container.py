@@ -13,7 +13,11 @@ platform services bind to loopback, which a container cannot reach). Mounts:
     /etc/slipway/ca-bundle.crt   the host's CA bundle (ro), named by SSL_CERT_FILE & co.
 
 Output is read line by line while the container runs; past the time limit
-the container is killed and the build fails saying so.
+the container is killed and the build fails saying so. Docker keeps none of it:
+every container the builder makes logs to nothing (`LogConfig` none, `NO_LOG`),
+and its output is read from an attach opened before it starts, so a line a
+build prints (a config var, a token) is never a file under Docker's data root,
+not even while the build runs or after a builder crash.
 
 A buildpack named by URL is fetched by a container of its own (`fetch_config`),
 fenced in the same way, with a read-only root, the download and unpacking in a
@@ -23,6 +27,7 @@ size-capped tmpfs at /fetch, and one host folder (/buildpack, rw) to copy into.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,6 +36,7 @@ from typing import Any
 
 import aiodocker
 from aiodocker.containers import DockerContainer
+from aiodocker.stream import Stream
 
 from slipway.services.builder.errors import BuildTimedOut
 from slipway.services.builder.settings import BuilderSettings
@@ -42,6 +48,9 @@ LABEL_CACHE = "slipway.build-cache"
 
 LineSink = Callable[[str], Awaitable[None]]
 PENDING_MAX_CHARS = 64 * 1024
+# No log driver: a build's output may hold a customer's secrets, and json-file (the
+# engine's default) would keep it in plaintext under the data root.
+NO_LOG: dict[str, Any] = {"Type": "none", "Config": {}}
 
 
 @dataclass(frozen=True)
@@ -124,6 +133,7 @@ async def ensure_cache_volume(
             "CapDrop": ["ALL"],
             "CapAdd": ["CHOWN"],
             "SecurityOpt": ["no-new-privileges"],
+            "LogConfig": NO_LOG,
         },
     }
     prep = await docker.containers.create(config)
@@ -160,6 +170,7 @@ def _hardening(settings: BuilderSettings, memory: int) -> dict[str, Any]:
         "SecurityOpt": ["no-new-privileges"],
         "NetworkMode": settings.build_network,
         "Init": True,
+        "LogConfig": NO_LOG,
     }
 
 
@@ -247,32 +258,78 @@ async def run_build_container(
 ) -> int:
     """Run the container, send its output to `sink` line by line; return its exit code."""
     container = await docker.containers.create(config)
-    reader: asyncio.Task[None] | None = None
     try:
-        await container.start()
-        reader = asyncio.create_task(_pump(container, sink))
-        try:
-            result = await asyncio.wait_for(container.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(aiodocker.DockerError):
-                await container.kill()
-            await asyncio.wait_for(reader, 10)
-            raise BuildTimedOut(
-                timeout_message
-                or f"build timed out after {timeout:g}s: a buildpack did not finish and was"
-                " stopped (limit: SLIPWAY_BUILD_TIMEOUT)"
-            ) from None
-        await asyncio.wait_for(reader, 30)
-        return int(result.get("StatusCode", 1))
+        # Attached before the start: the first line printed is already on its way to us.
+        async with container.attach(stdout=True, stderr=True) as output:
+            await container.start()
+            reader = asyncio.create_task(read_output(output, sink))
+            try:
+                result = await _wait(container, reader, timeout, timeout_message)
+            except BaseException:
+                await stop_reader(reader)  # before its stream closes
+                raise
+            # The attach ends when the container's output does: nothing is left unread.
+            await asyncio.wait_for(reader, 30)
+            return int(result.get("StatusCode", 1))
     finally:
-        if reader is not None and not reader.done():
-            reader.cancel()  # the build was cancelled (its app destroyed): no more output
         with contextlib.suppress(aiodocker.DockerError):
             await container.delete(force=True)
 
 
-async def _pump(container: DockerContainer, sink: LineSink) -> None:
+async def read_output(output: Stream, sink: LineSink) -> None:
+    """Send a container's attached stdout and stderr to `sink` line by line, to the end.
+
+    Both streams go through one splitter in the order the engine sent them. If `sink`
+    fails, the rest is still read (and dropped) so that the container, which waits on
+    its reader, runs to its end; then the failure is raised.
+    """
     splitter = LineSplitter(sink)
-    async for chunk in container.log(stdout=True, stderr=True, follow=True):
-        await splitter.feed(chunk)
+    decoders: dict[int, codecs.IncrementalDecoder] = {}
+    failure: Exception | None = None
+    while (message := await output.read_out()) is not None:
+        if failure is not None:
+            continue
+        decoder = decoders.get(message.stream)
+        if decoder is None:  # one per stream: a character may be split between frames
+            decoder = decoders[message.stream] = _utf8()
+        try:
+            await splitter.feed(decoder.decode(message.data))
+        except Exception as exc:  # raised once the output has ended
+            failure = exc
+    if failure is not None:
+        raise failure
+    for decoder in decoders.values():
+        await splitter.feed(decoder.decode(b"", final=True))
     await splitter.close()
+
+
+async def _wait(
+    container: DockerContainer,
+    reader: asyncio.Task[None],
+    timeout: float,
+    timeout_message: str | None,
+) -> dict[str, Any]:
+    try:
+        return await asyncio.wait_for(container.wait(), timeout)
+    except TimeoutError:
+        with contextlib.suppress(aiodocker.DockerError):
+            await container.kill()
+        await asyncio.wait([reader], timeout=10)  # the container's last words
+        raise BuildTimedOut(
+            timeout_message
+            or f"build timed out after {timeout:g}s: a buildpack did not finish and was"
+            " stopped (limit: SLIPWAY_BUILD_TIMEOUT)"
+        ) from None
+
+
+async def stop_reader(reader: asyncio.Task[None]) -> None:
+    """Stop a `read_output` task that is no longer wanted (the build ended another way)."""
+    reader.cancel()
+    await asyncio.wait([reader])
+    if not reader.cancelled():
+        reader.exception()  # the build's own error is the one that matters now
+
+
+def _utf8() -> codecs.IncrementalDecoder:
+    # Undecodable bytes are dropped, as the engine's logs API reader (aiodocker) did.
+    return codecs.getincrementaldecoder("utf-8")(errors="ignore")

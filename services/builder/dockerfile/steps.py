@@ -30,7 +30,7 @@ import aiodocker
 from aiodocker.containers import DockerContainer
 
 from slipway.libs import dockerraw, safefs
-from slipway.services.builder.container import CA_PATH, LineSplitter
+from slipway.services.builder.container import CA_PATH, NO_LOG, read_output, stop_reader
 from slipway.services.builder.dockerfile.config import NO_COMMAND, ImageConfig
 from slipway.services.builder.dockerfile.errors import DockerfileError
 from slipway.services.builder.errors import BuildTimedOut
@@ -103,6 +103,7 @@ class Steps:
                     "SecurityOpt": ["no-new-privileges"],
                     "NetworkMode": self.settings.build_network,
                     "Init": True,
+                    "LogConfig": NO_LOG,
                 },
             }
         )
@@ -112,31 +113,35 @@ class Steps:
         return await self.commit(container, config)
 
     async def _run_to_end(self, container: DockerContainer) -> int:
-        try:
-            await container.start()
-        except aiodocker.DockerError as exc:  # e.g. USER names no user of the image
-            raise DockerfileError(
-                f"image build failed: the step could not start: {exc.message}"
-            ) from None
-        reader = asyncio.create_task(_pump(container, self.sink))
-        try:
-            result = await asyncio.wait_for(container.wait(), self.remaining())
-        except TimeoutError:
-            with contextlib.suppress(aiodocker.DockerError):
-                await container.kill()
-            with contextlib.suppress(TimeoutError, aiodocker.DockerError):
-                await asyncio.wait_for(asyncio.shield(reader), 10)  # the step's last words
-            reader.cancel()
-            raise self._timed_out() from None
-        except BaseException:
-            reader.cancel()  # cancelled (the app was destroyed): clean_up removes the container
-            raise
-        # The step ended: the reader sends what the engine still holds (a step's output is
-        # part of the build, so it may use what is left of the build's time, or 30 s).
-        left = max(self.deadline - asyncio.get_running_loop().time(), 30.0)
-        with contextlib.suppress(TimeoutError, aiodocker.DockerError):
-            await asyncio.wait_for(asyncio.shield(reader), left)
-        reader.cancel()
+        # Attached before the start (the container logs to nothing): no line is missed.
+        async with container.attach(stdout=True, stderr=True) as output:
+            try:
+                await container.start()
+            except aiodocker.DockerError as exc:  # e.g. USER names no user of the image
+                raise DockerfileError(
+                    f"image build failed: the step could not start: {exc.message}"
+                ) from None
+            reader = asyncio.create_task(read_output(output, self.sink))
+            try:
+                result = await asyncio.wait_for(container.wait(), self.remaining())
+            except TimeoutError:
+                with contextlib.suppress(aiodocker.DockerError):
+                    await container.kill()
+                await asyncio.wait([reader], timeout=10)  # the step's last words
+                await stop_reader(reader)
+                raise self._timed_out() from None
+            except BaseException:
+                await stop_reader(reader)  # cancelled (the app was destroyed)
+                raise
+            # The step ended, and with it the attach: the reader sends what is still on
+            # its way (a step's output is part of the build, so it may use what is left of
+            # the build's time, or 30 s).
+            left = max(self.deadline - asyncio.get_running_loop().time(), 30.0)
+            done, _ = await asyncio.wait([reader], timeout=left)
+            if done:
+                reader.result()  # the output's own failure (the build output is gone)
+            else:
+                await stop_reader(reader)
         return int(result.get("StatusCode", 1))
 
     async def _failure(
@@ -168,7 +173,7 @@ class Steps:
                 "Cmd": config.cmd if config.has_command() else NO_COMMAND,
                 "Env": config.env_list(),
                 "Labels": self.labels,
-                "HostConfig": {"NetworkMode": "none"},
+                "HostConfig": {"NetworkMode": "none", "LogConfig": NO_LOG},
             }
         )
 
@@ -311,10 +316,3 @@ async def remove_build_images(docker: aiodocker.Docker, build_ids: list[str]) ->
                 await docker.images.delete(str(image["Id"]))
                 removed += 1
     return removed
-
-
-async def _pump(container: DockerContainer, sink: LineSink) -> None:
-    splitter = LineSplitter(sink)
-    async for chunk in container.log(stdout=True, stderr=True, follow=True):
-        await splitter.feed(chunk)
-    await splitter.close()
