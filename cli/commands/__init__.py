@@ -20,6 +20,7 @@ TOPICS = (
     "audit",
     "gitremote",
     "domains",
+    "addons",
     "logs",
     "builds",
     "admin",

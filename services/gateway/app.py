@@ -17,6 +17,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from slipway.contracts.addons import (
+    ADDON_CHANGED,
+    ADDON_CREDENTIALS_GET,
+    AddonChanged,
+    AddonCredentials,
+    GetAddonCredentials,
+)
 from slipway.contracts.builder import BUILD_FINISHED, BuildFinished
 from slipway.contracts.gateway import (
     CONFIG_SEALED_GET,
@@ -33,6 +40,7 @@ from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database
 from slipway.services.gateway import (
     account,
+    addons,
     apps,
     audit,
     buildoutput,
@@ -74,6 +82,7 @@ RESOURCES = (
     domains,
     dynos,
     hosts,
+    addons,
     *(sources, builds, buildoutput, git),
 )
 ENDPOINTS: list[Endpoint] = [e for module in RESOURCES for e in module.routes.endpoints]
@@ -178,5 +187,13 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
     @service.event("builds", BUILD_FINISHED)
     async def build_finished(event: BuildFinished) -> None:
         await builds.finished(service[STATE], event)
+
+    @service.event("addons", ADDON_CHANGED)
+    async def addon_changed(event: AddonChanged) -> None:
+        await addons.changed(service[STATE], event)
+
+    @service.rpc(ADDON_CREDENTIALS_GET)
+    async def addon_credentials(request: GetAddonCredentials) -> AddonCredentials:
+        return await addons.credentials(service[STATE], request)
 
     return service

@@ -135,16 +135,23 @@ class _Stale(Exception):
 
 
 async def update_config(
-    gw: Gateway, who: Actor, app: store.App, changes: ConfigPatch
+    gw: Gateway,
+    who: Actor,
+    app: store.App,
+    changes: ConfigPatch,
+    description: str | None = None,
 ) -> ConfigVars:
-    """Apply `changes` as a new encrypted version and a new release; returns the new config."""
+    """Apply `changes` as a new encrypted version and a new release; returns the new config.
+
+    `description` replaces the release's "Set X config vars" (an add-on says "Attach ...").
+    """
     check_changes(changes, gw.settings)
     async with gw.config_lock(app.id):
-        return await _update_config(gw, who, app, changes)
+        return await _update_config(gw, who, app, changes, description)
 
 
 async def _update_config(
-    gw: Gateway, who: Actor, app: store.App, changes: ConfigPatch
+    gw: Gateway, who: Actor, app: store.App, changes: ConfigPatch, wanted: str | None
 ) -> ConfigVars:
     for _ in range(ATTEMPTS):
         # Read again: the app's config may have changed while this request waited its turn.
@@ -158,6 +165,7 @@ async def _update_config(
         set_keys, removed, description = describe(before, after)
         if not set_keys and not removed:
             return before
+        description = wanted or description
         version_id = new_uuid()
         ciphertext = await seal(gw, app, version_id, after)
         try:

@@ -222,4 +222,27 @@ MIGRATIONS = [
         valid_until TEXT
     )
     """,
+    # Add-ons (services/gateway/addons.py): the customer's database password only sealed.
+    """
+    CREATE TABLE addons (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        team_id TEXT NOT NULL,
+        name TEXT NOT NULL UNIQUE,
+        plan TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('provisioning', 'provisioned', 'deprovisioned')),
+        attachment_id TEXT NOT NULL,
+        attachment_name TEXT NOT NULL,
+        db_name TEXT NOT NULL,
+        db_user TEXT NOT NULL,
+        password BLOB NOT NULL,
+        host_id TEXT,
+        provision_message TEXT NOT NULL DEFAULT '',
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE (app_id, attachment_name)
+    );
+    CREATE INDEX addons_app ON addons(app_id)
+    """,
 ]

@@ -16,6 +16,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from slipway.contracts.addons import LABEL_ADDON
 from slipway.contracts.scheduler import AddHost, HostInfo
 from slipway.contracts.scope import Scope
 from slipway.services.scheduler import model
@@ -98,6 +99,8 @@ class Engine:
         listing: dict[str, Container] = {}
         for item in found:
             raw: dict[str, Any] = item._container
+            if LABEL_ADDON in (raw.get("Labels") or {}):
+                continue  # a database, run by addons.py: never adopted or removed as a dyno
             names = raw.get("Names") or [""]
             listing[item.id] = Container(
                 id=item.id,

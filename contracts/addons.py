@@ -1,0 +1,181 @@
+"""Add-ons (PostgreSQL): their plans, the facts the gateway and the scheduler exchange, labels.
+
+The gateway owns the add-on records and the customer's password (sealed like config
+vars). The flow:
+
+    gateway   ADDON_CREATED    (state provisioning)  ->  scheduler runs the database,
+    scheduler ADDON_CREDENTIALS_GET (rpc)            <-  asks for the role's SCRAM verifier,
+    scheduler ADDON_CHANGED    (provisioned)         ->  gateway sets DATABASE_URL (a release)
+    gateway   ADDON_DESTROYED                        ->  scheduler removes container and volume,
+    scheduler ADDON_CHANGED    (deprovisioned)       ->  gateway forgets the record
+
+Only a SCRAM-SHA-256 verifier of the password ever leaves the gateway, over request/reply
+(never persisted in a stream): it lets PostgreSQL check a login but not log in.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from slipway.contracts import subjects
+from slipway.contracts.base import Event, EventSpec, Message, Rpc, only
+from slipway.contracts.scheduler import LABEL_PREFIX
+from slipway.contracts.subjects import Service
+
+# On an add-on's container and volume, next to LABEL_MANAGED / LABEL_APP / LABEL_TEAM.
+LABEL_ADDON = f"{LABEL_PREFIX}.addon"  # the add-on's id
+LABEL_ADDON_NAME = f"{LABEL_PREFIX}.addon-name"
+LABEL_PLAN = f"{LABEL_PREFIX}.plan"
+
+# The `postgres` user of addons/postgresql/Dockerfile: the socket folder's tmpfs is its.
+POSTGRES_UID = 999
+POSTGRES_PORT = 5432
+
+AddonState = Literal["provisioning", "provisioned", "deprovisioned"]
+# What the scheduler reports; "failed" leaves the record for the customer to destroy.
+AddonOutcome = Literal["provisioned", "failed", "deprovisioned"]
+
+
+class AddonPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """What a database of one plan may use: the scheduler turns this into limits and settings."""
+
+    name: str  # "postgresql:standard"
+    service: str  # "postgresql"
+    description: str
+    memory_mb: int
+    max_connections: int
+    shared_buffers_mb: int
+    pids_limit: int
+    storage_gb: int  # a guide, not enforced: Docker volumes on the default driver have no quota
+    price_cents: int = 0
+
+
+ADDON_PLANS: dict[str, AddonPlan] = {
+    plan.name: plan
+    for plan in (
+        AddonPlan(
+            name="postgresql:mini",
+            service="postgresql",
+            description="PostgreSQL Mini: 256 MB RAM, 20 connections",
+            memory_mb=256,
+            max_connections=20,
+            shared_buffers_mb=32,
+            pids_limit=64,
+            storage_gb=1,
+        ),
+        AddonPlan(
+            name="postgresql:standard",
+            service="postgresql",
+            description="PostgreSQL Standard: 1 GB RAM, 120 connections",
+            memory_mb=1024,
+            max_connections=120,
+            shared_buffers_mb=256,
+            pids_limit=256,
+            storage_gb=64,
+        ),
+        AddonPlan(
+            name="postgresql:premium",
+            service="postgresql",
+            description="PostgreSQL Premium: 4 GB RAM, 400 connections",
+            memory_mb=4096,
+            max_connections=400,
+            shared_buffers_mb=1024,
+            pids_limit=512,
+            storage_gb=256,
+        ),
+    )
+}
+ADDON_SERVICES = ("postgresql",)
+
+
+class AddonDesired(msgspec.Struct, frozen=True, kw_only=True):
+    """One add-on as the scheduler runs it: no secret in here."""
+
+    addon_id: str
+    addon_name: str  # "postgresql-amber-4821": also the database's host name on the app network
+    app_id: str
+    app_name: str
+    team_id: str
+    plan: str
+    database: str
+    user: str
+
+
+class AddonCreated(Event, tag="addon.created.v1", frozen=True, kw_only=True):
+    addon: AddonDesired
+    actor: str
+
+
+class AddonDestroyed(Event, tag="addon.destroyed.v1", frozen=True, kw_only=True):
+    addon: AddonDesired
+    actor: str
+
+
+class AddonChanged(Event, tag="addon.changed.v1", frozen=True, kw_only=True):
+    """The scheduler's answer to a create or destroy."""
+
+    addon_id: str
+    app_id: str
+    state: AddonOutcome
+    host_id: str = ""
+    reason: str = ""
+
+
+class GetAddonCredentials(
+    Message, tag="gateway.addon.credentials.get.v1", frozen=True, kw_only=True
+):
+    addon_id: str
+    app_id: str
+
+
+class AddonCredentials(Message, tag="gateway.addon.credentials.v1", frozen=True, kw_only=True):
+    user: str
+    # "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>", what pg_authid stores.
+    verifier: str
+
+
+class GetDatabaseInfo(Message, tag="scheduler.addon.info.get.v1", frozen=True, kw_only=True):
+    addon_id: str
+    app_id: str
+    database: str  # the customer's database in it, which the query runs in
+
+
+class DatabaseInfo(Message, tag="scheduler.addon.info.v1", frozen=True, kw_only=True):
+    """What `pg:info` shows, read by one query inside the database's container."""
+
+    running: bool
+    host_id: str = ""
+    version: str = ""
+    size_bytes: int = 0
+    connections: int = 0
+    max_connections: int = 0
+    tables: int = 0
+
+
+ADDON_CREATED: EventSpec[AddonCreated] = EventSpec(
+    subjects.evt("addon", "created"), AddonCreated, publishers=only(Service.GATEWAY)
+)
+ADDON_DESTROYED: EventSpec[AddonDestroyed] = EventSpec(
+    subjects.evt("addon", "destroyed"), AddonDestroyed, publishers=only(Service.GATEWAY)
+)
+ADDON_CHANGED: EventSpec[AddonChanged] = EventSpec(
+    subjects.evt("addon", "changed"), AddonChanged, publishers=only(Service.SCHEDULER)
+)
+ADDON_CREDENTIALS_GET: Rpc[GetAddonCredentials, AddonCredentials] = Rpc(
+    Service.GATEWAY,
+    "addon.credentials.get",
+    subjects.rpc(Service.GATEWAY, "addon.credentials.get"),
+    GetAddonCredentials,
+    AddonCredentials,
+    callers=only(Service.SCHEDULER),
+)
+ADDON_INFO_GET: Rpc[GetDatabaseInfo, DatabaseInfo] = Rpc(
+    Service.SCHEDULER,
+    "addon.info.get",
+    subjects.rpc(Service.SCHEDULER, "addon.info.get"),
+    GetDatabaseInfo,
+    DatabaseInfo,
+    callers=only(Service.GATEWAY),
+)

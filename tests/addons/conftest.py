@@ -1,0 +1,87 @@
+"""Add-on tests: the real keyring and gateway (tests/gateway) plus the real scheduler service.
+
+`addon_stack` is `stack` with the scheduler running in this event loop, in the test's own
+scope, on the local Docker engine; every container, network and volume of that scope is
+removed afterwards. PostgreSQL runs from `slipway/addon-postgresql:bookworm`
+(scripts/build-addons).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from slipway.contracts.addons import LABEL_ADDON
+from slipway.contracts.scope import Scope
+from slipway.libs.service import ServiceApp
+from slipway.services.scheduler.addons import image
+from slipway.services.scheduler.app import create_service
+from slipway.services.scheduler.settings import SchedulerSettings
+from tests.conftest import remove_scope_objects
+from tests.gateway.conftest import (  # noqa: F401
+    Stack,
+    gateway_service,
+    keyring_service,
+    run_in_background,
+    slipway_home,
+    stack,
+    stop,
+)
+
+
+@dataclass
+class AddonStack:
+    """The gateway stack and the scheduler of one test."""
+
+    stack: Stack
+    scheduler: ServiceApp
+    scope: Scope
+
+
+def _remove_volumes(scope: Scope) -> None:
+    names = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", f"label={scope.managed_label}",
+         "--filter", f"label={LABEL_ADDON}"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()  # fmt: skip
+    if names:
+        subprocess.run(["docker", "volume", "rm", "-f", *names], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="session")
+def postgres_image() -> str:
+    """The add-on image, which scripts/build-addons makes (scripts/test runs it first)."""
+    found = subprocess.run(["docker", "image", "inspect", image()], capture_output=True)
+    if found.returncode != 0:
+        pytest.fail(f"{image()} is missing: run scripts/build-addons")
+    return image()
+
+
+@pytest.fixture
+async def addon_stack(
+    stack: Stack,  # noqa: F811 - the fixture imported above
+    scope: Scope,
+    postgres_image: str,
+) -> AsyncIterator[AddonStack]:
+    """`stack` plus the scheduler service on the local engine, in this test's scope."""
+    settings = SchedulerSettings(
+        nats_url=stack.nats.url,
+        home=str(stack.home),
+        scope=scope.name,
+        poll_interval=0.5,
+        reconcile_interval=5.0,
+        host_down_grace=2.0,
+        shutdown_grace=5.0,
+    )
+    scheduler = create_service(settings)
+    task = await run_in_background(scheduler)
+    try:
+        yield AddonStack(stack=stack, scheduler=scheduler, scope=scope)
+    finally:
+        await stop(scheduler, task)
+        await asyncio.to_thread(remove_scope_objects, scope)
+        await asyncio.to_thread(_remove_volumes, scope)
