@@ -49,7 +49,15 @@ import aiodocker
 from slipway.contracts import dynoinit
 from slipway.contracts.base import decoder
 from slipway.contracts.log_shipper import TailBatch, tail_subject
-from slipway.contracts.scheduler import LABEL_APP, LABEL_DYNO, LABEL_MANAGED, LABEL_TEAM
+from slipway.contracts.scheduler import (
+    DYNO_CHANGED,
+    LABEL_APP,
+    LABEL_DYNO,
+    LABEL_MANAGED,
+    LABEL_TEAM,
+    Dyno,
+    DynoChanged,
+)
 from slipway.libs.bus import Bus
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service.logging import configure_logging
@@ -150,6 +158,24 @@ class Bench:
         self.containers: list[str] = []
         self.db = home / "log-shipper" / "log-shipper-bench.db"
         self.shipper_folder = dynoinit.host_log_dir("", home, "bench")
+        self.scheduler: Bus | None = None  # announces the log-shipper's dynos, as the scheduler
+
+    async def announce(self, app_id: str, container_id: str) -> None:
+        """The log-shipper takes only dynos the scheduler announced on its host."""
+        assert self.scheduler is not None
+        dyno = Dyno(
+            app_id=app_id,
+            app_name="bench",
+            team_id=self.team,
+            name="web.1",
+            process_type="web",
+            release_version=1,
+            state="starting",
+            host_id="bench",
+            container_id=container_id,
+            updated_at=time.time(),
+        )
+        await self.scheduler.publish(DYNO_CHANGED, DynoChanged(dyno=dyno))
 
     async def dyno(self, app_id: str, script: str, folder: Path) -> str:
         """A dyno-like container printing through the init's protocol into `folder`'s socket."""
@@ -188,6 +214,8 @@ class Bench:
         }
         container = await self.docker.containers.create(config, name=f"slw-bench-{app_id[:10]}")
         self.containers.append(container.id)
+        if folder == self.shipper_folder:
+            await self.announce(app_id, container.id)
         if self.use_init:
             async with container.attach(stdin=True) as stream:
                 await container.start()
@@ -317,6 +345,7 @@ async def main(args: argparse.Namespace) -> None:
         await baseline.start()
         bench = Bench(home, managed, use_init, baseline)
         bus = await Bus.connect(nats.url, "gateway")
+        bench.scheduler = await Bus.connect(nats.url, "scheduler")
         try:
             sock = bench.shipper_folder / dynoinit.LOG_SOCKET_NAME
             deadline = time.monotonic() + WAIT
@@ -343,6 +372,8 @@ async def main(args: argparse.Namespace) -> None:
             print(f"  mean ratio        {statistics.mean(shipper) / statistics.mean(floor):.2f}x")
         finally:
             await bus.close()
+            if bench.scheduler is not None:
+                await bench.scheduler.close()
             await bench.close()
             await baseline.close()
             process.terminate()

@@ -12,6 +12,7 @@ from types import ModuleType
 from typing import Any
 
 from slipway.contracts import (
+    addons,
     builder,
     gateway,
     keyring,
@@ -26,6 +27,7 @@ from slipway.contracts.base import CommandSpec, ConsumerSpec, EventSpec, LiveSpe
 from slipway.contracts.subjects import Service
 
 _MODULES: tuple[ModuleType, ...] = (
+    addons,
     builder,
     gateway,
     keyring,
@@ -40,6 +42,12 @@ _MODULES: tuple[ModuleType, ...] = (
 S = Service
 CONSUMERS: tuple[ConsumerSpec, ...] = (
     ConsumerSpec(S.GATEWAY, "builds", (builder.BUILD_FINISHED,)),
+    ConsumerSpec(S.GATEWAY, "addons", (addons.ADDON_CHANGED,)),
+    ConsumerSpec(
+        S.SCHEDULER,
+        "addons",
+        (addons.ADDON_CREATED, addons.ADDON_DESTROYED, gateway.APP_DESTROYED),
+    ),
     ConsumerSpec(
         S.NETWORK_WIRER,
         "routes",
@@ -72,6 +80,7 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
             gateway.APP_DESTROYED,
             gateway.TEAM_SHREDDED,
             log_shipper.DRAIN_CHANGED,
+            scheduler.DYNO_CHANGED,
             gateway.LOG_RETENTION_CHANGED,
         ),
         per_instance=True,

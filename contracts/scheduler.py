@@ -88,7 +88,7 @@ DYNOS_LIST: Rpc[ListDynos, DynoList] = Rpc(
     subjects.rpc(Service.SCHEDULER, "dynos.list"),
     ListDynos,
     DynoList,
-    callers=only(Service.GATEWAY, Service.NETWORK_WIRER),
+    callers=only(Service.GATEWAY, Service.NETWORK_WIRER, Service.LOG_SHIPPER),
 )
 
 

@@ -1,9 +1,10 @@
 """Services that need no root run as their own system users, `slipway-<service>`.
 
-A supervisor running as root starts the gateway, the keyring and registry-proxy as
-accounts of their own, so that one broken into cannot read another's database, keys or
-NATS password (a process's environment, /proc/<pid>/environ, is readable by its own
-uid only). What that takes, done here once at each start before any such child runs:
+A supervisor running as root starts the gateway, the keyring, registry-proxy and the
+log-shipper as accounts of their own, so that one broken into cannot read another's
+database, keys or NATS password (a process's environment, /proc/<pid>/environ, is
+readable by its own uid only). What that takes, done here once at each start before any
+such child runs:
 
 - the account, made when missing: a system user and group, no login shell and no home
   (`/nonexistent`, as Debian's system users: several installations on one machine share
@@ -11,7 +12,9 @@ uid only). What that takes, done here once at each start before any such child r
 - its state folder `<home>/<service>`, mode 0700, and everything in it chowned to it
   (links not followed), so folders from a run as root become its own;
 - paths it uses outside that folder (`outside_paths`): registry-proxy's registry
-  storage, a keyring master key named by SLIPWAY_MASTER_KEY_PATH;
+  storage, a keyring master key named by SLIPWAY_MASTER_KEY_PATH, the log-shipper's
+  socket folder `<dyno_log_dir>/<host_id>` (0755, not 0700: dynos, uid 10000, reach
+  its socket through a read-only bind mount; the folders above it become searchable);
 - when the bus runs TLS, a copy of the CA and of its own client certificate and key in
   `<state>/nats-tls/` (SLIPWAY_NATS_TLS_DIR for that child), readable by it alone;
 - search permission (x for others, never r) on the home, the interpreter's and the
@@ -20,9 +23,12 @@ uid only). What that takes, done here once at each start before any such child r
 - a probe run as the account, so a folder it still cannot reach, or code it cannot
   read, stops the start with a message instead of a crash loop.
 
-The builder, scheduler, network-wirer and log-shipper keep root: each talks to the
-Docker Engine API, and whoever holds the Docker socket is root on the host (the builder
-also writes iptables rules). So does the router (Caddy), which sets a sysctl at start.
+The builder, scheduler and network-wirer keep root: each talks to the Docker Engine API,
+and whoever holds the Docker socket is root on the host (the builder also writes iptables
+rules). So does the router (Caddy), which sets a sysctl at start. The log-shipper needs
+no Docker: its dynos are the scheduler's word and their metrics the kernel's (world-
+readable /proc/<pid>/cgroup and /sys/fs/cgroup); a drain CA file (SLIPWAY_DRAIN_CA_FILE)
+must be readable by others, as a CA certificate may be.
 """
 
 from __future__ import annotations
@@ -38,11 +44,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from slipway.contracts.dynoinit import host_log_dir
 from slipway.contracts.subjects import Service
 
 # Neither root nor the Docker socket: these run as their own users.
 OWN_USER_SERVICES: frozenset[str] = frozenset(
-    {Service.GATEWAY, Service.KEYRING, Service.REGISTRY_PROXY}
+    {Service.GATEWAY, Service.KEYRING, Service.REGISTRY_PROXY, Service.LOG_SHIPPER}
 )
 USER_PREFIX = "slipway-"
 SWITCH_ENV = "SLIPWAY_SERVICE_USERS"  # "0": every service runs as the supervisor's user
@@ -117,8 +124,8 @@ def _useradd(name: str) -> None:
         )
 
 
-def give_folder(folder: Path, account: Account) -> int:
-    """Make `folder` the account's alone (0700, made if missing); how many entries changed hands.
+def give_folder(folder: Path, account: Account, mode: int = 0o700) -> int:
+    """Make `folder` the account's (`mode`, 0700: its alone; made if missing); entries changed.
 
     Only run while no process of the account runs: the walk goes by path. Links are
     never followed, and a file with several hard links is left as it is: it could be
@@ -134,7 +141,7 @@ def give_folder(folder: Path, account: Account) -> int:
         for name in [*folders, *files]:
             changed += _chown_one(Path(root, name), account)
     changed += _chown_one(folder, account)
-    folder.chmod(0o700)
+    folder.chmod(mode)
     return changed
 
 
@@ -168,6 +175,8 @@ class Outside:
 
     folders: tuple[Path, ...] = ()
     files: tuple[Path, ...] = ()
+    # The account's, but others may enter and read them (0755): a socket others connect to.
+    shared_folders: tuple[Path, ...] = ()
 
 
 def outside_paths(service: str, home: Path, environ: Mapping[str, str]) -> Outside:
@@ -178,6 +187,11 @@ def outside_paths(service: str, home: Path, environ: Mapping[str, str]) -> Outsi
         return Outside(folders=(Path(storage),))
     if service == Service.KEYRING and environ.get("SLIPWAY_MASTER_KEY_PATH"):
         return Outside(files=(Path(environ["SLIPWAY_MASTER_KEY_PATH"]),))
+    if service == Service.LOG_SHIPPER:
+        # Where this host's dyno inits connect (LogShipperSettings.socket_folder()).
+        host_id = environ.get("SLIPWAY_HOST_ID") or "local"
+        socket = host_log_dir(environ.get("SLIPWAY_DYNO_LOG_DIR", ""), home, host_id)
+        return Outside(shared_folders=(Path(socket),))
     return Outside()
 
 
@@ -185,6 +199,13 @@ def give_outside(outside: Outside, account: Account) -> None:
     """Give the account its outside folders (made if missing) and files (when they exist)."""
     for folder in outside.folders:
         give_folder(folder, account)
+    for folder in outside.shared_folders:
+        # The folders above stay root's and unlistable: made owner-only, then searchable.
+        for above in [*reversed(folder.parents)]:
+            if not above.exists():
+                above.mkdir(mode=0o700)
+        give_folder(folder, account, 0o755)
+        open_path_to(folder.parent)
     for path in outside.files:
         # A missing one is made by the service itself, in a folder it must be able to write.
         if path.exists() or path.is_symlink():

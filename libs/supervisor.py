@@ -16,7 +16,7 @@ start anything under the home with group or other bits loses them
 (libs/service/private.py).
 
 Run as root, it starts the services that need neither root nor Docker (gateway, keyring,
-registry-proxy) as their own system users `slipway-<service>`, each owning its state
+registry-proxy, log-shipper) as their own system users `slipway-<service>`, each owning its state
 folder `<home>/<service>` alone (libs/serviceusers.py); the home then lets others
 search it (x, never list) so they reach their folders. `--same-user` (or
 SLIPWAY_SERVICE_USERS=0) keeps every child as the supervisor's user, for development;

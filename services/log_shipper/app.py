@@ -2,17 +2,17 @@
 
 Resources, set up in this order and torn down in reverse:
 
-1. `shipper`: the database (writer + reader), the Docker client, the sealing
-   and tail loops, the dyno registry and output socket, metrics and drains;
+1. `shipper`: the database (writer + reader), the sealing and tail loops, the
+   dyno registry (the scheduler's word) and output socket, metrics and drains;
 2. `live`: queue-group subscriptions to the router's access records and the
    lines other services send (one log-shipper takes each message).
 
-Events are consumed in two durable consumers: `platform` (shared by every
-log-shipper: one of them writes each platform line) and `host-<host_id>` (each
-log-shipper applies every drain change and app or team removal to its own
-database). On SIGTERM the dyno socket closes first, then what is pending is sealed
-and stored; a kill -9 loses the lines not sealed yet (at most `batch_seconds`),
-and the dyno inits count what they drop until a log-shipper listens again.
+Events are consumed in two durable consumers: `platform` (shared by every log-shipper:
+one of them writes each platform line) and `host-<host_id>` (each log-shipper applies
+every drain change, app or team removal and dyno change of its host to its own
+database). On SIGTERM the dyno socket closes first, then what is pending is sealed and
+stored; a kill -9 loses the lines not sealed yet (at most `batch_seconds`), and the dyno
+inits count what they drop until a log-shipper listens again.
 """
 
 from __future__ import annotations
@@ -167,12 +167,6 @@ def _platform_events(service: ServiceApp) -> None:
     @service.event("platform", DYNO_CHANGED)
     async def dyno_changed(event: DynoChanged) -> None:
         dyno = event.dyno
-        metrics = service[SHIPPER].metrics
-        if metrics is not None:
-            key = (dyno.app_id, dyno.name)
-            metrics.scheduler_restarts[key] = max(
-                dyno.restart_count, metrics.scheduler_restarts.get(key, 0)
-            )
         lines = platform.dyno_lines(event)
         await store_lines(event.event_id, dyno.app_id, dyno.team_id, lines)
 
@@ -199,6 +193,11 @@ def _host_events(service: ServiceApp, purpose: str) -> None:
     @service.event(purpose, TEAM_SHREDDED)
     async def team_shredded(event: TeamShredded) -> None:
         await service[SHIPPER].drop_team(event.team_id)
+
+    @service.event(purpose, DYNO_CHANGED)
+    async def dyno_of_host(event: DynoChanged) -> None:
+        # Every log-shipper reads every change; the registry keeps its own host's dynos.
+        await service[SHIPPER].registry.apply(event.dyno)
 
     @service.event(purpose, DRAIN_CHANGED)
     async def drain_changed(event: DrainChanged) -> None:

@@ -1,151 +1,182 @@
-"""Which dyno containers run on this host: from Docker's listing and events, checked by inspect.
+"""Which containers are this host's dynos: the scheduler's word, never Docker's.
 
-Dynos are containers carrying this installation's managed label (`LABEL_MANAGED`
-with the scope's value) plus `LABEL_APP`, `LABEL_TEAM` and `LABEL_DYNO`.
-Subscribing to `start`/`die`/`destroy` events before listing leaves no gap; the
-set of running dynos is what the metrics sampler walks.
+The scheduler alone creates dynos and alone may publish `DYNO_CHANGED`; every
+log-shipper reads all of them in its own `host-<id>` consumer and keeps those
+placed on its host (container id -> app, team, dyno name, release, process
+type, state, restarts). One `DYNOS_LIST` at start and after each reconnect to
+NATS catches up on what a gap could have hidden. What it learnt is stored, so
+a restarted log-shipper knows its dynos before the scheduler answers.
 
 The receiver (receiver.py) asks `identify` for the container a connection came
-from: a cached inspect, so the labels, never anything the dyno says, decide
-whose lines they are. Containers that are not this installation's dynos are
-remembered for a while too, so a stranger reconnecting costs no inspect.
-Docker's own log stream is not read: dyno output reaches log-shipper through
-the dyno init's socket.
+from (the kernel names it). A container the scheduler has not announced yet
+waits a few seconds, unread, for its `DYNO_CHANGED` (the scheduler starts a
+container and publishes from its outbox, so the init may connect first); then
+it is refused and remembered for a while, so a stranger reconnecting costs no
+wait. No Docker client is held: whoever holds the Docker socket is root on the host.
 """
 
 from __future__ import annotations
 
-import calendar
-import json
+import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
-import aiodocker
-import aiohttp
 import structlog
 
-from slipway.contracts.scheduler import LABEL_APP, LABEL_DYNO, LABEL_MANAGED, LABEL_TEAM
-from slipway.libs import dockerraw
+from slipway.contracts import scheduler as sc
+from slipway.libs.bus import Bus
+from slipway.libs.storage import Database
+from slipway.services.log_shipper import store
 
 log = structlog.get_logger("slipway.log_shipper.dynos")
 
-_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=30)
-_EVENTS = ["start", "die", "destroy"]
-STRANGERS_KEPT = 1024  # containers known not to be dynos of this installation
+IDENTIFY_WAIT = 5.0  # seconds an unannounced container waits for the scheduler's word
+MAX_WAITING = 64  # connections waiting at once; more are refused at once
+STRANGERS_KEPT = 1024  # containers refused lately, answered at once
 STRANGER_TTL = 60.0
+DOWN_KEPT = 600.0  # a dyno gone down stays known this long: its init flushes, then exits
 
 
 @dataclass(frozen=True, slots=True)
 class Dyno:
-    """What the labels of one container say, and when it (last) started."""
+    """One dyno of this host, as the scheduler announced it."""
 
     container_id: str
     app_id: str
     team_id: str
     dyno: str
-    started_ns: int = 0
+    release: int = 0
+    process_type: str = ""
+    state: str = "starting"
+    restarts: int = 0
+    updated_at: float = 0.0
 
-
-def docker_time_ns(stamp: str) -> int:
-    """Docker's RFC 3339 time (`2026-11-27T21:00:00.123456789Z`, any fraction) in ns; 0 if unset."""
-    if len(stamp) < 19 or stamp.startswith("0001-"):
-        return 0
-    seconds = calendar.timegm(
-        (
-            int(stamp[0:4]),
-            int(stamp[5:7]),
-            int(stamp[8:10]),
-            int(stamp[11:13]),
-            int(stamp[14:16]),
-            int(stamp[17:19]),
+    def row(self) -> tuple[str, str, str, str, int, str, str, int, float]:
+        """The dyno as `store.put_dyno` takes it."""
+        return (
+            self.container_id,
+            self.app_id,
+            self.team_id,
+            self.dyno,
+            self.release,
+            self.process_type,
+            self.state,
+            self.restarts,
+            self.updated_at,
         )
-    )
-    fraction = stamp[20:].rstrip("Z") if len(stamp) > 20 and stamp[19] == "." else ""
-    digits = "".join(c for c in fraction if c.isdigit())
-    return seconds * 1_000_000_000 + int((digits + "000000000")[:9])
 
 
-def dyno_of(raw: dict[str, Any], managed: str) -> Dyno | None:
-    """The dyno an inspected container is, or None if it is not one of this installation's."""
-    labels: dict[str, str] = (raw.get("Config") or {}).get("Labels") or {}
-    if labels.get(LABEL_MANAGED) != managed or not labels.get(LABEL_APP):
-        return None
-    if not labels.get(LABEL_TEAM):
-        # Without its team the lines cannot be sealed: better refused than stored unsealed.
-        log.warning("dynos.no_team_label", container=str(raw.get("Id", ""))[:12])
+def dyno_of(announced: sc.Dyno, host_id: str) -> Dyno | None:
+    """The scheduler's dyno as this host's registry keeps it; None if not on `host_id`."""
+    if announced.host_id != host_id or not announced.container_id or not announced.team_id:
         return None
     return Dyno(
-        container_id=str(raw["Id"]),
-        app_id=labels[LABEL_APP],
-        team_id=labels[LABEL_TEAM],
-        dyno=labels.get(LABEL_DYNO, "unknown"),
-        started_ns=docker_time_ns(str((raw.get("State") or {}).get("StartedAt") or "")),
+        container_id=announced.container_id,
+        app_id=announced.app_id,
+        team_id=announced.team_id,
+        dyno=announced.name,
+        release=announced.release_version,
+        process_type=announced.process_type,
+        state=announced.state,
+        restarts=announced.restart_count,
+        updated_at=announced.updated_at,
     )
 
 
 class DynoRegistry:
-    """This host's dyno containers: the running ones, and a cached answer for any id."""
+    """This host's dynos, from the scheduler's events and listing; a bounded wait for a new one."""
 
-    def __init__(self, docker: aiodocker.Docker, managed: str) -> None:
-        self.docker = docker
-        self.managed = managed
-        self.running: dict[str, Dyno] = {}
+    def __init__(self, host_id: str, db: Database, wait: float = IDENTIFY_WAIT) -> None:
+        self.host_id = host_id
+        self.db = db
+        self.wait = wait
         self._known: dict[str, Dyno] = {}
+        self._arrived: dict[str, tuple[asyncio.Event, list[int]]] = {}  # id -> (event, [waiters])
+        self._waiting = 0
         self._strangers: OrderedDict[str, float] = OrderedDict()
-        self.inspects = 0
+        self.waited = 0  # connections that had to wait for the scheduler's word (tests read it)
 
-    async def run(self) -> None:
-        """Keep `running` current until cancelled (the caller reconnects on errors)."""
-        filters = json.dumps(
-            {"type": ["container"], "label": [f"{LABEL_MANAGED}={self.managed}"], "event": _EVENTS}
-        )
-        async with dockerraw.query(  # aiodocker has no raw streaming API
-            self.docker, "events", params={"filters": filters}, timeout=_NO_TIMEOUT
-        ) as events:
-            listing = await self.docker.containers.list(
-                filters=json.dumps({"label": [f"{LABEL_MANAGED}={self.managed}"]})
-            )
-            for container in listing:
-                await self._refresh(str(container.id))
-            async for line in events.content:
-                if line.strip():
-                    event = json.loads(line)
-                    container_id = str(event.get("id") or event.get("Actor", {}).get("ID"))
-                    if event.get("status") == "start" or event.get("Action") == "start":
-                        await self._refresh(container_id)
-                    else:
-                        self.running.pop(container_id, None)
-                        if event.get("Action") == "destroy" or event.get("status") == "destroy":
-                            self._known.pop(container_id, None)
+    async def load(self) -> None:
+        """What this host's log-shipper learnt before it restarted."""
+        for row in await store.dynos(self.db):
+            self._known[row[0]] = Dyno(*row)
+
+    @property
+    def running(self) -> list[Dyno]:
+        """The dynos not down: the ones metrics are sampled for."""
+        return [d for d in self._known.values() if d.state != "down"]
+
+    def get(self, container_id: str) -> Dyno | None:
+        """The dyno with this container id, if announced."""
+        return self._known.get(container_id)
+
+    async def apply(self, announced: sc.Dyno) -> None:
+        """Take in the scheduler's word on one dyno (an older word than the one held is ignored)."""
+        dyno = dyno_of(announced, self.host_id)
+        if dyno is None:
+            return
+        held = self._known.get(dyno.container_id)
+        if held is not None and held.updated_at > dyno.updated_at:
+            return
+        self._known[dyno.container_id] = dyno
+        self._strangers.pop(dyno.container_id, None)
+        arrived = self._arrived.get(dyno.container_id)
+        if arrived is not None:
+            arrived[0].set()
+        await store.put_dyno(self.db, dyno.row())
+        if dyno.state == "down":
+            await self.prune()  # the ones down long enough before this one
+
+    async def sync(self, bus: Bus) -> int:
+        """Ask the scheduler for every dyno and take in this host's; how many there are."""
+        listing = await bus.call(sc.DYNOS_LIST, sc.ListDynos(), timeout=10.0)
+        for announced in listing.dynos:
+            await self.apply(announced)
+        await self.prune()
+        return len(self.running)
+
+    async def prune(self) -> None:
+        """Forget dynos down for a while: their containers are gone or going."""
+        horizon = time.time() - DOWN_KEPT
+        gone = [
+            d.container_id
+            for d in self._known.values()
+            if d.state == "down" and d.updated_at < horizon
+        ]
+        for container_id in gone:
+            del self._known[container_id]
+        if gone:
+            await store.forget_dynos(self.db, gone)
 
     async def identify(self, container_id: str) -> Dyno | None:
-        """The dyno with this container id, or None (not a dyno of this installation)."""
+        """The dyno with this container id, waiting a little for its announcement; None: none."""
         known = self._known.get(container_id)
         if known is not None:
             return known
         seen = self._strangers.get(container_id)
         if seen is not None and time.monotonic() - seen < STRANGER_TTL:
             return None
-        return await self._refresh(container_id)
-
-    async def _refresh(self, container_id: str) -> Dyno | None:
-        self.inspects += 1
-        try:
-            raw: dict[str, Any] | None = await self.docker.containers.container(container_id).show()
-        except aiodocker.DockerError as exc:
-            if exc.status != 404:
-                raise
-            raw = None
-        dyno = dyno_of(raw, self.managed) if raw is not None else None
-        if dyno is None:
-            self._strangers[container_id] = time.monotonic()
-            self._strangers.move_to_end(container_id)
-            while len(self._strangers) > STRANGERS_KEPT:
-                self._strangers.popitem(last=False)
+        if self._waiting >= MAX_WAITING:
             return None
-        self._known[container_id] = dyno
-        if raw is not None and (raw.get("State") or {}).get("Running"):
-            self.running[container_id] = dyno
-        return dyno
+        self._waiting += 1
+        self.waited += 1
+        arrived, waiters = self._arrived.setdefault(container_id, (asyncio.Event(), [0]))
+        waiters[0] += 1
+        try:
+            await asyncio.wait_for(arrived.wait(), self.wait)
+        except TimeoutError:
+            self._remember_stranger(container_id)
+            return None
+        finally:
+            self._waiting -= 1
+            waiters[0] -= 1
+            if waiters[0] == 0:
+                self._arrived.pop(container_id, None)
+        return self._known.get(container_id)
+
+    def _remember_stranger(self, container_id: str) -> None:
+        self._strangers[container_id] = time.monotonic()
+        self._strangers.move_to_end(container_id)
+        while len(self._strangers) > STRANGERS_KEPT:
+            self._strangers.popitem(last=False)

@@ -1,17 +1,28 @@
-"""Dyno metrics: CPU, memory and restarts of every running dyno, from Docker's stats API.
+"""Dyno metrics: CPU and memory from each dyno's cgroup, restarts from the scheduler.
 
-Every `metrics_interval` seconds each running dyno is sampled (one-shot stats,
-which Docker answers with the current and the previous sample, so CPU is a
-rate) and the result is logged as Heroku's runtime-metrics line:
+Every `metrics_interval` seconds each running dyno is sampled and the result is
+logged as Heroku's runtime-metrics line:
 
     heroku[web.1]: source=web.1 dyno=heroku.<app>.<container> sample#load_avg_1m=0.02
         sample#memory_total=21.05MB sample#memory_rss=18.20MB sample#memory_cache=2.85MB
         sample#memory_quota=512.00MB sample#restarts=0
 
-`load_avg_1m` is the CPU in use (in CPUs) smoothed over a minute, the closest a
-container's cgroup gives to Linux's run-queue load. Restarts are the larger of
-Docker's RestartCount and the scheduler's `Dyno.restart_count` (DYNO_CHANGED).
-The latest sample per dyno answers `METRICS_GET`.
+The numbers are the kernel's, read the way `docker stats` computes them, without
+the Docker socket (whoever holds it is root on the host):
+
+- CPU: the cgroup's CPU time between two readings over the host's CPU time
+  between them (/proc/stat: user to softirq), times the online CPUs, in percent;
+  the first sample of a dyno reads twice, a second apart, as Docker does;
+- memory in use: usage minus inactive file pages (`total_inactive_file` in
+  cgroup v1, `inactive_file` in v2), rss and cache from memory.stat, the quota
+  from the cgroup's limit (the host's memory when unlimited).
+
+cgroup v1 (`/sys/fs/cgroup/{cpuacct,memory}/docker/<id>/`, cgroupfs driver) and
+v2 (`/sys/fs/cgroup/system.slice/docker-<id>.scope/` with systemd, or
+`/sys/fs/cgroup/docker/<id>/`). `load_avg_1m` is the CPU in use (in CPUs)
+smoothed over a minute, the closest a container's cgroup gives to Linux's
+run-queue load. Restarts are the scheduler's (`Dyno.restart_count`). The latest
+sample per dyno answers `METRICS_GET`.
 """
 
 from __future__ import annotations
@@ -19,10 +30,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
-import aiodocker
 import structlog
 
 from slipway.contracts.log_shipper import DynoSample
@@ -33,46 +45,161 @@ from slipway.services.log_shipper.history import History
 log = structlog.get_logger("slipway.log_shipper.metrics")
 
 MB = 1024 * 1024
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+FIRST_GAP = 1.0  # seconds between the two readings of a dyno's first sample
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_percent(stats: dict[str, Any]) -> float:
-    """Percent of one CPU used between Docker's previous and current sample."""
-    cpu, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
-    used = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (pre.get("cpu_usage") or {}).get(
-        "total_usage", 0
+@dataclass(frozen=True, slots=True)
+class Cgroup:
+    """Where one container's CPU and memory accounting lives."""
+
+    v2: bool
+    cpu: Path  # v1: the cpuacct folder; v2: the container's folder
+    memory: Path
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One look at a container's cgroup and the host's CPU time."""
+
+    cpu_ns: int
+    system_ns: int
+    online_cpus: int
+    usage: int
+    stats: dict[str, int]
+    limit: int
+
+
+def find_cgroup(container_id: str, root: Path = CGROUP_ROOT) -> Cgroup | None:
+    """The container's cgroup folders (None: not running, or a layout not known here)."""
+    if (root / "cgroup.controllers").exists():  # the unified hierarchy alone: v2
+        for folder in (
+            root / "system.slice" / f"docker-{container_id}.scope",
+            root / "docker" / container_id,
+        ):
+            if (folder / "cpu.stat").exists():
+                return Cgroup(True, folder, folder)
+        return None
+    for cpu in ("cpuacct", "cpu,cpuacct"):
+        folder = root / cpu / "docker" / container_id
+        memory = root / "memory" / "docker" / container_id
+        if (folder / "cpuacct.usage").exists() and memory.is_dir():
+            return Cgroup(False, folder, memory)
+    return None
+
+
+def system_cpu_ns(proc_stat: str) -> int:
+    """The host's CPU time in ns, as Docker counts it: /proc/stat's first 7 `cpu` fields."""
+    for line in proc_stat.splitlines():
+        parts = line.split()
+        if parts and parts[0] == "cpu":
+            return sum(int(v) for v in parts[1:8]) * 1_000_000_000 // _CLK_TCK
+    raise ValueError("no cpu line in /proc/stat")
+
+
+def host_memory() -> int:
+    """MemTotal in bytes: Docker's limit for a container without one."""
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _stat_file(path: Path) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if value.strip().isdigit():
+            found[key] = int(value)
+    return found
+
+
+def read(cgroup: Cgroup) -> Reading:
+    """Read the container's counters now (FileNotFoundError: it stopped)."""
+    if cgroup.v2:
+        cpu_ns = _stat_file(cgroup.cpu / "cpu.stat")["usage_usec"] * 1000
+        usage = int((cgroup.memory / "memory.current").read_text())
+        raw_limit = (cgroup.memory / "memory.max").read_text().strip()
+        limit = 0 if raw_limit == "max" else int(raw_limit)
+    else:
+        cpu_ns = int((cgroup.cpu / "cpuacct.usage").read_text())
+        usage = int((cgroup.memory / "memory.usage_in_bytes").read_text())
+        limit = int((cgroup.memory / "memory.limit_in_bytes").read_text())
+    stats = _stat_file(cgroup.memory / "memory.stat")
+    total = host_memory()
+    if limit == 0 or (total and limit > total):
+        limit = total
+    return Reading(
+        cpu_ns=cpu_ns,
+        system_ns=system_cpu_ns(Path("/proc/stat").read_text()),
+        online_cpus=os.sysconf("SC_NPROCESSORS_ONLN"),
+        usage=usage,
+        stats=stats,
+        limit=limit,
     )
-    system = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
-    per_cpu = (cpu.get("cpu_usage") or {}).get("percpu_usage") or []
-    cpus = cpu.get("online_cpus") or len(per_cpu) or 1
+
+
+def cpu_percent(before: Reading, now: Reading) -> float:
+    """Percent of one CPU used between two readings (`docker stats`' CPU %)."""
+    used = now.cpu_ns - before.cpu_ns
+    system = now.system_ns - before.system_ns
     if used <= 0 or system <= 0:
         return 0.0
-    return float(used) / float(system) * cpus * 100.0
+    return used / system * now.online_cpus * 100.0
 
 
-def memory(stats: dict[str, Any]) -> tuple[float, float, float, float]:
-    """(total, rss, cache, quota) in MB; cgroup v1 and v2 name the parts differently."""
-    mem = stats.get("memory_stats") or {}
-    detail = mem.get("stats") or {}
-    usage = float(mem.get("usage", 0))
-    cache = float(detail.get("cache", detail.get("inactive_file", 0)))
-    rss = float(detail.get("rss", detail.get("anon", max(usage - cache, 0))))
-    quota = float(mem.get("limit", 0))
-    return max(usage - cache, 0) / MB, rss / MB, cache / MB, quota / MB
+def memory(reading: Reading) -> tuple[float, float, float, float]:
+    """(in use, rss, cache, quota) in MB; in use as `docker stats` shows it."""
+    stats = reading.stats
+    if "total_inactive_file" in stats:  # v1
+        inactive = stats["total_inactive_file"]
+        rss, cache = stats.get("total_rss", 0), stats.get("total_cache", 0)
+    else:
+        inactive = stats.get("inactive_file", 0)
+        rss, cache = stats.get("anon", 0), stats.get("file", 0)
+    used = reading.usage - inactive if inactive < reading.usage else reading.usage
+    return used / MB, rss / MB, cache / MB, reading.limit / MB
+
+
+async def measure(
+    container_id: str, before: Reading | None, root: Path = CGROUP_ROOT
+) -> tuple[float, Reading] | None:
+    """CPU % since `before` (None: over `FIRST_GAP`, as Docker's first sample) and a reading.
+
+    None when the container is not running (no cgroup, or it went away meanwhile).
+    """
+    cgroup = find_cgroup(container_id, root)
+    if cgroup is None:
+        return None
+    try:
+        if before is None:
+            before = read(cgroup)
+            await asyncio.sleep(FIRST_GAP)
+        now = read(cgroup)
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return cpu_percent(before, now), now
 
 
 class Metrics:
     """Samples running dynos periodically; keeps the latest sample of each."""
 
     def __init__(
-        self, docker: aiodocker.Docker, registry: DynoRegistry, history: History, interval: float
+        self,
+        registry: DynoRegistry,
+        history: History,
+        interval: float,
+        cgroup_root: Path = CGROUP_ROOT,
     ) -> None:
-        self.docker = docker
         self.registry = registry
         self.history = history
         self.interval = interval
+        self.cgroup_root = cgroup_root
         self.latest: dict[str, tuple[str, DynoSample]] = {}  # container id -> (app id, sample)
-        self.scheduler_restarts: dict[tuple[str, str], int] = {}
         self._load: dict[str, float] = {}
+        self._previous: dict[str, Reading] = {}
 
     def for_app(self, app_id: str) -> list[DynoSample]:
         """The latest sample of each dyno of an app, by dyno name."""
@@ -86,32 +213,34 @@ class Metrics:
                 await asyncio.wait_for(stopping.wait(), self.interval)
             if stopping.is_set():
                 return
-            dynos = list(self.registry.running.values())
+            dynos = self.registry.running
             await asyncio.gather(*(self.sample(d) for d in dynos), return_exceptions=True)
-            gone = self.latest.keys() - {d.container_id for d in dynos}
-            for container_id in gone:
+            sampled = {d.container_id for d in dynos}
+            for container_id in self.latest.keys() - sampled:
                 self.latest.pop(container_id, None)
+            for container_id in self._previous.keys() - sampled:
+                self._previous.pop(container_id, None)
+                self._load.pop(container_id, None)
+
+    async def measure(self, container_id: str) -> tuple[float, Reading] | None:
+        """CPU % since this dyno's previous reading, and the new reading (None: not running)."""
+        measured = await measure(container_id, self._previous.get(container_id), self.cgroup_root)
+        if measured is None:
+            self._previous.pop(container_id, None)
+        else:
+            self._previous[container_id] = measured[1]
+        return measured
 
     async def sample(self, dyno: Dyno) -> DynoSample | None:
-        """Sample one dyno, remember it and log its metrics line."""
-        try:
-            container = self.docker.containers.container(dyno.container_id)
-            stats = (await container.stats(stream=False))[0]
-            info = await container.show()
-        except aiodocker.DockerError as exc:
-            log.info("metrics.unavailable", container=dyno.container_id[:12], error=str(exc))
+        """Sample one dyno, remember it and log its metrics line (None: not running)."""
+        measured = await self.measure(dyno.container_id)
+        if measured is None:
             return None
-        if not (info.get("State") or {}).get("Running"):
-            return None
-        cpu = cpu_percent(stats)
+        cpu, reading = measured
         decay = math.exp(-self.interval / 60.0)
         load = self._load.get(dyno.container_id, cpu / 100.0) * decay + cpu / 100.0 * (1 - decay)
         self._load[dyno.container_id] = load
-        total, rss, cache, quota = memory(stats)
-        restarts = max(
-            int(info.get("RestartCount") or 0),
-            self.scheduler_restarts.get((dyno.app_id, dyno.dyno), 0),
-        )
+        total, rss, cache, quota = memory(reading)
         sample = DynoSample(
             dyno=dyno.dyno,
             container_id=dyno.container_id,
@@ -122,7 +251,7 @@ class Metrics:
             memory_rss_mb=round(rss, 2),
             memory_cache_mb=round(cache, 2),
             memory_quota_mb=round(quota, 2),
-            restarts=restarts,
+            restarts=dyno.restarts,
         )
         self.latest[dyno.container_id] = (dyno.app_id, sample)
         text = formats.memory_line(
@@ -134,7 +263,7 @@ class Metrics:
                 "sample#memory_rss": f"{rss:.2f}MB",
                 "sample#memory_cache": f"{cache:.2f}MB",
                 "sample#memory_quota": f"{quota:.2f}MB",
-                "sample#restarts": str(restarts),
+                "sample#restarts": str(dyno.restarts),
             }
         )
         self.history.add(dyno.app_id, dyno.team_id, [(sample.at, "heroku", dyno.dyno, text, False)])

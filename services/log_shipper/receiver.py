@@ -9,18 +9,19 @@ log-shipper seals it.
 Who is speaking is never read from the stream. At accept, the peer's process
 comes from the kernel (`SO_PEERPIDFD`, else `SO_PEERCRED`), its container from
 `/proc/<pid>/cgroup` (`.../docker/<id>` with cgroupfs, `docker-<id>.scope` with
-systemd), and that container must be a dyno of this installation
-(dynos.DynoRegistry: its labels). Anything else is closed unread. With a pidfd
-the process is checked alive after its cgroup is read, so a connection whose
-process exited (its pid free for reuse) is refused.
+systemd), and that container must be a dyno the scheduler announced for this
+host (dynos.DynoRegistry; one not announced yet waits a few seconds, unread).
+Anything else is closed unread. With a pidfd the process is checked alive
+after its cgroup and start time are read, so a connection whose process
+exited (its pid free for reuse) is refused.
 
-Memory is bounded per connection: the transport's read size plus one
-unfinished record (`MAX_LINE` + header). A header claiming more than
-`MAX_LINE` bytes, an unknown kind or a wrong hello closes the connection
-before its payload is read. Times are the init's (untrusted) and clamped to
-[container start - 5 s, now]. When history has no room (the keyring is slow),
-reading pauses: the init's ring fills, and it counts what it drops (kind 3,
-turned into Heroku's `Error L10` line for the app).
+Memory is bounded per connection: the transport's read size plus one unfinished record
+(`MAX_LINE` + header). A header claiming more than `MAX_LINE` bytes, an unknown kind or
+a wrong hello closes the connection before its payload is read. Times are the init's
+(untrusted) and clamped to [start of the connecting process (the init, the container's
+first) - 5 s, now]. When history has no room (the keyring is slow), reading pauses: the
+init's ring fills, and it counts what it drops (kind 3, turned into Heroku's `Error L10`
+line for the app).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ CLOCK_SKEW_NS = 5_000_000_000  # lines may carry a time this much before their c
 MAX_CONNECTIONS_PER_DYNO = 4  # an init needs one; a few more cover a reconnect racing a close
 _SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5; Python 3.11 lacks the name
 _UCRED = struct.Struct("3i")  # pid, uid, gid
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _HEADER = RECORD_WORDS.size
 _STDOUT, _STDERR, _DROPPED = 0x01000000, 0x02000000, 0x03000000
 # cgroup v1 (cgroupfs driver: `/docker/<id>`), v2 or systemd (`/system.slice/docker-<id>.scope`).
@@ -86,8 +88,22 @@ def _alive(pidfd: int) -> bool:
     return True
 
 
-def peer_container(sock: socket.socket) -> str:
-    """The container id of the process that connected `sock`, from the kernel; or `Refused`."""
+def process_start_ns(pid: int) -> int:
+    """When `pid` started, in ns since the epoch (the kernel counts clock ticks since boot)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        text = stat.read(4096)
+    # The command name (field 2) may hold spaces and parentheses; the fields after it do not.
+    ticks = int(text.rsplit(")", 1)[1].split()[19])
+    since_boot_ns = ticks * 1_000_000_000 // _CLK_TCK
+    now_ns, boot_ns = time.time_ns(), time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    return now_ns - (boot_ns - since_boot_ns)
+
+
+def peer_container(sock: socket.socket) -> tuple[str, int]:
+    """The container id of the process that connected `sock`, and when that process started.
+
+    Both from the kernel; `Refused` when it is gone or in no container.
+    """
     try:
         pidfd = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERPIDFD)
     except OSError:
@@ -103,7 +119,8 @@ def peer_container(sock: socket.socket) -> str:
         try:
             with open(f"/proc/{pid}/cgroup") as cgroup:
                 text = cgroup.read(65536)
-        except OSError as exc:
+            started_ns = process_start_ns(pid)
+        except (OSError, ValueError, IndexError) as exc:
             raise Refused("the connecting process is gone") from exc
         if pidfd >= 0 and not _alive(pidfd):
             raise Refused("the connecting process is gone")
@@ -113,7 +130,7 @@ def peer_container(sock: socket.socket) -> str:
     container_id = container_of_cgroup(text)
     if container_id is None:
         raise Refused("the connecting process is in no container")
-    return container_id
+    return container_id, started_ns
 
 
 @dataclass
@@ -258,6 +275,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.dyno: Dyno | None = None
         self.container_id = ""
+        self.started_ns = 0
         self._parser: LineParser | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -267,20 +285,16 @@ class _Connection(asyncio.Protocol):
         transport.pause_reading()  # nothing is read before the sender is known
         self.server._open.add(self)
         try:
-            self.container_id = peer_container(transport.get_extra_info("socket"))
+            self.container_id, self.started_ns = peer_container(transport.get_extra_info("socket"))
         except (Refused, OSError) as exc:
             self._refuse(str(exc))
             return
         self._task = asyncio.create_task(self._identify())
 
     async def _identify(self) -> None:
-        try:
-            dyno = await self.server.registry.identify(self.container_id)
-        except Exception as exc:  # Docker unreachable: the init reconnects later
-            self._refuse(f"cannot inspect the container: {exc!r}")
-            return
+        dyno = await self.server.registry.identify(self.container_id)
         if dyno is None:
-            self._refuse("not a dyno of this installation")
+            self._refuse("not a dyno the scheduler announced for this host")
             return
         count = self.server.connections.get(self.container_id, 0)
         if count >= MAX_CONNECTIONS_PER_DYNO:
@@ -291,7 +305,7 @@ class _Connection(asyncio.Protocol):
             return
         self.server.connections[self.container_id] = count + 1
         self.dyno = dyno
-        self._parser = LineParser(dyno.dyno, dyno.started_ns - CLOCK_SKEW_NS)
+        self._parser = LineParser(dyno.dyno, self.started_ns - CLOCK_SKEW_NS)
         self.server.stats.accepted += 1
         self.transport.resume_reading()
 

@@ -1,9 +1,8 @@
 """Log-shipper's settings, read from `SLIPWAY_*` environment variables.
 
-One log-shipper runs per Docker host:
+One log-shipper runs per Docker host, as its own user, without the Docker socket:
 
-    SLIPWAY_DOCKER_URL=unix:///var/run/docker.sock SLIPWAY_HOST_ID=host-1 \
-        python -m slipway.services.log_shipper
+    SLIPWAY_HOST_ID=host-1 python -m slipway.services.log_shipper
 """
 
 from __future__ import annotations
@@ -20,11 +19,16 @@ MIB = 1024 * 1024
 class LogShipperSettings(Settings, frozen=True, kw_only=True):
     """What one host's log-shipper needs besides what every service has."""
 
-    docker_url: str = "unix:///var/run/docker.sock"
+    # Unused: the log-shipper holds no Docker client (its dynos are the scheduler's word,
+    # their metrics the kernel's). Kept so that an environment still setting it starts.
+    docker_url: str = ""
     host_id: str = "local"
-    # Only containers with this `org.slipway.managed` value are dynos; "": the scope's
-    # (contracts/scope.py), so another installation's dynos are refused.
+    # Unused since dynos are learnt from the scheduler, not from their labels; kept so
+    # that an environment still setting it starts.
     managed_value: str = ""
+    # Seconds a connection from a container the scheduler has not announced waits (unread)
+    # for its DYNO_CHANGED before it is refused.
+    identify_wait: float = 5.0
     # Where dyno inits find this log-shipper: `<dyno_log_dir>/<host_id>/logs.sock`; the
     # scheduler mounts that folder read-only at /.slipway/log. "": `<home>/run/dynolog`.
     dyno_log_dir: str = ""

@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-import aiodocker
 import structlog
 
 from slipway.contracts.base import decoder
@@ -47,6 +46,8 @@ log = structlog.get_logger("slipway.log_shipper")
 MAX_DRAINS_PER_APP = 20
 MAX_ORPHAN_LINES = 10_000  # lines held, in memory, for apps whose team is not known yet
 ASK_GATEWAY_EVERY = 5.0
+RECONNECT_CHECK = 1.0  # how often a reconnect to NATS is looked for (then the dynos are listed)
+SYNC_BACKOFF_MAX = 30.0
 _LINES = decoder(LogLines)
 _ACCESS = decoder(RouterAccess)
 
@@ -60,16 +61,15 @@ class Shipper:
         self.settings = settings
         self.bus = bus
         self.db = db
-        self.docker = aiodocker.Docker(url=settings.docker_url)
         self.history = History(db, reader, bus, settings, seq)
         self.tail = TailFanout(bus, settings.host_id, settings.tail_interval)
         self.drains = Drains(settings, notify=self._drain_notice)
         self.history.listeners += [self.tail.offer, self.drains.offer]
-        self.registry = DynoRegistry(self.docker, settings.managed_value or settings.scoped.managed)
+        self.registry = DynoRegistry(settings.host_id, db, settings.identify_wait)
         self.receiver = DynoOutput(
             settings.socket_folder(), self.registry, self.history, self._dyno_lines
         )
-        self.metrics = Metrics(self.docker, self.registry, self.history, settings.metrics_interval)
+        self.metrics = Metrics(self.registry, self.history, settings.metrics_interval)
         self.halt = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._teams: dict[str, str] = {}
@@ -80,6 +80,7 @@ class Shipper:
         """Start the loops: sealing, tail, dyno registry and socket, metrics, sweeps, drains."""
         self._spawn(self.history.run(self.halt), "history")
         self._spawn(self.tail.run(self.halt), "tail")
+        await self.registry.load()
         self._spawn(self._keep_registry(), "registry")
         await self.receiver.start()
         if self.settings.metrics_interval > 0:
@@ -101,17 +102,24 @@ class Shipper:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.drains.stop()
-        await self.docker.close()
 
     async def _keep_registry(self) -> None:
+        """The scheduler's listing at start and after each reconnect (events keep it current)."""
+        synced_at = -1
+        delay = 0.5
         while True:
-            try:
-                await self.registry.run()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the engine restarted or the socket broke: reconnect
-                log.warning("dynos.events_lost", error=repr(exc))
-            await asyncio.sleep(1.0)
+            reconnects = int(self.bus.nc.stats.get("reconnects", 0))
+            if reconnects != synced_at:
+                try:
+                    running = await self.registry.sync(self.bus)
+                except Exception as exc:  # the scheduler is not up yet: events still arrive
+                    log.warning("dynos.list_failed", error=repr(exc))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, SYNC_BACKOFF_MAX)
+                    continue
+                log.info("dynos.listed", running=running)
+                synced_at, delay = reconnects, 0.5
+            await asyncio.sleep(RECONNECT_CHECK)
 
     def _dyno_lines(self, dyno: Dyno, lines: list[RawLine]) -> None:
         """Lines a dyno's init sent: its team comes from its labels, not from a lookup."""

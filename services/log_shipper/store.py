@@ -1,4 +1,4 @@
-"""Log-shipper's database: sealed batches, apps, drains.
+"""Log-shipper's database: sealed batches, apps, drains, this host's dynos.
 
 No column ever holds a log line or a drain URL in plaintext: `batches.data` is
 an envelope record (purpose LOGS) and `drains.sealed_url` too. What is in the
@@ -71,6 +71,21 @@ MIGRATIONS = (
     # Docker's logs are no longer read: nothing to resume.
     """
     DROP TABLE cursors
+    """,
+    # This host's dynos as the scheduler announced them (DYNO_CHANGED, DYNOS_LIST): no
+    # Docker client reads their labels any more, and a restart must still know them.
+    """
+    CREATE TABLE dynos (
+        container_id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL,
+        team_id TEXT NOT NULL,
+        dyno TEXT NOT NULL,
+        release INTEGER NOT NULL,
+        process_type TEXT NOT NULL,
+        state TEXT NOT NULL,
+        restarts INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    )
     """,
 )
 
@@ -294,3 +309,49 @@ async def apply_retention(
             (app_id, team_id, seconds, revision),
         )
         return cursor.rowcount == 1
+
+
+_DYNO_COLUMNS = (
+    "container_id, app_id, team_id, dyno, release, process_type, state, restarts, updated_at"
+)
+
+
+async def put_dyno(db: Database, row: tuple[str, str, str, str, int, str, str, int, float]) -> bool:
+    """Record a dyno (the `_DYNO_COLUMNS`) unless a later word on it is stored; whether it was."""
+    async with db.transaction() as conn:
+        cursor = await conn.execute(
+            f"INSERT INTO dynos ({_DYNO_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+            " ON CONFLICT (container_id) DO UPDATE SET app_id = excluded.app_id,"
+            " team_id = excluded.team_id, dyno = excluded.dyno, release = excluded.release,"
+            " process_type = excluded.process_type, state = excluded.state,"
+            " restarts = excluded.restarts, updated_at = excluded.updated_at"
+            " WHERE excluded.updated_at >= dynos.updated_at",
+            row,
+        )
+        return cursor.rowcount == 1
+
+
+async def dynos(db: Database) -> list[tuple[str, str, str, str, int, str, str, int, float]]:
+    """Every dyno recorded, as `_DYNO_COLUMNS` tuples."""
+    rows = await db.fetchall(f"SELECT {_DYNO_COLUMNS} FROM dynos")  # noqa: S608
+    return [
+        (
+            str(r[0]),
+            str(r[1]),
+            str(r[2]),
+            str(r[3]),
+            int(r[4]),
+            str(r[5]),
+            str(r[6]),
+            int(r[7]),
+            float(r[8]),
+        )
+        for r in rows
+    ]
+
+
+async def forget_dynos(db: Database, container_ids: list[str]) -> None:
+    """Drop dynos gone for good."""
+    async with db.transaction() as conn:
+        for container_id in container_ids:
+            await conn.execute("DELETE FROM dynos WHERE container_id = ?", (container_id,))

@@ -84,6 +84,7 @@ class _Session:
     frame_sent: bool = False
     before: bytes = b""  # output during the init's handshake (markers not yet found)
     env_sent: asyncio.Event = field(default_factory=asyncio.Event)  # typed input may go
+    announced: bool = False  # its DYNO_CHANGED went out: its end goes out too
 
 
 class OneOffs:
@@ -144,6 +145,9 @@ class OneOffs:
             frames = await self.bus.live_subscribe(oneoff.tty_in(request.session))
             self._spawn(session, self._relay(session, request, stream, frames, ready))
         else:
+            # Its output goes to the log-shipper's socket, which takes announced dynos only.
+            await self.bus.publish(sc.DYNO_CHANGED, sc.DynoChanged(dyno=dyno), retry_for=5.0)
+            session.announced = True
             await containers.start_with_env(container, frame)
             self._spawn(session, self._reap(session))
         log.info("oneoff.created", app=request.app_name, dyno=spec.name, attach=request.attach)
@@ -306,6 +310,14 @@ class OneOffs:
         self.sessions.pop(session.container.id, None)
         with contextlib.suppress(aiodocker.DockerError):
             await session.container.delete(force=True)
+        if session.announced:
+            session.announced = False
+            down = msgspec.structs.replace(session.dyno, state="down", updated_at=time.time())
+            change = sc.DynoChanged(dyno=down, previous_state=session.dyno.state)
+            try:
+                await self.bus.publish(sc.DYNO_CHANGED, change, retry_for=5.0)
+            except Exception as exc:  # the log-shipper forgets it after a while anyway
+                log.warning("oneoff.down_unpublished", dyno=down.name, error=repr(exc))
         for task in session.tasks:
             if task is not asyncio.current_task():
                 task.cancel()
@@ -341,6 +353,7 @@ class OneOffs:
                 one_off=True,
             )
             session = _Session(dyno=dyno, container=container)
+            session.announced = labels.get(oneoff.LABEL_ATTACHED) == "false"
             self.sessions[container.id] = session
             self._spawn(session, self._expire(session, deadline))
             self._spawn(session, self._reap(session))

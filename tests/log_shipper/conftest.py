@@ -1,8 +1,10 @@
 """Fixtures for log-shipper tests: the real keyring, a real log-shipper, dyno-like containers.
 
-Dynos here are containers of the run stack carrying the scheduler's labels; the
-managed label's value is unique per test, so a test's log-shipper takes output
-from its own containers only, never another test's (or another helper's). Like
+Dynos here are containers of the run stack carrying the scheduler's labels. The
+log-shipper reads no labels: as the scheduler does, each test's `Dynos` creates
+the container, publishes its `DYNO_CHANGED` (state starting, this host) as the
+scheduler's NATS user, then starts it. Containers whose managed label is not
+the test's are left unannounced: strangers the log-shipper must refuse. Like
 real dynos they log to nothing on disk (`LogConfig: none`) and send their output
 through the dyno init's socket protocol, spoken by dynosender.py (a Python
 stand-in for the init's relay) with the host's socket folder mounted read-only
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -25,7 +28,15 @@ import aiodocker
 import pytest
 
 from slipway.contracts import dynoinit
-from slipway.contracts.scheduler import LABEL_APP, LABEL_DYNO, LABEL_MANAGED, LABEL_TEAM
+from slipway.contracts.scheduler import (
+    DYNO_CHANGED,
+    LABEL_APP,
+    LABEL_DYNO,
+    LABEL_MANAGED,
+    LABEL_TEAM,
+    Dyno,
+    DynoChanged,
+)
 from slipway.libs.bus import Bus
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service import ServiceApp
@@ -130,6 +141,8 @@ class Dynos:
     docker: aiodocker.Docker
     managed: str
     folder: Path  # the host's dyno socket folder (`LogShipperSettings.socket_folder()`)
+    scheduler: Bus | None = None  # connected as the scheduler: announces the dynos it starts
+    host_id: str = "h1"
     created: list[str] = field(default_factory=list)
 
     def labels(self, app_id: str, team_id: str, dyno: str) -> dict[str, str]:
@@ -161,11 +174,41 @@ class Dynos:
         return await self.start(dyno_config(self.folder, labels, cmd))
 
     async def start(self, config: dict[str, Any]) -> str:
+        """Create, announce as the scheduler does (if the test's), then start; the id."""
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"slw-logtest-{uuid.uuid4().hex[:10]}"
-        container = await self.docker.containers.run(config, name=name)
+        container = await self.docker.containers.create(config, name=name)
         self.created.append(container.id)
+        labels: dict[str, str] = config["Labels"]
+        if labels.get(LABEL_MANAGED) == self.managed:
+            await self.announce(str(container.id), labels)
+        await container.start()
         return str(container.id)
+
+    async def announce(
+        self, container_id: str, labels: dict[str, str], host_id: str | None = None
+    ) -> None:
+        """Publish the container's DYNO_CHANGED as the scheduler (on `host_id`, else ours)."""
+        assert self.scheduler is not None, "announcing needs the scheduler's bus"
+        dyno = labels[LABEL_DYNO]
+        change = DynoChanged(
+            dyno=Dyno(
+                app_id=labels[LABEL_APP],
+                app_name="test",
+                team_id=labels[LABEL_TEAM],
+                name=dyno,
+                process_type=dyno.split(".")[0],
+                release_version=1,
+                state="starting",
+                host_id=host_id or self.host_id,
+                container_id=container_id,
+                updated_at=time.time(),
+            ),
+            # No transition and no reason: the dyno is known, and no platform line joins
+            # the history the tests compare.
+            previous_state="starting",
+        )
+        await self.scheduler.publish(DYNO_CHANGED, change)
 
     async def exit_code(self, container_id: str) -> int:
         """Wait for the container to exit; its status."""
@@ -202,9 +245,11 @@ def socket_folder(home: Path, host_id: str) -> Path:
 async def dynos(
     managed: str,
     slipway_home: Path,  # noqa: F811 - a fixture
+    bus_factory: Callable[[str], Any],
 ) -> AsyncIterator[Dynos]:
     docker = aiodocker.Docker()
-    made = Dynos(docker, managed, socket_folder(slipway_home, "h1"))
+    scheduler: Bus = await bus_factory("scheduler")
+    made = Dynos(docker, managed, socket_folder(slipway_home, "h1"), scheduler, "h1")
     try:
         yield made
     finally:

@@ -1,11 +1,10 @@
-"""Pure pieces: line formats, syslog framing, Docker timestamps, cgroup paths."""
+"""Pure pieces: line formats, syslog framing, cgroup paths."""
 
 from __future__ import annotations
 
 from slipway.contracts.log_shipper import LogEntry
 from slipway.contracts.logs import RouterAccess
 from slipway.services.log_shipper import formats
-from slipway.services.log_shipper.dynos import docker_time_ns
 from slipway.services.log_shipper.receiver import container_of_cgroup
 
 CID = "4818ed0f9e4b7821221d0e09e9fa4374114d59f491ad0c09050497cc2a18deb6"
@@ -56,15 +55,6 @@ def test_syslog_frames_count_bytes_not_characters() -> None:
     assert message == b"<190>1 2026-11-27T21:00:00.123456+00:00 d.tok app web.1 - - h\xc3\xa9llo"
     assert formats.octet_frame(message) == b"%d %b" % (len(message), message)
     assert formats.syslog_message(entry("x", stderr=True), "d").startswith(b"<187>1 ")
-
-
-def test_docker_timestamps_of_any_precision_parse_to_nanoseconds() -> None:
-    """RFC 3339 nano with trailing zeros trimmed, or no fraction at all; Docker's zero time is 0."""
-    base = 1795813200 * 10**9
-    assert docker_time_ns("2026-11-27T21:00:00.123456789Z") == base + 123456789
-    assert docker_time_ns("2026-11-27T21:00:00.1Z") == base + 100000000
-    assert docker_time_ns("2026-11-27T21:00:00Z") == base
-    assert docker_time_ns("0001-01-01T00:00:00Z") == 0
 
 
 def test_l10_reads_like_heroku_logplex() -> None:

@@ -37,9 +37,11 @@ STAY = "import signal\nsignal.pause()\n"  # until the test removes the container
 
 
 @pytest.fixture
-async def other_host_dynos(slipway_home: Path) -> Any:
+async def other_host_dynos(slipway_home: Path, bus_factory: Any) -> Any:
     docker = aiodocker.Docker()
-    made = Dynos(docker, f"test-{uuid.uuid4().hex[:10]}", socket_folder(slipway_home, "h2"))
+    scheduler: Bus = await bus_factory("scheduler")
+    managed = f"test-{uuid.uuid4().hex[:10]}"
+    made = Dynos(docker, managed, socket_folder(slipway_home, "h2"), scheduler, "h2")
     try:
         yield made
     finally:

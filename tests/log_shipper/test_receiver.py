@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from slipway.contracts import dynoinit
+from slipway.contracts.scheduler import DYNOS_LIST, Dyno, DynoList, ListDynos
 from slipway.libs.bus import Bus
 from slipway.services.gateway.shippers import history
 from slipway.services.log_shipper import formats
@@ -23,11 +24,13 @@ from slipway.services.scheduler.settings import built_init
 from tests.conftest import assert_eventually
 from tests.gateway.conftest import run_in_background, stop
 from tests.log_shipper.conftest import (
+    LIB,
     Dynos,
     RunningShipper,
     ShipperFactory,
     dyno_config,
     new_id,
+    sender_cmd,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
@@ -118,6 +121,7 @@ async def test_the_dyno_init_relays_to_log_shipper(
     }
     container = await dynos.docker.containers.create(config, name=f"slw-logtest-{new_id()[:10]}")
     dynos.created.append(container.id)
+    await dynos.announce(container.id, config["Labels"])
     async with container.attach(stdin=True) as stream:
         await container.start()
         await stream.write_in(dynoinit.encode_env({"GREETING": "hello from the init"}))
@@ -158,21 +162,71 @@ async def test_a_process_outside_any_container_is_refused(
     assert (receiver.stats.refused, receiver.stats.records) == (1, 0)
 
 
-async def test_a_container_of_another_installation_is_refused(
+HELLO_THEN_WAIT = CLOSED + (
+    "s = connect()\n"
+    "hello = dynoinit.LOG_MAGIC + dynoinit.encode_line(1, time.time_ns(), b'hi')\n"
+    "raise SystemExit(0 if refused(s, hello) else 3)\n"
+)
+
+
+async def test_a_container_the_scheduler_never_announced_is_refused(
     dynos: Dynos, shipper_settings: ShipperFactory, start_shipper: Any, gateway_bus: Bus
 ) -> None:
-    """A container whose managed label is not this log-shipper's: closed, nothing stored."""
-    running: RunningShipper = await start_shipper(shipper_settings())
+    """Labels say it is a dyno, the scheduler never did: it waits, is closed, nothing stored."""
+    running: RunningShipper = await start_shipper(shipper_settings(identify_wait=2.0))
     app_id, team_id = new_id(), new_id()
     labels = {**dynos.labels(app_id, team_id, "web.1"), "org.slipway.managed": "someone-else"}
+    assert await dynos.exit_code(await dynos.raw(labels, HELLO_THEN_WAIT)) == 0
+    assert running.shipper.receiver.stats.refused == 1
+    assert running.shipper.registry.waited == 1
+    assert await lines_of(gateway_bus, app_id, team_id) == []
+
+
+async def test_a_dyno_announced_for_another_host_is_refused(
+    dynos: Dynos, shipper_settings: ShipperFactory, start_shipper: Any, gateway_bus: Bus
+) -> None:
+    """The scheduler placed it on h2: h1's log-shipper does not take its lines."""
+    running: RunningShipper = await start_shipper(shipper_settings(identify_wait=2.0))
+    app_id, team_id = new_id(), new_id()
+    labels = {**dynos.labels(app_id, team_id, "web.1"), "org.slipway.managed": "elsewhere"}
+    script = f"import sys; sys.path.insert(0, {LIB!r})\n{HELLO_THEN_WAIT}"
+    config = dyno_config(dynos.folder, labels, ["python3", "-c", script])
+    container = await dynos.docker.containers.create(config, name=f"slw-logtest-{new_id()[:10]}")
+    dynos.created.append(container.id)
+    await dynos.announce(container.id, labels, host_id="h2")
+    await container.start()
+    assert await dynos.exit_code(container.id) == 0
+    assert running.shipper.receiver.stats.refused == 1
+    assert running.shipper.registry.get(container.id) is None
+    assert await lines_of(gateway_bus, app_id, team_id) == []
+
+
+async def test_a_connection_before_the_announcement_waits_for_it_unread(
+    dynos: Dynos, shipper_settings: ShipperFactory, start_shipper: Any, gateway_bus: Bus
+) -> None:
+    """The init may connect before the scheduler's event lands: held unread, then taken in."""
+    running: RunningShipper = await start_shipper(shipper_settings(identify_wait=30.0))
+    app_id, team_id = new_id(), new_id()
+    labels = {**dynos.labels(app_id, team_id, "web.1"), "org.slipway.managed": "later"}
     script = CLOSED + (
         "s = connect()\n"
-        "hello = dynoinit.LOG_MAGIC + dynoinit.encode_line(1, time.time_ns(), b'hi')\n"
-        "raise SystemExit(0 if refused(s, hello) else 3)\n"
+        "s.sendall(dynoinit.LOG_MAGIC + dynoinit.encode_line(1, time.time_ns(), b'early'))\n"
+        "s.close()\n"
     )
-    assert await dynos.exit_code(await dynos.raw(labels, script)) == 0
-    assert running.shipper.receiver.stats.refused == 1
-    assert await lines_of(gateway_bus, app_id, team_id) == []
+    container_id = await dynos.raw(labels, script)
+
+    def waiting() -> None:
+        assert running.shipper.registry.waited == 1
+
+    await assert_eventually(waiting, timeout=20)
+    assert running.shipper.receiver.stats.records == 0  # nothing read while unknown
+    await dynos.announce(container_id, labels)
+
+    async def taken() -> None:
+        assert [e.text for e in await lines_of(gateway_bus, app_id, team_id)] == ["early"]
+
+    await assert_eventually(taken, timeout=20)
+    assert running.shipper.receiver.stats.refused == 0
 
 
 async def test_a_record_claiming_too_many_bytes_is_refused_unread(
@@ -316,3 +370,42 @@ async def test_a_restarted_log_shipper_is_reached_again(
         await assert_eventually(beyond, timeout=30)
     finally:
         await stop(second, task)
+
+
+async def test_dynos_the_scheduler_lists_at_start_are_taken_without_their_event(
+    dynos: Dynos, shipper_settings: ShipperFactory, start_shipper: Any, gateway_bus: Bus
+) -> None:
+    """An event missed: the DYNOS_LIST answer at start names the dyno (this host's only)."""
+    assert dynos.scheduler is not None
+    app_id, team_id = new_id(), new_id()
+    labels = {**dynos.labels(app_id, team_id, "web.1"), "org.slipway.managed": "listed"}
+    container_id = await dynos.start(dyno_config(dynos.folder, labels, sender_cmd("print(1)")))
+    listed = [
+        Dyno(
+            app_id=app_id,
+            app_name="listed",
+            team_id=team_id,
+            name=name,
+            process_type="web",
+            release_version=1,
+            state="up",
+            host_id=host,
+            container_id=cid,
+            updated_at=time.time(),
+        )
+        for name, host, cid in [("web.1", "h1", container_id), ("web.2", "h2", "f" * 64)]
+    ]
+
+    async def answer(request: ListDynos) -> DynoList:
+        return DynoList(dynos=listed)
+
+    await dynos.scheduler.serve(DYNOS_LIST, answer)
+    running: RunningShipper = await start_shipper(shipper_settings())
+
+    async def taken() -> None:
+        assert [e.text for e in await lines_of(gateway_bus, app_id, team_id)] == ["1"]
+
+    await assert_eventually(taken, timeout=30)
+    registry = running.shipper.registry
+    assert registry.get("f" * 64) is None
+    assert [d.dyno for d in registry.running] == ["web.1"]

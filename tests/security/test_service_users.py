@@ -1,8 +1,10 @@
 """Services that need no root run as their own users: one broken into cannot read another's.
 
-A real supervisor (nats-server, keyring, gateway as their own processes, as
-`scripts/up` runs them) under a throwaway home; each attack is made for real, by a
-forked process that switches to one service's uid and opens another's files.
+A real supervisor (nats-server, keyring, registry-proxy, gateway and log-shipper as
+their own processes, as `scripts/up` runs them) under a throwaway home; each attack
+is made for real, by a forked process that switches to one service's uid and opens
+another's files or the Docker socket. The log-shipper still takes a real dyno's lines
+through its socket, learning of the dyno from the scheduler's event on the bus.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -26,12 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiodocker
 import pytest
 
+from slipway.contracts.scheduler import DYNO_CHANGED, Dyno, DynoChanged
+from slipway.libs.bus import Bus
+from slipway.libs.natsauth import stored_password
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.serviceusers import TLS_FOLDER
 from slipway.libs.supervisor import Supervisor, service_specs
+from slipway.services.gateway.shippers import history
 from tests.conftest import assert_eventually
+from tests.log_shipper.conftest import dyno_config, sender_cmd
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +65,24 @@ for path in sys.argv[1:]:
         outcome[path] = type(exc).__name__
 print(json.dumps(outcome))
 """
+
+# Run as another uid: ask the Docker Engine for its version through its socket.
+DOCKER_VERSION = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(sys.argv[1])
+    s.sendall(b"GET /version HTTP/1.0\\r\\n\\r\\n")
+    print("answered" if s.recv(12).startswith(b"HTTP/") else "silent")
+except PermissionError:
+    print("denied")
+except OSError as exc:
+    print(type(exc).__name__)
+finally:
+    s.close()
+"""
+DOCKER_SOCKET = "/var/run/docker.sock"
+SERVICES = ("gateway", "keyring", "registry-proxy", "log-shipper")
 
 
 def free_port() -> int:
@@ -98,11 +125,27 @@ def private_home() -> Path:
     return home
 
 
+def docker_as(uid: int, gid: int) -> str:
+    """What a forked process running as uid/gid gets from the Docker socket."""
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", DOCKER_VERSION, DOCKER_SOCKET],
+        user=uid,
+        group=gid,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
 @dataclass
 class Platform:
     home: Path
     api_url: str
     token: str
+    nats_url: str
 
     def pid(self, service: str) -> int:
         return int((self.home / "run" / f"{service}.pid").read_text().split()[0])
@@ -144,7 +187,7 @@ def platform() -> Iterator[Platform]:
         "SLIPWAY_SERVICE_USERS": "1",
     }
     command = [sys.executable, "-m", "slipway.libs.supervisor", "--grace", "10"]
-    services = ["keyring", "registry-proxy", "gateway"]
+    services = ["keyring", "registry-proxy", "log-shipper", "gateway"]
     process = subprocess.Popen(
         [*command, *(arg for name in services for arg in ("--only", name))],
         env=env,
@@ -162,7 +205,8 @@ def platform() -> Iterator[Platform]:
             capture_output=True,
         )
         bootstrap = json.loads((home / "gateway" / "bootstrap.json").read_text())
-        yield Platform(home, bootstrap["api_url"], bootstrap["token"])
+        nats_url = f"nats://127.0.0.1:{env['SLIPWAY_NATS_PORT']}"
+        yield Platform(home, bootstrap["api_url"], bootstrap["token"], nats_url)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -174,9 +218,9 @@ def platform() -> Iterator[Platform]:
 
 
 def test_services_without_docker_run_as_their_own_non_root_users(platform: Platform) -> None:
-    """Gateway, keyring, registry-proxy: each its own uid and gid, not root, no other group."""
+    """Gateway, keyring, registry-proxy, log-shipper: own uid and gid, not root, no other group."""
     seen = {}
-    for service in ("gateway", "keyring", "registry-proxy"):
+    for service in SERVICES:
         uids, gids, groups = ids_of(platform.pid(service))
         account = pwd.getpwnam(f"slipway-{service}")
         assert uids == [account.pw_uid] * 4, (service, uids)
@@ -184,10 +228,13 @@ def test_services_without_docker_run_as_their_own_non_root_users(platform: Platf
         assert groups == [], (service, groups)
         seen[service] = (account.pw_uid, account.pw_gid)
     assert 0 not in {number for ids in seen.values() for number in ids}
-    assert len({uid for uid, _ in seen.values()}) == len({gid for _, gid in seen.values()}) == 3
+    assert len({uid for uid, _ in seen.values()}) == len({gid for _, gid in seen.values()}) == 4
 
 
-@pytest.mark.parametrize(("intruder", "victim"), [("gateway", "keyring"), ("keyring", "gateway")])
+@pytest.mark.parametrize(
+    ("intruder", "victim"),
+    [("gateway", "keyring"), ("keyring", "gateway"), ("log-shipper", "keyring")],
+)
 def test_one_service_cannot_read_anothers_database_keys_or_password(
     platform: Platform, intruder: str, victim: str
 ) -> None:
@@ -222,16 +269,108 @@ def test_state_folders_belong_to_their_services_alone(platform: Platform) -> Non
         ("keyring/left-by-root.txt", "keyring"),
         ("registry-proxy", "registry-proxy"),
         ("registry", "registry-proxy"),  # Distribution's storage, outside its state folder
+        ("log-shipper", "log-shipper"),
     ]:
         info = (platform.home / folder).stat()
         assert info.st_uid == ids_of(platform.pid(service))[0][0], folder
         assert info.st_mode & 0o077 == 0, folder
-    for folder in ("nats", "logs", "run"):
+    for folder in ("nats", "logs"):
         info = (platform.home / folder).stat()
         assert (info.st_uid, info.st_mode & 0o777) == (0, 0o700), folder
+    # Searchable, never listable: the log-shipper passes it to reach its socket folder.
+    info = (platform.home / "run").stat()
+    assert (info.st_uid, info.st_mode & 0o777) == (0, 0o701)
+    shipper_uids, shipper_gids, _ = ids_of(platform.pid("log-shipper"))
+    pidfile = platform.home / "run" / "keyring.pid"
+    assert attempt_as(shipper_uids[0], shipper_gids[0], pidfile) == {str(pidfile): "denied"}
     uids, gids, _ = ids_of(platform.pid("gateway"))
     nats_users = platform.home / "nats" / "users.json"
     assert attempt_as(uids[0], gids[0], nats_users) == {str(nats_users): "denied"}
+    # The dyno socket's folder: the log-shipper's, open to dynos (uid 10000) to connect.
+    sockets = platform.home / "run" / "dynolog" / "local"
+    info = sockets.stat()
+    assert (info.st_uid, info.st_mode & 0o777) == (ids_of(platform.pid("log-shipper"))[0][0], 0o755)
+    assert (sockets / "logs.sock").stat().st_mode & 0o777 == 0o666
+
+
+def test_the_log_shipper_cannot_reach_docker_nor_another_services_folder(
+    platform: Platform,
+) -> None:
+    """As the log-shipper's uid: the Docker socket and the gateway's and keyring's files refuse."""
+    uids, gids, _ = ids_of(platform.pid("log-shipper"))
+    assert docker_as(uids[0], gids[0]) == "denied"
+    targets = [
+        platform.home / "gateway" / "gateway.db",
+        platform.home / "gateway" / "bootstrap.json",
+        platform.home / "keyring" / "master.key",
+        platform.home / "registry-proxy",
+    ]
+    outcome = attempt_as(uids[0], gids[0], *targets[:3])
+    assert outcome == {str(path): "denied" for path in targets[:3]}
+    listing = subprocess.run(
+        [sys.executable, "-I", "-c", "import os, sys; os.listdir(sys.argv[1])", str(targets[3])],
+        user=uids[0],
+        group=gids[0],
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "PermissionError" in listing.stderr
+    # Root, as the log-shipper was before, gets an answer: the refusal is the uid's doing.
+    assert docker_as(0, 0) == "answered"
+
+
+async def test_the_log_shipper_as_its_own_user_still_receives_a_dynos_lines(
+    platform: Platform,
+) -> None:
+    """A dyno the scheduler announced prints; its line is read back from encrypted history."""
+    users = platform.home / "nats"
+    scheduler = await Bus.connect(
+        platform.nats_url,
+        "scheduler",
+        user="scheduler",
+        password=stored_password(users, "scheduler"),
+    )
+    gateway = await Bus.connect(
+        platform.nats_url, "gateway", user="gateway", password=stored_password(users, "gateway")
+    )
+    docker = aiodocker.Docker()
+    app_id, team_id = uuid.uuid4().hex, uuid.uuid4().hex
+    line = f"hello from a dyno {uuid.uuid4().hex}"
+    folder = platform.home / "run" / "dynolog" / "local"
+    labels = {"org.slipway.test": "service-users"}
+    config = dyno_config(folder, labels, sender_cmd(f"print({line!r})"))
+    container = await docker.containers.create(config, name=f"slw-users-{uuid.uuid4().hex[:10]}")
+    try:
+        change = DynoChanged(
+            dyno=Dyno(
+                app_id=app_id,
+                app_name="users",
+                team_id=team_id,
+                name="web.1",
+                process_type="web",
+                release_version=1,
+                state="starting",
+                host_id="local",
+                container_id=container.id,
+                updated_at=time.time(),
+            )
+        )
+        await scheduler.publish(DYNO_CHANGED, change)
+        await container.start()
+
+        async def arrived() -> None:
+            found = await history(gateway, app_id, team_id, 50)
+            assert [e.text for e in found if e.source == "app"] == [line]
+
+        await assert_eventually(arrived, timeout=60)
+    finally:
+        await container.delete(force=True)
+        await docker.close()
+        await gateway.close()
+        await scheduler.close()
 
 
 def test_the_platform_still_works_end_to_end(platform: Platform) -> None:

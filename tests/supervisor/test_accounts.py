@@ -24,14 +24,14 @@ def nobody(tmp_path: Path) -> Account:
 
 
 def test_only_services_that_need_neither_root_nor_docker_get_their_own_users() -> None:
-    """Gateway, keyring and registry-proxy run as slipway-<name>; the Docker users stay root."""
+    """Gateway, keyring, registry-proxy, log-shipper run as slipway-<name>; Docker's stay root."""
     specs = service_specs(discover_services(), own_users=True)
     users = {spec.name: spec.user for spec in specs}
     assert users == {
         "keyring": "slipway-keyring",
         "registry-proxy": "slipway-registry-proxy",
         "builder": None,
-        "log-shipper": None,
+        "log-shipper": "slipway-log-shipper",
         "network-wirer": None,
         "scheduler": None,
         "gateway": "slipway-gateway",
@@ -125,6 +125,38 @@ def test_paths_outside_the_state_folder_come_from_the_services_settings(tmp_path
     outside = serviceusers.outside_paths("keyring", tmp_path, {"SLIPWAY_MASTER_KEY_PATH": str(key)})
     assert outside.files == (key,)
     assert serviceusers.outside_paths("gateway", tmp_path, {}) == serviceusers.Outside()
+
+
+def test_the_log_shipper_is_given_its_hosts_socket_folder(tmp_path: Path) -> None:
+    """`<dyno_log_dir>/<host_id>`: by default `<home>/run/dynolog/local`; settings move it."""
+    assert serviceusers.outside_paths("log-shipper", tmp_path, {}).shared_folders == (
+        tmp_path / "run" / "dynolog" / "local",
+    )
+    moved = serviceusers.outside_paths(
+        "log-shipper",
+        tmp_path,
+        {"SLIPWAY_DYNO_LOG_DIR": "/srv/dynolog", "SLIPWAY_HOST_ID": "h2"},
+    )
+    assert moved == serviceusers.Outside(shared_folders=(Path("/srv/dynolog/h2"),))
+
+
+@needs_root
+def test_a_shared_folder_is_the_accounts_open_to_others_and_reachable(
+    tmp_path: Path, nobody: Account
+) -> None:
+    """The socket folder: the account's, 0755 (dynos connect), the folders above searchable."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    home.chmod(0o700)
+    sockets = home / "run" / "dynolog" / "local"
+
+    serviceusers.give_outside(serviceusers.Outside(shared_folders=(sockets,)), nobody)
+
+    info = sockets.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (nobody.uid, 0o755)
+    for folder in (home, home / "run", home / "run" / "dynolog"):
+        mode = stat.S_IMODE(folder.stat().st_mode)
+        assert (folder.stat().st_uid, mode & 0o005) == (0, 0o001), folder
 
 
 @needs_root
