@@ -35,7 +35,7 @@ BEFORE_KILL = 3  # chunks printed and stored before the kill
 # Printed in chunks; after the third the dyno waits for the gate (the kill happened), then
 # says when it printed the rest, and stays up (an exiting relay flushes for 2 s only).
 SCRIPT = f"""
-import os, sys, time
+import os, signal, sys, time
 size = {TOTAL // CHUNKS}
 for c in range({CHUNKS}):
     if c == {BEFORE_KILL}:
@@ -44,7 +44,7 @@ for c in range({CHUNKS}):
     sys.stdout.write("".join(f"line {{c * size + i:06d}}\\n" for i in range(size)))
     sys.stdout.flush()
 open("/gate/printed", "w").close()
-time.sleep(600)
+signal.pause()  # stays up until the test removes it
 """
 
 

@@ -291,8 +291,8 @@ async def test_lines_the_ring_could_not_hold_are_announced(
     gate.mkdir()
     gate.chmod(0o777)  # the dyno (uid 10000) says when it printed everything
     script = (
-        "import time\nfor i in range(200): print(f'early {i:04d}')\n"
-        "open('/gate/printed', 'w').close()\ntime.sleep(60)"
+        "import signal\nfor i in range(200): print(f'early {i:04d}')\n"
+        "open('/gate/printed', 'w').close()\nsignal.pause()"
     )
     binds = (f"{gate}:/gate",)
     await dynos.run(app_id, team_id, "web.1", script, buffer=1000, binds=binds)  # 100 lines
