@@ -1,4 +1,5 @@
-"""The keyring's RPCs: data keys, KEK rotation, crypto-shredding, customer keys, audit signing.
+"""The keyring's RPCs: data keys, KEK rotation, crypto-shredding, customer keys, audit signing,
+and the keys backups are sealed to (age X25519 recipients) and their manifests signed with.
 
 The keyring is the only holder of the master key. Callers get data keys
 (plaintext for immediate use, wrapped for storage beside the ciphertext) and
@@ -10,6 +11,9 @@ inbox the request came from (see `subjects.caller_of`).
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
+
+import msgspec
 
 from slipway.contracts import subjects
 from slipway.contracts.base import Message, Ok, Rpc, only
@@ -139,6 +143,83 @@ class AuditKey(Message, tag="keyring.audit.key.v1", frozen=True, kw_only=True):
     public_key: bytes
 
 
+# ---- backups: age recipients, file-key unwrapping, manifest signatures -------------------------
+
+# What a signed backup manifest starts with, then the team id and a newline: never an audit
+# checkpoint (`slipway-audit-checkpoint/...`), so neither signature passes for the other.
+MANIFEST_PREFIX = b"slipway-backup-manifest/1\n"
+
+BackupKeyKind = Literal["platform", "customer"]
+
+
+class BackupRecipient(msgspec.Struct, frozen=True, kw_only=True):
+    """One age recipient a team's backups are sealed to."""
+
+    fingerprint: str  # hex SHA-256 of the X25519 public key
+    recipient: str  # "age1..."
+    kind: BackupKeyKind
+    label: str = ""
+    created_at: str = ""  # ISO 8601, UTC
+
+
+class GetBackupRecipients(
+    Message, tag="keyring.backup.recipients.get.v1", frozen=True, kw_only=True
+):
+    """Who to seal a team's next backup object to (makes the platform key on first use)."""
+
+    team_id: str
+
+
+class BackupRecipients(Message, tag="keyring.backup.recipients.v1", frozen=True, kw_only=True):
+    """The platform key (only while enabled) and every customer key of a team."""
+
+    team_id: str
+    recipients: list[BackupRecipient] = []
+    platform_enabled: bool = True
+
+
+class AddBackupKey(Message, tag="keyring.backup.key.add.v1", frozen=True, kw_only=True):
+    """Seal the team's backups to a customer-held age recipient too."""
+
+    team_id: str
+    recipient: str  # "age1..."
+    label: str = ""
+
+
+class RemoveBackupKey(Message, tag="keyring.backup.key.remove.v1", frozen=True, kw_only=True):
+    team_id: str
+    fingerprint: str
+
+
+class SetPlatformBackupKey(
+    Message, tag="keyring.backup.platform.set.v1", frozen=True, kw_only=True
+):
+    """Whether new backups are also sealed to the team's platform-held key (restorable by us)."""
+
+    team_id: str
+    enabled: bool
+
+
+class UnwrapFileKeys(Message, tag="keyring.backup.filekeys.unwrap.v1", frozen=True, kw_only=True):
+    """The file keys of age headers, unwrapped with the team's platform identity."""
+
+    team_id: str
+    headers: list[bytes] = []
+
+
+class FileKeys(Message, tag="keyring.backup.filekeys.v1", frozen=True, kw_only=True):
+    """One per header, in order; b"" where the platform identity is not a recipient."""
+
+    file_keys: list[bytes] = []
+
+
+class SignManifest(Message, tag="keyring.backup.manifest.sign.v1", frozen=True, kw_only=True):
+    """Sign a backup manifest: `MANIFEST_PREFIX + team_id + b"\\n" + canonical manifest`."""
+
+    team_id: str
+    message: bytes
+
+
 DATAKEY_GENERATE: Rpc[GenerateDataKey, DataKey] = Rpc(
     Service.KEYRING,
     "datakey.generate",
@@ -220,4 +301,52 @@ AUDIT_KEY: Rpc[GetAuditKey, AuditKey] = Rpc(
     GetAuditKey,
     AuditKey,
     callers=only(Service.GATEWAY, OPERATOR),
+)
+BACKUP_RECIPIENTS_GET: Rpc[GetBackupRecipients, BackupRecipients] = Rpc(
+    Service.KEYRING,
+    "backup.recipients.get",
+    subjects.rpc(Service.KEYRING, "backup.recipients.get"),
+    GetBackupRecipients,
+    BackupRecipients,
+    callers=only(Service.GATEWAY, Service.BACKUP),
+)
+BACKUP_KEY_ADD: Rpc[AddBackupKey, BackupRecipients] = Rpc(
+    Service.KEYRING,
+    "backup.key.add",
+    subjects.rpc(Service.KEYRING, "backup.key.add"),
+    AddBackupKey,
+    BackupRecipients,
+    callers=only(Service.GATEWAY),
+)
+BACKUP_KEY_REMOVE: Rpc[RemoveBackupKey, BackupRecipients] = Rpc(
+    Service.KEYRING,
+    "backup.key.remove",
+    subjects.rpc(Service.KEYRING, "backup.key.remove"),
+    RemoveBackupKey,
+    BackupRecipients,
+    callers=only(Service.GATEWAY),
+)
+BACKUP_PLATFORM_KEY_SET: Rpc[SetPlatformBackupKey, BackupRecipients] = Rpc(
+    Service.KEYRING,
+    "backup.platform.set",
+    subjects.rpc(Service.KEYRING, "backup.platform.set"),
+    SetPlatformBackupKey,
+    BackupRecipients,
+    callers=only(Service.GATEWAY),
+)
+BACKUP_FILEKEYS_UNWRAP: Rpc[UnwrapFileKeys, FileKeys] = Rpc(
+    Service.KEYRING,
+    "backup.filekeys.unwrap",
+    subjects.rpc(Service.KEYRING, "backup.filekeys.unwrap"),
+    UnwrapFileKeys,
+    FileKeys,
+    callers=only(Service.BACKUP),
+)
+BACKUP_MANIFEST_SIGN: Rpc[SignManifest, AuditSignature] = Rpc(
+    Service.KEYRING,
+    "backup.manifest.sign",
+    subjects.rpc(Service.KEYRING, "backup.manifest.sign"),
+    SignManifest,
+    AuditSignature,
+    callers=only(Service.BACKUP),
 )

@@ -3,7 +3,8 @@
 # the project's .venv, and a Docker engine. Sourced after lib.sh; every step is idempotent.
 # shellcheck disable=SC2034  # STAMPS and friends are used by the functions below
 
-DEBIAN_PACKAGES=(docker.io docker-registry caddy git debootstrap python3-venv)
+# age: the reference age CLI, which tests/crypto/test_age.py checks backups against.
+DEBIAN_PACKAGES=(docker.io docker-registry caddy git debootstrap python3-venv age)
 # The Debian packages of these would start their own copies (Caddy on :80, the registry on
 # :5000); Slipway runs them itself, configured its own way, so the packaged ones stay off.
 PACKAGED_SERVICES=(caddy docker-registry)

@@ -8,6 +8,7 @@ sent: if it cannot be written, the call fails and no key leaves the keyring.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,12 +17,16 @@ from dataclasses import dataclass
 from slipway.contracts import keyring
 from slipway.contracts.base import Ok
 from slipway.contracts.keyring import (
+    AddBackupKey,
     AuditKey,
     AuditSignature,
+    BackupRecipients,
     DataKey,
     DecryptDataKey,
+    FileKeys,
     GenerateDataKey,
     GetAuditKey,
+    GetBackupRecipients,
     GetPublicKey,
     KekRetired,
     KekRotated,
@@ -29,14 +34,19 @@ from slipway.contracts.keyring import (
     PublicKeyInfo,
     Purpose,
     RegisterPublicKey,
+    RemoveBackupKey,
     RetireKek,
     RewrapDataKey,
     RotateKek,
+    SetPlatformBackupKey,
     ShredTeam,
     SignAudit,
+    SignManifest,
+    UnwrapFileKeys,
     WrappedDataKey,
 )
 from slipway.libs.bus import context
+from slipway.libs.crypto import age
 from slipway.libs.errors import InvalidRequest, SlipwayError
 from slipway.libs.service import Key, ServiceApp
 from slipway.services.keyring import policy
@@ -50,6 +60,11 @@ MAX_TEAM_ID = 128
 MAX_CONTEXT_ENTRIES = 16
 MAX_CONTEXT_TEXT = 512
 MAX_WRAPPED = 1024
+# A restore sends the headers of its objects in batches; a header with a few recipients
+# is a few hundred bytes.
+MAX_HEADERS = 1024
+MAX_HEADER = 16 * 1024
+MAX_FINGERPRINT = 64
 
 
 @dataclass
@@ -180,6 +195,51 @@ class Handlers:
         async with audited(self.vault, Operation.AUDIT_KEY):
             return self.vault.audit_key()
 
+    async def backup_recipients(self, req: GetBackupRecipients) -> BackupRecipients:
+        audit = audited(self.vault, Operation.BACKUP_RECIPIENTS_GET, team_id=req.team_id)
+        async with audit as call:
+            found = await self.vault.backup.recipients(req.team_id)
+            call.detail = _recipients_detail(found)
+            return found
+
+    async def add_backup_key(self, req: AddBackupKey) -> BackupRecipients:
+        async with audited(self.vault, Operation.BACKUP_KEY_ADD, team_id=req.team_id) as call:
+            found = await self.vault.backup.add(req.team_id, req.recipient, req.label)
+            call.detail = f"fingerprint={age.fingerprint(age.parse_recipient(req.recipient))}"
+            return found
+
+    async def remove_backup_key(self, req: RemoveBackupKey) -> BackupRecipients:
+        audit = audited(self.vault, Operation.BACKUP_KEY_REMOVE, team_id=req.team_id)
+        async with audit as call:
+            call.detail = f"fingerprint={req.fingerprint[:MAX_FINGERPRINT]}"
+            return await self.vault.backup.remove(req.team_id, req.fingerprint)
+
+    async def set_platform_backup_key(self, req: SetPlatformBackupKey) -> BackupRecipients:
+        audit = audited(self.vault, Operation.BACKUP_PLATFORM_KEY_SET, team_id=req.team_id)
+        async with audit as call:
+            call.detail = f"enabled={str(req.enabled).lower()}"
+            return await self.vault.backup.set_platform(req.team_id, req.enabled)
+
+    async def unwrap_file_keys(self, req: UnwrapFileKeys) -> FileKeys:
+        audit = audited(self.vault, Operation.BACKUP_FILEKEYS_UNWRAP, team_id=req.team_id)
+        async with audit as call:
+            call.detail = f"headers={len(req.headers)}"
+            if len(req.headers) > MAX_HEADERS or any(len(h) > MAX_HEADER for h in req.headers):
+                raise InvalidRequest(
+                    f"Send at most {MAX_HEADERS} age headers of at most {MAX_HEADER} bytes each."
+                )
+            keys = await self.vault.backup.unwrap(req.team_id, req.headers)
+            call.detail += f" unwrapped={sum(1 for k in keys.file_keys if k)}"
+            return keys
+
+    async def sign_manifest(self, req: SignManifest) -> AuditSignature:
+        audit = audited(self.vault, Operation.BACKUP_MANIFEST_SIGN, team_id=req.team_id)
+        async with audit as call:
+            signed = await self.vault.sign_manifest(req.team_id, req.message)
+            digest = hashlib.sha256(req.message).hexdigest()
+            call.detail = f"key_id={signed.key_id} sha256={digest}"
+            return signed
+
 
 def register(app: ServiceApp) -> None:
     """Serve every keyring RPC on `app` (the vault is `app[VAULT]` once started)."""
@@ -194,6 +254,12 @@ def register(app: ServiceApp) -> None:
     app.rpc(keyring.PUBKEY_GET)(handlers.get_public_key)
     app.rpc(keyring.AUDIT_SIGN)(handlers.sign_audit)
     app.rpc(keyring.AUDIT_KEY)(handlers.audit_key)
+    app.rpc(keyring.BACKUP_RECIPIENTS_GET)(handlers.backup_recipients)
+    app.rpc(keyring.BACKUP_KEY_ADD)(handlers.add_backup_key)
+    app.rpc(keyring.BACKUP_KEY_REMOVE)(handlers.remove_backup_key)
+    app.rpc(keyring.BACKUP_PLATFORM_KEY_SET)(handlers.set_platform_backup_key)
+    app.rpc(keyring.BACKUP_FILEKEYS_UNWRAP)(handlers.unwrap_file_keys)
+    app.rpc(keyring.BACKUP_MANIFEST_SIGN)(handlers.sign_manifest)
 
 
 def _check_team_id(team_id: str) -> None:
@@ -209,3 +275,8 @@ def _check_context(context: dict[str, str], wrapped: bytes | None = None) -> Non
         raise InvalidRequest(f"Context names and values are at most {MAX_CONTEXT_TEXT} characters.")
     if wrapped is not None and len(wrapped) > MAX_WRAPPED:
         raise InvalidRequest("That is not a wrapped data key: it is far too long.")
+
+
+def _recipients_detail(found: BackupRecipients) -> str:
+    platform = "on" if found.platform_enabled else "off"
+    return f"platform={platform} recipients={len(found.recipients)}"

@@ -41,6 +41,12 @@ class Operation(StrEnum):
     PUBKEY_GET = keyring.PUBKEY_GET.name
     AUDIT_SIGN = keyring.AUDIT_SIGN.name
     AUDIT_KEY = keyring.AUDIT_KEY.name
+    BACKUP_RECIPIENTS_GET = keyring.BACKUP_RECIPIENTS_GET.name
+    BACKUP_KEY_ADD = keyring.BACKUP_KEY_ADD.name
+    BACKUP_KEY_REMOVE = keyring.BACKUP_KEY_REMOVE.name
+    BACKUP_PLATFORM_KEY_SET = keyring.BACKUP_PLATFORM_KEY_SET.name
+    BACKUP_FILEKEYS_UNWRAP = keyring.BACKUP_FILEKEYS_UNWRAP.name
+    BACKUP_MANIFEST_SIGN = keyring.BACKUP_MANIFEST_SIGN.name
 
 
 class Grant(NamedTuple):
@@ -98,6 +104,16 @@ TABLE: tuple[Grant, ...] = (
     G(GATEWAY,      Op.AUDIT_SIGN),
     G(GATEWAY,      Op.AUDIT_KEY),
     G(OPERATOR,     Op.AUDIT_KEY),
+    # Backups: sealed by the backup service to the team's recipients, which customers manage
+    # through the gateway; only the backup service gets file keys back (for restores) and
+    # manifest signatures.
+    G(GATEWAY,      Op.BACKUP_RECIPIENTS_GET),
+    G(BACKUP,       Op.BACKUP_RECIPIENTS_GET),
+    G(GATEWAY,      Op.BACKUP_KEY_ADD),
+    G(GATEWAY,      Op.BACKUP_KEY_REMOVE),
+    G(GATEWAY,      Op.BACKUP_PLATFORM_KEY_SET),
+    G(BACKUP,       Op.BACKUP_FILEKEYS_UNWRAP),
+    G(BACKUP,       Op.BACKUP_MANIFEST_SIGN),
 )
 # fmt: on
 
@@ -117,6 +133,12 @@ RPCS: dict[Operation, Rpc[Any, Any]] = {
         keyring.PUBKEY_GET,
         keyring.AUDIT_SIGN,
         keyring.AUDIT_KEY,
+        keyring.BACKUP_RECIPIENTS_GET,
+        keyring.BACKUP_KEY_ADD,
+        keyring.BACKUP_KEY_REMOVE,
+        keyring.BACKUP_PLATFORM_KEY_SET,
+        keyring.BACKUP_FILEKEYS_UNWRAP,
+        keyring.BACKUP_MANIFEST_SIGN,
     )
 }
 

@@ -1,14 +1,14 @@
-"""The keyring's database: teams, wrapped KEKs, customer public keys, the audit key, the audit.
+"""The keyring's database: teams, wrapped KEKs, customer keys, backup identities, the audit.
 
 `<home>/keyring/keyring.db`, owned by the keyring alone. Nothing in it is key
-material in the clear: KEKs and the audit signing key are stored wrapped by the
-master key, public keys are public, and the audit records who asked for what,
-never a key.
+material in the clear: KEKs, backup identities and the audit signing key are
+stored wrapped by the master key, public keys are public, and the audit records
+who asked for what, never a key.
 
 Destroying keys must leave nothing behind: the connection runs with
 `secure_delete` (deleted cells are overwritten with zeros) and after a shred or a
 retirement the WAL is checkpointed and truncated, so no older page that held a
-wrapped KEK stays in the database file or its WAL. (Copies outside the keyring's
+wrapped KEK or backup identity stays in the database file or its WAL. (Copies outside the keyring's
 reach, such as file-system snapshots or backups of this file, are the operator's
 to destroy.)
 
@@ -100,6 +100,29 @@ MIGRATIONS = [
     CREATE TRIGGER IF NOT EXISTS signed_heads_no_delete BEFORE DELETE ON signed_heads
     BEGIN SELECT RAISE(ABORT, 'the signed audit heads are append-only'); END
     """,
+    # Backups: each team's platform-held age identity (wrapped by the master key), the
+    # customer-held age recipients its backups are also sealed to, and whether the
+    # platform's own key is still one of them.
+    """
+    CREATE TABLE backup_identities (
+        team_id TEXT PRIMARY KEY,
+        public_key BLOB NOT NULL,
+        wrapped BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE backup_keys (
+        team_id TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        public_key BLOB NOT NULL,
+        label TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL,
+        PRIMARY KEY (team_id, fingerprint)
+    );
+    CREATE TABLE backup_settings (
+        team_id TEXT PRIMARY KEY,
+        platform_enabled INTEGER NOT NULL
+    )
+    """,
 ]
 
 
@@ -126,6 +149,26 @@ class AuditRecord:
     outcome: str
     detail: str = ""
     request_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BackupIdentity:
+    """A team's platform-held age identity, as stored (the private half wrapped)."""
+
+    team_id: str
+    public_key: bytes
+    wrapped: bytes
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BackupKey:
+    """A customer-held age recipient of a team's backups."""
+
+    fingerprint: str
+    public_key: bytes
+    label: str
+    created_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +263,12 @@ class KeyringStore:
         return versions
 
     async def shred(self, conn: aiosqlite.Connection, team_id: str, reason: str) -> None:
-        """Destroy every KEK and the public key of a team and leave a tombstone."""
+        """Destroy every KEK, public key and backup key of a team and leave a tombstone."""
         await conn.execute("DELETE FROM keks WHERE team_id = ?", (team_id,))
         await conn.execute("DELETE FROM public_keys WHERE team_id = ?", (team_id,))
+        await conn.execute("DELETE FROM backup_identities WHERE team_id = ?", (team_id,))
+        await conn.execute("DELETE FROM backup_keys WHERE team_id = ?", (team_id,))
+        await conn.execute("DELETE FROM backup_settings WHERE team_id = ?", (team_id,))
         await conn.execute(
             "INSERT INTO teams (team_id, current_version, created_at, shredded_at, shred_reason)"
             " VALUES (?, 0, ?, ?, ?) ON CONFLICT (team_id) DO UPDATE"
@@ -255,6 +301,85 @@ class KeyringStore:
                 " registered_at = excluded.registered_at",
                 (team_id, public_key, fingerprint, time.time()),
             )
+
+    # ---- backups ------------------------------------------------------------------------------
+
+    async def backup_identity(self, team_id: str) -> BackupIdentity | None:
+        return await self.backup_identity_in(self.reader.conn, team_id)
+
+    async def backup_identity_in(
+        self, conn: aiosqlite.Connection, team_id: str
+    ) -> BackupIdentity | None:
+        """The team's backup identity, read on `conn` (the writer's, inside a transaction)."""
+        async with conn.execute(
+            "SELECT team_id, public_key, wrapped, created_at FROM backup_identities"
+            " WHERE team_id = ?",
+            (team_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return _backup_identity(row) if row else None
+
+    async def add_backup_identity(
+        self, conn: aiosqlite.Connection, identity: BackupIdentity
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO backup_identities (team_id, public_key, wrapped, created_at)"
+            " VALUES (?, ?, ?, ?)",
+            (identity.team_id, identity.public_key, identity.wrapped, identity.created_at),
+        )
+
+    async def backup_keys(self, team_id: str) -> list[BackupKey]:
+        """The team's customer-held backup recipients, oldest first."""
+        return await self.backup_keys_in(self.reader.conn, team_id)
+
+    async def backup_keys_in(self, conn: aiosqlite.Connection, team_id: str) -> list[BackupKey]:
+        async with conn.execute(
+            "SELECT fingerprint, public_key, label, created_at FROM backup_keys"
+            " WHERE team_id = ? ORDER BY created_at, fingerprint",
+            (team_id,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_backup_key(row) for row in rows]
+
+    async def add_backup_key(
+        self, conn: aiosqlite.Connection, team_id: str, key: BackupKey
+    ) -> None:
+        # Adding a key again (a retried request) only updates its label.
+        await conn.execute(
+            "INSERT INTO backup_keys (team_id, fingerprint, public_key, label, created_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (team_id, fingerprint)"
+            " DO UPDATE SET label = excluded.label",
+            (team_id, key.fingerprint, key.public_key, key.label, key.created_at),
+        )
+
+    async def remove_backup_key(
+        self, conn: aiosqlite.Connection, team_id: str, fingerprint: str
+    ) -> bool:
+        cursor = await conn.execute(
+            "DELETE FROM backup_keys WHERE team_id = ? AND fingerprint = ?", (team_id, fingerprint)
+        )
+        removed = cursor.rowcount > 0
+        await cursor.close()
+        return removed
+
+    async def platform_backup_enabled(self, team_id: str) -> bool:
+        return await self.platform_backup_enabled_in(self.reader.conn, team_id)
+
+    async def platform_backup_enabled_in(self, conn: aiosqlite.Connection, team_id: str) -> bool:
+        async with conn.execute(
+            "SELECT platform_enabled FROM backup_settings WHERE team_id = ?", (team_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return bool(row["platform_enabled"]) if row else True
+
+    async def set_platform_backup_enabled(
+        self, conn: aiosqlite.Connection, team_id: str, enabled: bool
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO backup_settings (team_id, platform_enabled) VALUES (?, ?)"
+            " ON CONFLICT (team_id) DO UPDATE SET platform_enabled = excluded.platform_enabled",
+            (team_id, int(enabled)),
+        )
 
     # ---- the audit signing key ---------------------------------------------------------------
 
@@ -354,4 +479,22 @@ def _team(row: aiosqlite.Row) -> Team:
         retired_below=int(row["retired_below"]),
         shredded_at=row["shredded_at"],
         shred_reason=str(row["shred_reason"]),
+    )
+
+
+def _backup_identity(row: aiosqlite.Row) -> BackupIdentity:
+    return BackupIdentity(
+        team_id=str(row["team_id"]),
+        public_key=bytes(row["public_key"]),
+        wrapped=bytes(row["wrapped"]),
+        created_at=float(row["created_at"]),
+    )
+
+
+def _backup_key(row: aiosqlite.Row) -> BackupKey:
+    return BackupKey(
+        fingerprint=str(row["fingerprint"]),
+        public_key=bytes(row["public_key"]),
+        label=str(row["label"]),
+        created_at=float(row["created_at"]),
     )

@@ -4,6 +4,7 @@ Key hierarchy:
 
     master key (file or env)  wraps  team KEK v1, v2, ...  wrap  data keys  encrypt  data
                               wraps  the Ed25519 audit signing key
+                              wraps  each team's age identity for backups
 
 Each wrap is an `aead` blob whose associated data says what it is and where it
 belongs, so no wrapped key can be moved to another team, purpose, context or
@@ -13,6 +14,7 @@ version and still open:
     data key          slipway.datakey.v1    team, purpose, kek_version, then the caller's
                                             context sorted by name
     audit signing key slipway.audit-key.v1  key_id
+    backup identity   slipway.backup-identity.v1  team, kind (see backupkeys.py)
 
 KEKs are generated on a team's first data key; rotation adds a version that
 becomes current, older versions keep decrypting until retired (destroyed), and a
@@ -23,11 +25,11 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from datetime import UTC, datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from slipway.contracts.keyring import (
+    MANIFEST_PREFIX,
     AuditKey,
     AuditSignature,
     DataKey,
@@ -43,9 +45,11 @@ from slipway.libs.crypto.binding import Context
 from slipway.libs.crypto.errors import DecryptionFailed
 from slipway.libs.errors import Gone, Internal, InvalidRequest, NotFound
 from slipway.services.keyring import heads
+from slipway.services.keyring.backupkeys import BackupKeys
 from slipway.services.keyring.errors import MasterKeyError
 from slipway.services.keyring.masterkey import MasterKey
 from slipway.services.keyring.store import KeyringStore, SigningKey, Team
+from slipway.services.keyring.teams import check_alive
 
 KEK_LABEL = "slipway.kek.v1"
 DATAKEY_LABEL = "slipway.datakey.v1"
@@ -53,6 +57,8 @@ AUDIT_KEY_LABEL = "slipway.audit-key.v1"
 # audit.sign signs audit checkpoints (libs/auditchain.checkpoint_message) and nothing else.
 CHECKPOINT_PREFIX = b"slipway-audit-checkpoint/"
 MAX_SIGNED_MESSAGE = 4096
+# backup.manifest.sign signs backup manifests only; a manifest lists a base backup's objects.
+MAX_MANIFEST_MESSAGE = 512 * 1024
 
 
 def kek_ad(team_id: str, version: int) -> Context:
@@ -79,6 +85,7 @@ class Vault:
         self._signing_key_id = signer.key_id
         self._signing_public = signer.public_key
         self._signer = _unwrap_signer(master, signer)
+        self.backup = BackupKeys(master, store)
 
     @classmethod
     async def open(cls, master: MasterKey, store: KeyringStore) -> Vault:
@@ -96,7 +103,7 @@ class Vault:
     ) -> DataKey:
         """A fresh data key, and the same key wrapped by the team's current KEK."""
         team = await self.store.team(team_id) or await self._first_kek(team_id)
-        _check_alive(team)
+        check_alive(team)
         version = team.current_version
         kek = await self._kek(team, version)
         plaintext = aead.generate_key()
@@ -114,7 +121,7 @@ class Vault:
             raise DecryptionFailed(
                 f"Team {team_id} has no keys, so this data key was not wrapped for it."
             )
-        _check_alive(team)
+        check_alive(team)
         kek = await self._kek(team, version)
         try:
             plaintext = aead.open_(
@@ -134,7 +141,7 @@ class Vault:
         plain = await self.decrypt_data_key(team_id, purpose, wrapped, context)
         team = await self.store.team(team_id)
         assert team is not None  # decrypt_data_key found it
-        _check_alive(team)
+        check_alive(team)
         current = team.current_version
         if plain.kek_version == current:
             return WrappedDataKey(wrapped=wrapped, kek_version=current)
@@ -150,7 +157,7 @@ class Vault:
         async with self.store.transaction() as conn:
             team = await self.store.team_in(conn, team_id)
             if team is not None:
-                _check_alive(team)
+                check_alive(team)
             version = team.current_version + 1 if team else 1
             wrapped = self.master.wrap(aead.generate_key(), kek_ad(team_id, version))
             await self.store.add_kek(conn, team_id, version, wrapped)
@@ -162,7 +169,7 @@ class Vault:
             team = await self.store.team_in(conn, team_id)
             if team is None:
                 raise NotFound(f"Team {team_id} has no keys to retire.")
-            _check_alive(team)
+            check_alive(team)
             if below_version > team.current_version:
                 raise InvalidRequest(
                     f"Cannot retire version {team.current_version} of team {team_id}'s key: it is"
@@ -191,7 +198,7 @@ class Vault:
         sealedbox.validate_public_key(public_key)
         team = await self.store.team(team_id)
         if team is not None:
-            _check_alive(team)
+            check_alive(team)
         fingerprint = sealedbox.fingerprint(public_key)
         await self.store.set_public_key(team_id, public_key, fingerprint)
         return PublicKeyInfo(team_id=team_id, public_key=public_key, fingerprint=fingerprint)
@@ -200,7 +207,7 @@ class Vault:
         """The team's registered public key, or an info with none."""
         team = await self.store.team(team_id)
         if team is not None:
-            _check_alive(team)
+            check_alive(team)
         found = await self.store.public_key(team_id)
         if found is None:
             return PublicKeyInfo(team_id=team_id)
@@ -238,6 +245,26 @@ class Vault:
             await self.store.add_signed_head(conn, req.team_id, seq, head)
         return signed
 
+    async def sign_manifest(self, team_id: str, message: bytes) -> AuditSignature:
+        """Sign a backup manifest of `team_id` with the audit key, under its own prefix.
+
+        The prefix differs from the checkpoints' in its first line, so no manifest
+        signature verifies as a checkpoint and no checkpoint signature as a manifest.
+        """
+        check_alive(await self.store.team(team_id))
+        prefix = MANIFEST_PREFIX + team_id.encode() + b"\n"
+        if len(message) > MAX_MANIFEST_MESSAGE or not message.startswith(prefix):
+            raise InvalidRequest(
+                "backup.manifest.sign signs backup manifests only: the message must start with"
+                f" 'slipway-backup-manifest/1\\n{team_id}\\n' and be at most"
+                f" {MAX_MANIFEST_MESSAGE} bytes."
+            )
+        return AuditSignature(
+            signature=self._signer.sign(message),
+            key_id=self._signing_key_id,
+            public_key=self._signing_public,
+        )
+
     def audit_key(self) -> AuditKey:
         """The audit key's id and public half."""
         return AuditKey(key_id=self._signing_key_id, public_key=self._signing_public)
@@ -259,7 +286,7 @@ class Vault:
         if wrapped is None:
             # Shredded or retired since `team` was read, or a version that never existed.
             latest = await self.store.team(team.team_id) or team
-            _check_alive(latest)
+            check_alive(latest)
             if version < latest.retired_below:
                 raise Gone(
                     f"Key version {version} of team {team.team_id} was retired and destroyed:"
@@ -276,17 +303,6 @@ class Vault:
                 f"The stored KEK version {version} of team {team.team_id} does not open with the"
                 " master key: the keyring database was altered."
             ) from None
-
-
-def _check_alive(team: Team) -> None:
-    if team.shredded_at is None:
-        return
-    when = datetime.fromtimestamp(team.shredded_at, UTC).isoformat(timespec="seconds")
-    because = f" ({team.shred_reason})" if team.shred_reason else ""
-    raise Gone(
-        f"The keys of team {team.team_id} were destroyed (crypto-shredded) on {when}{because}:"
-        " data encrypted under them can never be decrypted again."
-    )
 
 
 def _new_signing_key(master: MasterKey) -> SigningKey:
