@@ -90,6 +90,14 @@ ADDON_PLANS: dict[str, AddonPlan] = {
 ADDON_SERVICES = ("postgresql",)
 
 
+class RestoreFrom(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a restored database comes from: a backup of another add-on (contracts/backup.py)."""
+
+    source_addon_id: str
+    num: int = 0  # the base backup; 0: the latest one that ends before `to_time`
+    to_time: str = ""  # ISO 8601 point in time; "": everything archived
+
+
 class AddonDesired(msgspec.Struct, frozen=True, kw_only=True):
     """One add-on as the scheduler runs it: no secret in here."""
 
@@ -101,6 +109,7 @@ class AddonDesired(msgspec.Struct, frozen=True, kw_only=True):
     plan: str
     database: str
     user: str
+    restore: RestoreFrom | None = None  # a new database made from a backup
 
 
 class AddonCreated(Event, tag="addon.created.v1", frozen=True, kw_only=True):

@@ -13,6 +13,7 @@ from typing import Any
 
 from slipway.contracts import (
     addons,
+    backup,
     builder,
     gateway,
     keyring,
@@ -28,6 +29,7 @@ from slipway.contracts.subjects import Service
 
 _MODULES: tuple[ModuleType, ...] = (
     addons,
+    backup,
     builder,
     gateway,
     keyring,
@@ -85,6 +87,19 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
         ),
         per_instance=True,
     ),
+    # Each host's backup service streams the databases of its host: it learns them all.
+    ConsumerSpec(
+        S.BACKUP,
+        "host",
+        (
+            addons.ADDON_CREATED,
+            addons.ADDON_CHANGED,
+            addons.ADDON_DESTROYED,
+            gateway.APP_DESTROYED,
+            gateway.TEAM_SHREDDED,
+        ),
+        per_instance=True,
+    ),
     # Each builder has its own engine and build cache to clean up.
     ConsumerSpec(S.BUILDER, "apps", (gateway.APP_DESTROYED,), per_instance=True),
 )
@@ -94,6 +109,7 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
 DEFAULT_INSTANCES: dict[str, tuple[str | None, ...]] = {
     S.BUILDER: (None,),
     S.LOG_SHIPPER: ("local",),
+    S.BACKUP: ("local",),
 }
 
 
