@@ -14,6 +14,20 @@ and sets it through `docker exec psql` with the SQL on the exec's stdin. The cus
 role owns its database and is not a superuser.
 
 These containers carry `LABEL_ADDON`: the dyno loops (hosts.Engine.poll) leave them alone.
+
+The backup service's door (contracts/backup.py): each database gets its host run folder
+(`<run root>/<host>/<addon>`, made here as root before the container: owner the backup
+user, its group, mode 02770) mounted at /run/slipway, and that group as a supplementary
+group, so `postgres` puts its second socket (0770) and its archived WAL there and only
+the backup user's group reaches them from the host. The setup SQL makes the
+`slipway_backup` role (replication, read-all), trusted on the sockets only (the start
+script's pg_hba.conf).
+
+A restored database (`AddonDesired.restore`) is staged by the backup service into
+`restore/` (RESTORE_STAGE) before its container first starts; the start script unpacks
+it and PostgreSQL replays the WAL, then promotes. This module waits for the end of
+recovery, removes the recovery settings and `restore/`, gives the source's database and
+role the new add-on's names, and then sets the role's password like any other.
 """
 
 from __future__ import annotations
@@ -22,16 +36,21 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
+import stat
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiodocker
 import structlog
 
 from slipway.contracts import addons as ac
+from slipway.contracts import backup as bk
 from slipway.contracts import gateway as gw
 from slipway.contracts import scheduler as sc
 from slipway.libs.bus import Bus
+from slipway.libs.errors import SlipwayError
 from slipway.libs.service import ServiceApp
 from slipway.services.scheduler import containers
 from slipway.services.scheduler.errors import Conflict, NotFound
@@ -39,6 +58,7 @@ from slipway.services.scheduler.errors import Conflict, NotFound
 if TYPE_CHECKING:
     from slipway.services.scheduler.hosts import Engine
     from slipway.services.scheduler.reconcile import Scheduler
+    from slipway.services.scheduler.settings import SchedulerSettings
 
 log = structlog.get_logger("slipway.scheduler.addons")
 
@@ -50,6 +70,35 @@ READY_ATTEMPTS = 240  # x 0.25 s: initdb and the first start take 2-5 s on this 
 # Names and verifiers are written into SQL: only these shapes are accepted.
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9]{1,62}\Z")
 VERIFIER = re.compile(r"^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+\Z")
+# Host and add-on ids become folder names.
+PATH_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+RUN_MODE = 0o2770  # setgid: the socket and archived WAL take the backup user's group
+ARCHIVE_DIR = f"{bk.MOUNT}/archive"
+# WAL for the backup service: a physical slot streams it; archive_command is the fallback
+# (a copy to the run folder, renamed into place so a half-copied file is never seen).
+WAL_SETTINGS = (
+    "wal_level=replica",
+    "max_wal_senders=5",
+    "max_replication_slots=5",
+    "archive_mode=on",
+    "archive_timeout=60",
+    f"archive_command=test ! -f {ARCHIVE_DIR}/%f && cp %p {ARCHIVE_DIR}/%f.tmp"
+    f" && mv {ARCHIVE_DIR}/%f.tmp {ARCHIVE_DIR}/%f",
+)
+RECOVERY_POLL = 0.5
+PSQL_STDIN = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", SOCKET_DIR, "-d", "postgres"]
+RESET_RECOVERY_SQL = (
+    b"ALTER SYSTEM RESET restore_command;\n"
+    b"ALTER SYSTEM RESET recovery_target_time;\n"
+    b"ALTER SYSTEM RESET recovery_target_action;\n"
+    b"ALTER SYSTEM RESET recovery_target_timeline;\n"
+    b"SELECT pg_reload_conf();\n"
+    b"\\q\n"
+)
+
+
+class RestoreFailed(Exception):
+    """A restore could not be staged or replayed; the message is for the customer."""
 
 
 def image() -> str:
@@ -75,20 +124,34 @@ def labels(sched: Scheduler, want: ac.AddonDesired) -> dict[str, str]:
 
 
 def container_config(
-    want: ac.AddonDesired, network: str, volume: str, found_labels: dict[str, str]
+    want: ac.AddonDesired,
+    network: str,
+    volume: str,
+    found_labels: dict[str, str],
+    *,
+    run_dir: str | Path | None = None,
+    run_gid: int = 0,
 ) -> dict[str, Any]:
-    """The database's container: hardened, limited by its plan, on the app network only."""
+    """The database's container: hardened, limited by its plan, on the app network only.
+
+    `run_dir` (the host run folder, `make_run_dir`) is mounted at /run/slipway with WAL
+    archiving into it, the container holding `run_gid` to write there; None: neither."""
     plan = ac.ADDON_PLANS[want.plan]
     memory = plan.memory_mb * 1024 * 1024
     uid = ac.POSTGRES_UID
+    settings = [
+        f"max_connections={plan.max_connections}",
+        f"shared_buffers={plan.shared_buffers_mb}MB",
+    ]
+    mounts: list[dict[str, Any]] = [{"Type": "volume", "Source": volume, "Target": DATA}]
+    extra: dict[str, Any] = {}
+    if run_dir is not None:
+        settings.extend(WAL_SETTINGS)
+        mounts.append({"Type": "bind", "Source": str(run_dir), "Target": bk.MOUNT})
+        extra["GroupAdd"] = [str(run_gid)]
     return {
         "Image": image(),
-        "Cmd": [
-            "-c",
-            f"max_connections={plan.max_connections}",
-            "-c",
-            f"shared_buffers={plan.shared_buffers_mb}MB",
-        ],
+        "Cmd": [part for setting in settings for part in ("-c", setting)],
         "User": f"{uid}:{uid}",
         "Hostname": want.addon_name,
         "Labels": found_labels,
@@ -101,7 +164,8 @@ def container_config(
                 SOCKET_DIR: f"rw,noexec,nosuid,nodev,size=1m,uid={uid},gid={uid},mode=0700",
                 "/tmp": "rw,noexec,nosuid,nodev,size=64m,mode=1777",  # noqa: S108 - the container's own
             },
-            "Mounts": [{"Type": "volume", "Source": volume, "Target": DATA}],
+            "Mounts": mounts,
+            **extra,
             "Memory": memory,
             "MemorySwap": memory,
             "PidsLimit": plan.pids_limit,
@@ -128,8 +192,90 @@ def setup_sql(want: ac.AddonDesired, credentials: ac.AddonCredentials) -> bytes:
         f'SELECT \'CREATE DATABASE "{database}" OWNER "{user}"\' WHERE NOT EXISTS'
         f" (SELECT FROM pg_database WHERE datname = '{database}')\\gexec\n"
         f'REVOKE ALL ON DATABASE "{database}" FROM PUBLIC;\n'
+        f"{backup_role_sql(database)}"
         "\\q\n"
     ).encode()
+
+
+def backup_role_sql(database: str) -> str:
+    """psql lines making the backup service's role: WAL and base backups over the replication
+    protocol, row counts for its manifests; no password (trusted on the sockets only)."""
+    if not IDENTIFIER.match(database):
+        raise ValueError("refusing a database of an unexpected shape")
+    role = bk.BACKUP_ROLE  # a constant; the database matched IDENTIFIER: nothing to quote
+    return (
+        f"SELECT 'CREATE ROLE {role}' WHERE NOT EXISTS"  # noqa: S608
+        f" (SELECT FROM pg_roles WHERE rolname = '{role}')\\gexec\n"
+        f"ALTER ROLE {role} WITH LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE"
+        " PASSWORD NULL;\n"
+        f"GRANT pg_read_all_data, pg_read_all_stats TO {role};\n"
+        f'GRANT CONNECT ON DATABASE "{database}" TO {role};\n'
+    )
+
+
+def adopt_sql(want: ac.AddonDesired) -> bytes:
+    """After a restore: the source's one database and its owner take this add-on's names."""
+    user, database = want.user, want.database
+    if not (IDENTIFIER.match(user) and IDENTIFIER.match(database)):
+        raise ValueError("refusing a role or database of an unexpected shape")
+    # Matched against IDENTIFIER above: nothing to quote.
+    return (
+        "SELECT format('ALTER DATABASE %I RENAME TO %I', datname, "  # noqa: S608
+        f"'{database}') FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres'"
+        f" AND datname <> '{database}' AND (SELECT count(*) FROM pg_database"
+        " WHERE NOT datistemplate AND datname <> 'postgres') = 1\\gexec\n"
+        f"SELECT format('ALTER ROLE %I RENAME TO %I', r.rolname, '{user}') FROM pg_database d"
+        f" JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = '{database}'"
+        f" AND NOT r.rolsuper AND r.rolname NOT IN ('{user}', '{bk.BACKUP_ROLE}')"
+        f" AND NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{user}')\\gexec\n"
+        "\\q\n"
+    ).encode()
+
+
+def run_dir_of(settings: SchedulerSettings, host_id: str, addon_id: str) -> Path:
+    """The host folder mounted at /run/slipway in the add-on's container."""
+    if not (PATH_PART.match(host_id) and PATH_PART.match(addon_id)):
+        raise ValueError("refusing a host or add-on id that is no plain folder name")
+    return bk.addon_run_dir(settings.run_root(), host_id, addon_id)
+
+
+def make_run_dir(settings: SchedulerSettings, host_id: str, addon_id: str) -> Path:
+    """Make (or fix) the add-on's run folder: the backup user's, its group, mode 02770.
+
+    Its parents are root's: the container, which writes inside the folder, can never
+    replace the folder itself with a link."""
+    path = run_dir_of(settings, host_id, addon_id)
+    uid, gid = settings.run_owner()
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise RuntimeError(f"{path} is not a folder")
+    os.chown(path, uid, gid, follow_symlinks=False)
+    os.chmod(path, RUN_MODE, follow_symlinks=False)
+    return path
+
+
+def remove_run_dirs(settings: SchedulerSettings, addon_id: str) -> None:
+    """Remove the add-on's run folder on every host (rmtree does not follow links)."""
+    root = settings.run_root()
+    if not PATH_PART.match(addon_id) or not root.is_dir():
+        return
+    for host in root.iterdir():
+        path = host / addon_id
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(os.lstat(path).st_mode):
+                shutil.rmtree(path)
+
+
+def remove_restore_dir(run_dir: Path) -> None:
+    """Remove `restore/` from a run folder (a link there is removed, never followed)."""
+    path = run_dir / "restore"
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 INFO_SQL = (
@@ -203,11 +349,16 @@ class Addons:
 
     async def _provision(self, want: ac.AddonDesired) -> str:
         sched = self._sched()
-        scope = sched.settings.scoped
+        settings = sched.settings
+        scope = settings.scoped
         found = await self._find(want.addon_id)
         if found:
             engine, raw = found[0]
             container = engine.docker.containers.container(raw["Id"])
+            # The bind mount's source must exist before any start.
+            run_dir = await asyncio.to_thread(make_run_dir, settings, engine.id, want.addon_id)
+            # A restore interrupted after its container started: finish it.
+            restoring = want.restore is not None and (run_dir / "restore").exists()
             if raw.get("State") != "running":
                 await container.start()
         else:
@@ -215,31 +366,105 @@ class Addons:
             if chosen is None:
                 raise Conflict("No host is up to run the database on.")
             engine = chosen
+            run_dir = await asyncio.to_thread(make_run_dir, settings, engine.id, want.addon_id)
+            restoring = want.restore is not None
+            if want.restore is not None:
+                await self._stage(want, want.restore, engine.id, run_dir)
             await containers.ensure_network(
-                engine.docker, want.app_id, scope, sched.settings.app_network_pool
+                engine.docker, want.app_id, scope, settings.app_network_pool
             )
             volume = volume_name(sched, want.addon_id)
             own = labels(sched, want)
             await engine.docker.volumes.create({"Name": volume, "Labels": own})  # type: ignore[no-untyped-call]
-            config = container_config(want, scope.network(want.app_id), volume, own)
+            _, gid = settings.run_owner()
+            config = container_config(
+                want, scope.network(want.app_id), volume, own, run_dir=run_dir, run_gid=gid
+            )
             name = scope.container(f"{want.app_name[:30]}-{want.addon_name}")
             container = await engine.docker.containers.create(config, name=name)
             await container.start()
-        await self._await_ready(container)
+        if restoring:
+            await self._recover(container, want, run_dir)
+        else:
+            await self._await_ready(container)
         credentials = await self.bus.call(
             ac.ADDON_CREDENTIALS_GET,
             ac.GetAddonCredentials(addon_id=want.addon_id, app_id=want.app_id),
         )
-        code, _ = await run_psql(
-            container,
-            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", SOCKET_DIR, "-d", "postgres"],
-            setup_sql(want, credentials),
-        )
+        code, _ = await run_psql(container, PSQL_STDIN, setup_sql(want, credentials))
         if code != 0:
             # psql's message may quote the failing statement (a syntax error's LINE 1: ...),
             # verifier included: it is not passed on.
             raise RuntimeError(f"setting up the database failed (psql exited {code})")
         return engine.id
+
+    async def _stage(
+        self, want: ac.AddonDesired, source: ac.RestoreFrom, host_id: str, run_dir: Path
+    ) -> None:
+        """Have the backup service write the restore into `run_dir/restore/`."""
+        # A stage left half-written by an earlier attempt is no restore.
+        await asyncio.to_thread(remove_restore_dir, run_dir)
+        request = bk.StageRestore(
+            source_addon_id=source.source_addon_id,
+            app_id=want.app_id,
+            target_addon_id=want.addon_id,
+            host_id=host_id,
+            num=source.num,
+            to_time=source.to_time,
+        )
+        try:
+            staged = await self.bus.call(bk.RESTORE_STAGE, request, timeout=bk.CAPTURE_TIMEOUT)
+        except SlipwayError as exc:
+            raise RestoreFailed(f"Restoring the backup failed: {exc.message}") from exc
+        if not (run_dir / "restore" / "READY").is_file():
+            raise RestoreFailed("Restoring the backup failed: the backup service staged nothing.")
+        log.info(
+            "addon.restore_staged",
+            addon=want.addon_name,
+            source=source.source_addon_id,
+            backup=staged.backup_num,
+            end_lsn=staged.end_lsn,
+        )
+
+    async def _recover(
+        self, container: aiodocker.containers.DockerContainer, want: ac.AddonDesired, run_dir: Path
+    ) -> None:
+        """Wait for the restored database to replay its WAL and promote, then make it a
+        plain database again: recovery settings gone, `restore/` gone, this add-on's names."""
+        settings = self._sched().settings
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.restore_timeout
+        while True:
+            shown = await container.show()
+            state = shown["State"]
+            if not state.get("Running") or state.get("Restarting") or shown.get("RestartCount"):
+                # Left running, it would replay and fail again forever.
+                with contextlib.suppress(aiodocker.DockerError):
+                    await container.stop(t=5)
+                raise RestoreFailed(
+                    "Restoring the backup failed: the database stopped while replaying its"
+                    f" WAL (exit code {state.get('ExitCode')}). The backup may not reach the"
+                    " requested time, or its WAL is incomplete."
+                )
+            code, output = await run_psql(
+                container,
+                ["psql", "-XAtq", "-h", SOCKET_DIR, "-d", "postgres", "-c",
+                 "SELECT pg_is_in_recovery()"],
+            )  # fmt: skip
+            if code == 0 and output.strip() == "f":
+                break
+            if loop.time() > deadline:
+                raise RestoreFailed(
+                    "Restoring the backup failed: replaying its WAL took longer than"
+                    f" {settings.restore_timeout:.0f} s."
+                )
+            await asyncio.sleep(RECOVERY_POLL)
+        for sql in (RESET_RECOVERY_SQL, adopt_sql(want)):
+            code, _ = await run_psql(container, PSQL_STDIN, sql)
+            if code != 0:
+                raise RuntimeError(f"finishing the restore failed (psql exited {code})")
+        await asyncio.to_thread(remove_restore_dir, run_dir)
+        log.info("addon.restored", addon=want.addon_name, app=want.app_name)
 
     async def _await_ready(self, container: aiodocker.containers.DockerContainer) -> None:
         for _ in range(READY_ATTEMPTS):
@@ -258,6 +483,7 @@ class Addons:
             for engine, raw in await self._find(want.addon_id):
                 await _remove(engine, raw)
             await self._remove_volumes(f"{ac.LABEL_ADDON}={want.addon_id}")
+            await asyncio.to_thread(remove_run_dirs, self._sched().settings, want.addon_id)
         self._locks.pop(want.addon_id, None)
         await self._publish(want, "deprovisioned")
         log.info("addon.deprovisioned", addon=want.addon_name, app=want.app_name)
@@ -266,15 +492,19 @@ class Addons:
         """An app's databases go with it (its records went with the app in the gateway)."""
         sched = self._sched()
         wanted = [sched.settings.scoped.managed_label, f"{sc.LABEL_APP}={app_id}", ac.LABEL_ADDON]
+        addon_ids: set[str] = set()
         for engine in sched.rt.engines.values():
             with contextlib.suppress(aiodocker.DockerError, OSError):
                 for item in await engine.docker.containers.list(
                     all=True, filters={"label": wanted}
                 ):
+                    addon_ids.add((item._container.get("Labels") or {}).get(ac.LABEL_ADDON, ""))
                     await _remove(engine, item._container)
                 # The dynos' side may have found the network still in use by the database.
                 await containers.remove_network(engine.docker, app_id, sched.settings.scoped)
         await self._remove_volumes(f"{sc.LABEL_APP}={app_id}")
+        for addon_id in addon_ids - {""}:
+            await asyncio.to_thread(remove_run_dirs, sched.settings, addon_id)
 
     async def _remove_volumes(self, label: str) -> None:
         sched = self._sched()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import grp
 import hashlib
+import pwd
 from pathlib import Path
 
-from slipway.contracts import dynoinit
+from slipway.contracts import backup, dynoinit
 from slipway.libs.service import Settings
 
 INIT_DIR = Path("/usr/local/lib/slipway")
@@ -62,6 +64,17 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
     # Each app network takes a /24 from here on each host (libs/appnet.py); "": the
     # scope's pool (10.210.0.0/16 in the default scope, contracts/scope.py).
     app_network_pool: str = ""
+    # The add-ons' run folders (`<dir>/<host id>/<addon id>`, mounted at /run/slipway in
+    # each database: its second socket, archive/, restore/); "": <home>/run/addons. The
+    # backup service reads the same setting (SLIPWAY_ADDON_RUN_DIR).
+    addon_run_dir: str = ""
+    # The backup service's OS user: it owns every run folder, and its group is the one the
+    # databases' sockets and archived WAL belong to (each database container holds that
+    # group). "": root, whose group 0 the containers then hold: give the backup service a
+    # user of its own wherever it does not run as root.
+    backup_user: str = ""
+    # How long a restored database may take to replay its WAL before it counts as failed.
+    restore_timeout: float = 3600.0
     # `scope` (every Settings has it) picks the containers it labels, lists and adopts.
 
     def init_path(self) -> str:
@@ -75,6 +88,24 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
     def log_dir(self, host_id: str) -> str:
         """The host folder mounted at /.slipway/log in the dynos of `host_id`."""
         return str(self.log_root() / host_id)
+
+    def run_root(self) -> Path:
+        """The folder of every host's add-on run folders (absolute: Docker mounts from it)."""
+        return backup.addon_run_root(self.addon_run_dir, self.home).absolute()
+
+    def run_owner(self) -> tuple[int, int]:
+        """(uid, gid) of `backup_user`: owner and group of the run folders."""
+        if not self.backup_user:
+            return 0, 0
+        try:
+            entry = pwd.getpwnam(self.backup_user)
+            # Its primary group, checked here so a broken account fails before Docker does.
+            grp.getgrgid(entry.pw_gid)
+        except KeyError:
+            raise ValueError(
+                f"SLIPWAY_BACKUP_USER {self.backup_user!r} is no user (with a group) here"
+            ) from None
+        return entry.pw_uid, entry.pw_gid
 
     def db_path(self) -> Path:
         return self.state_dir("scheduler") / "scheduler.db"

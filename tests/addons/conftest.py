@@ -9,9 +9,11 @@ removed afterwards. PostgreSQL runs from `slipway/addon-postgresql:bookworm`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -61,14 +63,14 @@ def postgres_image() -> str:
     return image()
 
 
-@pytest.fixture
-async def addon_stack(
+@contextlib.asynccontextmanager
+async def running_scheduler(
     stack: Stack,  # noqa: F811 - the fixture imported above
     scope: Scope,
-    postgres_image: str,
+    **settings: Any,
 ) -> AsyncIterator[AddonStack]:
-    """`stack` plus the scheduler service on the local engine, in this test's scope."""
-    settings = SchedulerSettings(
+    """The scheduler service on the local engine in `scope`, with `settings` on top."""
+    config = SchedulerSettings(
         nats_url=stack.nats.url,
         home=str(stack.home),
         scope=scope.name,
@@ -76,8 +78,9 @@ async def addon_stack(
         reconcile_interval=5.0,
         host_down_grace=2.0,
         shutdown_grace=5.0,
+        **settings,
     )
-    scheduler = create_service(settings)
+    scheduler = create_service(config)
     task = await run_in_background(scheduler)
     try:
         yield AddonStack(stack=stack, scheduler=scheduler, scope=scope)
@@ -85,3 +88,14 @@ async def addon_stack(
         await stop(scheduler, task)
         await asyncio.to_thread(remove_scope_objects, scope)
         await asyncio.to_thread(_remove_volumes, scope)
+
+
+@pytest.fixture
+async def addon_stack(
+    stack: Stack,  # noqa: F811 - the fixture imported above
+    scope: Scope,
+    postgres_image: str,
+) -> AsyncIterator[AddonStack]:
+    """`stack` plus the scheduler service on the local engine, in this test's scope."""
+    async with running_scheduler(stack, scope) as running:
+        yield running
