@@ -15,6 +15,8 @@ such child runs:
   storage, a keyring master key named by SLIPWAY_MASTER_KEY_PATH, the log-shipper's
   socket folder `<dyno_log_dir>/<host_id>` (0755, not 0700: dynos, uid 10000, reach
   its socket through a read-only bind mount; the folders above it become searchable);
+  the backup service's run folders of its host `<addon_run_dir>/<host_id>` (each
+  database's socket and archived WAL are reached through them) and its storage;
 - when the bus runs TLS, a copy of the CA and of its own client certificate and key in
   `<state>/nats-tls/` (SLIPWAY_NATS_TLS_DIR for that child), readable by it alone;
 - search permission (x for others, never r) on the home, the interpreter's and the
@@ -22,6 +24,10 @@ such child runs:
   home under pytest's root-only temporary folder), so the account can reach them;
 - a probe run as the account, so a folder it still cannot reach, or code it cannot
   read, stops the start with a message instead of a crash loop.
+
+The backup service reaches each database through a socket in the database's run
+folder, never through Docker; the scheduler (told the account's name through
+SLIPWAY_BACKUP_USER) makes those folders the backup account's.
 
 The builder, scheduler and network-wirer keep root: each talks to the Docker Engine API,
 and whoever holds the Docker socket is root on the host (the builder also writes iptables
@@ -44,12 +50,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from slipway.contracts.backup import addon_run_root
 from slipway.contracts.dynoinit import host_log_dir
 from slipway.contracts.subjects import Service
 
 # Neither root nor the Docker socket: these run as their own users.
 OWN_USER_SERVICES: frozenset[str] = frozenset(
-    {Service.GATEWAY, Service.KEYRING, Service.REGISTRY_PROXY, Service.LOG_SHIPPER}
+    {
+        Service.GATEWAY,
+        Service.KEYRING,
+        Service.REGISTRY_PROXY,
+        Service.LOG_SHIPPER,
+        Service.BACKUP,
+    }
 )
 USER_PREFIX = "slipway-"
 SWITCH_ENV = "SLIPWAY_SERVICE_USERS"  # "0": every service runs as the supervisor's user
@@ -192,6 +205,16 @@ def outside_paths(service: str, home: Path, environ: Mapping[str, str]) -> Outsi
         host_id = environ.get("SLIPWAY_HOST_ID") or "local"
         socket = host_log_dir(environ.get("SLIPWAY_DYNO_LOG_DIR", ""), home, host_id)
         return Outside(shared_folders=(Path(socket),))
+    if service == Service.BACKUP:
+        # The databases' run folders of its host (their backup sockets, archived WAL,
+        # staged restores: the scheduler makes each one the backup user's), its storage.
+        host_id = environ.get("SLIPWAY_HOST_ID") or "local"
+        runs = addon_run_root(environ.get("SLIPWAY_ADDON_RUN_DIR", ""), home) / host_id
+        folders = [runs.absolute()]
+        for name in ("SLIPWAY_BACKUP_STORAGE_DIR", "SLIPWAY_BACKUP_COPY_TO"):
+            if environ.get(name):
+                folders.append(Path(environ[name]))
+        return Outside(folders=tuple(folders))
     return Outside()
 
 

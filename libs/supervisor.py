@@ -148,6 +148,11 @@ def service_specs(names: Iterable[str], *, own_users: bool = False) -> list[Chil
 
     With `own_users`, services that need neither root nor Docker run as their own users.
     """
+    names = list(names)
+    env: dict[str, dict[str, str]] = {}
+    if own_users and Service.BACKUP in names:
+        # The scheduler makes each database's run folder the backup account's.
+        env[Service.SCHEDULER] = {"SLIPWAY_BACKUP_USER": serviceusers.user_name(Service.BACKUP)}
     return [
         ChildSpec(
             name,
@@ -155,6 +160,7 @@ def service_specs(names: Iterable[str], *, own_users: bool = False) -> list[Chil
             user=serviceusers.user_name(name)
             if own_users and name in serviceusers.OWN_USER_SERVICES
             else None,
+            env=env.get(name, {}),
         )
         for name in names
     ]

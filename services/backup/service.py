@@ -1,0 +1,222 @@
+"""One host's backup service: its databases, their WAL streams, captures, schedules, reads.
+
+The databases come from the add-on events (every backup service reads them all and
+keeps those the scheduler placed on its host); the RPC handlers in app.py call the
+methods here. A database's backups outlive it: a destroyed add-on's final backup
+stays listed and restorable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from pathlib import Path
+
+import structlog
+
+from slipway.contracts import backup as bc
+from slipway.contracts.addons import AddonChanged, AddonDesired
+from slipway.services.backup import restore as restores
+from slipway.services.backup.archive import Archive
+from slipway.services.backup.capture import Captures
+from slipway.services.backup.errors import NotFound
+from slipway.services.backup.restore import Stager
+from slipway.services.backup.settings import BackupSettings
+from slipway.services.backup.store import (
+    BackupRow,
+    DatabaseRow,
+    backup_info,
+    object_info,
+    wal_status,
+)
+from slipway.services.backup.walstream import WalStreamer
+
+log = structlog.get_logger("slipway.backup")
+
+
+class BackupService:
+    """What the handlers call."""
+
+    def __init__(self, settings: BackupSettings, archive: Archive) -> None:
+        self.settings = settings
+        self.archive = archive
+        self.catalog = archive.catalog
+        self.captures = Captures(archive)
+        self.stager = Stager(archive)
+        self.streamers: dict[str, WalStreamer] = {}
+        self._scheduler: asyncio.Task[None] | None = None
+
+    def run_dir(self, db: DatabaseRow) -> Path:
+        return bc.addon_run_dir(self.settings.run_root(), db.host_id, db.addon_id)
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.archive.recover()
+        for db in await self.catalog.databases(host_id=self.settings.host_id, state="provisioned"):
+            self._stream(db)
+        self._scheduler = asyncio.create_task(self._schedule_loop(), name="backup-schedule")
+
+    async def stop(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._scheduler
+        for streamer in list(self.streamers.values()):
+            await streamer.stop()
+        self.streamers.clear()
+
+    def _stream(self, db: DatabaseRow) -> None:
+        streamer = self.streamers.get(db.addon_id)
+        if streamer is None:
+            streamer = self.streamers[db.addon_id] = WalStreamer(self.archive, db, self.run_dir(db))
+        streamer.start()
+
+    async def _unstream(self, addon_id: str) -> None:
+        streamer = self.streamers.pop(addon_id, None)
+        if streamer is not None:
+            await streamer.stop()
+
+    # ---- what the add-on events say ---------------------------------------------------------
+
+    async def addon_created(self, want: AddonDesired) -> None:
+        await self.catalog.upsert_database(
+            DatabaseRow(
+                addon_id=want.addon_id,
+                addon_name=want.addon_name,
+                app_id=want.app_id,
+                team_id=want.team_id,
+                plan=want.plan,
+                database=want.database,
+                host_id="",
+                state="provisioning",
+            )
+        )
+
+    async def addon_changed(self, event: AddonChanged) -> None:
+        db = await self.catalog.database(event.addon_id)
+        if db is None:
+            return
+        if event.state == "provisioned":
+            await self.catalog.set_state(db.addon_id, "provisioned", event.host_id)
+            if event.host_id == self.settings.host_id:
+                found = await self.catalog.database(db.addon_id)
+                assert found is not None
+                self._stream(found)
+        elif event.state == "deprovisioned":
+            await self._unstream(db.addon_id)
+            await self.catalog.set_state(db.addon_id, "destroyed")
+
+    async def addon_destroyed(self, addon_id: str) -> None:
+        # The gateway took the final backup before it said so; the stream ends here.
+        await self._unstream(addon_id)
+        await self.catalog.set_state(addon_id, "destroyed")
+
+    async def app_destroyed(self, app_id: str) -> None:
+        for db in await self.catalog.databases_of(app_id=app_id):
+            await self.addon_destroyed(db.addon_id)
+
+    async def team_shredded(self, team_id: str) -> None:
+        # Its objects no longer open for anyone the platform serves; the streams stop.
+        for db in await self.catalog.databases_of(team_id=team_id):
+            await self.addon_destroyed(db.addon_id)
+        self.archive.sealer.forget(team_id)
+
+    # ---- captures and schedules -------------------------------------------------------------
+
+    async def _db(self, addon_id: str, app_id: str) -> DatabaseRow:
+        db = await self.catalog.database(addon_id)
+        if db is None or db.app_id != app_id:
+            raise NotFound(f"no database {addon_id} in this app")
+        return db
+
+    async def capture(self, req: bc.CaptureBackup) -> bc.Backup:
+        db = await self._db(req.addon_id, req.app_id)
+        if db.state != "provisioned" or db.host_id != self.settings.host_id:
+            raise NotFound(f"{db.addon_name} is not running on this backup service's host")
+        row = await self.captures.capture(db, self.run_dir(db), req.kind)
+        return bc.Backup(backup=backup_info(row, db))
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            try:
+                await self._scheduled_captures()
+            except Exception as exc:  # a schedule must outlive one bad database
+                log.warning("scheduled captures failed", error=str(exc))
+            await asyncio.sleep(self.settings.schedule_check_seconds)
+
+    async def _scheduled_captures(self) -> None:
+        due = time.time() - self.settings.schedule_hours * 3600
+        for db in await self.catalog.databases(host_id=self.settings.host_id, state="provisioned"):
+            streamer = self.streamers.get(db.addon_id)
+            if streamer is None or not streamer.streaming:
+                continue  # a backup needs the database up; the stream says it is
+            latest = await self.catalog.latest_completed(db.addon_id)
+            if latest is not None and (latest.finished_at or 0) > due:
+                continue
+            if db.addon_id in self.captures.running:
+                continue
+            with contextlib.suppress(Exception):
+                await self.captures.capture(db, self.run_dir(db), "scheduled")
+
+    # ---- reads ------------------------------------------------------------------------------
+
+    async def list(self, req: bc.ListBackups) -> bc.Backups:
+        db = await self._db(req.addon_id, req.app_id)
+        rows = await self.catalog.backups(db.addon_id)
+        streamer = self.streamers.get(db.addon_id)
+        completed = [r for r in rows if r.state == "completed"]
+        earliest = min((r.finished_at or 0 for r in completed), default=None)
+        return bc.Backups(
+            backups=[backup_info(r, db) for r in rows],
+            wal=wal_status(
+                await self.catalog.wal_position(db.addon_id),
+                streamer is not None and streamer.streaming,
+                earliest,
+            ),
+        )
+
+    async def get(self, req: bc.GetBackup) -> bc.Backup:
+        db = await self._db(req.addon_id, req.app_id)
+        row: BackupRow | None
+        if req.num:
+            row = await self.catalog.backup(db.addon_id, req.num)
+        else:
+            row = await self.catalog.latest_completed(db.addon_id)
+        if row is None:
+            raise NotFound("no such backup")
+        return bc.Backup(backup=backup_info(row, db))
+
+    async def objects(self, req: bc.ListObjects) -> bc.Objects:
+        db = await self._db(req.addon_id, req.app_id)
+        chosen = await restores.plan(self.archive, db.addon_id, req.num, req.to_time)
+        rows = [*chosen.base, *([chosen.counts] if chosen.counts else []), *chosen.wal]
+        infos = [object_info(r) for r in rows]
+        # The manifests that name them, so the download can be checked offline.
+        for key in await self.catalog.manifest_range(db.addon_id, [r.key for r in rows]):
+            sealed = await self.archive.storage.read(key)
+            infos.append(
+                bc.ObjectInfo(
+                    key=key,
+                    kind="manifest",
+                    size=len(sealed),
+                    sha256=hashlib.sha256(sealed).hexdigest(),
+                )
+            )
+        return bc.Objects(objects=infos)
+
+    async def read_object(self, req: bc.ReadObject) -> bc.ObjectChunk:
+        db = await self._db(req.addon_id, req.app_id)
+        if not req.key.startswith(f"{db.addon_id}/"):
+            raise NotFound("no such object")
+        row = await self.catalog.object(req.key)
+        if row is None and not await self.catalog.is_manifest(req.key):
+            raise NotFound("no such object")
+        length = max(0, min(req.length, bc.MAX_OBJECT_READ))
+        data = await self.archive.storage.read(req.key, max(req.offset, 0), length + 1)
+        return bc.ObjectChunk(data=data[:length], eof=len(data) <= length)
+
+    async def stage_restore(self, req: bc.StageRestore) -> bc.RestoreStaged:
+        return await self.stager.stage(req)
