@@ -9,9 +9,16 @@ leaves the gateway) and answers `ADDON_CHANGED`; then the attachment's config va
 is set exactly as `config:set` would, which makes a release, and the state becomes
 `provisioned`.
 
-Destroying one removes the config var (a release), marks it `deprovisioned` and emits
-`ADDON_DESTROYED`; the scheduler removes the container and its volume, and the record goes
-once it says so. (The final backup before removal waits for the backup service.)
+Destroying one first takes a final backup (`backups.final_backup`: if it fails, nothing
+is destroyed), then removes the config var (a release), marks it `deprovisioned`, leaves a
+tombstone (its backups stay listed and restorable) and emits `ADDON_DESTROYED`; the
+scheduler removes the container and its volume, and the record goes once it says so.
+
+A restore is a create with `"config": {"restore_from": <add-on>, "backup": "b003"?,
+"to_time": ISO 8601?}`: the new add-on takes the source's database and role names (the
+restored cluster has them), a new password, and a second-database attachment;
+`ADDON_CREATED` carries `restore`. `POST /apps/{app}/addon-attachments {"addon", "name":
+"DATABASE"}` then moves DATABASE_URL to it in one release (`pg:promote`).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import secrets
 import sqlite3
 from urllib.parse import quote
 
+import msgspec
 import structlog
 from aiohttp import web
 
@@ -33,7 +41,7 @@ from slipway.contracts.keyring import Purpose
 from slipway.libs.bus import context
 from slipway.libs.crypto import Binding, envelope
 from slipway.libs.errors import Conflict, NotFound
-from slipway.services.gateway import addonstore, store, views
+from slipway.services.gateway import addonstore, backups, store, views
 from slipway.services.gateway.addonstore import Addon
 from slipway.services.gateway.addonviews import (
     AddonView,
@@ -44,6 +52,7 @@ from slipway.services.gateway.addonviews import (
     attachment_view,
 )
 from slipway.services.gateway.auth import Action, actor, app_for
+from slipway.services.gateway.backupviews import backup_name
 from slipway.services.gateway.changes import Actor, Change, change
 from slipway.services.gateway.config import read_config, update_config
 from slipway.services.gateway.errors import InvalidParams
@@ -74,7 +83,7 @@ class AttachmentBody(Body, frozen=True, kw_only=True):
 
 
 class CreateAddon(Body, frozen=True, kw_only=True):
-    """Heroku's add-on create body; `config` and `confirm` are accepted and unused."""
+    """Heroku's add-on create body; `config` may ask for a restore, `confirm` is unused."""
 
     plan: str
     name: str | None = None
@@ -130,6 +139,7 @@ def database_url(addon: Addon, password: str) -> str:
 
 def desired(addon: Addon, app_name: str) -> ac.AddonDesired:
     """The add-on as the scheduler runs it."""
+    restore = msgspec.json.decode(addon.restore, type=ac.RestoreFrom) if addon.restore else None
     return ac.AddonDesired(
         addon_id=addon.id,
         addon_name=addon.name,
@@ -139,6 +149,7 @@ def desired(addon: Addon, app_name: str) -> ac.AddonDesired:
         plan=addon.plan,
         database=addon.db_name,
         user=addon.db_user,
+        restore=restore,
     )
 
 
@@ -150,7 +161,7 @@ async def _new_name(gw: Gateway, service: str) -> str:
     raise InvalidParams("Couldn't find a free add-on name: give one with `name`.")
 
 
-def _attachment_name(body: CreateAddon, name: str, taken: set[str]) -> str:
+def _attachment_name(body: CreateAddon, name: str, taken: set[str], *, primary: bool = True) -> str:
     asked = body.attachment.name if body.attachment else None
     if asked is not None:
         if not ATTACHMENT_NAME.match(asked):
@@ -159,7 +170,7 @@ def _attachment_name(body: CreateAddon, name: str, taken: set[str]) -> str:
                 " underscores, starting with a letter (its config var is <NAME>_URL)."
             )
         chosen = asked
-    elif PRIMARY_ATTACHMENT not in taken:
+    elif primary and PRIMARY_ATTACHMENT not in taken:
         chosen = PRIMARY_ATTACHMENT
     else:
         # Heroku says HEROKU_POSTGRESQL_<COLOR>; the add-on's own word keeps it recognisable.
@@ -184,8 +195,12 @@ async def create_addon(gw: Gateway, who: Actor, app: store.App, body: CreateAddo
         name = body.name
     else:
         name = await _new_name(gw, plan.service)
+    restore = await backups.restore_from(gw, app, plan, body.config or {})
     existing = await addonstore.of_app(gw.reader, app.id)
-    attachment = _attachment_name(body, name, {a.attachment_name for a in existing})
+    # A restored database stands next to the one it copies until `pg:promote` switches them.
+    attachment = _attachment_name(
+        body, name, {a.attachment_name for a in existing}, primary=restore is None
+    )
     config = await read_config(gw, app, app.config_version_id)
     if f"{attachment}_URL" in config:
         raise InvalidParams(
@@ -202,14 +217,15 @@ async def create_addon(gw: Gateway, who: Actor, app: store.App, body: CreateAddo
         state="provisioning",
         attachment_id=new_uuid(),
         attachment_name=attachment,
-        db_name=f"d{secrets.token_hex(7)}",
-        db_user=f"u{secrets.token_hex(7)}",
+        db_name=restore[1].db_name if restore else f"d{secrets.token_hex(7)}",
+        db_user=restore[1].db_user if restore else f"u{secrets.token_hex(7)}",
         password=b"",
         host_id=None,
         provision_message="",
         created_by=who.email,
         created_at=at,
         updated_at=at,
+        restore=msgspec.json.encode(restore[0]).decode() if restore else "",
     )
     password = secrets.token_urlsafe(32)
     sealed = await envelope.encrypt(
@@ -229,18 +245,23 @@ async def create_addon(gw: Gateway, who: Actor, app: store.App, body: CreateAddo
 
 async def _insert(tx: Change, app: store.App, addon: Addon) -> None:
     await addonstore.insert(tx.conn, addon)
-    tx.audit(
-        app.team_id,
-        "addon.create",
-        app_name=app.name,
-        app_id=app.id,
-        details={"addon": addon.name, "plan": addon.plan, "attachment": addon.attachment_name},
-    )
+    details = {"addon": addon.name, "plan": addon.plan, "attachment": addon.attachment_name}
+    if addon.restore:
+        restore = msgspec.json.decode(addon.restore, type=ac.RestoreFrom)
+        details["restore_from"] = restore.source_addon_id
+        details["backup"] = backup_name(restore.num) if restore.num else "latest"
+        details["to_time"] = restore.to_time or "end of the archive"
+    tx.audit(app.team_id, "addon.create", app_name=app.name, app_id=app.id, details=details)
     tx.emit(ac.ADDON_CREATED, ac.AddonCreated(addon=desired(addon, app.name), actor=tx.actor.email))
 
 
 async def destroy_addon(gw: Gateway, who: Actor, app: store.App, addon: Addon) -> Addon:
-    """Detach (a release without the config var), then have the scheduler remove it."""
+    """Final backup, detach (a release without the config var), then have the scheduler
+    remove it; one that never ran (provisioning, failed) has nothing to back up."""
+    details = {"addon": addon.name, "plan": addon.plan}
+    if addon.state == "provisioned":
+        final = await backups.final_backup(gw, who, app, addon)
+        details["final_backup"] = backup_name(final.num)
     if addon.state != "deprovisioned":
         await update_config(
             gw,
@@ -252,13 +273,8 @@ async def destroy_addon(gw: Gateway, who: Actor, app: store.App, addon: Addon) -
     at = timestamp()
     async with change(gw, who) as tx:
         await addonstore.set_state(tx.conn, addon.id, "deprovisioned", at)
-        tx.audit(
-            app.team_id,
-            "addon.destroy",
-            app_name=app.name,
-            app_id=app.id,
-            details={"addon": addon.name, "plan": addon.plan},
-        )
+        await addonstore.insert_tombstone(tx.conn, addon, who.email, at)
+        tx.audit(app.team_id, "addon.destroy", app_name=app.name, app_id=app.id, details=details)
         tx.emit(
             ac.ADDON_DESTROYED, ac.AddonDestroyed(addon=desired(addon, app.name), actor=who.email)
         )
@@ -394,6 +410,18 @@ async def destroy(request: web.Request) -> web.Response:
     return reply(addon_view(gone, app))
 
 
+@routes.delete("/addons/{addon}", summary="Destroy an add-on and its data", response=AddonView)
+async def destroy_by_id(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    found = await addonstore.get(gw.reader, request.match_info["addon"])
+    if found is None or found.state == "deprovisioned":
+        raise NotFound("Couldn't find that add-on.")
+    request.match_info["app"] = found.app_id
+    app = await app_for(request, Action.DEPLOY, "destroy add-ons")
+    gone = await destroy_addon(gw, actor(request), app, found)
+    return reply(addon_view(gone, app))
+
+
 @routes.get(
     "/apps/{app}/addon-attachments",
     summary="List the app's add-on attachments",
@@ -402,6 +430,89 @@ async def destroy(request: web.Request) -> web.Response:
 async def attachments(request: web.Request) -> web.Response:
     app = await app_for(request, Action.READ, "read it")
     return reply([attachment_view(a, app) for a in await _live(request.app[GATEWAY], app)])
+
+
+class CreateAttachment(Body, frozen=True, kw_only=True):
+    """Heroku's add-on attachment create body: `addon` takes the attachment `name`."""
+
+    addon: str
+    name: str | None = None
+    app: str | None = None
+    confirm: str | None = None
+    namespace: str | None = None
+
+
+def _secondary_name(addon: Addon, taken: set[str]) -> str:
+    """The name a second database gets, made unique against `taken`."""
+    word = addon.name.split("-")[1] if addon.name.count("-") >= 2 else addon.id[:6]
+    base = re.sub(r"[^A-Z0-9_]", "_", f"SLIPWAY_POSTGRESQL_{word.upper()}")
+    chosen, n = base, 1
+    while chosen in taken:
+        n += 1
+        chosen = f"{base}_{n}"
+    return chosen
+
+
+async def attach(gw: Gateway, who: Actor, app: store.App, addon: Addon, name: str) -> Addon:
+    """Give `addon` the attachment `name` in one release (`pg:promote` for DATABASE).
+
+    The add-on holding DATABASE before keeps a name of its own (as a second database
+    would get), so its data stays reachable; any other taken name is refused.
+    """
+    if not ATTACHMENT_NAME.match(name):
+        raise InvalidParams(
+            f"Invalid attachment name {name[:60]!r}: use upper-case letters, digits and"
+            " underscores, starting with a letter (its config var is <NAME>_URL)."
+        )
+    if addon.attachment_name == name:
+        return addon
+    if addon.state != "provisioned":
+        raise Conflict(f"{addon.name} is {addon.state}: attach it once it is provisioned.")
+    live = await _live(gw, app)
+    holder = next((a for a in live if a.attachment_name == name and a.id != addon.id), None)
+    if holder is not None and name != PRIMARY_ATTACHMENT:
+        raise InvalidParams(f"{name} is attached to {holder.name}: choose another name.")
+    config = await read_config(gw, app, app.config_version_id)
+    if holder is None and f"{name}_URL" in config:
+        raise InvalidParams(f"The app already has a config var {name}_URL: remove it first.")
+    changes: dict[str, str | None] = {
+        addon.config_var: None,
+        f"{name}_URL": database_url(addon, await _password(gw, addon)),
+    }
+    moved = ""
+    if holder is not None:
+        taken = {a.attachment_name for a in live} | {k[:-4] for k in config if k.endswith("_URL")}
+        moved = _secondary_name(holder, taken)
+        changes[f"{moved}_URL"] = database_url(holder, await _password(gw, holder))
+    await update_config(gw, who, app, changes, description=f"Attach {name} (@ref:{addon.name})")
+    at = timestamp()
+    async with change(gw, who) as tx:
+        details = {"addon": addon.name, "attachment": name, "previous": addon.attachment_name}
+        if holder is not None:
+            # First the old holder: (app, attachment name) is unique at every step.
+            await addonstore.set_attachment(tx.conn, holder.id, moved, at)
+            details["moved"] = f"{holder.name} to {moved}"
+        await addonstore.set_attachment(tx.conn, addon.id, name, at)
+        tx.audit(app.team_id, "addon.attach", app_name=app.name, app_id=app.id, details=details)
+    return dataclasses.replace(addon, attachment_name=name, updated_at=at)
+
+
+@routes.post(
+    "/apps/{app}/addon-attachments",
+    summary="Attach an add-on under a name (DATABASE: promote it to DATABASE_URL)",
+    body=CreateAttachment,
+    response=AttachmentView,
+    status=201,
+)
+async def create_attachment(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    app = await app_for(request, Action.DEPLOY, "attach add-ons")
+    body = await read_body(request, CreateAttachment)
+    addon = await addonstore.get(gw.reader, body.addon)
+    if addon is None or addon.app_id != app.id or addon.state == "deprovisioned":
+        raise InvalidParams(f"Couldn't find the add-on {body.addon[:60]!r} on {app.name}.")
+    attached = await attach(gw, actor(request), app, addon, body.name or PRIMARY_ATTACHMENT)
+    return reply(attachment_view(attached, app), status=201)
 
 
 @routes.get(

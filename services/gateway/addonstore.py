@@ -28,6 +28,7 @@ class Addon:
     created_by: str
     created_at: str
     updated_at: str
+    restore: str = ""  # a restored add-on's source: contracts.addons.RestoreFrom as JSON
 
     @property
     def config_var(self) -> str:
@@ -36,8 +37,8 @@ class Addon:
 
 _SELECT = (
     "SELECT id, app_id, team_id, name, plan, state, attachment_id, attachment_name, db_name,"
-    " db_user, password, host_id, provision_message, created_by, created_at, updated_at"
-    " FROM addons"
+    " db_user, password, host_id, provision_message, created_by, created_at, updated_at,"
+    " restore FROM addons"
 )
 
 
@@ -51,7 +52,8 @@ async def insert(conn: Conn, addon: Addon) -> None:
     await conn.execute(
         "INSERT INTO addons (id, app_id, team_id, name, plan, state, attachment_id,"
         " attachment_name, db_name, db_user, password, host_id, provision_message, created_by,"
-        " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " created_at, updated_at, restore)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             addon.id,
             addon.app_id,
@@ -69,6 +71,7 @@ async def insert(conn: Conn, addon: Addon) -> None:
             addon.created_by,
             addon.created_at,
             addon.updated_at,
+            addon.restore,
         ),
     )
 
@@ -112,3 +115,56 @@ async def set_state(
 
 async def delete(conn: Conn, addon_id: str) -> None:
     await conn.execute("DELETE FROM addons WHERE id = ?", (addon_id,))
+
+
+async def set_attachment(conn: Conn, addon_id: str, name: str, at: str) -> None:
+    """Rename an add-on's attachment (its config var becomes `<name>_URL`)."""
+    await conn.execute(
+        "UPDATE addons SET attachment_name = ?, updated_at = ? WHERE id = ?", (name, at, addon_id)
+    )
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """What stays of a destroyed add-on: enough to list and restore its backups."""
+
+    id: str
+    app_id: str
+    team_id: str
+    name: str
+    plan: str
+    db_name: str
+    db_user: str
+    destroyed_by: str
+    destroyed_at: str
+
+
+async def insert_tombstone(conn: Conn, addon: Addon, by: str, at: str) -> None:
+    """Remember a destroyed add-on (idempotent: a second destroy keeps the first)."""
+    await conn.execute(
+        "INSERT OR IGNORE INTO addon_tombstones (id, app_id, team_id, name, plan, db_name,"
+        " db_user, destroyed_by, destroyed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            addon.id,
+            addon.app_id,
+            addon.team_id,
+            addon.name,
+            addon.plan,
+            addon.db_name,
+            addon.db_user,
+            by,
+            at,
+        ),
+    )
+
+
+async def tombstone(conn: Conn, app_id: str, ident: str) -> Tombstone | None:
+    """The app's destroyed add-on with this id or name (the newest, if a name was reused)."""
+    async with conn.execute(
+        "SELECT id, app_id, team_id, name, plan, db_name, db_user, destroyed_by, destroyed_at"
+        " FROM addon_tombstones WHERE app_id = ? AND (id = ? OR name = ?)"
+        " ORDER BY destroyed_at DESC, rowid DESC LIMIT 1",
+        (app_id, ident, ident),
+    ) as cursor:
+        row = await cursor.fetchone()
+    return Tombstone(**{key: row[key] for key in row.keys()}) if row else None  # noqa: SIM118

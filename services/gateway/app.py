@@ -43,6 +43,8 @@ from slipway.services.gateway import (
     addons,
     apps,
     audit,
+    backupkeys,
+    backups,
     buildoutput,
     builds,
     config,
@@ -83,6 +85,8 @@ RESOURCES = (
     dynos,
     hosts,
     addons,
+    backups,
+    backupkeys,
     *(sources, builds, buildoutput, git),
 )
 ENDPOINTS: list[Endpoint] = [e for module in RESOURCES for e in module.routes.endpoints]

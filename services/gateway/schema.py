@@ -245,4 +245,21 @@ MIGRATIONS = [
     );
     CREATE INDEX addons_app ON addons(app_id)
     """,
+    # Backups (services/gateway/backups.py): a restored add-on remembers its source, and a
+    # destroyed one leaves a tombstone so its final backup stays listed and restorable.
+    """
+    ALTER TABLE addons ADD COLUMN restore TEXT NOT NULL DEFAULT '';
+    CREATE TABLE addon_tombstones (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        team_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        plan TEXT NOT NULL,
+        db_name TEXT NOT NULL,
+        db_user TEXT NOT NULL,
+        destroyed_by TEXT NOT NULL,
+        destroyed_at TEXT NOT NULL
+    );
+    CREATE INDEX addon_tombstones_app ON addon_tombstones(app_id, name)
+    """,
 ]
