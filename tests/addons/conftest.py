@@ -13,6 +13,7 @@ import contextlib
 import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ import pytest
 from slipway.contracts.addons import LABEL_ADDON
 from slipway.contracts.scope import Scope
 from slipway.libs.service import ServiceApp
+from slipway.services.backup.app import create_service as create_backup
+from slipway.services.backup.settings import BackupSettings
 from slipway.services.scheduler.addons import image
 from slipway.services.scheduler.app import create_service
 from slipway.services.scheduler.settings import SchedulerSettings
@@ -99,3 +102,43 @@ async def addon_stack(
     """`stack` plus the scheduler service on the local engine, in this test's scope."""
     async with running_scheduler(stack, scope) as running:
         yield running
+
+
+@dataclass
+class BackupStack:
+    """`addon_stack` plus the backup service (services/backup) running in this event loop."""
+
+    addons: AddonStack
+    backup: ServiceApp
+    settings: BackupSettings
+
+    @property
+    def storage(self) -> Path:
+        return self.settings.storage_root()
+
+
+def backup_settings(addons: AddonStack, **overrides: Any) -> BackupSettings:
+    """The backup service of a test: WAL pieces every second (2 s by default), no schedule."""
+    values: dict[str, Any] = {
+        "nats_url": addons.stack.nats.url,
+        "home": str(addons.stack.home),
+        "scope": addons.scope.name,
+        "wal_flush_seconds": 1.0,
+        "retry_seconds": 1.0,
+        "schedule_check_seconds": 3600.0,
+        "shutdown_grace": 5.0,
+        **overrides,
+    }
+    return BackupSettings(**values)
+
+
+@pytest.fixture
+async def backup_stack(addon_stack: AddonStack) -> AsyncIterator[BackupStack]:
+    """`addon_stack` plus the backup service: destroys take their final backup through it."""
+    settings = backup_settings(addon_stack)
+    service = create_backup(settings)
+    task = await run_in_background(service)
+    try:
+        yield BackupStack(addons=addon_stack, backup=service, settings=settings)
+    finally:
+        await stop(service, task)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.addons.conftest import AddonStack
+from tests.addons.conftest import BackupStack
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration]
 
@@ -31,8 +31,9 @@ async def slipway(env: dict[str, str], *args: str, stdin: str = "") -> tuple[int
     return process.returncode, out.decode(), err.decode()
 
 
-async def test_create_info_pg_info_destroy(addon_stack: AddonStack, tmp_path: Path) -> None:
+async def test_create_info_pg_info_destroy(backup_stack: BackupStack, tmp_path: Path) -> None:
     """addons:create waits with progress; addons, addons:info and pg:info show it; destroy."""
+    addon_stack = backup_stack.addons
     stack = addon_stack.stack
     alice = await stack.user("alice@example.com")
     await stack.app(alice, "clidb")

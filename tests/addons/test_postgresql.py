@@ -18,7 +18,7 @@ import pytest
 from slipway.contracts.addons import LABEL_ADDON
 from slipway.libs import appnet
 from slipway.services.scheduler.addons import image, run_psql
-from tests.addons.conftest import AddonStack
+from tests.addons.conftest import AddonStack, BackupStack
 from tests.conftest import assert_eventually
 from tests.gateway.conftest import Api
 
@@ -75,8 +75,9 @@ async def volumes_of(app_id: str) -> list[str]:
     return [v["Name"] for v in listed.get("Volumes") or []]
 
 
-async def test_create_attach_connect_destroy(addon_stack: AddonStack) -> None:
+async def test_create_attach_connect_destroy(backup_stack: BackupStack) -> None:
     """Provisioned → DATABASE_URL and a release → psql on the app network → destroy cleans up."""
+    addon_stack = backup_stack.addons
     stack = addon_stack.stack
     alice = await stack.user("alice@example.com")
     app = await stack.app(alice, "pgapp")
