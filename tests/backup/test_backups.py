@@ -194,3 +194,27 @@ async def test_a_missing_wal_piece_is_reported_as_a_gap(backup_stack: BackupStac
     assert answer.status == 409, (answer.status, answer.body)
     assert "is missing" in answer.body["message"], answer.body
     assert victim["segment"] in answer.body["message"]
+
+
+async def test_a_destroyed_add_on_comes_back_from_its_final_backup(
+    backup_stack: BackupStack,
+) -> None:
+    """Destroy takes a final backup; a restore from the destroyed add-on has its last rows."""
+    stack = backup_stack.addons.stack
+    alice = await stack.user("alice@example.com")
+    app = await stack.app(alice, "final")
+    addon = await provisioned(alice, "final")
+    await sql(backup_stack.addons, alice, app, "CREATE TABLE t (n int); INSERT INTO t VALUES (7)")
+    await alice.ok("DELETE", f"/apps/final/addons/{addon['name']}")
+    listed = await alice.ok("GET", f"/apps/final/addons/{addon['id']}/backups")
+    assert [(b["id"], b["kind"], b["state"]) for b in listed] == [("b001", "final", "completed")]
+
+    created = await alice.ok(
+        "POST",
+        "/apps/final/addons",
+        {"plan": "postgresql:mini", "config": {"restore_from": addon["id"]}},
+        status=202,
+    )
+    found = await restored(alice, "final", created["name"])
+    var = found["config_vars"][0]
+    assert (await sql(backup_stack.addons, alice, app, "SELECT n FROM t", var)) == "7"
