@@ -20,7 +20,7 @@ from typing import Literal
 import msgspec
 
 from slipway.contracts import subjects
-from slipway.contracts.base import Event, EventSpec, Message, Rpc, only
+from slipway.contracts.base import Event, EventSpec, Message, Ok, Rpc, only
 from slipway.contracts.scheduler import LABEL_PREFIX
 from slipway.contracts.subjects import Service
 
@@ -186,5 +186,28 @@ ADDON_INFO_GET: Rpc[GetDatabaseInfo, DatabaseInfo] = Rpc(
     subjects.rpc(Service.SCHEDULER, "addon.info.get"),
     GetDatabaseInfo,
     DatabaseInfo,
+    callers=only(Service.GATEWAY),
+)
+
+
+class ApplyAddonCredentials(
+    Message, tag="scheduler.addon.credentials.apply.v1", frozen=True, kw_only=True
+):
+    """Set the role's password in the running database to the gateway's current one
+    (`pg:credentials:rotate`): the scheduler asks ADDON_CREDENTIALS_GET for its verifier,
+    sets it and ends the role's open sessions, which logged in with the old one."""
+
+    addon_id: str
+    app_id: str
+    database: str
+    user: str
+
+
+ADDON_CREDENTIALS_APPLY: Rpc[ApplyAddonCredentials, Ok] = Rpc(
+    Service.SCHEDULER,
+    "addon.credentials.apply",
+    subjects.rpc(Service.SCHEDULER, "addon.credentials.apply"),
+    ApplyAddonCredentials,
+    Ok,
     callers=only(Service.GATEWAY),
 )

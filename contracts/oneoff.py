@@ -43,6 +43,9 @@ class RunOneOff(Message, tag="scheduler.oneoff.run.v1", frozen=True, kw_only=Tru
     session: str = ""  # the live-subject id of an attached session
     tty_cols: int = 80
     tty_rows: int = 24
+    # "psql": run from the PostgreSQL add-on image (`pg:psql`), which has the client that
+    # an app's image may lack; the scheduler picks that image, never the caller.
+    tool: Literal["", "psql"] = ""
 
 
 class OneOffStarted(Message, tag="scheduler.oneoff.started.v1", frozen=True, kw_only=True):

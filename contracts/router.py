@@ -15,7 +15,7 @@ host, and never another app's bridge.
 from __future__ import annotations
 
 from slipway.contracts import subjects
-from slipway.contracts.base import Event, EventSpec, only
+from slipway.contracts.base import Event, EventSpec, Message, Rpc, only
 from slipway.contracts.subjects import Service
 
 
@@ -46,4 +46,32 @@ DOMAIN_ADDED: EventSpec[DomainAdded] = EventSpec(
 )
 DOMAIN_REMOVED: EventSpec[DomainRemoved] = EventSpec(
     subjects.evt("domain", "removed"), DomainRemoved, publishers=only(Service.GATEWAY)
+)
+
+
+class IssueAddonCertificate(Message, tag="router.addon.cert.issue.v1", frozen=True, kw_only=True):
+    """A server certificate for an add-on, named by its host on the app network.
+
+    Only a CSR travels: the add-on's private key stays with the scheduler, which made it."""
+
+    addon_id: str
+    app_id: str
+    name: str  # the add-on's name: its one DNS name (no dot: never a routed host name)
+    csr: str  # PEM
+
+
+class AddonCertificate(Message, tag="router.addon.cert.v1", frozen=True, kw_only=True):
+    certificate: str  # PEM, signed by the router's internal CA
+    ca: str  # PEM, that CA's root: what a client verifies the add-on against
+    not_after: str = ""  # ISO 8601
+
+
+# network-wirer holds the router's internal CA (Caddy's storage): it signs, nobody else.
+ROUTER_ADDON_CERT_ISSUE: Rpc[IssueAddonCertificate, AddonCertificate] = Rpc(
+    Service.NETWORK_WIRER,
+    "addon.cert.issue",
+    subjects.rpc(Service.NETWORK_WIRER, "addon.cert.issue"),
+    IssueAddonCertificate,
+    AddonCertificate,
+    callers=only(Service.SCHEDULER),
 )

@@ -22,6 +22,7 @@ TOPICS = (
     "domains",
     "addons",
     "pg",
+    "pgtools",
     "pgopen",
     "keys",
     "logs",

@@ -130,10 +130,12 @@ async def _password(gw: Gateway, addon: Addon) -> str:
 
 
 def database_url(addon: Addon, password: str) -> str:
-    """What the attachment's config var holds: the host is the add-on's name on the app network."""
+    """What the attachment's config var holds: the host is the add-on's name on the app network.
+
+    TLS is required; `require`, not `verify-full`: dynos are not given the platform's CA."""
     return (
         f"postgres://{addon.db_user}:{quote(password, safe='')}@{addon.name}:"
-        f"{ac.POSTGRES_PORT}/{addon.db_name}"
+        f"{ac.POSTGRES_PORT}/{addon.db_name}?sslmode=require"
     )
 
 

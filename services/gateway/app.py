@@ -40,6 +40,7 @@ from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database
 from slipway.services.gateway import (
     account,
+    addoncreds,
     addons,
     apps,
     audit,
@@ -85,6 +86,7 @@ RESOURCES = (
     dynos,
     hosts,
     addons,
+    addoncreds,
     backups,
     backupkeys,
     *(sources, builds, buildoutput, git),

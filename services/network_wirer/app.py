@@ -27,6 +27,7 @@ from slipway.contracts.router import DOMAIN_ADDED, DOMAIN_REMOVED, DomainAdded, 
 from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
 from slipway.contracts.subjects import Service
 from slipway.libs.service import Key, ServiceApp
+from slipway.services.network_wirer import certs
 from slipway.services.network_wirer.access import AccessListener
 from slipway.services.network_wirer.caddy import CaddyAdmin
 from slipway.services.network_wirer.networks import Isolation, Networks
@@ -83,6 +84,8 @@ def create_service(settings: WirerSettings) -> ServiceApp:
             await admin.close()
             if networks is not None:
                 await networks.close()
+
+    certs.install(service, settings.storage_dir)
 
     @service.event("routes", DYNO_CHANGED)
     async def dyno_changed(event: DynoChanged) -> None:

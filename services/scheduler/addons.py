@@ -15,6 +15,12 @@ role owns its database and is not a superuser.
 
 These containers carry `LABEL_ADDON`: the dyno loops (hosts.Engine.poll) leave them alone.
 
+TLS (addontls.py): before the container, a key made here and a certificate for the add-on's
+name from the router's CA (network-wirer signs a CSR), mounted read-only at
+/etc/slipway/tls; the start script then turns ssl on and accepts TCP over TLS only.
+`pg:credentials:rotate` reaches `apply_credentials`: the gateway's new verifier, set the
+same way as at provision, and the role's old sessions ended.
+
 The backup service's door (contracts/backup.py): each database gets its host run folder
 (`<run root>/<host>/<addon>`, made here as root before the container: owner the backup
 user, its group, mode 02770) mounted at /run/slipway, and that group as a supplementary
@@ -49,10 +55,11 @@ from slipway.contracts import addons as ac
 from slipway.contracts import backup as bk
 from slipway.contracts import gateway as gw
 from slipway.contracts import scheduler as sc
-from slipway.libs.bus import Bus
+from slipway.contracts.base import Ok
+from slipway.libs.bus import Bus, context
 from slipway.libs.errors import SlipwayError
 from slipway.libs.service import ServiceApp
-from slipway.services.scheduler import containers
+from slipway.services.scheduler import addontls, containers
 from slipway.services.scheduler.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
@@ -131,11 +138,13 @@ def container_config(
     *,
     run_dir: str | Path | None = None,
     run_gid: int = 0,
+    tls_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """The database's container: hardened, limited by its plan, on the app network only.
 
     `run_dir` (the host run folder, `make_run_dir`) is mounted at /run/slipway with WAL
-    archiving into it, the container holding `run_gid` to write there; None: neither."""
+    archiving into it, the container holding `run_gid` to write there; None: neither.
+    `tls_dir` (addontls.py) is mounted read-only at /etc/slipway/tls: TLS on, TCP needs it."""
     plan = ac.ADDON_PLANS[want.plan]
     memory = plan.memory_mb * 1024 * 1024
     uid = ac.POSTGRES_UID
@@ -149,6 +158,10 @@ def container_config(
         settings.extend(WAL_SETTINGS)
         mounts.append({"Type": "bind", "Source": str(run_dir), "Target": bk.MOUNT})
         extra["GroupAdd"] = [str(run_gid)]
+    if tls_dir is not None:
+        mounts.append(
+            {"Type": "bind", "Source": str(tls_dir), "Target": addontls.MOUNT, "ReadOnly": True}
+        )
     return {
         "Image": image(),
         "Cmd": [part for setting in settings for part in ("-c", setting)],
@@ -193,6 +206,20 @@ def setup_sql(want: ac.AddonDesired, credentials: ac.AddonCredentials) -> bytes:
         f" (SELECT FROM pg_database WHERE datname = '{database}')\\gexec\n"
         f'REVOKE ALL ON DATABASE "{database}" FROM PUBLIC;\n'
         f"{backup_role_sql(database)}"
+        "\\q\n"
+    ).encode()
+
+
+def password_sql(user: str, verifier: str) -> bytes:
+    """psql lines setting the role's new verifier and ending the sessions that logged in
+    with the old password (`pg:credentials:rotate`, as Heroku's ends them)."""
+    if not (IDENTIFIER.match(user) and VERIFIER.match(verifier)):
+        raise ValueError("refusing a role or verifier of an unexpected shape")
+    # Matched against IDENTIFIER / VERIFIER above: nothing to quote.
+    return (
+        f"ALTER ROLE \"{user}\" WITH PASSWORD '{verifier}';\n"
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+        f" WHERE usename = '{user}';\n"
         "\\q\n"
     ).encode()
 
@@ -357,16 +384,20 @@ class Addons:
             container = engine.docker.containers.container(raw["Id"])
             # The bind mount's source must exist before any start.
             run_dir = await asyncio.to_thread(make_run_dir, settings, engine.id, want.addon_id)
+            renewed = await addontls.ensure(self.bus, settings, want, engine.id)
             # A restore interrupted after its container started: finish it.
             restoring = want.restore is not None and (run_dir / "restore").exists()
             if raw.get("State") != "running":
                 await container.start()
+                renewed = False
         else:
             chosen = sched.roomiest_host()
             if chosen is None:
                 raise Conflict("No host is up to run the database on.")
             engine = chosen
             run_dir = await asyncio.to_thread(make_run_dir, settings, engine.id, want.addon_id)
+            await addontls.ensure(self.bus, settings, want, engine.id)
+            renewed = False
             restoring = want.restore is not None
             if want.restore is not None:
                 await self._stage(want, want.restore, engine.id, run_dir)
@@ -378,7 +409,13 @@ class Addons:
             await engine.docker.volumes.create({"Name": volume, "Labels": own})  # type: ignore[no-untyped-call]
             _, gid = settings.run_owner()
             config = container_config(
-                want, scope.network(want.app_id), volume, own, run_dir=run_dir, run_gid=gid
+                want,
+                scope.network(want.app_id),
+                volume,
+                own,
+                run_dir=run_dir,
+                run_gid=gid,
+                tls_dir=addontls.tls_dir_of(settings, engine.id, want.addon_id),
             )
             name = scope.container(f"{want.app_name[:30]}-{want.addon_name}")
             container = await engine.docker.containers.create(config, name=name)
@@ -396,6 +433,8 @@ class Addons:
             # psql's message may quote the failing statement (a syntax error's LINE 1: ...),
             # verifier included: it is not passed on.
             raise RuntimeError(f"setting up the database failed (psql exited {code})")
+        if renewed:  # PostgreSQL reads its certificate files again on a reload
+            await run_psql(container, PSQL_STDIN, b"SELECT pg_reload_conf();\n\\q\n")
         return engine.id
 
     async def _stage(
@@ -484,6 +523,7 @@ class Addons:
                 await _remove(engine, raw)
             await self._remove_volumes(f"{ac.LABEL_ADDON}={want.addon_id}")
             await asyncio.to_thread(remove_run_dirs, self._sched().settings, want.addon_id)
+            await asyncio.to_thread(addontls.remove_tls_dirs, self._sched().settings, want.addon_id)
         self._locks.pop(want.addon_id, None)
         await self._publish(want, "deprovisioned")
         log.info("addon.deprovisioned", addon=want.addon_name, app=want.app_name)
@@ -505,6 +545,7 @@ class Addons:
         await self._remove_volumes(f"{sc.LABEL_APP}={app_id}")
         for addon_id in addon_ids - {""}:
             await asyncio.to_thread(remove_run_dirs, sched.settings, addon_id)
+            await asyncio.to_thread(addontls.remove_tls_dirs, sched.settings, addon_id)
 
     async def _remove_volumes(self, label: str) -> None:
         sched = self._sched()
@@ -550,6 +591,33 @@ class Addons:
             tables=int(tables),
         )
 
+    async def apply_credentials(self, request: ac.ApplyAddonCredentials) -> None:
+        """Set the gateway's current password (its verifier) in the running database."""
+        found = [
+            (e, raw)
+            for e, raw in await self._find(request.addon_id)
+            if (raw.get("Labels") or {}).get(sc.LABEL_APP) == request.app_id
+        ]
+        if not found:
+            raise NotFound(f"No database for add-on {request.addon_id}.")
+        engine, raw = found[0]
+        if raw.get("State") != "running":
+            raise Conflict("The database is not running: start it before rotating its password.")
+        async with self._lock(request.addon_id):
+            credentials = await self.bus.call(
+                ac.ADDON_CREDENTIALS_GET,
+                ac.GetAddonCredentials(addon_id=request.addon_id, app_id=request.app_id),
+            )
+            if credentials.user != request.user:
+                raise Conflict("The gateway answered for another role.")
+            container = engine.docker.containers.container(raw["Id"])
+            sql = password_sql(credentials.user, credentials.verifier)
+            code, _ = await run_psql(container, PSQL_STDIN, sql)
+        if code != 0:
+            # psql may quote the statement, verifier included: its output is not passed on.
+            raise RuntimeError(f"setting the new password failed (psql exited {code})")
+        log.info("addon.credentials_applied", addon=request.addon_id, app=request.app_id)
+
     async def _publish(
         self, want: ac.AddonDesired, state: ac.AddonOutcome, *, host_id: str = "", reason: str = ""
     ) -> None:
@@ -587,3 +655,9 @@ def install(service: ServiceApp, sched: Callable[[], Scheduler]) -> None:
     @service.rpc(ac.ADDON_INFO_GET)
     async def info(request: ac.GetDatabaseInfo) -> ac.DatabaseInfo:
         return await runner.info(request)
+
+    @service.rpc(ac.ADDON_CREDENTIALS_APPLY)
+    async def apply_credentials(request: ac.ApplyAddonCredentials) -> Ok:
+        context.require_caller(ac.ADDON_CREDENTIALS_APPLY)
+        await runner.apply_credentials(request)
+        return Ok()

@@ -106,6 +106,8 @@ def _oneoff_rpcs(service: ServiceApp) -> None:
             config_version=request.config_version,
         )
         env = {**await sched.rt.config_env(desired), **request.env}
+        if request.tool == "psql":  # pg:psql: the add-on image has the client
+            request = msgspec.structs.replace(request, image=addons.image())
         credentials = None
         if containers.has_registry_host(request.image):
             credentials = await service.bus.call(

@@ -205,10 +205,10 @@ async def test_database_is_not_reachable_from_another_apps_network(
     address = info["NetworkSettings"]["Networks"][addon_stack.scope.network(app["id"])]["IPAddress"]
     assert address
 
-    by_name = await psql(other, url + "?connect_timeout=3", "SELECT 1")
+    by_name = await psql(other, url + "&connect_timeout=3", "SELECT 1")
     assert by_name.returncode != 0
     by_address = await psql(
-        other, url.replace(f"@{addon['name']}:", f"@{address}:") + "?connect_timeout=3", "SELECT 1"
+        other, url.replace(f"@{addon['name']}:", f"@{address}:") + "&connect_timeout=3", "SELECT 1"
     )
     assert by_address.returncode != 0
     # The same address answers from the app's own network: the refusals above are isolation.

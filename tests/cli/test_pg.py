@@ -577,7 +577,7 @@ async def test_a_customer_only_backup_opens_offline_into_a_running_postgresql(
     out = (isolated / "o").resolve()
     readme = (out / "README.txt").read_text()
     steps = readme[readme.index("  chmod") : readme.index("EOF\n  postgres") + 4]
-    database = url.rsplit("/", 1)[1]
+    database = url.rsplit("/", 1)[1].split("?")[0]
     rows, recovering = "select n from t order by n", "select pg_is_in_recovery()"
     pg_ctl = (
         f"/usr/lib/postgresql/15/bin/pg_ctl -D {out}/data -w -t 60 -l {out}/log -o"
