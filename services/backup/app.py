@@ -53,6 +53,7 @@ def create_service(settings: BackupSettings) -> ServiceApp:
             yield
         finally:
             await backups.stop()
+            await archive.close()
             await db.close()
 
     _rpcs(service)

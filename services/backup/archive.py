@@ -17,17 +17,21 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import msgspec
 import structlog
 
 from slipway.services.backup import sealing
+from slipway.services.backup.errors import StorageError
 from slipway.services.backup.sealing import Recipients, Sealer
 from slipway.services.backup.settings import BackupSettings
 from slipway.services.backup.storage import LocalFolder, Mirrored, ObjectStore
 from slipway.services.backup.store import Catalog, DatabaseRow, ObjectRow, object_info
+
+if TYPE_CHECKING:
+    from slipway.services.backup.s3 import S3Bucket
 
 log = structlog.get_logger("slipway.backup.archive")
 
@@ -42,20 +46,53 @@ class Archive:
         self.settings = settings
         self.catalog = catalog
         self.sealer = sealer
-        primary = LocalFolder(settings.storage_root())
+        self._folders: list[LocalFolder] = []
+        self._buckets: list[S3Bucket] = []
+        primary = self._destination(settings.backup_s3_url or str(settings.storage_root()))
         copies: list[ObjectStore] = []
         if settings.backup_copy_to:
-            copies.append(LocalFolder(Path(settings.backup_copy_to)))
+            copies.append(self._destination(settings.backup_copy_to))
         self.storage = Mirrored(primary, copies)
         self._primary = primary
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def _destination(self, where: str) -> ObjectStore:
+        """A folder, or an S3-compatible bucket for an `s3://bucket/prefix` URL."""
+        if not where.startswith("s3://"):
+            folder = LocalFolder(Path(where))
+            self._folders.append(folder)
+            return folder
+        try:
+            # aiobotocore is the optional extra `s3`: needed only once a bucket is named.
+            from slipway.services.backup.s3 import S3Bucket, S3Options
+        except ImportError as exc:
+            raise StorageError(
+                f"an s3:// destination needs `pip install slipway[s3]`: {exc}"
+            ) from None
+        bucket = S3Bucket(where, S3Options.from_settings(self.settings))
+        self._buckets.append(bucket)
+        return bucket
+
+    async def close(self) -> None:
+        """Close the destinations' connections (a bucket's client)."""
+        for bucket in self._buckets:
+            await bucket.close()
 
     def lock(self, addon_id: str) -> asyncio.Lock:
         return self._locks.setdefault(addon_id, asyncio.Lock())
 
     async def recover(self) -> None:
         """After a crash: uploads without a manifest are dropped, interrupted captures failed."""
-        removed = await asyncio.to_thread(self._primary.sweep_partial)
+        removed = 0
+        for folder in self._folders:
+            removed += await asyncio.to_thread(folder.sweep_partial)
+        for bucket in self._buckets:
+            try:
+                removed += await bucket.sweep_partial()
+            except StorageError as exc:
+                # An unreachable bucket must not stop the archiving to the others;
+                # what it keeps unfinished is swept at the next start.
+                log.warning("unfinished uploads not swept", destination=bucket.name, error=str(exc))
         orphans = await self.catalog.forget_orphans()
         visible = await self.catalog.visible_keys()
         for key in orphans:

@@ -24,8 +24,30 @@ class BackupSettings(Settings, frozen=True, kw_only=True):
     addon_run_dir: str = ""
     # Where sealed objects are stored; "": `<home>/backup/objects`.
     backup_storage_dir: str = ""
-    # A second folder every object is also written to (an off-site mount): "" for none.
+    # A second destination every object is also written to: a folder (an off-site mount)
+    # or an `s3://bucket/prefix` URL; "" for none. Restores read it when the primary lost
+    # an object.
     backup_copy_to: str = ""
+    # An S3-compatible bucket as the primary destination, instead of the folder above:
+    # `s3://bucket/prefix`; "": the folder. services/backup/s3.py; README: Backups.
+    backup_s3_url: str = ""
+    # How to reach the bucket(s) above, primary and copy alike. Endpoint "": AWS itself;
+    # else e.g. `https://minio.internal:9000` (no credentials in it: they are refused).
+    backup_s3_endpoint: str = ""
+    backup_s3_region: str = "us-east-1"
+    # Path-style URLs (`endpoint/bucket/key`), which most on-prem servers want.
+    backup_s3_path_style: bool = False
+    # A CA bundle trusted for the endpoint instead of the system's (an on-prem CA).
+    backup_s3_ca_file: str = ""
+    # An INI file like ~/.aws/credentials (`[default]` aws_access_key_id, ...); "": the
+    # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN) variables.
+    backup_s3_credentials_file: str = ""
+    # Objects larger than this go up as a multipart upload, in parts of the next size.
+    backup_s3_multipart_bytes: int = 64 * MIB
+    backup_s3_part_bytes: int = 16 * MIB
+    # Compare the ETag the server answers with the MD5 of what was sent; turn off only
+    # for a server whose ETags are not MD5s (some encrypt-at-rest modes).
+    backup_s3_check_etag: bool = True
     # The open WAL segment's new bytes are sealed and stored at least this often: the
     # recovery point after losing the host is at most this old (plus one round trip).
     wal_flush_seconds: float = 2.0
