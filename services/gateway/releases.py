@@ -4,6 +4,13 @@ Every change of what runs makes a release: app creation (v1 "Initial release"),
 a config change ("Set FOO config vars"), a build (the builder's
 `gateway.release.create` command) and a rollback ("Rollback to v4", the image,
 process types and config of v4). The newest release is the current one.
+
+A rollback only reaches what exists. Once the app runs an image, a release made
+before its first build (no image, no process types) is refused: taking its empty
+process types would empty the formation and stop every dyno. A release whose image
+registry-proxy no longer holds (garbage-collected: outside the rollback window,
+`SLIPWAY_ROLLBACK_WINDOW`) is refused too: its dynos could never start. Both answer 422
+before anything changes, so the app keeps running as it was.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ import structlog
 from aiohttp import web
 
 from slipway.contracts.gateway import RELEASE_CREATED, CreateRelease, ReleaseCreated
-from slipway.libs.errors import NotFound
+from slipway.contracts.registry import IMAGES_LIST, ListImages
+from slipway.libs.errors import NotFound, Unavailable
 from slipway.libs.storage import claim
 from slipway.services.gateway import store, views
 from slipway.services.gateway.auth import Action, actor, app_for
 from slipway.services.gateway.changes import Actor, Change, change
+from slipway.services.gateway.errors import InvalidParams
 from slipway.services.gateway.formation import check_process_types, desired, sync_formation
 from slipway.services.gateway.routing import Routes, read_body, reply
 from slipway.services.gateway.schemas import Rollback
@@ -106,11 +115,74 @@ async def new_release(
     return release
 
 
-def release_view(app: store.App, release: store.Release, current_version: int) -> views.Release:
+def registry_digest(release: store.Release) -> str | None:
+    """The digest a release's image is pulled by from the registry, or None.
+
+    The builder publishes `<registry>/apps/<app>@<digest>`; an image kept on the engine
+    that built it (the builder's "local" mode, one host) has no `@`, and registry-proxy
+    neither holds nor collects it.
+    """
+    if not release.image_ref or "@" not in release.image_ref:
+        return None
+    return release.image_ref.rsplit("@", 1)[1]
+
+
+def runs_image(release: store.Release | None) -> bool:
+    """Whether `release` runs an image (every release from the app's first build on does)."""
+    return release is not None and bool(release.image_ref)
+
+
+def imageless_refusal(target: store.Release, current: store.Release | None) -> str | None:
+    """Why rolling back to `target` would stop a running app, or None."""
+    if runs_image(target) or not runs_image(current):
+        # An app never built has nothing running: going back among its config-only
+        # releases changes config and stops nothing.
+        return None
+    return (
+        f"Cannot roll back to v{target.version}: it was made before the app's first build"
+        " and has no image, so rolling back to it would stop every dyno. Roll back to a"
+        " release with an image, or deploy again."
+    )
+
+
+async def check_image_kept(gw: Gateway, app: store.App, target: store.Release) -> None:
+    """Refuse (422) a rollback to a release whose image registry-proxy no longer holds."""
+    digest = registry_digest(target)
+    if digest is None:
+        return
+    try:
+        listed = await gw.bus.call(IMAGES_LIST, ListImages(app_id=app.id))
+    except Unavailable:
+        # 503 rather than a guess either way: neither a refusal nor a rollback that may stop.
+        raise Unavailable(
+            f"Cannot check that v{target.version}'s image is still in the registry right now;"
+            " nothing was changed. Try again shortly."
+        ) from None
+    if digest in {image.digest for image in listed.images}:
+        return
+    raise InvalidParams(
+        f"Cannot roll back to v{target.version}: its image ({digest[:19]}) is no longer in"
+        " the registry, which keeps the images of the app's recent releases only (the"
+        " rollback window). Roll back to a newer release, or deploy that code again."
+    )
+
+
+def release_view(
+    app: store.App,
+    release: store.Release,
+    current_version: int,
+    *,
+    current_runs_image: bool = False,
+) -> views.Release:
     image = (
         views.Image(ref=release.image_ref, digest=release.image_digest)
         if release.image_ref and release.image_digest
         else None
+    )
+    # A release before the first build is no rollback target once an image runs (above);
+    # whether an image is still in the registry is only known by asking at rollback time.
+    eligible = release.version != current_version and (
+        runs_image(release) or not current_runs_image
     )
     return views.Release(
         id=release.id,
@@ -118,7 +190,7 @@ def release_view(app: store.App, release: store.Release, current_version: int) -
         description=release.description,
         status=release.status,
         current=release.version == current_version,
-        eligible_for_rollback=release.version != current_version,
+        eligible_for_rollback=eligible,
         created_at=release.created_at,
         updated_at=release.updated_at,
         app=views.AppRef(id=app.id, name=app.name),
@@ -136,8 +208,9 @@ def release_view(app: store.App, release: store.Release, current_version: int) -
 async def list_releases(request: web.Request) -> web.Response:
     app = await app_for(request, Action.READ, "read it")
     releases = await store.list_releases(request.app[GATEWAY].reader, app.id)
-    newest = releases[-1].version if releases else 0
-    return reply([release_view(app, r, newest) for r in releases])
+    newest = releases[-1] if releases else None
+    version, with_image = (newest.version if newest else 0), runs_image(newest)
+    return reply([release_view(app, r, version, current_runs_image=with_image) for r in releases])
 
 
 async def find_release(conn: store.Conn, app: store.App, ident: str) -> store.Release:
@@ -157,7 +230,8 @@ async def info(request: web.Request) -> web.Response:
     app = await app_for(request, Action.READ, "read it")
     release = await find_release(reader, app, request.match_info["release"])
     current = await store.current_release(reader, app.id)
-    return reply(release_view(app, release, current.version if current else 0))
+    version = current.version if current else 0
+    return reply(release_view(app, release, version, current_runs_image=runs_image(current)))
 
 
 @routes.post(
@@ -170,8 +244,15 @@ async def info(request: web.Request) -> web.Response:
 async def rollback(request: web.Request) -> web.Response:
     app = await app_for(request, Action.DEPLOY, "roll back the app")
     body = await read_body(request, Rollback)
-    async with change(request.app[GATEWAY], actor(request)) as tx:
+    gw = request.app[GATEWAY]
+    # Asked before the write transaction, so no lock is held across a bus round trip.
+    await check_image_kept(gw, app, await find_release(gw.reader, app, body.release))
+    async with change(gw, actor(request)) as tx:
         target = await find_release(tx.conn, app, body.release)
+        # Checked in the transaction: a deploy committed meanwhile may have changed current.
+        refusal = imageless_refusal(target, await store.current_release(tx.conn, app.id))
+        if refusal is not None:
+            raise InvalidParams(refusal)
         release = await new_release(
             tx,
             app,
@@ -187,7 +268,8 @@ async def rollback(request: web.Request) -> web.Response:
             app_id=app.id,
             details={"to": f"v{target.version}", "version": str(release.version)},
         )
-    return reply(release_view(app, release, release.version), 201)
+    view = release_view(app, release, release.version, current_runs_image=runs_image(release))
+    return reply(view, 201)
 
 
 async def create_from_build(gw: Gateway, cmd: CreateRelease) -> store.Release | None:

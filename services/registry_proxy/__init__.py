@@ -7,11 +7,11 @@
     proxy.py         the registry HTTP API for Docker engines: auth, scope, streaming relay
     distribution.py  Distribution as a child process: config, start, restart, read-only
     gate.py          keeps garbage collection away from pushes in flight
-    gc.py            keep the last N releases' images, delete the rest, collect blobs
+    gc.py            keep the rollback window's images, delete the rest, collect blobs
     store.py         images per app, releases, the IMAGE_PUSHED outbox
     announcer.py     relays the outbox to JetStream
     client.py        `docker_auth()`: what the builder and scheduler call
-    settings.py      RegistryProxySettings (SLIPWAY_REGISTRY_*)
+    settings.py      RegistryProxySettings (SLIPWAY_REGISTRY_*, SLIPWAY_ROLLBACK_WINDOW)
 
 See README.md in this folder.
 """

@@ -55,7 +55,7 @@ def create_service(settings: RegistryProxySettings) -> ServiceApp:
             store,
             distribution,
             gate,
-            keep=settings.registry_keep_releases,
+            keep=settings.rollback_window,
             grace=settings.registry_unreleased_grace_s,
             delay=settings.registry_gc_delay_s,
         )

@@ -1,4 +1,10 @@
-"""Image garbage collection: keep what the last N releases of each app run, free the rest.
+"""Image garbage collection: keep what the rollback window of each app runs, free the rest.
+
+The rollback window is the app's last N releases (`SLIPWAY_ROLLBACK_WINDOW`, 10): every
+image one of them runs is kept, so `releases:rollback` to any of them finds its image,
+and the current (newest) release's image is kept whatever N is. An image only older
+releases ran is deleted; a rollback to one of those is refused by the gateway, which
+asks `images.list` first.
 
 Two steps, as Distribution wants them:
 
@@ -45,10 +51,13 @@ def doomed(
     now: float,
     grace: float,
 ) -> set[str]:
-    """The digests to delete: released once but not by the last `keep` releases, or
-    never released and older than `grace` seconds (an abandoned build)."""
+    """The digests to delete: released once but by none of the last `keep` releases (the
+    rollback window), or never released and older than `grace` seconds (an abandoned build).
+    """
     newest_first = sorted(releases, key=lambda r: r.version, reverse=True)
-    kept = {r.image_digest for r in newest_first[:keep] if r.image_digest}
+    # The current release always runs: a window of 0 would stop the app at its next pull.
+    window = newest_first[: max(keep, 1)]
+    kept = {r.image_digest for r in window if r.image_digest}
     released = {r.image_digest for r in newest_first if r.image_digest}
     last_push: dict[str, float] = {}
     for image in images:

@@ -15,6 +15,9 @@ import hashlib
 import ipaddress
 import tempfile
 from pathlib import Path
+from typing import Annotated
+
+import msgspec
 
 from slipway.libs.service import Settings
 from slipway.services.registry_proxy.errors import RegistryProxyError
@@ -32,8 +35,10 @@ class RegistryProxySettings(Settings, frozen=True, kw_only=True):
     registry_advertise: str = ""
     registry_credential_ttl_s: int = 900  # when the caller asks for 0
     registry_credential_max_ttl_s: int = 3600
-    # Images referenced by the last N releases of an app are kept; older ones are deleted.
-    registry_keep_releases: int = 5
+    # The rollback window (SLIPWAY_ROLLBACK_WINDOW): the images the last N releases of an
+    # app run are kept, so a rollback to any of them finds its image; older ones are
+    # deleted unless a release in the window re-uses them. At least 1: the current release.
+    rollback_window: Annotated[int, msgspec.Meta(ge=1)] = 10
     # An image no release references yet (a build still finishing) is kept this long.
     registry_unreleased_grace_s: float = 86400.0
     # Seconds between a manifest deletion and the garbage collection that frees its blobs,

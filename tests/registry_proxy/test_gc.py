@@ -1,4 +1,4 @@
-"""Garbage collection keeps the images of the last N releases and frees the rest."""
+"""Garbage collection keeps the images of the rollback window and frees the rest."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ pytestmark = [pytest.mark.integration]
 
 @pytest.fixture
 def registry_settings(registry_settings: RegistryProxySettings) -> RegistryProxySettings:
-    """Keep two releases' images."""
-    return msgspec.structs.replace(registry_settings, registry_keep_releases=2)
+    """A rollback window of two releases."""
+    return msgspec.structs.replace(registry_settings, rollback_window=2)
 
 
 async def _release(gateway: Bus, app_id: str, version: int, digest: str) -> None:
