@@ -350,3 +350,35 @@ BACKUP_MANIFEST_SIGN: Rpc[SignManifest, AuditSignature] = Rpc(
     AuditSignature,
     callers=only(Service.BACKUP),
 )
+
+
+# ---- the master key ----------------------------------------------------------------------------
+
+
+class RotateMasterKey(Message, tag="keyring.masterkey.rotate.v1", frozen=True, kw_only=True):
+    """Re-wrap every master-wrapped key under a new master key, then destroy the old key.
+
+    Run again after a rotation stopped midway (a crash), it finishes that one.
+    """
+
+    # Who asked (a platform admin's email), for the keyring's audit.
+    requested_by: str = ""
+
+
+class MasterKeyRotated(Message, tag="keyring.masterkey.rotated.v1", frozen=True, kw_only=True):
+    previous_version: int
+    version: int
+    fingerprint: str  # of the new master key: tells keys apart, reveals nothing
+    rewrapped: int = 0  # KEK versions, audit signing keys and backup identities re-wrapped
+    resumed: bool = False  # finished a rotation an earlier run had started
+    recovery_sealed: bool = False  # sealed to SLIPWAY_RECOVERY_RECIPIENTS
+
+
+MASTERKEY_ROTATE: Rpc[RotateMasterKey, MasterKeyRotated] = Rpc(
+    Service.KEYRING,
+    "masterkey.rotate",
+    subjects.rpc(Service.KEYRING, "masterkey.rotate"),
+    RotateMasterKey,
+    MasterKeyRotated,
+    callers=only(Service.GATEWAY),
+)

@@ -1,4 +1,4 @@
-"""admin hosts:*: the Docker hosts dynos run on (platform admins only)."""
+"""admin:*: the Docker hosts dynos run on, the keyring's master key (platform admins only)."""
 
 from __future__ import annotations
 
@@ -95,3 +95,28 @@ def remove(ctx: Context, args: argparse.Namespace) -> None:
     """DELETE /hosts/{id}."""
     ctx.client().delete(f"/hosts/{args.id}" + ("?force=1" if args.force else ""))
     ctx.note(f"Removed host {args.id}")
+
+
+@command(
+    "admin:rotate-master-key",
+    "re-wrap every key under a new keyring master key and destroy the old one",
+    examples=("slipway admin:rotate-master-key",),
+    json=True,
+)
+def rotate_master_key(ctx: Context, args: argparse.Namespace) -> None:
+    """POST /platform/master-key/actions/rotate."""
+    client = ctx.client()
+    # Every team's keys are re-wrapped before the answer: allow for a large platform.
+    client.timeout = max(client.timeout, 300.0)
+    done = client.post("/platform/master-key/actions/rotate")
+    if args.json:
+        ctx.emit_json(done)
+        return
+    how = "Finished the interrupted rotation" if done.get("resumed") else "Rotated"
+    ctx.note(
+        f"{how}: master key version {done['previous_version']} -> {done['version']},"
+        f" {done['rewrapped']} keys re-wrapped; the old key is destroyed"
+    )
+    ctx.out(f"fingerprint: {done['fingerprint']}")
+    if done.get("recovery_sealed"):
+        ctx.out("sealed to the recovery recipients: master-key.recovery.age")

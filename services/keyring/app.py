@@ -1,9 +1,11 @@
 """The keyring process: the master key, the database, the vault, and the RPCs that use them.
 
-On start, in this order: read (or create) the master key, open the database,
-load (or create) the audit signing key — which proves the master key is the one
-the database was made with — then serve. Any of these failing stops the start
-with a `MasterKeyError` that says what to fix.
+On start, in this order: read (or create) the master key, open the database, tie
+the key to the versions the database records (with a rotation's other key file,
+if one stopped midway), load (or create) the audit signing key — which proves the
+master key is the one the database was made with — seal the master key to the
+recovery recipients if that was not done yet, then serve. Any of these failing
+stops the start with a `MasterKeyError` that says what to fix.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import structlog
 from slipway.contracts.subjects import Service
 from slipway.libs.service import ServiceApp
 from slipway.services.keyring import handlers
-from slipway.services.keyring.handlers import VAULT
+from slipway.services.keyring.handlers import ROTATOR, VAULT
 from slipway.services.keyring.masterkey import load_master_key
+from slipway.services.keyring.rotation import MasterKeyRotator, seal_at_start
 from slipway.services.keyring.settings import KeyringSettings
 from slipway.services.keyring.store import KeyringStore
 from slipway.services.keyring.vault import Vault
@@ -40,8 +43,16 @@ def create_service(settings: KeyringSettings) -> ServiceApp:
         master = load_master_key(settings)
         store = await KeyringStore.open(settings.db_path())
         try:
-            service[VAULT] = await Vault.open(master, store)
-            log.info("keyring.ready", master_key=master.source, db=str(settings.db_path()))
+            await master.attach(store)
+            vault = service[VAULT] = await Vault.open(master, store)
+            service[ROTATOR] = MasterKeyRotator(vault, settings, service.bus.instance)
+            await seal_at_start(settings, vault)
+            log.info(
+                "keyring.ready",
+                master_key=master.source,
+                master_key_versions=master.versions(),
+                db=str(settings.db_path()),
+            )
             yield
         finally:
             await store.close()

@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime
 
 from slipway.contracts.keyring import BackupRecipient, BackupRecipients, FileKeys
-from slipway.libs.crypto import age
+from slipway.libs.crypto import aead, age
 from slipway.libs.crypto.binding import Context
 from slipway.libs.crypto.errors import DecryptionFailed
 from slipway.libs.errors import Internal, InvalidRequest, NotFound
@@ -113,7 +113,12 @@ class BackupKeys:
         stored = await self.store.backup_identity(team_id)
         if stored is None:
             return FileKeys(file_keys=[b""] * len(headers))
-        identity = self.open_identity(stored)
+        try:
+            identity = await self.open_current(stored)
+        except Internal:
+            # Re-wrapped by a master key rotation since we read it: read it again.
+            stored = await self.store.backup_identity(team_id) or stored
+            identity = await self.open_current(stored)
         keys = []
         for number, header in enumerate(headers):
             try:
@@ -131,6 +136,7 @@ class BackupKeys:
             check_alive(await self.store.team_in(conn, team_id))
             found = await self.store.backup_identity_in(conn, team_id)
             if found is None:
+                await self.master.sync_current(conn)
                 identity = age.generate_identity()
                 found = BackupIdentity(
                     team_id=team_id,
@@ -140,6 +146,11 @@ class BackupKeys:
                 )
                 await self.store.add_backup_identity(conn, found)
         return found
+
+    async def open_current(self, stored: BackupIdentity) -> bytes:
+        """`open_identity`, after loading a master key version rotated in elsewhere."""
+        await self.master.ensure(aead.key_version_of(stored.wrapped))
+        return self.open_identity(stored)
 
     def open_identity(self, stored: BackupIdentity) -> bytes:
         """The plaintext identity (for one call only), checked against its public key."""

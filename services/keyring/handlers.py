@@ -30,6 +30,7 @@ from slipway.contracts.keyring import (
     GetPublicKey,
     KekRetired,
     KekRotated,
+    MasterKeyRotated,
     PlainDataKey,
     PublicKeyInfo,
     Purpose,
@@ -38,6 +39,7 @@ from slipway.contracts.keyring import (
     RetireKek,
     RewrapDataKey,
     RotateKek,
+    RotateMasterKey,
     SetPlatformBackupKey,
     ShredTeam,
     SignAudit,
@@ -51,10 +53,12 @@ from slipway.libs.errors import InvalidRequest, SlipwayError
 from slipway.libs.service import Key, ServiceApp
 from slipway.services.keyring import policy
 from slipway.services.keyring.policy import Operation
+from slipway.services.keyring.rotation import MasterKeyRotator
 from slipway.services.keyring.store import AuditRecord
 from slipway.services.keyring.vault import Vault
 
 VAULT = Key("vault", Vault)
+ROTATOR = Key("master_key_rotator", MasterKeyRotator)
 
 MAX_TEAM_ID = 128
 MAX_CONTEXT_ENTRIES = 16
@@ -65,6 +69,7 @@ MAX_WRAPPED = 1024
 MAX_HEADERS = 1024
 MAX_HEADER = 16 * 1024
 MAX_FINGERPRINT = 64
+MAX_REQUESTER = 320
 
 
 @dataclass
@@ -240,6 +245,19 @@ class Handlers:
             call.detail = f"key_id={signed.key_id} sha256={digest}"
             return signed
 
+    async def rotate_master_key(self, req: RotateMasterKey) -> MasterKeyRotated:
+        async with audited(self.vault, Operation.MASTERKEY_ROTATE) as call:
+            who = req.requested_by[:MAX_REQUESTER]
+            call.detail = f"requested_by={who}"
+            done = await self.app[ROTATOR].rotate()
+            call.detail += (
+                f" from={done.previous_version} to={done.version}"
+                f" fingerprint={done.fingerprint} rewrapped={done.rewrapped}"
+                f" resumed={str(done.resumed).lower()}"
+                f" recovery_sealed={str(done.recovery_sealed).lower()}"
+            )
+            return done
+
 
 def register(app: ServiceApp) -> None:
     """Serve every keyring RPC on `app` (the vault is `app[VAULT]` once started)."""
@@ -260,6 +278,7 @@ def register(app: ServiceApp) -> None:
     app.rpc(keyring.BACKUP_PLATFORM_KEY_SET)(handlers.set_platform_backup_key)
     app.rpc(keyring.BACKUP_FILEKEYS_UNWRAP)(handlers.unwrap_file_keys)
     app.rpc(keyring.BACKUP_MANIFEST_SIGN)(handlers.sign_manifest)
+    app.rpc(keyring.MASTERKEY_ROTATE)(handlers.rotate_master_key)
 
 
 def _check_team_id(team_id: str) -> None:

@@ -47,6 +47,7 @@ class Operation(StrEnum):
     BACKUP_PLATFORM_KEY_SET = keyring.BACKUP_PLATFORM_KEY_SET.name
     BACKUP_FILEKEYS_UNWRAP = keyring.BACKUP_FILEKEYS_UNWRAP.name
     BACKUP_MANIFEST_SIGN = keyring.BACKUP_MANIFEST_SIGN.name
+    MASTERKEY_ROTATE = keyring.MASTERKEY_ROTATE.name
 
 
 class Grant(NamedTuple):
@@ -114,6 +115,8 @@ TABLE: tuple[Grant, ...] = (
     G(GATEWAY,      Op.BACKUP_PLATFORM_KEY_SET),
     G(BACKUP,       Op.BACKUP_FILEKEYS_UNWRAP),
     G(BACKUP,       Op.BACKUP_MANIFEST_SIGN),
+    # The master key: rotated on a platform admin's request, which only the gateway checks.
+    G(GATEWAY,      Op.MASTERKEY_ROTATE),
 )
 # fmt: on
 
@@ -139,6 +142,7 @@ RPCS: dict[Operation, Rpc[Any, Any]] = {
         keyring.BACKUP_PLATFORM_KEY_SET,
         keyring.BACKUP_FILEKEYS_UNWRAP,
         keyring.BACKUP_MANIFEST_SIGN,
+        keyring.MASTERKEY_ROTATE,
     )
 }
 

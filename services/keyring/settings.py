@@ -3,12 +3,14 @@
 SLIPWAY_HOME=var python -m slipway.services.keyring
 SLIPWAY_MASTER_KEY_PATH=/etc/slipway/master.key python -m slipway.services.keyring
 SLIPWAY_MASTER_KEY_ENV=SLIPWAY_KEYRING_MASTER_KEY SLIPWAY_KEYRING_MASTER_KEY=<base64> ...
+SLIPWAY_RECOVERY_RECIPIENTS="age1... age1..." python -m slipway.services.keyring
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from slipway.libs.crypto import age
 from slipway.libs.service import Settings
 
 
@@ -21,6 +23,10 @@ class KeyringSettings(Settings, frozen=True, kw_only=True):
     # The name of an environment variable holding the master key in base64 (set by an
     # orchestrator's secret store). When set, no key file is read or written.
     master_key_env: str = ""
+    # age recipients (`age1...`, separated by spaces or commas) of the operator's offline
+    # recovery key: when set, the master key is sealed to them when it is created and
+    # after each rotation, in <home>/keyring/master-key.recovery.age.
+    recovery_recipients: str = ""
 
     def keyring_dir(self) -> Path:
         """The keyring's own state folder (its database, and the master key by default)."""
@@ -34,3 +40,12 @@ class KeyringSettings(Settings, frozen=True, kw_only=True):
         if self.master_key_path:
             return Path(self.master_key_path)
         return self.keyring_dir() / "master.key"
+
+    def recovery_file(self) -> Path:
+        """The master key sealed to the recovery recipients (when there are any)."""
+        return self.keyring_dir() / "master-key.recovery.age"
+
+    def recovery_public_keys(self) -> list[bytes]:
+        """The recovery recipients' X25519 public keys; InvalidKey names a bad one."""
+        text = self.recovery_recipients.replace(",", " ")
+        return [age.parse_recipient(word) for word in text.split()]

@@ -123,7 +123,48 @@ MIGRATIONS = [
         platform_enabled INTEGER NOT NULL
     )
     """,
+    # Master keys by version and fingerprint (never the key): which one is active, which
+    # one a rotation is moving to, which were destroyed (rotation.py). `master_key_rotation`
+    # is the lease of the one rotation running, across keyring instances.
+    """
+    CREATE TABLE master_keys (
+        version INTEGER PRIMARY KEY,
+        fingerprint TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        activated_at REAL,
+        destroyed_at REAL
+    );
+    CREATE TABLE master_key_rotation (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        holder TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        expires_at REAL NOT NULL
+    )
+    """,
 ]
+
+# What a master key's row says about it: `pending` while a rotation moves every wrap to
+# it, `active` when it is the one, `retiring` until its file is destroyed, then
+# `destroyed`; `abandoned` is a pending key whose file was lost before it wrapped anything.
+MASTER_STATES = ("pending", "active", "retiring", "destroyed", "abandoned")
+
+# Every blob the master key wraps: how to read them all, how to replace one (the names
+# of its row, then the blob it must still hold, so a concurrent change is never lost).
+MASTER_WRAPPED: dict[str, tuple[str, str]] = {
+    "keks": (
+        "SELECT team_id, version, wrapped FROM keks",
+        "UPDATE keks SET wrapped = ? WHERE team_id = ? AND version = ? AND wrapped = ?",
+    ),
+    "signing_keys": (
+        "SELECT key_id, wrapped_private AS wrapped FROM signing_keys",
+        "UPDATE signing_keys SET wrapped_private = ? WHERE key_id = ? AND wrapped_private = ?",
+    ),
+    "backup_identities": (
+        "SELECT team_id, wrapped FROM backup_identities",
+        "UPDATE backup_identities SET wrapped = ? WHERE team_id = ? AND wrapped = ?",
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +210,27 @@ class BackupKey:
     public_key: bytes
     label: str
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MasterKeyRecord:
+    """One master key version as the database knows it (its fingerprint, never the key)."""
+
+    version: int
+    fingerprint: str
+    state: str
+    created_at: float
+    activated_at: float | None = None
+    destroyed_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MasterWrapped:
+    """One stored blob the master key wraps: its table, the values naming its row, the blob."""
+
+    table: str
+    row: tuple[str | int, ...]
+    wrapped: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +465,99 @@ class KeyringStore:
                 " VALUES (?, ?, ?, ?)",
                 (key.key_id, key.public_key, key.wrapped_private, time.time()),
             )
+
+    # ---- master keys and their rotation --------------------------------------------------------
+
+    async def master_keys(self) -> list[MasterKeyRecord]:
+        """Every master key version recorded, oldest first (committed rows)."""
+        return await self.master_keys_in(self.reader.conn)
+
+    async def master_keys_in(self, conn: aiosqlite.Connection) -> list[MasterKeyRecord]:
+        async with conn.execute(
+            "SELECT version, fingerprint, state, created_at, activated_at, destroyed_at"
+            " FROM master_keys ORDER BY version"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            MasterKeyRecord(
+                version=int(r["version"]),
+                fingerprint=str(r["fingerprint"]),
+                state=str(r["state"]),
+                created_at=float(r["created_at"]),
+                activated_at=r["activated_at"],
+                destroyed_at=r["destroyed_at"],
+            )
+            for r in rows
+        ]
+
+    async def add_master_key(
+        self, conn: aiosqlite.Connection, version: int, fingerprint: str, state: str
+    ) -> None:
+        """Record a master key version; a version already recorded is left as it is."""
+        now = time.time()
+        await conn.execute(
+            "INSERT OR IGNORE INTO master_keys (version, fingerprint, state, created_at,"
+            " activated_at) VALUES (?, ?, ?, ?, ?)",
+            (version, fingerprint, state, now, now if state == "active" else None),
+        )
+
+    async def set_master_key_state(
+        self, conn: aiosqlite.Connection, version: int, state: str
+    ) -> None:
+        assert state in MASTER_STATES
+        now = time.time()
+        await conn.execute(
+            "UPDATE master_keys SET state = ?,"
+            " activated_at = CASE WHEN ? = 'active' THEN ? ELSE activated_at END,"
+            " destroyed_at = CASE WHEN ? = 'destroyed' THEN ? ELSE destroyed_at END"
+            " WHERE version = ?",
+            (state, state, now, state, now, version),
+        )
+
+    async def master_wrapped_in(self, conn: aiosqlite.Connection) -> list[MasterWrapped]:
+        """Every blob the master key wraps (KEKs, the audit signing key, backup identities)."""
+        found = []
+        for table, (select, _) in MASTER_WRAPPED.items():
+            async with conn.execute(select) as cursor:
+                for row in await cursor.fetchall():
+                    names = tuple(row)[:-1]
+                    found.append(MasterWrapped(table, names, bytes(row["wrapped"])))
+        return found
+
+    async def replace_master_wrapped(
+        self, conn: aiosqlite.Connection, old: MasterWrapped, wrapped: bytes
+    ) -> bool:
+        """Store `wrapped` in place of `old` if the row still holds `old` (False if not)."""
+        update = MASTER_WRAPPED[old.table][1]
+        cursor = await conn.execute(update, (wrapped, *old.row, old.wrapped))
+        changed = cursor.rowcount > 0
+        await cursor.close()
+        return changed
+
+    async def take_rotation_lease(
+        self, conn: aiosqlite.Connection, holder: str, seconds: float
+    ) -> str | None:
+        """Hold (or renew) the rotation lease; the other holder's name if it is taken."""
+        now = time.time()
+        async with conn.execute(
+            "SELECT holder, expires_at FROM master_key_rotation WHERE id = 1"
+        ) as cursor:
+            row = await cursor.fetchone()
+        if row is not None and row["holder"] != holder and float(row["expires_at"]) > now:
+            return str(row["holder"])
+        await conn.execute(
+            "INSERT INTO master_key_rotation (id, holder, started_at, expires_at)"
+            " VALUES (1, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET holder = excluded.holder,"
+            " started_at = CASE WHEN master_key_rotation.holder = excluded.holder"
+            " THEN master_key_rotation.started_at ELSE excluded.started_at END,"
+            " expires_at = excluded.expires_at",
+            (holder, now, now + seconds),
+        )
+        return None
+
+    async def release_rotation_lease(self, holder: str) -> None:
+        async with self.transaction() as conn:
+            await conn.execute("DELETE FROM master_key_rotation WHERE holder = ?", (holder,))
 
     # ---- signed audit chain heads --------------------------------------------------------------
 

@@ -6,6 +6,10 @@ Key hierarchy:
                               wraps  the Ed25519 audit signing key
                               wraps  each team's age identity for backups
 
+The master key itself can be rotated (rotation.py re-wraps all three kinds); each
+master-wrapped blob names the master key version that sealed it, so while a
+rotation runs both versions open, and new wraps use the newest.
+
 Each wrap is an `aead` blob whose associated data says what it is and where it
 belongs, so no wrapped key can be moved to another team, purpose, context or
 version and still open:
@@ -94,7 +98,10 @@ class Vault:
         if signer is None:
             signer = _new_signing_key(master)
             await store.add_signing_key(signer)
-        return cls(master, store, signer)
+        vault = cls(master, store, signer)
+        # Only now: the signing key opened, so this is the database's key.
+        await master.record_first()
+        return vault
 
     # ---- data keys ---------------------------------------------------------------------------
 
@@ -159,6 +166,7 @@ class Vault:
             if team is not None:
                 check_alive(team)
             version = team.current_version + 1 if team else 1
+            await self.master.sync_current(conn)
             wrapped = self.master.wrap(aead.generate_key(), kek_ad(team_id, version))
             await self.store.add_kek(conn, team_id, version, wrapped)
         return KekRotated(team_id=team_id, version=version)
@@ -276,12 +284,21 @@ class Vault:
             # Another call may have created it since we looked: inside the lock, look again.
             team = await self.store.team_in(conn, team_id)
             if team is None:
+                await self.master.sync_current(conn)
                 wrapped = self.master.wrap(aead.generate_key(), kek_ad(team_id, 1))
                 await self.store.add_kek(conn, team_id, 1, wrapped)
                 team = Team(team_id, 1, 1, None, "")
         return team
 
     async def _kek(self, team: Team, version: int) -> bytes:
+        try:
+            return await self._kek_once(team, version)
+        except Internal:
+            # A master key rotation may have re-wrapped the KEK and destroyed the key it
+            # was read under between our read and our unwrap: read it once more.
+            return await self._kek_once(team, version)
+
+    async def _kek_once(self, team: Team, version: int) -> bytes:
         wrapped = await self.store.wrapped_kek(team.team_id, version)
         if wrapped is None:
             # Shredded or retired since `team` was read, or a version that never existed.
@@ -296,6 +313,7 @@ class Vault:
                 f"Team {team.team_id} has no key version {version}: the data key was altered"
                 " or wrapped for another team."
             )
+        await self.master.ensure(aead.key_version_of(wrapped))
         try:
             return self.master.unwrap(wrapped, kek_ad(team.team_id, version))
         except DecryptionFailed:
