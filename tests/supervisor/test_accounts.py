@@ -24,7 +24,7 @@ def nobody(tmp_path: Path) -> Account:
 
 
 def test_only_services_that_need_neither_root_nor_docker_get_their_own_users() -> None:
-    """Gateway, keyring, registry-proxy, log-shipper run as slipway-<name>; Docker's stay root."""
+    """Gateway, keyring, registry-proxy, log-shipper, backup run as slipway-<name>; Docker's root."""
     specs = service_specs(discover_services(), own_users=True)
     users = {spec.name: spec.user for spec in specs}
     assert users == {
@@ -35,8 +35,12 @@ def test_only_services_that_need_neither_root_nor_docker_get_their_own_users() -
         "network-wirer": None,
         "scheduler": None,
         "gateway": "slipway-gateway",
+        "backup": "slipway-backup",
     }
     assert {spec.user for spec in service_specs(discover_services())} == {None}
+    # The scheduler makes each database's run folder the backup account's.
+    scheduler = next(s for s in specs if s.name == "scheduler")
+    assert scheduler.env == {"SLIPWAY_BACKUP_USER": "slipway-backup"}
 
 
 @pytest.mark.parametrize(
