@@ -190,6 +190,9 @@ class Outside:
     files: tuple[Path, ...] = ()
     # The account's, but others may enter and read them (0755): a socket others connect to.
     shared_folders: tuple[Path, ...] = ()
+    # The account's (0700), but not what is inside: others made it and own it (the backup
+    # service's run folders, each one made by the scheduler and shared with a database).
+    roots: tuple[Path, ...] = ()
 
 
 def outside_paths(service: str, home: Path, environ: Mapping[str, str]) -> Outside:
@@ -210,11 +213,11 @@ def outside_paths(service: str, home: Path, environ: Mapping[str, str]) -> Outsi
         # staged restores: the scheduler makes each one the backup user's), its storage.
         host_id = environ.get("SLIPWAY_HOST_ID") or "local"
         runs = addon_run_root(environ.get("SLIPWAY_ADDON_RUN_DIR", ""), home) / host_id
-        folders = [runs.absolute()]
+        folders = []
         for name in ("SLIPWAY_BACKUP_STORAGE_DIR", "SLIPWAY_BACKUP_COPY_TO"):
-            if environ.get(name):
+            if environ.get(name) and "://" not in environ[name]:
                 folders.append(Path(environ[name]))
-        return Outside(folders=tuple(folders))
+        return Outside(folders=tuple(folders), roots=(runs.absolute(),))
     return Outside()
 
 
@@ -222,6 +225,8 @@ def give_outside(outside: Outside, account: Account) -> None:
     """Give the account its outside folders (made if missing) and files (when they exist)."""
     for folder in outside.folders:
         give_folder(folder, account)
+        # Its own, but it must also get there: the folders above become searchable.
+        open_path_to(folder.parent)
     for folder in outside.shared_folders:
         # The folders above stay root's and unlistable: made owner-only, then searchable.
         for above in [*reversed(folder.parents)]:
@@ -229,6 +234,15 @@ def give_outside(outside: Outside, account: Account) -> None:
                 above.mkdir(mode=0o700)
         give_folder(folder, account, 0o755)
         open_path_to(folder.parent)
+    for root in outside.roots:
+        if root.is_symlink():
+            raise ServiceUserError(
+                f"{root} is a symbolic link: refusing to give it to {account.name}"
+            )
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _chown_one(root, account)
+        root.chmod(0o700)
+        open_path_to(root.parent)
     for path in outside.files:
         # A missing one is made by the service itself, in a folder it must be able to write.
         if path.exists() or path.is_symlink():

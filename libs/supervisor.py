@@ -48,6 +48,7 @@ from typing import Any
 import structlog
 
 import slipway.services
+from slipway.contracts.backup import addon_run_root
 from slipway.contracts.subjects import Service
 from slipway.libs import serviceusers
 from slipway.libs.bus.tls import TLS_DIR_ENV
@@ -612,7 +613,9 @@ def main(argv: list[str] | None = None) -> int:
     # older version or a umask-ignoring child left readable by others is narrowed now.
     private_umask()
     private_dir(home)
-    tightened = tighten(home)
+    # The add-on databases' run folders are shared by group with each database's postgres.
+    run_folders = addon_run_root(os.environ.get("SLIPWAY_ADDON_RUN_DIR", ""), home)
+    tightened = tighten(home, keep=[run_folders])
     pidfile = PidFile(home / "run" / PIDFILE_NAME)
     try:
         pidfile.acquire()

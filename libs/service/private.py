@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 PRIVATE_UMASK = 0o077
@@ -36,14 +37,20 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def tighten(home: Path) -> int:
+def tighten(home: Path, keep: Iterable[Path] = ()) -> int:
     """Remove group and other permissions from everything under `home`; how many changed.
 
     Links are not followed (a link under `home` may point anywhere) and the
-    owner's own bits are kept, so executables stay executable.
+    owner's own bits are kept, so executables stay executable. What is inside a
+    `keep` folder is left as it is: its access is by group on purpose (the add-on
+    databases' run folders, shared by a database's postgres and the backup user).
     """
+    kept = {Path(os.path.abspath(path)) for path in keep}
     changed = 0
     for root, folders, files in os.walk(home, followlinks=False):
+        if Path(os.path.abspath(root)) in kept:
+            folders[:] = []
+            continue
         for name in [*folders, *files]:
             changed += _tighten_one(Path(root, name))
     return changed + _tighten_one(home)
