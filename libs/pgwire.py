@@ -399,9 +399,12 @@ class Connection:
         `wal`) and its manifest; the connection must be a replication one."""
         if not self.replication:
             raise PgError("BASE_BACKUP needs a replication connection", "42000")
+        # WAIT false: the tar carries the WAL it needs (WAL true), and the backup service
+        # streams the rest; waiting for archive_command would hang the backup whenever
+        # archiving fails, for as long as it fails.
         options = (
             f"LABEL {_quote(label)}, CHECKPOINT 'fast', WAL {'true' if wal else 'false'},"
-            " MANIFEST 'yes', TARGET 'client', WAIT true"
+            " MANIFEST 'yes', TARGET 'client', WAIT false"
         )
         return self._base_backup(f"BASE_BACKUP ({options})")
 

@@ -24,7 +24,7 @@ def nobody(tmp_path: Path) -> Account:
 
 
 def test_only_services_that_need_neither_root_nor_docker_get_their_own_users() -> None:
-    """Gateway, keyring, registry-proxy, log-shipper, backup run as slipway-<name>; Docker's root."""
+    """Services that need neither root nor Docker run as slipway-<name>; the others as root."""
     specs = service_specs(discover_services(), own_users=True)
     users = {spec.name: spec.user for spec in specs}
     assert users == {
