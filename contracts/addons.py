@@ -50,6 +50,12 @@ class AddonPlan(msgspec.Struct, frozen=True, kw_only=True):
     pids_limit: int
     storage_gb: int  # a guide, not enforced: Docker volumes on the default driver have no quota
     price_cents: int = 0
+    # Base backup retention (services/backup/retention.py): the newest backup of each of
+    # the last `keep_daily` days that have one, of the last `keep_weekly` ISO weeks, of the
+    # last `keep_monthly` months; the WAL from the oldest kept backup on stays with them.
+    keep_daily: int = 7
+    keep_weekly: int = 4
+    keep_monthly: int = 0
 
 
 ADDON_PLANS: dict[str, AddonPlan] = {
@@ -64,6 +70,8 @@ ADDON_PLANS: dict[str, AddonPlan] = {
             shared_buffers_mb=32,
             pids_limit=64,
             storage_gb=1,
+            keep_daily=2,
+            keep_weekly=0,
         ),
         AddonPlan(
             name="postgresql:standard",
@@ -74,6 +82,8 @@ ADDON_PLANS: dict[str, AddonPlan] = {
             shared_buffers_mb=256,
             pids_limit=256,
             storage_gb=64,
+            keep_daily=7,
+            keep_weekly=4,
         ),
         AddonPlan(
             name="postgresql:premium",
@@ -84,6 +94,9 @@ ADDON_PLANS: dict[str, AddonPlan] = {
             shared_buffers_mb=1024,
             pids_limit=512,
             storage_gb=256,
+            keep_daily=7,
+            keep_weekly=12,
+            keep_monthly=12,
         ),
     )
 }

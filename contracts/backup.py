@@ -21,7 +21,7 @@ from typing import Literal
 import msgspec
 
 from slipway.contracts import subjects
-from slipway.contracts.base import Message, Rpc, only
+from slipway.contracts.base import Event, EventSpec, Message, Rpc, only
 from slipway.contracts.subjects import Service
 
 BackupState = Literal["running", "completed", "failed"]
@@ -67,6 +67,7 @@ class BackupInfo(msgspec.Struct, frozen=True, kw_only=True):
     error: str = ""
     verified: Verification = ""
     tables: dict[str, int] = {}  # row counts at capture, "schema.table" -> rows
+    verified_at: str = ""  # the last verification's end (services/backup/verify.py)
 
 
 class WalStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -211,4 +212,195 @@ RESTORE_STAGE: Rpc[StageRestore, RestoreStaged] = Rpc(
     StageRestore,
     RestoreStaged,
     callers=only(Service.SCHEDULER),
+)
+
+
+# ---- verification: a backup restored into a throwaway database and checked -----------------
+#
+#   gateway (or the weekly schedule) BACKUP_VERIFY -> backup checks signatures, chain, objects
+#   and WAL without any key, then DATABASE_VERIFY -> scheduler makes a throwaway run folder,
+#   asks RESTORE_STAGE into it (as for a restore), runs the database there with no network,
+#   and answers what it found; backup compares, records, publishes BACKUP_VERIFIED, which the
+#   gateway audits (and, for a failure, tells the app's logs).
+
+CheckStatus = Literal["passed", "failed", "skipped"]
+VerifyTrigger = Literal["manual", "scheduled"]
+
+
+class VerifyCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """One check of a verification: "signatures", "chain", "objects", "wal",
+    "pg_verifybackup", "recovery", "row_counts"."""
+
+    name: str
+    status: CheckStatus
+    detail: str = ""
+
+
+class VerifyBackup(Message, tag="backup.verify.v1", frozen=True, kw_only=True):
+    addon_id: str
+    app_id: str
+    num: int = 0  # 0: the latest completed
+    actor: str = ""  # who asked (for the audit entry); "" for the schedule
+
+
+class VerifyReport(Message, tag="backup.verify.report.v1", frozen=True, kw_only=True):
+    backup: BackupInfo  # with `verified` as recorded
+    checks: list[VerifyCheck] = []
+
+
+class BackupVerified(Event, tag="backup.verified.v1", frozen=True, kw_only=True):
+    """A verification's outcome: audited by the gateway; a failure also goes to the app's logs."""
+
+    addon_id: str
+    addon_name: str
+    app_id: str
+    team_id: str
+    num: int
+    result: Literal["passed", "failed"]
+    reason: str = ""  # the failed checks, for people (no customer data)
+    trigger: VerifyTrigger = "manual"
+    actor: str = ""
+
+
+class VerifyDatabase(Message, tag="scheduler.addon.verify.v1", frozen=True, kw_only=True):
+    """Restore backup `num` of `source_addon_id` into a throwaway database and look at it."""
+
+    source_addon_id: str
+    app_id: str
+    team_id: str
+    host_id: str  # where the backup service stages (its own host)
+    num: int
+    plan: str
+    database: str
+    to_time: str = ""
+    timeout: float = 1800.0  # seconds the database may take to recover
+
+
+class DatabaseChecked(Message, tag="scheduler.addon.verify.found.v1", frozen=True, kw_only=True):
+    started: bool = False  # the server ran and left recovery (consistent, promoted)
+    error: str = ""  # why it did not
+    tables: dict[str, int] = {}  # rows of every table of `database`, counted inside
+    verifybackup: CheckStatus = "skipped"  # pg_verifybackup on the unpacked base backup
+    verifybackup_output: str = ""
+
+
+BACKUP_VERIFY: Rpc[VerifyBackup, VerifyReport] = Rpc(
+    Service.BACKUP,
+    "verify",
+    subjects.rpc(Service.BACKUP, "verify"),
+    VerifyBackup,
+    VerifyReport,
+    callers=only(Service.GATEWAY),
+)
+DATABASE_VERIFY: Rpc[VerifyDatabase, DatabaseChecked] = Rpc(
+    Service.SCHEDULER,
+    "addon.verify",
+    subjects.rpc(Service.SCHEDULER, "addon.verify"),
+    VerifyDatabase,
+    DatabaseChecked,
+    callers=only(Service.BACKUP),
+)
+BACKUP_VERIFIED: EventSpec[BackupVerified] = EventSpec(
+    subjects.evt("backup", "verified"), BackupVerified, publishers=only(Service.BACKUP)
+)
+
+
+# ---- daily capture schedules and retention (services/backup/schedules.py, retention.py) ----
+
+
+class BackupSchedule(msgspec.Struct, frozen=True, kw_only=True):
+    """When a database's daily base backup is taken, and how long its backups are kept."""
+
+    addon_id: str
+    addon_name: str
+    enabled: bool = True  # False after `pg:backups:unschedule`
+    hour: int = 0  # 0-23, local to `timezone`
+    timezone: str = "UTC"  # an IANA zone name
+    default: bool = True  # no `pg:backups:schedule` yet: a stable hour chosen per database
+    next_at: str = ""  # ISO 8601, UTC; "" while unscheduled
+    keep_daily: int = 0  # the plan's retention (contracts/addons.py AddonPlan)
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    last_expiry: str = ""  # "<when>: N backups, N WAL pieces, N bytes"; "" for never
+
+
+class GetBackupSchedule(Message, tag="backup.schedule.get.v1", frozen=True, kw_only=True):
+    addon_id: str
+    app_id: str
+
+
+class SetBackupSchedule(Message, tag="backup.schedule.set.v1", frozen=True, kw_only=True):
+    """Take the daily backup at `hour`:00 in `timezone` (Heroku's `--at '02:00 UTC'`)."""
+
+    addon_id: str
+    app_id: str
+    hour: int
+    timezone: str = "UTC"
+
+
+class RemoveBackupSchedule(Message, tag="backup.schedule.remove.v1", frozen=True, kw_only=True):
+    """No more scheduled backups (manual captures and the WAL archive go on)."""
+
+    addon_id: str
+    app_id: str
+
+
+class Schedule(Message, tag="backup.schedule.v1", frozen=True, kw_only=True):
+    schedule: BackupSchedule
+
+
+def parse_at(text: str) -> tuple[int, str]:
+    """Heroku's `--at` ("02:00 UTC", "2:00 America/New_York"; no zone: UTC) as (hour, zone).
+
+    ValueError says what is wrong. Only whole hours, like Heroku's schedules.
+    """
+    parts = text.split()
+    if not parts or len(parts) > 2:
+        raise ValueError(f"{text[:60]!r} is not a time: use 'HH:00 TZ', e.g. '02:00 UTC'")
+    clock, zone = parts[0], parts[1] if len(parts) == 2 else "UTC"
+    hour, _, minutes = clock.partition(":")
+    if not hour.isdigit() or not 0 <= int(hour) <= 23 or minutes not in ("", "00"):
+        raise ValueError(f"{clock[:20]!r} is not a whole hour: use HH:00, from 00:00 to 23:00")
+    check_timezone(zone)
+    return int(hour), zone
+
+
+def check_timezone(zone: str) -> str:
+    """`zone` if it names an IANA time zone (or UTC); ValueError otherwise."""
+    import zoneinfo
+
+    if zone.upper() == "UTC":
+        return "UTC"
+    try:
+        zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"{zone[:60]!r} is not a time zone: use UTC or a name like America/New_York"
+        ) from None
+    return zone
+
+
+BACKUP_SCHEDULE_GET: Rpc[GetBackupSchedule, Schedule] = Rpc(
+    Service.BACKUP,
+    "schedule.get",
+    subjects.rpc(Service.BACKUP, "schedule.get"),
+    GetBackupSchedule,
+    Schedule,
+    callers=only(Service.GATEWAY),
+)
+BACKUP_SCHEDULE_SET: Rpc[SetBackupSchedule, Schedule] = Rpc(
+    Service.BACKUP,
+    "schedule.set",
+    subjects.rpc(Service.BACKUP, "schedule.set"),
+    SetBackupSchedule,
+    Schedule,
+    callers=only(Service.GATEWAY),
+)
+BACKUP_SCHEDULE_REMOVE: Rpc[RemoveBackupSchedule, Schedule] = Rpc(
+    Service.BACKUP,
+    "schedule.remove",
+    subjects.rpc(Service.BACKUP, "schedule.remove"),
+    RemoveBackupSchedule,
+    Schedule,
+    callers=only(Service.GATEWAY),
 )

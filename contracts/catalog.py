@@ -45,6 +45,7 @@ S = Service
 CONSUMERS: tuple[ConsumerSpec, ...] = (
     ConsumerSpec(S.GATEWAY, "builds", (builder.BUILD_FINISHED,)),
     ConsumerSpec(S.GATEWAY, "addons", (addons.ADDON_CHANGED,)),
+    ConsumerSpec(S.GATEWAY, "backups", (backup.BACKUP_VERIFIED,)),
     ConsumerSpec(
         S.SCHEDULER,
         "addons",

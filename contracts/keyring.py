@@ -300,7 +300,8 @@ AUDIT_KEY: Rpc[GetAuditKey, AuditKey] = Rpc(
     subjects.rpc(Service.KEYRING, "audit.key"),
     GetAuditKey,
     AuditKey,
-    callers=only(Service.GATEWAY, OPERATOR),
+    # The backup service checks manifest signatures against it (backup verification).
+    callers=only(Service.GATEWAY, Service.BACKUP, OPERATOR),
 )
 BACKUP_RECIPIENTS_GET: Rpc[GetBackupRecipients, BackupRecipients] = Rpc(
     Service.KEYRING,

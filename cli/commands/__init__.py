@@ -24,6 +24,8 @@ TOPICS = (
     "pg",
     "pgtools",
     "pgopen",
+    "pgverify",
+    "pgschedule",
     "keys",
     "logs",
     "builds",

@@ -92,6 +92,26 @@ def _rpcs(service: ServiceApp) -> None:
         context.require_caller(bc.RESTORE_STAGE)
         return await service[BACKUPS].stage_restore(req)
 
+    @service.rpc(bc.BACKUP_VERIFY)
+    async def verify(req: bc.VerifyBackup) -> bc.VerifyReport:
+        context.require_caller(bc.BACKUP_VERIFY)
+        return await service[BACKUPS].verify(req)
+
+    @service.rpc(bc.BACKUP_SCHEDULE_GET)
+    async def schedule(req: bc.GetBackupSchedule) -> bc.Schedule:
+        context.require_caller(bc.BACKUP_SCHEDULE_GET)
+        return await service[BACKUPS].schedule(req)
+
+    @service.rpc(bc.BACKUP_SCHEDULE_SET)
+    async def set_schedule(req: bc.SetBackupSchedule) -> bc.Schedule:
+        context.require_caller(bc.BACKUP_SCHEDULE_SET)
+        return await service[BACKUPS].set_schedule(req)
+
+    @service.rpc(bc.BACKUP_SCHEDULE_REMOVE)
+    async def remove_schedule(req: bc.RemoveBackupSchedule) -> bc.Schedule:
+        context.require_caller(bc.BACKUP_SCHEDULE_REMOVE)
+        return await service[BACKUPS].remove_schedule(req)
+
 
 def _events(service: ServiceApp, purpose: str) -> None:
     @service.event(purpose, ADDON_CREATED)

@@ -23,6 +23,8 @@ from slipway.services.backup.archive import Archive
 from slipway.services.backup.capture import Captures
 from slipway.services.backup.errors import NotFound
 from slipway.services.backup.restore import Stager
+from slipway.services.backup.retention import Retention
+from slipway.services.backup.schedules import Schedules
 from slipway.services.backup.settings import BackupSettings
 from slipway.services.backup.store import (
     BackupRow,
@@ -31,6 +33,7 @@ from slipway.services.backup.store import (
     object_info,
     wal_status,
 )
+from slipway.services.backup.verify import Verifier
 from slipway.services.backup.walstream import WalStreamer
 
 log = structlog.get_logger("slipway.backup")
@@ -45,6 +48,10 @@ class BackupService:
         self.catalog = archive.catalog
         self.captures = Captures(archive)
         self.stager = Stager(archive)
+        self.verifier = Verifier(archive, self.stager)
+        self.retention = Retention(archive)
+        self.schedules = Schedules(self.catalog, settings.schedule_retry_seconds)
+        self._expired_at = 0.0  # monotonic time of the last expiry run
         self.streamers: dict[str, WalStreamer] = {}
         self._scheduler: asyncio.Task[None] | None = None
 
@@ -64,6 +71,7 @@ class BackupService:
             self._scheduler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._scheduler
+        await self.verifier.stop()
         for streamer in list(self.streamers.values()):
             await streamer.stop()
         self.streamers.clear()
@@ -142,24 +150,48 @@ class BackupService:
     async def _schedule_loop(self) -> None:
         while True:
             try:
-                await self._scheduled_captures()
+                await self.scheduled_captures()
             except Exception as exc:  # a schedule must outlive one bad database
                 log.warning("scheduled captures failed", error=str(exc))
+            self.verifier.start_due()  # SLIPWAY_VERIFY_DAYS, in the background
+            if time.monotonic() - self._expired_at >= self.settings.retention_check_seconds:
+                self._expired_at = time.monotonic()
+                try:
+                    await self.retention.run(busy=self.verifier.running)
+                except Exception as exc:  # expiry is retried at the next run
+                    log.warning("expiry failed", error=str(exc))
             await asyncio.sleep(self.settings.schedule_check_seconds)
 
-    async def _scheduled_captures(self) -> None:
-        due = time.time() - self.settings.schedule_hours * 3600
+    async def scheduled_captures(self) -> None:
+        """Capture every database of this host whose daily slot passed without a backup."""
         for db in await self.catalog.databases(host_id=self.settings.host_id, state="provisioned"):
             streamer = self.streamers.get(db.addon_id)
             if streamer is None or not streamer.streaming:
                 continue  # a backup needs the database up; the stream says it is
-            latest = await self.catalog.latest_completed(db.addon_id)
-            if latest is not None and (latest.finished_at or 0) > due:
-                continue
             if db.addon_id in self.captures.running:
                 continue
-            with contextlib.suppress(Exception):
+            if not await self.schedules.due(db, time.time()):
+                continue
+            try:
                 await self.captures.capture(db, self.run_dir(db), "scheduled")
+            except Exception:
+                self.schedules.failed(db.addon_id, time.time())
+            else:
+                self.schedules.succeeded(db.addon_id)
+
+    async def schedule(self, req: bc.GetBackupSchedule) -> bc.Schedule:
+        db = await self._db(req.addon_id, req.app_id)
+        return bc.Schedule(schedule=await self.schedules.view(db, self.retention, time.time()))
+
+    async def set_schedule(self, req: bc.SetBackupSchedule) -> bc.Schedule:
+        db = await self._db(req.addon_id, req.app_id)
+        await self.schedules.set(db.addon_id, req.hour, req.timezone)
+        return bc.Schedule(schedule=await self.schedules.view(db, self.retention, time.time()))
+
+    async def remove_schedule(self, req: bc.RemoveBackupSchedule) -> bc.Schedule:
+        db = await self._db(req.addon_id, req.app_id)
+        await self.schedules.remove(db.addon_id)
+        return bc.Schedule(schedule=await self.schedules.view(db, self.retention, time.time()))
 
     # ---- reads ------------------------------------------------------------------------------
 
@@ -219,4 +251,10 @@ class BackupService:
         return bc.ObjectChunk(data=data[:length], eof=len(data) <= length)
 
     async def stage_restore(self, req: bc.StageRestore) -> bc.RestoreStaged:
+        if self.verifier.stages(req):  # a throwaway database of a verification
+            return await self.verifier.stage(req)
         return await self.stager.stage(req)
+
+    async def verify(self, req: bc.VerifyBackup) -> bc.VerifyReport:
+        db = await self._db(req.addon_id, req.app_id)
+        return await self.verifier.verify(db, req.num, actor=req.actor)

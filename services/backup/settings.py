@@ -54,11 +54,23 @@ class BackupSettings(Settings, frozen=True, kw_only=True):
     # A base backup is cut into sealed parts of this many compressed bytes.
     part_bytes: int = 16 * MIB
     zstd_level: int = 3
-    # A database without a completed base backup this recent gets a scheduled one.
-    schedule_hours: float = 24.0
+    # How often the schedule loop looks for due captures (and expiry, below).
     schedule_check_seconds: float = 60.0
+    # A scheduled capture that failed is tried again after this long (same day's slot).
+    schedule_retry_seconds: float = 600.0
+    # Expiry (services/backup/retention.py) runs this often from the schedule loop.
+    retention_check_seconds: float = 3600.0
+    # A destroyed add-on's final backup stays this many days, then all of it goes.
+    retention_final_days: float = 30.0
+    # The length of a retention "day": shorter only in tests (a week is seven of them).
+    retention_day_seconds: float = 86400.0
     # How long a stopped stream waits before connecting again.
     retry_seconds: float = 3.0
+    # Each database's newest backup is verified (restored into a throwaway database and
+    # checked: services/backup/verify.py) when none of its backups was for this many days.
+    verify_days: float = 7.0
+    # How long a throwaway database may take to recover before the verification fails.
+    verify_timeout: float = 1800.0
 
     def run_root(self) -> Path:
         return addon_run_root(self.addon_run_dir, self.home).absolute()

@@ -84,6 +84,31 @@ MIGRATIONS = (
         stored_at REAL NOT NULL
     );
     """,
+    # Daily capture times (services/backup/schedules.py) and what expiry removed
+    # (services/backup/retention.py).
+    """
+    CREATE TABLE schedules (
+        addon_id TEXT PRIMARY KEY,
+        hour INTEGER NOT NULL,
+        timezone TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE expiries (
+        addon_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        manifest_seq INTEGER NOT NULL,
+        backups TEXT NOT NULL,
+        base_objects INTEGER NOT NULL,
+        wal_pieces INTEGER NOT NULL,
+        stored_bytes INTEGER NOT NULL,
+        PRIMARY KEY (addon_id, manifest_seq)
+    );
+    """,
+    # When each backup was last verified (services/backup/verify.py): the weekly check.
+    """
+    ALTER TABLE backups ADD COLUMN verified_at REAL;
+    """,
 )
 
 
@@ -115,6 +140,7 @@ class BackupRow:
     recipients: list[str]
     error: str
     verified: str
+    verified_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -266,6 +292,29 @@ class Catalog:
                 (addon_id, before),
             )
         return _backup(row) if row else None
+
+    async def set_verified(self, addon_id: str, num: int, result: str, reason: str) -> None:
+        """Record a verification's outcome; a failure's reason shows as the backup's error."""
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "UPDATE backups SET verified=?, verified_at=?, error=? WHERE addon_id=? AND num=?"
+                " AND state='completed'",
+                (result, time.time(), reason[:500], addon_id, num),
+            )
+
+    async def verified_at(self, addon_id: str, num: int) -> float | None:
+        """When backup `num` was last verified (None: never)."""
+        row = await self.db.fetchone(
+            "SELECT verified_at FROM backups WHERE addon_id=? AND num=?", (addon_id, num)
+        )
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def last_verified_at(self, addon_id: str) -> float | None:
+        """The newest verification of any of the database's backups (None: never)."""
+        row = await self.db.fetchone(
+            "SELECT MAX(verified_at) FROM backups WHERE addon_id=?", (addon_id,)
+        )
+        return float(row[0]) if row and row[0] is not None else None
 
     # ---- objects and manifests --------------------------------------------------------------
 
@@ -475,6 +524,7 @@ def backup_info(
         error=row.error,
         verified=row.verified,  # type: ignore[arg-type]
         tables=tables or {},
+        verified_at=iso(row.verified_at),
     )
 
 
@@ -535,6 +585,7 @@ def _backup(row: aiosqlite.Row) -> BackupRow:
         recipients=list(json.loads(row["recipients"])),
         error=row["error"],
         verified=row["verified"],
+        verified_at=row["verified_at"],
     )
 
 

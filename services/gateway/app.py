@@ -46,6 +46,8 @@ from slipway.services.gateway import (
     audit,
     backupkeys,
     backups,
+    backupschedule,
+    backupverify,
     buildoutput,
     builds,
     config,
@@ -91,6 +93,8 @@ RESOURCES = (
     addoncreds,
     backups,
     backupkeys,
+    backupschedule,
+    backupverify,
     *(sources, builds, buildoutput, git),
 )
 ENDPOINTS: list[Endpoint] = [e for module in RESOURCES for e in module.routes.endpoints]
@@ -195,6 +199,8 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
     @service.event("builds", BUILD_FINISHED)
     async def build_finished(event: BuildFinished) -> None:
         await builds.finished(service[STATE], event)
+
+    backupverify.install(service, lambda: service[STATE])
 
     @service.event("addons", ADDON_CHANGED)
     async def addon_changed(event: AddonChanged) -> None:

@@ -105,6 +105,7 @@ TABLE: tuple[Grant, ...] = (
     G(GATEWAY,      Op.AUDIT_SIGN),
     G(GATEWAY,      Op.AUDIT_KEY),
     G(OPERATOR,     Op.AUDIT_KEY),
+    G(BACKUP,       Op.AUDIT_KEY),
     # Backups: sealed by the backup service to the team's recipients, which customers manage
     # through the gateway; only the backup service gets file keys back (for restores) and
     # manifest signatures.
