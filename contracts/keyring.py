@@ -149,7 +149,9 @@ class AuditKey(Message, tag="keyring.audit.key.v1", frozen=True, kw_only=True):
 # checkpoint (`slipway-audit-checkpoint/...`), so neither signature passes for the other.
 MANIFEST_PREFIX = b"slipway-backup-manifest/1\n"
 
-BackupKeyKind = Literal["platform", "customer"]
+# "operator": a recovery recipient of the platform's operator (SLIPWAY_RECOVERY_RECIPIENTS),
+# listed only for a team that opted in.
+BackupKeyKind = Literal["platform", "customer", "operator"]
 
 
 class BackupRecipient(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,11 +173,13 @@ class GetBackupRecipients(
 
 
 class BackupRecipients(Message, tag="keyring.backup.recipients.v1", frozen=True, kw_only=True):
-    """The platform key (only while enabled) and every customer key of a team."""
+    """The platform key (only while enabled), every customer key of a team, and the
+    operator's recovery keys (only while the team opted in)."""
 
     team_id: str
     recipients: list[BackupRecipient] = []
     platform_enabled: bool = True
+    operator_enabled: bool = False
 
 
 class AddBackupKey(Message, tag="keyring.backup.key.add.v1", frozen=True, kw_only=True):
@@ -195,6 +199,15 @@ class SetPlatformBackupKey(
     Message, tag="keyring.backup.platform.set.v1", frozen=True, kw_only=True
 ):
     """Whether new backups are also sealed to the team's platform-held key (restorable by us)."""
+
+    team_id: str
+    enabled: bool
+
+
+class SetOperatorBackupKey(
+    Message, tag="keyring.backup.operator.set.v1", frozen=True, kw_only=True
+):
+    """Whether new backups are also sealed to the operator's offline recovery keys."""
 
     team_id: str
     enabled: bool
@@ -332,6 +345,14 @@ BACKUP_PLATFORM_KEY_SET: Rpc[SetPlatformBackupKey, BackupRecipients] = Rpc(
     "backup.platform.set",
     subjects.rpc(Service.KEYRING, "backup.platform.set"),
     SetPlatformBackupKey,
+    BackupRecipients,
+    callers=only(Service.GATEWAY),
+)
+BACKUP_OPERATOR_KEY_SET: Rpc[SetOperatorBackupKey, BackupRecipients] = Rpc(
+    Service.KEYRING,
+    "backup.operator.set",
+    subjects.rpc(Service.KEYRING, "backup.operator.set"),
+    SetOperatorBackupKey,
     BackupRecipients,
     callers=only(Service.GATEWAY),
 )

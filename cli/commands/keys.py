@@ -1,4 +1,5 @@
-"""keys, keys:add, keys:remove, keys:platform: the age keys a team's backups are sealed to.
+"""keys, keys:add, keys:remove, keys:platform, keys:operator: the age keys a team's backups
+are sealed to.
 
 Only public keys (age1...) leave this machine: given an identity file, `keys:add`
 derives its recipient here and sends that.
@@ -58,6 +59,10 @@ def _show(ctx: Context, found: dict[str, Any]) -> None:
         ctx.out("The platform's key is on: the platform can restore these backups for you.")
     else:
         ctx.out("The platform's key is OFF: only your keys open new backups.")
+    if found.get("operator_enabled"):
+        ctx.out("The operator's recovery key is on: the operator can open new backups too.")
+    else:
+        ctx.out("The operator's recovery key is off (`slipway keys:operator --on` to add it).")
 
 
 def recipient_of(text: str, source: str) -> str:
@@ -169,6 +174,30 @@ def platform(ctx: Context, args: argparse.Namespace) -> None:
     if args.enabled is None:
         raise UsageError("Say --on or --off.")
     found = ctx.client().patch(f"{_path(_team(ctx, args))}/platform", {"enabled": args.enabled})
+    if args.json:
+        ctx.emit_json(found)
+        return
+    _show(ctx, found)
+
+
+@command(
+    "keys:operator",
+    "seal new backups to the operator's offline recovery key too, or not",
+    arg("--on", dest="enabled", action="store_true", default=None, help="the operator can open"),
+    arg("--off", dest="enabled", action="store_false", help="the operator cannot open them"),
+    _TEAM,
+    description=(
+        "On: new backups are also sealed to the platform operator's offline recovery key\n"
+        "(if the operator configured one), a way back should every key of yours be lost."
+    ),
+    needs_app=True,
+    json=True,
+)
+def operator(ctx: Context, args: argparse.Namespace) -> None:
+    """PATCH /teams/{team}/backup-keys/operator {"enabled"}."""
+    if args.enabled is None:
+        raise UsageError("Say --on or --off.")
+    found = ctx.client().patch(f"{_path(_team(ctx, args))}/operator", {"enabled": args.enabled})
     if args.json:
         ctx.emit_json(found)
         return

@@ -1,11 +1,14 @@
 """A team's backup keys: the age recipients its backups are sealed to, kept by the keyring.
 
-    GET    /teams/{team}/backup-keys                 the keys and the platform flag (viewer and up)
+    GET    /teams/{team}/backup-keys                 the keys and both flags (viewer and up)
     POST   /teams/{team}/backup-keys                 add a customer key {"recipient", "label"}
     DELETE /teams/{team}/backup-keys/{fingerprint}   remove one
     PATCH  /teams/{team}/backup-keys/platform        {"enabled": bool}: also seal to the
                                                      team's platform-held key (restorable by
                                                      the platform) or not
+    PATCH  /teams/{team}/backup-keys/operator        {"enabled": bool}: also seal to the
+                                                     operator's offline recovery keys (off
+                                                     unless the team opts in)
 
 Changes are for admins and owners, and audited in the team's chain. Only public keys
 travel here: a customer's identity never reaches the platform.
@@ -31,16 +34,18 @@ routes = Routes("backup-key")
 class BackupKeyView(views.View, frozen=True, kw_only=True):
     fingerprint: str
     recipient: str  # "age1..."
-    kind: str  # platform, customer
+    kind: str  # platform, customer, operator
     label: str
     created_at: str | None
 
 
 class BackupKeysView(views.View, frozen=True, kw_only=True):
-    """The recipients of the team's next backups (the platform key only while enabled)."""
+    """The recipients of the team's next backups (the platform key only while enabled, the
+    operator's recovery keys only while the team opted in)."""
 
     team: views.NamedRef
     platform_enabled: bool
+    operator_enabled: bool
     keys: list[BackupKeyView]
 
 
@@ -53,10 +58,15 @@ class PlatformKey(Body, frozen=True, kw_only=True):
     enabled: bool
 
 
+class OperatorKey(Body, frozen=True, kw_only=True):
+    enabled: bool
+
+
 def _view(team: store.Team, found: kc.BackupRecipients) -> BackupKeysView:
     return BackupKeysView(
         team=views.NamedRef(id=team.id, name=team.name),
         platform_enabled=found.platform_enabled,
+        operator_enabled=found.operator_enabled,
         keys=[
             BackupKeyView(
                 fingerprint=r.fingerprint,
@@ -162,6 +172,30 @@ async def set_platform(request: web.Request) -> web.Response:
         tx.audit(
             team.id,
             "backup_key.platform",
+            details={"enabled": "true" if body.enabled else "false"},
+        )
+    return reply(_view(team, found))
+
+
+@routes.patch(
+    "/teams/{team}/backup-keys/operator",
+    summary="Slipway: also seal new backups to the operator's recovery keys, or not",
+    body=OperatorKey,
+    response=BackupKeysView,
+    extension=True,
+)
+async def set_operator(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    team = await _team(request, Action.MANAGE, "change the team's backup keys")
+    body = await read_body(request, OperatorKey)
+    found = await gw.bus.call(
+        kc.BACKUP_OPERATOR_KEY_SET,
+        kc.SetOperatorBackupKey(team_id=team.id, enabled=body.enabled),
+    )
+    async with change(gw, actor(request)) as tx:
+        tx.audit(
+            team.id,
+            "backup_key.operator",
             details={"enabled": "true" if body.enabled else "false"},
         )
     return reply(_view(team, found))

@@ -44,7 +44,9 @@ def create_service(settings: KeyringSettings) -> ServiceApp:
         store = await KeyringStore.open(settings.db_path())
         try:
             await master.attach(store)
-            vault = service[VAULT] = await Vault.open(master, store)
+            vault = service[VAULT] = await Vault.open(
+                master, store, operator_recipients=settings.recovery_public_keys()
+            )
             service[ROTATOR] = MasterKeyRotator(vault, settings, service.bus.instance)
             await seal_at_start(settings, vault)
             log.info(

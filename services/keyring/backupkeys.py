@@ -10,14 +10,19 @@ Every backup object is an age file sealed to the team's recipients:
   them; objects sealed before stay restorable.
 - any number of customer-held age recipients (`age1...`), which only their holders
   can use.
+- the operator's offline recovery recipients (SLIPWAY_RECOVERY_RECIPIENTS), only while
+  the team opted in (`operator_enabled`, off by default). The keyring holds their public
+  halves only, so it can seal to them but never unwrap with them.
 
-Invariant: a team always has at least one recipient, so the platform key cannot be
-turned off, nor the last customer key removed while it is off.
+Invariant: a team always has at least one recipient of its own, so the platform key
+cannot be turned off, nor the last customer key removed while it is off. The operator's
+keys do not count: the operator is not the team, and may change or drop them.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from slipway.contracts.keyring import BackupRecipient, BackupRecipients, FileKeys
@@ -33,6 +38,7 @@ BACKUP_IDENTITY_LABEL = "slipway.backup-identity.v1"
 IDENTITY_KIND = "age-x25519"
 MAX_CUSTOMER_KEYS = 16  # each one adds a stanza to every object
 MAX_LABEL = 200
+OPERATOR_LABEL = "operator recovery key"
 
 
 def backup_identity_ad(team_id: str) -> Context:
@@ -41,11 +47,15 @@ def backup_identity_ad(team_id: str) -> Context:
 
 
 class BackupKeys:
-    """A team's backup recipients: the platform identity and the customer keys."""
+    """A team's backup recipients: the platform identity, the customer and operator keys."""
 
-    def __init__(self, master: MasterKey, store: KeyringStore) -> None:
+    def __init__(
+        self, master: MasterKey, store: KeyringStore, operator: Sequence[bytes] = ()
+    ) -> None:
         self.master = master
         self.store = store
+        # The operator's recovery public keys (X25519), from the keyring's settings.
+        self.operator = tuple(operator)
 
     async def recipients(self, team_id: str) -> BackupRecipients:
         """Who to seal to now; makes the platform identity on first use while it is enabled."""
@@ -56,7 +66,17 @@ class BackupKeys:
             identity = await self.store.backup_identity(team_id) or await self._first(team_id)
             listed.append(_platform(identity))
         listed += [_customer(key) for key in await self.store.backup_keys(team_id)]
-        return BackupRecipients(team_id=team_id, recipients=listed, platform_enabled=enabled)
+        operator = await self.store.operator_backup_enabled(team_id)
+        if operator:
+            seen = {r.fingerprint for r in listed}
+            # A customer may have added the same key as their own: one stanza is enough.
+            listed += [r for r in map(_operator, self.operator) if r.fingerprint not in seen]
+        return BackupRecipients(
+            team_id=team_id,
+            recipients=listed,
+            platform_enabled=enabled,
+            operator_enabled=operator,
+        )
 
     async def add(self, team_id: str, recipient: str, label: str) -> BackupRecipients:
         """Seal the team's future backups to a customer-held recipient too."""
@@ -105,6 +125,19 @@ class BackupKeys:
                     " backups would otherwise be sealed to no one."
                 )
             await self.store.set_platform_backup_enabled(conn, team_id, enabled)
+        return await self.recipients(team_id)
+
+    async def set_operator(self, team_id: str, enabled: bool) -> BackupRecipients:
+        """Opt the team in to (or out of) sealing new backups to the operator's recovery keys."""
+        async with self.store.transaction() as conn:
+            check_alive(await self.store.team_in(conn, team_id))
+            if enabled and not self.operator:
+                raise InvalidRequest(
+                    "This platform's operator has no recovery key configured"
+                    " (SLIPWAY_RECOVERY_RECIPIENTS), so there is nothing to seal your backups"
+                    " to: ask the operator to set one first."
+                )
+            await self.store.set_operator_backup_enabled(conn, team_id, enabled)
         return await self.recipients(team_id)
 
     async def unwrap(self, team_id: str, headers: list[bytes]) -> FileKeys:
@@ -183,6 +216,15 @@ def _customer(key: BackupKey) -> BackupRecipient:
         kind="customer",
         label=key.label,
         created_at=_iso(key.created_at),
+    )
+
+
+def _operator(public: bytes) -> BackupRecipient:
+    return BackupRecipient(
+        fingerprint=age.fingerprint(public),
+        recipient=age.format_recipient(public),
+        kind="operator",
+        label=OPERATOR_LABEL,
     )
 
 

@@ -40,6 +40,7 @@ from slipway.contracts.keyring import (
     RewrapDataKey,
     RotateKek,
     RotateMasterKey,
+    SetOperatorBackupKey,
     SetPlatformBackupKey,
     ShredTeam,
     SignAudit,
@@ -225,6 +226,12 @@ class Handlers:
             call.detail = f"enabled={str(req.enabled).lower()}"
             return await self.vault.backup.set_platform(req.team_id, req.enabled)
 
+    async def set_operator_backup_key(self, req: SetOperatorBackupKey) -> BackupRecipients:
+        audit = audited(self.vault, Operation.BACKUP_OPERATOR_KEY_SET, team_id=req.team_id)
+        async with audit as call:
+            call.detail = f"enabled={str(req.enabled).lower()}"
+            return await self.vault.backup.set_operator(req.team_id, req.enabled)
+
     async def unwrap_file_keys(self, req: UnwrapFileKeys) -> FileKeys:
         audit = audited(self.vault, Operation.BACKUP_FILEKEYS_UNWRAP, team_id=req.team_id)
         async with audit as call:
@@ -276,6 +283,7 @@ def register(app: ServiceApp) -> None:
     app.rpc(keyring.BACKUP_KEY_ADD)(handlers.add_backup_key)
     app.rpc(keyring.BACKUP_KEY_REMOVE)(handlers.remove_backup_key)
     app.rpc(keyring.BACKUP_PLATFORM_KEY_SET)(handlers.set_platform_backup_key)
+    app.rpc(keyring.BACKUP_OPERATOR_KEY_SET)(handlers.set_operator_backup_key)
     app.rpc(keyring.BACKUP_FILEKEYS_UNWRAP)(handlers.unwrap_file_keys)
     app.rpc(keyring.BACKUP_MANIFEST_SIGN)(handlers.sign_manifest)
     app.rpc(keyring.MASTERKEY_ROTATE)(handlers.rotate_master_key)
@@ -298,4 +306,5 @@ def _check_context(context: dict[str, str], wrapped: bytes | None = None) -> Non
 
 def _recipients_detail(found: BackupRecipients) -> str:
     platform = "on" if found.platform_enabled else "off"
-    return f"platform={platform} recipients={len(found.recipients)}"
+    operator = "on" if found.operator_enabled else "off"
+    return f"platform={platform} operator={operator} recipients={len(found.recipients)}"

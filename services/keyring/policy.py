@@ -45,6 +45,7 @@ class Operation(StrEnum):
     BACKUP_KEY_ADD = keyring.BACKUP_KEY_ADD.name
     BACKUP_KEY_REMOVE = keyring.BACKUP_KEY_REMOVE.name
     BACKUP_PLATFORM_KEY_SET = keyring.BACKUP_PLATFORM_KEY_SET.name
+    BACKUP_OPERATOR_KEY_SET = keyring.BACKUP_OPERATOR_KEY_SET.name
     BACKUP_FILEKEYS_UNWRAP = keyring.BACKUP_FILEKEYS_UNWRAP.name
     BACKUP_MANIFEST_SIGN = keyring.BACKUP_MANIFEST_SIGN.name
     MASTERKEY_ROTATE = keyring.MASTERKEY_ROTATE.name
@@ -114,6 +115,7 @@ TABLE: tuple[Grant, ...] = (
     G(GATEWAY,      Op.BACKUP_KEY_ADD),
     G(GATEWAY,      Op.BACKUP_KEY_REMOVE),
     G(GATEWAY,      Op.BACKUP_PLATFORM_KEY_SET),
+    G(GATEWAY,      Op.BACKUP_OPERATOR_KEY_SET),
     G(BACKUP,       Op.BACKUP_FILEKEYS_UNWRAP),
     G(BACKUP,       Op.BACKUP_MANIFEST_SIGN),
     # The master key: rotated on a platform admin's request, which only the gateway checks.
@@ -141,6 +143,7 @@ RPCS: dict[Operation, Rpc[Any, Any]] = {
         keyring.BACKUP_KEY_ADD,
         keyring.BACKUP_KEY_REMOVE,
         keyring.BACKUP_PLATFORM_KEY_SET,
+        keyring.BACKUP_OPERATOR_KEY_SET,
         keyring.BACKUP_FILEKEYS_UNWRAP,
         keyring.BACKUP_MANIFEST_SIGN,
         keyring.MASTERKEY_ROTATE,

@@ -142,6 +142,11 @@ MIGRATIONS = [
         expires_at REAL NOT NULL
     )
     """,
+    # Whether a team's backups are also sealed to the operator's recovery recipients: off
+    # unless the team opts in (a row written before this column existed reads as off).
+    """
+    ALTER TABLE backup_settings ADD COLUMN operator_enabled INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 # What a master key's row says about it: `pending` while a rotation moves every wrap to
@@ -440,6 +445,24 @@ class KeyringStore:
         await conn.execute(
             "INSERT INTO backup_settings (team_id, platform_enabled) VALUES (?, ?)"
             " ON CONFLICT (team_id) DO UPDATE SET platform_enabled = excluded.platform_enabled",
+            (team_id, int(enabled)),
+        )
+
+    async def operator_backup_enabled(self, team_id: str) -> bool:
+        """Whether the team opted in to sealing its backups to the operator's keys too."""
+        row = await self.reader.fetchone(
+            "SELECT operator_enabled FROM backup_settings WHERE team_id = ?", (team_id,)
+        )
+        return bool(row["operator_enabled"]) if row else False
+
+    async def set_operator_backup_enabled(
+        self, conn: aiosqlite.Connection, team_id: str, enabled: bool
+    ) -> None:
+        # A new row keeps the platform key's default (on).
+        await conn.execute(
+            "INSERT INTO backup_settings (team_id, platform_enabled, operator_enabled)"
+            " VALUES (?, 1, ?)"
+            " ON CONFLICT (team_id) DO UPDATE SET operator_enabled = excluded.operator_enabled",
             (team_id, int(enabled)),
         )
 

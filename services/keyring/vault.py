@@ -28,7 +28,7 @@ shred destroys them all. Plaintext KEKs exist only for the duration of one call.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -83,22 +83,34 @@ def audit_key_ad(key_id: str) -> Context:
 class Vault:
     """The keyring's keys and the operations on them."""
 
-    def __init__(self, master: MasterKey, store: KeyringStore, signer: SigningKey) -> None:
+    def __init__(
+        self,
+        master: MasterKey,
+        store: KeyringStore,
+        signer: SigningKey,
+        operator_recipients: Sequence[bytes] = (),
+    ) -> None:
         self.master = master
         self.store = store
         self._signing_key_id = signer.key_id
         self._signing_public = signer.public_key
         self._signer = _unwrap_signer(master, signer)
-        self.backup = BackupKeys(master, store)
+        self.backup = BackupKeys(master, store, operator_recipients)
 
     @classmethod
-    async def open(cls, master: MasterKey, store: KeyringStore) -> Vault:
-        """The vault over `store`, creating the audit signing key on the first start."""
+    async def open(
+        cls, master: MasterKey, store: KeyringStore, operator_recipients: Sequence[bytes] = ()
+    ) -> Vault:
+        """The vault over `store`, creating the audit signing key on the first start.
+
+        `operator_recipients`: the operator's recovery public keys, which teams may opt in
+        to sealing their backups to.
+        """
         signer = await store.signing_key()
         if signer is None:
             signer = _new_signing_key(master)
             await store.add_signing_key(signer)
-        vault = cls(master, store, signer)
+        vault = cls(master, store, signer, operator_recipients)
         # Only now: the signing key opened, so this is the database's key.
         await master.record_first()
         return vault

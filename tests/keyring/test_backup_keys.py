@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import msgspec
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -14,6 +17,7 @@ from slipway.contracts.keyring import (
     BACKUP_KEY_ADD,
     BACKUP_KEY_REMOVE,
     BACKUP_MANIFEST_SIGN,
+    BACKUP_OPERATOR_KEY_SET,
     BACKUP_PLATFORM_KEY_SET,
     BACKUP_RECIPIENTS_GET,
     MANIFEST_PREFIX,
@@ -22,6 +26,7 @@ from slipway.contracts.keyring import (
     BackupRecipients,
     GetBackupRecipients,
     RemoveBackupKey,
+    SetOperatorBackupKey,
     SetPlatformBackupKey,
     ShredTeam,
     SignAudit,
@@ -33,9 +38,10 @@ from slipway.libs.bus import Bus
 from slipway.libs.crypto import age
 from slipway.libs.crypto.errors import DecryptionFailed
 from slipway.libs.errors import Forbidden, Gone, InvalidRequest, NotFound, SlipwayError
+from slipway.libs.natsserver import NatsServer
 from slipway.services.keyring.handlers import VAULT
 from tests.conftest import assert_eventually
-from tests.keyring.conftest import BusFactory, RunningKeyring
+from tests.keyring.conftest import BusFactory, RunningKeyring, settings_for, start_keyring
 from tests.security.bus.conftest import (  # noqa: F401 - fixtures
     Connect,
     connect_as,
@@ -63,6 +69,31 @@ async def _unwrap(bus: Bus, team: str, *sealed: bytes) -> list[bytes]:
     headers = [age.header_bytes(s) for s in sealed]
     reply = await bus.call(BACKUP_FILEKEYS_UNWRAP, UnwrapFileKeys(team_id=team, headers=headers))
     return reply.file_keys
+
+
+def _operator_set(team: str, enabled: bool) -> SetOperatorBackupKey:
+    return SetOperatorBackupKey(team_id=team, enabled=enabled)
+
+
+@pytest.fixture
+def operator_identity() -> bytes:
+    """The operator's offline recovery identity: held by the test, never by the keyring."""
+    return age.generate_identity()
+
+
+@pytest.fixture
+async def operator_keyring(
+    nats_server: NatsServer, home: Path, operator_identity: bytes
+) -> AsyncIterator[RunningKeyring]:
+    """A keyring whose operator configured a recovery recipient (SLIPWAY_RECOVERY_RECIPIENTS)."""
+    recipient = age.format_recipient(age.public_of(operator_identity))
+    settings = msgspec.structs.replace(
+        settings_for(nats_server, home), recovery_recipients=recipient
+    )
+    running = await start_keyring(settings)
+    yield running
+    if not running.task.done():
+        await running.stop()
 
 
 # ---- recipients --------------------------------------------------------------------------------
@@ -191,6 +222,116 @@ async def test_last_customer_key_stays_while_the_platform_key_is_off(
     remove = RemoveBackupKey(team_id=team, fingerprint=added.recipients[1].fingerprint)
     with pytest.raises(InvalidRequest, match="only backup key"):
         await gateway.call(BACKUP_KEY_REMOVE, remove)
+
+
+# ---- the operator's recovery key ---------------------------------------------------------------
+
+
+async def test_operator_key_is_off_by_default(
+    operator_keyring: RunningKeyring, bus_factory: BusFactory, team: str
+) -> None:
+    """A configured operator recovery key is not a recipient until the team opts in."""
+    found = await _recipients(await bus_factory("backup"), team)
+    assert not found.operator_enabled
+    assert [r.kind for r in found.recipients] == ["platform"]
+
+
+async def test_operator_key_is_listed_once_the_team_opts_in(
+    operator_keyring: RunningKeyring,
+    bus_factory: BusFactory,
+    team: str,
+    operator_identity: bytes,
+) -> None:
+    """Opted in, the operator's key is listed (and audited); what is sealed opens with it."""
+    gateway, backup = await bus_factory("gateway"), await bus_factory("backup")
+    turned_on = await gateway.call(BACKUP_OPERATOR_KEY_SET, _operator_set(team, True))
+    assert turned_on.operator_enabled and turned_on.platform_enabled
+    public = age.public_of(operator_identity)
+    assert [(r.kind, r.label, r.fingerprint, r.recipient) for r in turned_on.recipients][1:] == [
+        ("operator", "operator recovery key", age.fingerprint(public), age.format_recipient(public))
+    ]
+    assert await _recipients(backup, team) == turned_on
+    sealed = age.seal(b"dump", _publics(turned_on))
+    assert age.open_sealed(sealed, [operator_identity]) == b"dump"
+    [row] = [r for r in await operator_keyring.audit(team) if r.operation == "backup.operator.set"]
+    assert (row.caller, row.outcome, row.detail) == ("gateway", "ok", "enabled=true")
+
+
+async def test_operator_key_is_gone_once_the_team_opts_out(
+    operator_keyring: RunningKeyring, bus_factory: BusFactory, team: str
+) -> None:
+    """Opted out again, the operator's key is no longer a recipient of new objects."""
+    gateway, backup = await bus_factory("gateway"), await bus_factory("backup")
+    before = await _recipients(backup, team)
+    await gateway.call(BACKUP_OPERATOR_KEY_SET, _operator_set(team, True))
+    turned_off = await gateway.call(BACKUP_OPERATOR_KEY_SET, _operator_set(team, False))
+    assert not turned_off.operator_enabled
+    assert "operator" not in [r.kind for r in turned_off.recipients]
+    assert turned_off == before
+    await operator_keyring.restart()
+    assert await _recipients(backup, team) == before
+
+
+async def test_opting_in_is_refused_when_the_operator_has_no_key(
+    keyring: RunningKeyring, bus_factory: BusFactory, team: str
+) -> None:
+    """Without SLIPWAY_RECOVERY_RECIPIENTS there is nothing to seal to: InvalidRequest says so."""
+    gateway = await bus_factory("gateway")
+    with pytest.raises(InvalidRequest, match="no recovery key configured"):
+        await gateway.call(BACKUP_OPERATOR_KEY_SET, _operator_set(team, True))
+    found = await _recipients(gateway, team)
+    assert not found.operator_enabled and [r.kind for r in found.recipients] == ["platform"]
+    records = await keyring.audit(team)
+    assert (records[0].operation, records[0].outcome) == ("backup.operator.set", "invalid_request")
+
+
+async def test_the_operator_key_does_not_count_as_the_teams_own(
+    operator_keyring: RunningKeyring, bus_factory: BusFactory, team: str
+) -> None:
+    """Opted in, a team still needs a key of its own to turn the platform key off or keep it."""
+    gateway = await bus_factory("gateway")
+    await gateway.call(BACKUP_OPERATOR_KEY_SET, _operator_set(team, True))
+    off = SetPlatformBackupKey(team_id=team, enabled=False)
+    with pytest.raises(InvalidRequest, match="before turning the platform key off"):
+        await gateway.call(BACKUP_PLATFORM_KEY_SET, off)
+    _, recipient = _customer()
+    added = await gateway.call(BACKUP_KEY_ADD, AddBackupKey(team_id=team, recipient=recipient))
+    await gateway.call(BACKUP_PLATFORM_KEY_SET, off)
+    remove = RemoveBackupKey(team_id=team, fingerprint=added.recipients[1].fingerprint)
+    with pytest.raises(InvalidRequest, match="only backup key"):
+        await gateway.call(BACKUP_KEY_REMOVE, remove)
+
+
+async def test_unwrap_never_uses_the_operator_key(
+    operator_keyring: RunningKeyring,
+    bus_factory: BusFactory,
+    team: str,
+    operator_identity: bytes,
+) -> None:
+    """The keyring never holds the operator's identity: objects only it opens get no file key."""
+    gateway, backup = await bus_factory("gateway"), await bus_factory("backup")
+    _, recipient = _customer()
+    await gateway.call(BACKUP_KEY_ADD, AddBackupKey(team_id=team, recipient=recipient))
+    await gateway.call(BACKUP_PLATFORM_KEY_SET, SetPlatformBackupKey(team_id=team, enabled=False))
+    found = await gateway.call(BACKUP_OPERATOR_KEY_SET, _operator_set(team, True))
+    assert [r.kind for r in found.recipients] == ["customer", "operator"]
+    sealed = age.seal(b"customer and operator", _publics(found))
+    operator_only = age.seal(b"operator", [age.public_of(operator_identity)])
+    assert await _unwrap(backup, team, sealed, operator_only) == [b"", b""]
+    home = Path(operator_keyring.settings.home)
+    held = b"".join(p.read_bytes() for p in home.rglob("*") if p.is_file())
+    assert operator_identity not in held
+    assert age.format_identity(operator_identity).encode() not in held
+
+
+async def test_only_the_gateway_sets_the_operator_key(
+    operator_keyring: RunningKeyring, bus_factory: BusFactory, team: str
+) -> None:
+    """The backup service (or any other) cannot opt a team in; the refusal is audited."""
+    backup = await bus_factory("backup")
+    with pytest.raises(Forbidden, match=r"backup may not backup\.operator\.set"):
+        await backup.call(BACKUP_OPERATOR_KEY_SET, _operator_set(team, True))
+    assert not (await _recipients(backup, team)).operator_enabled
 
 
 # ---- unwrapping --------------------------------------------------------------------------------
@@ -414,6 +555,7 @@ async def test_a_shredded_team_refuses_every_backup_operation(
         (gateway, BACKUP_KEY_ADD, AddBackupKey(team_id=team, recipient=recipient)),
         (gateway, BACKUP_KEY_REMOVE, RemoveBackupKey(team_id=team, fingerprint="ab")),
         (gateway, BACKUP_PLATFORM_KEY_SET, SetPlatformBackupKey(team_id=team, enabled=True)),
+        (gateway, BACKUP_OPERATOR_KEY_SET, _operator_set(team, False)),
         (
             backup,
             BACKUP_FILEKEYS_UNWRAP,
@@ -430,6 +572,12 @@ async def test_a_shredded_team_refuses_every_backup_operation(
             await bus.call(rpc, request)  # type: ignore[arg-type]
     assert await keyring.store.backup_identity(team) is None
     assert await keyring.store.backup_keys(team) == []
+    db = sqlite3.connect(keyring.settings.db_path())
+    try:  # a refused call wrote nothing for the shredded team
+        settings = db.execute("SELECT * FROM backup_settings WHERE team_id = ?", (team,))
+        assert settings.fetchall() == []
+    finally:
+        db.close()
     path = keyring.settings.db_path()
     on_disk = b"".join(p.read_bytes() for p in path.parent.glob(path.name + "*"))
     assert wrapped.wrapped not in on_disk
