@@ -16,13 +16,16 @@ user's group only), `archive/` (archive_command's fallback copies) and `restore/
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import msgspec
 
 from slipway.contracts import subjects
 from slipway.contracts.base import Event, EventSpec, Message, Rpc, only
 from slipway.contracts.subjects import Service
+
+if TYPE_CHECKING:
+    from slipway.libs.bus import Bus
 
 BackupState = Literal["running", "completed", "failed"]
 BackupKind = Literal["manual", "scheduled", "final"]
@@ -34,6 +37,7 @@ BACKUP_ROLE = "slipway_backup"  # PostgreSQL role of the backup service (trust o
 REPLICATION_SLOT = "slipway_backup"
 MAX_OBJECT_READ = 1024 * 1024  # bytes per ReadObject answer
 CAPTURE_TIMEOUT = 3600.0  # seconds a caller waits for a capture or a staged restore
+ASK_TIMEOUT = 10.0  # seconds a caller waits for a read's answer
 
 
 def addon_run_root(addon_run_dir: str, home: str | Path) -> Path:
@@ -171,6 +175,7 @@ BACKUP_CAPTURE: Rpc[CaptureBackup, Backup] = Rpc(
     subjects.rpc(Service.BACKUP, "capture"),
     CaptureBackup,
     Backup,
+    fanout=True,
     callers=only(Service.GATEWAY),
 )
 BACKUPS_LIST: Rpc[ListBackups, Backups] = Rpc(
@@ -179,6 +184,7 @@ BACKUPS_LIST: Rpc[ListBackups, Backups] = Rpc(
     subjects.rpc(Service.BACKUP, "list"),
     ListBackups,
     Backups,
+    fanout=True,
     callers=only(Service.GATEWAY),
 )
 BACKUP_GET: Rpc[GetBackup, Backup] = Rpc(
@@ -187,6 +193,7 @@ BACKUP_GET: Rpc[GetBackup, Backup] = Rpc(
     subjects.rpc(Service.BACKUP, "get"),
     GetBackup,
     Backup,
+    fanout=True,
     callers=only(Service.GATEWAY),
 )
 BACKUP_OBJECTS: Rpc[ListObjects, Objects] = Rpc(
@@ -195,6 +202,7 @@ BACKUP_OBJECTS: Rpc[ListObjects, Objects] = Rpc(
     subjects.rpc(Service.BACKUP, "objects"),
     ListObjects,
     Objects,
+    fanout=True,
     callers=only(Service.GATEWAY),
 )
 BACKUP_OBJECT_READ: Rpc[ReadObject, ObjectChunk] = Rpc(
@@ -203,6 +211,7 @@ BACKUP_OBJECT_READ: Rpc[ReadObject, ObjectChunk] = Rpc(
     subjects.rpc(Service.BACKUP, "object.read"),
     ReadObject,
     ObjectChunk,
+    fanout=True,
     callers=only(Service.GATEWAY),
 )
 RESTORE_STAGE: Rpc[StageRestore, RestoreStaged] = Rpc(
@@ -211,6 +220,7 @@ RESTORE_STAGE: Rpc[StageRestore, RestoreStaged] = Rpc(
     subjects.rpc(Service.BACKUP, "restore.stage"),
     StageRestore,
     RestoreStaged,
+    fanout=True,
     callers=only(Service.SCHEDULER),
 )
 
@@ -290,6 +300,7 @@ BACKUP_VERIFY: Rpc[VerifyBackup, VerifyReport] = Rpc(
     subjects.rpc(Service.BACKUP, "verify"),
     VerifyBackup,
     VerifyReport,
+    fanout=True,
     callers=only(Service.GATEWAY),
 )
 DATABASE_VERIFY: Rpc[VerifyDatabase, DatabaseChecked] = Rpc(
@@ -386,6 +397,7 @@ BACKUP_SCHEDULE_GET: Rpc[GetBackupSchedule, Schedule] = Rpc(
     subjects.rpc(Service.BACKUP, "schedule.get"),
     GetBackupSchedule,
     Schedule,
+    fanout=True,
     callers=only(Service.GATEWAY),
 )
 BACKUP_SCHEDULE_SET: Rpc[SetBackupSchedule, Schedule] = Rpc(
@@ -394,6 +406,7 @@ BACKUP_SCHEDULE_SET: Rpc[SetBackupSchedule, Schedule] = Rpc(
     subjects.rpc(Service.BACKUP, "schedule.set"),
     SetBackupSchedule,
     Schedule,
+    fanout=True,
     callers=only(Service.GATEWAY),
 )
 BACKUP_SCHEDULE_REMOVE: Rpc[RemoveBackupSchedule, Schedule] = Rpc(
@@ -402,5 +415,50 @@ BACKUP_SCHEDULE_REMOVE: Rpc[RemoveBackupSchedule, Schedule] = Rpc(
     subjects.rpc(Service.BACKUP, "schedule.remove"),
     RemoveBackupSchedule,
     Schedule,
+    fanout=True,
     callers=only(Service.GATEWAY),
 )
+
+
+# ---- several hosts: each backup service answers for its own host's databases --------------
+#
+# Each host's backup service has its own catalog, so the RPCs above are fan-out: every
+# instance gets every request (answering as its host id, `service.responder`) and stays
+# silent about databases another host runs; RESTORE_STAGE is answered by the instance of
+# the new database's host (`StageRestore.host_id`), which imports a lost host's history
+# from the shared storage's signed manifests (services/backup/imported.py).
+
+ReqT = TypeVar("ReqT", bound=Message)
+RepT = TypeVar("RepT", bound=Message)
+
+
+async def ask(
+    bus: Bus,
+    rpc: Rpc[ReqT, RepT],
+    request: ReqT,
+    *,
+    timeout: float = ASK_TIMEOUT,
+    host: str | None = None,
+) -> RepT:
+    """The answer of the backup service of the host running the database `request` is about.
+
+    `host`, when the caller knows where the database runs, is the answer preferred (an
+    instance that has not heard of the database yet answers NotFound). An error answer is
+    raised; no answer at all (after `timeout`) is Unavailable, saying that the database's
+    host is not reachable.
+    """
+    # Contracts import nothing of libs at import time.
+    from slipway.libs.errors import Unavailable
+
+    found = await bus.gather(rpc, request, timeout=timeout, settle=0.05)
+    if host and host in found.errors:
+        raise found.errors[host]
+    if found.replies:
+        # Several only about a database not placed yet, which every host answers alike.
+        return found.replies[host] if host in found.replies else found.replies[min(found.replies)]
+    if found.errors:
+        raise found.errors[min(found.errors)]
+    raise Unavailable(
+        f"no backup service answered {rpc.name}: the host holding the database's backups"
+        " is not reachable (or no backup service runs)"
+    )

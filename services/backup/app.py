@@ -2,9 +2,11 @@
 
 Resources, set up in this order and torn down in reverse: the catalog, then the
 archive (crash recovery: half-written uploads dropped) and the WAL streams of this
-host's databases. Events arrive in the per-host durable consumer `host-<host_id>`;
-the RPCs are answered by the queue group (one host per installation today: see the
-README's backup section for what several hosts still need).
+host's databases. Events arrive in the per-host durable consumer `host-<host_id>`.
+The RPCs are fan-out (every host's instance gets each, answering as its host id): an
+instance answers about the databases its host runs (or last ran) and stays silent about
+the others; RESTORE_STAGE is answered by the instance of the host the new database goes
+to, which reads a lost host's history from the shared storage (imported.py).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def create_service(settings: BackupSettings) -> ServiceApp:
         settings=settings,
         description="Slipway's backups: sealed continuous archiving, base backups, restores",
     )
+    service.responder = settings.host_id
 
     @service.cleanup_ctx
     async def backups(service: ServiceApp) -> AsyncIterator[None]:
@@ -56,60 +59,84 @@ def create_service(settings: BackupSettings) -> ServiceApp:
             await archive.close()
             await db.close()
 
-    _rpcs(service)
+    _rpcs(service, settings.host_id)
     _events(service, f"host-{settings.host_id}")
     return service
 
 
-def _rpcs(service: ServiceApp) -> None:
+def _rpcs(service: ServiceApp, host_id: str) -> None:
+    # Each handler returns None (no answer) for a database another host runs.
+    async def runs(addon_id: str) -> bool:
+        return await service[BACKUPS].answers(addon_id)
+
     @service.rpc(bc.BACKUP_CAPTURE)
-    async def capture(req: bc.CaptureBackup) -> bc.Backup:
+    async def capture(req: bc.CaptureBackup) -> bc.Backup | None:
         context.require_caller(bc.BACKUP_CAPTURE)
+        if not await runs(req.addon_id):
+            return None
         return await service[BACKUPS].capture(req)
 
     @service.rpc(bc.BACKUPS_LIST)
-    async def list_backups(req: bc.ListBackups) -> bc.Backups:
+    async def list_backups(req: bc.ListBackups) -> bc.Backups | None:
         context.require_caller(bc.BACKUPS_LIST)
+        if not await runs(req.addon_id):
+            return None
         return await service[BACKUPS].list(req)
 
     @service.rpc(bc.BACKUP_GET)
-    async def get(req: bc.GetBackup) -> bc.Backup:
+    async def get(req: bc.GetBackup) -> bc.Backup | None:
         context.require_caller(bc.BACKUP_GET)
+        if not await runs(req.addon_id):
+            return None
         return await service[BACKUPS].get(req)
 
     @service.rpc(bc.BACKUP_OBJECTS)
-    async def objects(req: bc.ListObjects) -> bc.Objects:
+    async def objects(req: bc.ListObjects) -> bc.Objects | None:
         context.require_caller(bc.BACKUP_OBJECTS)
+        if not await runs(req.addon_id):
+            return None
         return await service[BACKUPS].objects(req)
 
     @service.rpc(bc.BACKUP_OBJECT_READ)
-    async def read_object(req: bc.ReadObject) -> bc.ObjectChunk:
+    async def read_object(req: bc.ReadObject) -> bc.ObjectChunk | None:
         context.require_caller(bc.BACKUP_OBJECT_READ)
+        if not await runs(req.addon_id):
+            return None
         return await service[BACKUPS].read_object(req)
 
     @service.rpc(bc.RESTORE_STAGE)
-    async def stage(req: bc.StageRestore) -> bc.RestoreStaged:
+    async def stage(req: bc.StageRestore) -> bc.RestoreStaged | None:
         context.require_caller(bc.RESTORE_STAGE)
+        if req.host_id != host_id:
+            return None  # the new database's host stages it, into its own run folder
         return await service[BACKUPS].stage_restore(req)
 
     @service.rpc(bc.BACKUP_VERIFY)
-    async def verify(req: bc.VerifyBackup) -> bc.VerifyReport:
+    async def verify(req: bc.VerifyBackup) -> bc.VerifyReport | None:
         context.require_caller(bc.BACKUP_VERIFY)
+        if not await runs(req.addon_id):
+            return None
         return await service[BACKUPS].verify(req)
 
     @service.rpc(bc.BACKUP_SCHEDULE_GET)
-    async def schedule(req: bc.GetBackupSchedule) -> bc.Schedule:
+    async def schedule(req: bc.GetBackupSchedule) -> bc.Schedule | None:
         context.require_caller(bc.BACKUP_SCHEDULE_GET)
+        if not await runs(req.addon_id):
+            return None
         return await service[BACKUPS].schedule(req)
 
     @service.rpc(bc.BACKUP_SCHEDULE_SET)
-    async def set_schedule(req: bc.SetBackupSchedule) -> bc.Schedule:
+    async def set_schedule(req: bc.SetBackupSchedule) -> bc.Schedule | None:
         context.require_caller(bc.BACKUP_SCHEDULE_SET)
+        if not await runs(req.addon_id):
+            return None
         return await service[BACKUPS].set_schedule(req)
 
     @service.rpc(bc.BACKUP_SCHEDULE_REMOVE)
-    async def remove_schedule(req: bc.RemoveBackupSchedule) -> bc.Schedule:
+    async def remove_schedule(req: bc.RemoveBackupSchedule) -> bc.Schedule | None:
         context.require_caller(bc.BACKUP_SCHEDULE_REMOVE)
+        if not await runs(req.addon_id):
+            return None
         return await service[BACKUPS].remove_schedule(req)
 
 

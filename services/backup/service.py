@@ -22,6 +22,7 @@ from slipway.services.backup import restore as restores
 from slipway.services.backup.archive import Archive
 from slipway.services.backup.capture import Captures
 from slipway.services.backup.errors import NotFound
+from slipway.services.backup.imported import Importer
 from slipway.services.backup.restore import Stager
 from slipway.services.backup.retention import Retention
 from slipway.services.backup.schedules import Schedules
@@ -50,10 +51,34 @@ class BackupService:
         self.stager = Stager(archive)
         self.verifier = Verifier(archive, self.stager)
         self.retention = Retention(archive)
+        self.importer = Importer(archive)
         self.schedules = Schedules(self.catalog, settings.schedule_retry_seconds)
         self._expired_at = 0.0  # monotonic time of the last expiry run
         self.streamers: dict[str, WalStreamer] = {}
         self._scheduler: asyncio.Task[None] | None = None
+
+    # ---- which requests are this host's (the RPCs are fan-out: every host gets each) --------
+
+    async def runs(self, addon_id: str) -> bool:
+        """Whether this host runs (or last ran) the database: it answers every request about it.
+
+        A database whose history this host imported from storage is read here only to stage
+        a restore: reads are the running host's, whose catalog is never behind.
+        """
+        db = await self.catalog.database(addon_id)
+        if db is None:
+            return False
+        # Not placed yet: every host answers (alike), and keeps the schedule asked for in
+        # case the database lands on it.
+        return db.host_id == self.settings.host_id or (db.host_id == "" and not db.imported)
+
+    async def answers(self, addon_id: str) -> bool:
+        """Whether this host answers a request about the database.
+
+        Its own, and one it has not heard of (NotFound, as every host says, until the
+        add-on's events arrive; a caller that knows the host waits for that one's answer).
+        """
+        return await self.catalog.database(addon_id) is None or await self.runs(addon_id)
 
     def run_dir(self, db: DatabaseRow) -> Path:
         return bc.addon_run_dir(self.settings.run_root(), db.host_id, db.addon_id)
@@ -110,6 +135,9 @@ class BackupService:
         if event.state == "provisioned":
             await self.catalog.set_state(db.addon_id, "provisioned", event.host_id)
             if event.host_id == self.settings.host_id:
+                if db.imported:
+                    # Its chain goes on from here: the manifests imported are its start.
+                    await self.catalog.clear_imported(db.addon_id)
                 found = await self.catalog.database(db.addon_id)
                 assert found is not None
                 self._stream(found)
@@ -157,7 +185,9 @@ class BackupService:
             if time.monotonic() - self._expired_at >= self.settings.retention_check_seconds:
                 self._expired_at = time.monotonic()
                 try:
-                    await self.retention.run(busy=self.verifier.running)
+                    # An imported database's history is its own host's to expire.
+                    busy = self.verifier.running | await self.catalog.imported_ids()
+                    await self.retention.run(busy=busy)
                 except Exception as exc:  # expiry is retried at the next run
                     log.warning("expiry failed", error=str(exc))
             await asyncio.sleep(self.settings.schedule_check_seconds)
@@ -251,8 +281,14 @@ class BackupService:
         return bc.ObjectChunk(data=data[:length], eof=len(data) <= length)
 
     async def stage_restore(self, req: bc.StageRestore) -> bc.RestoreStaged:
+        """Stage into this host's run folder; a source run elsewhere comes from storage."""
         if self.verifier.stages(req):  # a throwaway database of a verification
             return await self.verifier.stage(req)
+        source = await self.catalog.database(req.source_addon_id)
+        if source is None or source.host_id != self.settings.host_id:
+            # Its host may be gone with its catalog: the shared storage's signed manifests
+            # are the history (checked, then imported; later ones on each restore).
+            await self.importer.bring_up_to_date(req.source_addon_id, req.app_id)
         return await self.stager.stage(req)
 
     async def verify(self, req: bc.VerifyBackup) -> bc.VerifyReport:

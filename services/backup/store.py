@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiosqlite
 
@@ -109,6 +109,11 @@ MIGRATIONS = (
     """
     ALTER TABLE backups ADD COLUMN verified_at REAL;
     """,
+    # A database whose history this host imported from storage (services/backup/imported.py)
+    # because the host that ran it is gone: read and restored here, never streamed or expired.
+    """
+    ALTER TABLE databases ADD COLUMN imported INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 
@@ -121,7 +126,8 @@ class DatabaseRow:
     plan: str
     database: str
     host_id: str
-    state: str  # provisioning, provisioned, destroyed
+    state: str  # provisioning, provisioned, destroyed, imported (known from storage only)
+    imported: bool = False  # history imported from storage: read-only on this host
 
 
 @dataclass(frozen=True)
@@ -480,6 +486,87 @@ class Catalog:
         )
         return {str(r[0]) for r in rows}
 
+    # ---- history imported from storage (services/backup/imported.py) ----------------------
+
+    async def imported_ids(self) -> set[str]:
+        """The databases whose history this host imported: it never expires them."""
+        rows = await self.db.fetchall("SELECT addon_id FROM databases WHERE imported=1")
+        return {str(r[0]) for r in rows}
+
+    async def clear_imported(self, addon_id: str) -> None:
+        """The database now runs on this host: its history (imported) is this host's to keep."""
+        async with self.db.transaction() as conn:
+            await conn.execute("UPDATE databases SET imported=0 WHERE addon_id=?", (addon_id,))
+
+    async def record_import(self, found: ImportedHistory) -> None:
+        """The database's row and what its new manifests say, in one transaction."""
+        db = found.db
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT INTO databases (addon_id, addon_name, app_id, team_id, plan, database,"
+                " host_id, state, created_at, imported) VALUES (?,?,?,?,?,?,?,?,?,1)"
+                " ON CONFLICT (addon_id) DO UPDATE SET imported=1",
+                (
+                    db.addon_id,
+                    db.addon_name,
+                    db.app_id,
+                    db.team_id,
+                    db.plan,
+                    db.database,
+                    db.host_id,
+                    db.state,
+                    time.time(),
+                ),
+            )
+            for seq, digest, key, created_at in found.manifests:
+                await conn.execute(
+                    "INSERT INTO manifests (addon_id, seq, hash, key, created_at)"
+                    " VALUES (?,?,?,?,?)",
+                    (db.addon_id, seq, digest, key, created_at),
+                )
+            for obj, seq in found.objects:
+                await conn.execute(
+                    "INSERT OR REPLACE INTO objects (key, addon_id, kind, backup_num, part,"
+                    " timeline, segment, seg_offset, length, start_lsn, end_lsn, size, sha256,"
+                    " created_at, manifest_seq) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        obj.key, obj.addon_id, obj.kind, obj.backup_num, obj.part, obj.timeline,
+                        obj.segment, obj.offset, obj.length, obj.start_lsn, obj.end_lsn,
+                        obj.size, obj.sha256, obj.created_at, seq,
+                    ),
+                )  # fmt: skip
+            for b in found.backups:
+                await conn.execute(
+                    "INSERT OR REPLACE INTO backups (addon_id, num, kind, state, started_at,"
+                    " finished_at, size_bytes, stored_bytes, start_lsn, end_lsn, timeline,"
+                    " recipients) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        b.addon_id, b.num, b.kind, b.state, b.started_at, b.finished_at,
+                        b.size_bytes, b.stored_bytes, b.start_lsn, b.end_lsn, b.timeline,
+                        json.dumps(b.recipients),
+                    ),
+                )  # fmt: skip
+            # Expiry manifests name what went: later manifests win over earlier ones.
+            await conn.executemany("DELETE FROM objects WHERE key=?", [(k,) for k in found.removed])
+            await conn.executemany(
+                "DELETE FROM backups WHERE addon_id=? AND num=?",
+                [(db.addon_id, n) for n in found.expired_backups],
+            )
+            for timeline, through in found.wal_removed:
+                await conn.execute(
+                    "DELETE FROM objects WHERE addon_id=? AND kind='wal' AND timeline=?"
+                    " AND end_lsn<=?",
+                    (db.addon_id, timeline, through),
+                )
+            if found.wal is not None:
+                timeline, lsn, at = found.wal
+                await conn.execute(
+                    "INSERT INTO wal (addon_id, timeline, stored_lsn, stored_at) VALUES (?,?,?,?)"
+                    " ON CONFLICT (addon_id) DO UPDATE SET timeline=excluded.timeline,"
+                    " stored_lsn=excluded.stored_lsn, stored_at=excluded.stored_at",
+                    (db.addon_id, timeline, lsn, at),
+                )
+
     # ---- WAL progress -----------------------------------------------------------------------
 
     async def wal_position(self, addon_id: str) -> tuple[int, int, float] | None:
@@ -499,6 +586,20 @@ class Catalog:
             " stored_lsn=excluded.stored_lsn, stored_at=excluded.stored_at",
             (addon_id, timeline, lsn, time.time()),
         )
+
+
+@dataclass
+class ImportedHistory:
+    """What new manifests in storage say about one database (services/backup/imported.py)."""
+
+    db: DatabaseRow
+    manifests: list[tuple[int, str, str, float]] = field(default_factory=list)  # seq, hash, key, at
+    objects: list[tuple[ObjectRow, int]] = field(default_factory=list)  # with the manifest's seq
+    backups: list[BackupRow] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    expired_backups: list[int] = field(default_factory=list)
+    wal_removed: list[tuple[int, int]] = field(default_factory=list)  # timeline, through LSN
+    wal: tuple[int, int, float] | None = None  # timeline, last LSN, when stored
 
 
 def backup_info(
@@ -566,6 +667,7 @@ def _database(row: aiosqlite.Row) -> DatabaseRow:
         database=row["database"],
         host_id=row["host_id"],
         state=row["state"],
+        imported=bool(row["imported"]),
     )
 
 

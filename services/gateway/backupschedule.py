@@ -104,10 +104,12 @@ def _ref(addon: Addon) -> views.NamedRef:
 
 
 async def _ask(gw: Gateway, app: store.App, addon: Addon) -> bc.BackupSchedule:
-    answer = await gw.bus.call(
+    answer = await bc.ask(
+        gw.bus,
         bc.BACKUP_SCHEDULE_GET,
         bc.GetBackupSchedule(addon_id=addon.id, app_id=app.id),
         timeout=ASK_TIMEOUT,
+        host=addon.host_id or "",
     )
     return answer.schedule
 
@@ -154,10 +156,12 @@ async def set_schedule(request: web.Request) -> web.Response:
     hour, zone = _hour_and_zone(await read_body(request, SetSchedule))
     if addon.state == "deprovisioned":
         raise Conflict(f"{addon.name} is being destroyed: it takes no more backups.")
-    answer = await gw.bus.call(
+    answer = await bc.ask(
+        gw.bus,
         bc.BACKUP_SCHEDULE_SET,
         bc.SetBackupSchedule(addon_id=addon.id, app_id=app.id, hour=hour, timezone=zone),
         timeout=ASK_TIMEOUT,
+        host=addon.host_id or "",
     )
     view = schedule_view(answer.schedule, _ref(addon))
     async with change(gw, actor(request)) as tx:
@@ -180,10 +184,12 @@ async def set_schedule(request: web.Request) -> web.Response:
 async def remove_schedule(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     app, addon = await _addon(request, Action.DEPLOY, "schedule backups")
-    answer = await gw.bus.call(
+    answer = await bc.ask(
+        gw.bus,
         bc.BACKUP_SCHEDULE_REMOVE,
         bc.RemoveBackupSchedule(addon_id=addon.id, app_id=app.id),
         timeout=ASK_TIMEOUT,
+        host=addon.host_id or "",
     )
     async with change(gw, actor(request)) as tx:
         tx.audit(

@@ -67,10 +67,12 @@ async def verify(request: web.Request) -> web.Response:
     asked = request.match_info["backup"]
     num = 0 if asked == "latest" else backup_number(asked)
     email = actor(request).email
-    report = await gw.bus.call(
+    report = await bc.ask(
+        gw.bus,
         bc.BACKUP_VERIFY,
         bc.VerifyBackup(addon_id=source.id, app_id=app.id, num=num, actor=email),
         timeout=bc.CAPTURE_TIMEOUT,
+        host=source.host,
     )
     info = report.backup
     return reply(

@@ -452,7 +452,7 @@ class Addons:
             to_time=source.to_time,
         )
         try:
-            staged = await self.bus.call(bk.RESTORE_STAGE, request, timeout=bk.CAPTURE_TIMEOUT)
+            staged = await bk.ask(self.bus, bk.RESTORE_STAGE, request, timeout=bk.CAPTURE_TIMEOUT)
         except SlipwayError as exc:
             raise RestoreFailed(f"Restoring the backup failed: {exc.message}") from exc
         if not (run_dir / "restore" / "READY").is_file():

@@ -180,7 +180,7 @@ class Verifications:
                 num=req.num,
             )
             try:
-                await self._service.bus.call(bk.RESTORE_STAGE, stage, timeout=bk.CAPTURE_TIMEOUT)
+                await bk.ask(self._service.bus, bk.RESTORE_STAGE, stage, timeout=bk.CAPTURE_TIMEOUT)
             except SlipwayError as exc:
                 raise VerifyFailed(f"staging the backup failed: {exc.message}") from exc
             own = addons.labels(sched, want)
