@@ -171,13 +171,7 @@ def remove(ctx: Context, args: argparse.Namespace) -> None:
 )
 def platform(ctx: Context, args: argparse.Namespace) -> None:
     """PATCH /teams/{team}/backup-keys/platform {"enabled"}."""
-    if args.enabled is None:
-        raise UsageError("Say --on or --off.")
-    found = ctx.client().patch(f"{_path(_team(ctx, args))}/platform", {"enabled": args.enabled})
-    if args.json:
-        ctx.emit_json(found)
-        return
-    _show(ctx, found)
+    _switch(ctx, args, "platform")
 
 
 @command(
@@ -195,9 +189,14 @@ def platform(ctx: Context, args: argparse.Namespace) -> None:
 )
 def operator(ctx: Context, args: argparse.Namespace) -> None:
     """PATCH /teams/{team}/backup-keys/operator {"enabled"}."""
+    _switch(ctx, args, "operator")
+
+
+def _switch(ctx: Context, args: argparse.Namespace, which: str) -> None:
+    """PATCH one of the team's key switches (platform, operator) and show the result."""
     if args.enabled is None:
         raise UsageError("Say --on or --off.")
-    found = ctx.client().patch(f"{_path(_team(ctx, args))}/operator", {"enabled": args.enabled})
+    found = ctx.client().patch(f"{_path(_team(ctx, args))}/{which}", {"enabled": args.enabled})
     if args.json:
         ctx.emit_json(found)
         return

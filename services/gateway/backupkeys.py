@@ -16,6 +16,8 @@ travel here: a customer's identity never reaches the platform.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from aiohttp import web
 
 from slipway.contracts import keyring as kc
@@ -161,20 +163,8 @@ async def remove_key(request: web.Request) -> web.Response:
     extension=True,
 )
 async def set_platform(request: web.Request) -> web.Response:
-    gw = request.app[GATEWAY]
-    team = await _team(request, Action.MANAGE, "change the team's backup keys")
     body = await read_body(request, PlatformKey)
-    found = await gw.bus.call(
-        kc.BACKUP_PLATFORM_KEY_SET,
-        kc.SetPlatformBackupKey(team_id=team.id, enabled=body.enabled),
-    )
-    async with change(gw, actor(request)) as tx:
-        tx.audit(
-            team.id,
-            "backup_key.platform",
-            details={"enabled": "true" if body.enabled else "false"},
-        )
-    return reply(_view(team, found))
+    return await _switch(request, "platform", body.enabled)
 
 
 @routes.patch(
@@ -185,17 +175,26 @@ async def set_platform(request: web.Request) -> web.Response:
     extension=True,
 )
 async def set_operator(request: web.Request) -> web.Response:
+    body = await read_body(request, OperatorKey)
+    return await _switch(request, "operator", body.enabled)
+
+
+async def _switch(
+    request: web.Request, which: Literal["platform", "operator"], enabled: bool
+) -> web.Response:
+    """Turn the platform's or the operator's key on or off for new backups; audited."""
     gw = request.app[GATEWAY]
     team = await _team(request, Action.MANAGE, "change the team's backup keys")
-    body = await read_body(request, OperatorKey)
-    found = await gw.bus.call(
-        kc.BACKUP_OPERATOR_KEY_SET,
-        kc.SetOperatorBackupKey(team_id=team.id, enabled=body.enabled),
-    )
+    if which == "platform":
+        found = await gw.bus.call(
+            kc.BACKUP_PLATFORM_KEY_SET, kc.SetPlatformBackupKey(team_id=team.id, enabled=enabled)
+        )
+    else:
+        found = await gw.bus.call(
+            kc.BACKUP_OPERATOR_KEY_SET, kc.SetOperatorBackupKey(team_id=team.id, enabled=enabled)
+        )
     async with change(gw, actor(request)) as tx:
         tx.audit(
-            team.id,
-            "backup_key.operator",
-            details={"enabled": "true" if body.enabled else "false"},
+            team.id, f"backup_key.{which}", details={"enabled": "true" if enabled else "false"}
         )
     return reply(_view(team, found))
