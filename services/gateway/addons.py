@@ -178,6 +178,11 @@ def _attachment_name(body: CreateAddon, name: str, taken: set[str], *, primary: 
         # Heroku says HEROKU_POSTGRESQL_<COLOR>; the add-on's own word keeps it recognisable.
         word = name.split("-")[1] if name.count("-") >= 2 else secrets.token_hex(3)
         chosen = re.sub(r"[^A-Z0-9_]", "_", f"SLIPWAY_POSTGRESQL_{word.upper()}")
+        if chosen in taken:
+            # Forty words collide soon on an app with several databases; the whole add-on
+            # name is unique, so its tail settles it instead of refusing a name nobody chose.
+            tail = re.sub(r"[^A-Z0-9_]", "_", name.upper().split("-", 1)[-1])
+            chosen = f"SLIPWAY_POSTGRESQL_{tail}"
     if chosen in taken:
         raise InvalidParams(f"The app already has an attachment named {chosen}.")
     return chosen

@@ -102,6 +102,10 @@ def test_attachment_names() -> None:
     assert _attachment_name(body, "postgresql-teal-10000", set()) == "DATABASE"
     taken = {"DATABASE"}
     assert _attachment_name(body, "postgresql-teal-10000", taken) == "SLIPWAY_POSTGRESQL_TEAL"
+    # A second database that drew the same word is named by its number, never refused.
+    taken |= {"SLIPWAY_POSTGRESQL_TEAL"}
+    second = _attachment_name(body, "postgresql-teal-20417", taken)
+    assert second == "SLIPWAY_POSTGRESQL_TEAL_20417"
     asked = CreateAddon(plan="postgresql", attachment=AttachmentBody(name="REPORTS"))
     assert _attachment_name(asked, "postgresql-teal-10000", taken) == "REPORTS"
     with pytest.raises(InvalidParams, match="already has an attachment"):
