@@ -23,6 +23,7 @@ from slipway.contracts import (
     registry,
     router,
     scheduler,
+    snapshot,
 )
 from slipway.contracts.base import CommandSpec, ConsumerSpec, EventSpec, LiveSpec, Rpc
 from slipway.contracts.subjects import Service
@@ -39,6 +40,7 @@ _MODULES: tuple[ModuleType, ...] = (
     registry,
     router,
     scheduler,
+    snapshot,
 )
 
 S = Service
@@ -129,8 +131,10 @@ def _declared(kind: type[Any]) -> list[Any]:
     found: dict[int, Any] = {}
     for module in _MODULES:
         for value in vars(module).values():
-            if isinstance(value, kind):
-                found.setdefault(id(value), value)
+            # One endpoint per service (snapshot exports) is declared as a dict of them.
+            for one in value.values() if isinstance(value, dict) else (value,):
+                if isinstance(one, kind):
+                    found.setdefault(id(one), one)
     return list(found.values())
 
 
