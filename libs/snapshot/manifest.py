@@ -6,12 +6,14 @@ anywhere (a USB disk, a bucket downloaded with any S3 tool):
     <id>/manifest.json              this module's Manifest, canonical JSON
     <id>/manifest.sig               {"public_key": hex, "signature": hex} (Ed25519)
     <id>/<part>/<NNN>.age           each part's pieces: age(zstd(piece of a tar))
-    <id>/keyring/master-key.age     the master key as the keyring sealed it (never in clear)
 
 A part is what one service instance exported (`gateway`, `log-shipper@local`); its tar's
 member names start with the folder under SLIPWAY_HOME they restore into (`gateway/…`,
 `registry/…`), so a restore needs no knowledge of any service. Every piece opens alone
 with `age -d -i KEY piece | zstd -d`; a part's tar is the concatenation of its pieces.
+The keyring's master key is never in a part in the clear: the keyring's part carries
+`keyring/master-key.recovery.age`, the key as the keyring sealed it to the same recovery
+recipients when it was made.
 
 The signature is over SNAPSHOT_SIGN_PREFIX + manifest.json's bytes, by the keyring's
 platform signing key; a keyless check (`verify_layout`) needs no identity, only the
@@ -32,21 +34,12 @@ from slipway.contracts.snapshot import FORMAT, SNAPSHOT_SIGN_PREFIX, PartInfo, P
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-MASTER_KEY_PART = "keyring"
-MASTER_KEY_PIECE = "master-key.age"
+MASTER_KEY_MEMBER = "keyring/master-key.recovery.age"  # in the keyring's tar
 STORAGE_PREFIX = "platform/snapshots/"  # where snapshots live in the backup storage
 
 
 class SnapshotError(Exception):
     """A snapshot that cannot be trusted or used; the message says which and why."""
-
-
-class MasterKeyCopy(msgspec.Struct, frozen=True, kw_only=True):
-    """The keyring's own sealed copy of the master key, carried as it is."""
-
-    size: int
-    sha256: str
-    recipients: list[str] = []  # fingerprints of the recovery keys it is sealed to
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -61,7 +54,6 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     # sealed to: a restore names them when the identity given is none of them.
     recipients: list[str]
     parts: list[PartInfo]
-    master_key: MasterKeyCopy | None = None
     # Ids of the snapshot before this one, and its manifest's hash: a chain a restore can show.
     previous: str = ""
     previous_sha256: str = ""
@@ -167,14 +159,6 @@ def verify_layout(folder: Path, trusted: set[str] | None = None) -> tuple[Manife
         for part in manifest.parts
         for piece in part.pieces
     ]
-    if manifest.master_key is not None:
-        expected.append(
-            (
-                f"{MASTER_KEY_PART}/{MASTER_KEY_PIECE}",
-                manifest.master_key.size,
-                manifest.master_key.sha256,
-            )
-        )
     problems: list[str] = []
     for name, size, sha in expected:
         path = folder / name
