@@ -14,7 +14,9 @@ by hand here), so the bus refuses exactly what the declarations do not grant:
 - JetStream: no `$JS.API.>`. A service may only fetch from, ack and look up its own
   durable consumers and dead-letter into its own DLQ subjects. Streams and consumers
   are created by the `provisioner` user (libs/bus/provision.py), which may only
-  create and look up the declared ones: never delete or purge.
+  create and look up the declared ones: never delete or purge. One read-only exception,
+  declared in `SNAPSHOT_READS`: the backup service reads the CMD and EVT streams' messages
+  and consumer positions for a platform snapshot (libs/snapshot/streams.py).
 
 Why the reply inbox proves the caller: NATS cannot check the reply subject a client
 puts on a request, but each user may subscribe only under its own inbox prefix, so
@@ -44,6 +46,7 @@ from slipway.contracts.subjects import OPERATOR, PROVISIONER, Service
 __all__ = [
     "OPERATOR",
     "PROVISIONER",
+    "SNAPSHOT_READER",
     "Permissions",
     "authorization_block",
     "load_or_create_users",
@@ -55,6 +58,16 @@ __all__ = [
 _JS_API = "$JS.API"
 _JS_ACK = "$JS.ACK"
 STREAMS = (subjects.STREAM_CMD, subjects.STREAM_EVT, subjects.STREAM_DLQ)
+
+# A platform snapshot carries the commands and events some consumer has not acknowledged
+# yet, so that a restored platform still does them (libs/snapshot/streams.py). The backup
+# service takes snapshots, so it alone may read those streams' state, their consumers'
+# positions and single messages by sequence: direct reads that create no consumer and ack
+# nothing. Never create, update, delete or purge, nor create or delete a consumer: a
+# snapshot must not be able to change what it copies.
+SNAPSHOT_READER = Service.BACKUP
+SNAPSHOT_STREAMS = (subjects.STREAM_CMD, subjects.STREAM_EVT)
+SNAPSHOT_READS = ("STREAM.INFO", "CONSUMER.LIST", "STREAM.MSG.GET")
 
 Instances = Mapping[str, Iterable[str | None]]
 
@@ -105,8 +118,15 @@ def permissions(
         subscribe=[live.filter for live in cat.lives if service in live.readers],
     )
     _jetstream_permissions(perms, service, cat, instances)
+    if service == SNAPSHOT_READER:
+        perms.add(publish=snapshot_read_subjects())
     _discovery_permissions(perms, service)
     return perms
+
+
+def snapshot_read_subjects() -> list[str]:
+    """The read-only JetStream API calls of SNAPSHOT_READER (see SNAPSHOT_READS)."""
+    return [f"{_JS_API}.{verb}.{stream}" for stream in SNAPSHOT_STREAMS for verb in SNAPSHOT_READS]
 
 
 def _rpc_permissions(perms: Permissions, service: str, cat: Catalog) -> None:

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 
 from slipway.libs.bus import tls as bus_tls
@@ -81,6 +81,9 @@ class NatsServer:
         self.tls = (not bus_tls.is_loopback(host)) if tls is None else tls
         self.users: dict[str, str] = {}
         self.process: subprocess.Popen[bytes] | None = None
+        # Awaited once a hardened server is up, before provisioning: the supervisor replays
+        # a restored snapshot's messages there, so the consumers it creates keep their place.
+        self.before_provision: Callable[[], Awaitable[None]] | None = None
 
     @property
     def url(self) -> str:
@@ -171,6 +174,7 @@ class NatsServer:
             password=self.users[PROVISIONER],
             instances=self.instances,
             tls=self.client_tls(PROVISIONER),
+            before=self.before_provision,
         )
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             try:

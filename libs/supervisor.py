@@ -7,6 +7,9 @@
 State lives in `$SLIPWAY_HOME` (default `var/`):
 
     nats/                JetStream store, nats-server's config and log
+    nats/streams.jsonl   a restored snapshot's undelivered messages: replayed into the
+                         fresh nats-server before any service starts, then renamed
+                         streams.jsonl.replayed-<time> (libs/snapshot/streams.py)
     logs/<name>.log      each child's stdout and stderr, appended
     run/supervisor.pid   this process, locked while it runs; a second supervisor exits 0
     run/<name>.pid       each running child: "<pid> <start time>", for scripts/down
@@ -57,6 +60,7 @@ from slipway.libs.natsserver import NatsServer
 from slipway.libs.service.logging import configure_logging
 from slipway.libs.service.private import private_dir, private_umask, tighten
 from slipway.libs.serviceusers import Account
+from slipway.libs.snapshot import streams
 
 log = structlog.get_logger("slipway.supervisor")
 
@@ -78,6 +82,8 @@ STARTS_LAST: tuple[Service, ...] = (Service.GATEWAY,)
 NATS_NAME = "nats-server"
 CADDY_NAME = "caddy"  # Caddy, the router (libs/caddy.py); ports from SLIPWAY_ROUTER_*
 PIDFILE_NAME = "supervisor.pid"
+NATS_START_TIMEOUT = 10.0
+REPLAY_TIMEOUT = 900.0  # a restored snapshot's messages are published before services start
 
 
 @dataclass(frozen=True)
@@ -273,6 +279,8 @@ class Supervisor:
         ]
         self.stopping = asyncio.Event()
         self.started = asyncio.Event()
+        if nats is not None:
+            nats.before_provision = self._replay_restored_streams
 
     @property
     def logs_dir(self) -> Path:
@@ -457,10 +465,56 @@ class Supervisor:
     # ---- nats-server -------------------------------------------------------------------------
 
     async def _start_nats(self, nats: NatsServer) -> None:
-        await asyncio.to_thread(nats.start)
+        pending = (nats.data_dir / streams.FILE_NAME).exists()
+        if pending and not nats.hardened:
+            # Services provision their own consumers on an open server, from the start of
+            # the streams: the replayed positions would not survive them.
+            log.error("nats.replay_refused", file=str(nats.data_dir / streams.FILE_NAME))
+            raise streams.StreamsReplayError(
+                "a restored snapshot's NATS messages wait to be replayed, which needs the "
+                "hardened bus: start without --open-nats"
+            )
+        await asyncio.to_thread(nats.start, REPLAY_TIMEOUT if pending else NATS_START_TIMEOUT)
         assert nats.process is not None
         _write_child_pidfile(self.run_dir / f"{NATS_NAME}.pid", nats.process.pid)
         log.info("nats.started", url=nats.url, pid=nats.process.pid, data=str(nats.data_dir))
+
+    async def _replay_restored_streams(self) -> None:
+        """Replay `<home>/nats/streams.jsonl` (a restore put it there) before provisioning.
+
+        Runs inside NatsServer.start(), once the server is up: the consumers it creates
+        start where they were, and provisioning keeps them there. A failure stops the
+        start, so no service ever runs on a bus missing its restored commands.
+        """
+        assert self.nats is not None
+        path = self.nats.data_dir / streams.FILE_NAME
+        if not path.exists():
+            return
+        try:
+            # As the operator: replaying publishes commands, which the provisioner may not.
+            done = await streams.replay_file(
+                path,
+                self.nats.url,
+                user=OPERATOR,
+                password=self.nats.users.get(OPERATOR),
+                tls=self.nats.client_tls(OPERATOR),
+                instances=self.nats.instances,
+            )
+        except (streams.StreamsError, OSError, UnicodeDecodeError) as exc:
+            log.error(
+                "nats.replay_failed",
+                file=str(path),
+                error=str(exc),
+                hint="the file is kept; services are not started",
+            )
+            raise streams.StreamsReplayError(f"replaying {path} failed: {exc}") from exc
+        if done is not None:
+            log.info(
+                "nats.replayed",
+                messages=done.messages,
+                consumers=done.starts,
+                skipped=done.skipped,
+            )
 
     async def _watch_nats(self, nats: NatsServer) -> None:
         # nats-server is a plain Popen (libs/natsserver); polling it keeps this cancellable.

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import ssl
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import nats
@@ -127,7 +128,30 @@ async def provision(
     """Create the streams and every declared consumer; safe to run at every start."""
     await ensure_streams(js)
     for stream, config in declared_consumers(instances):
-        await js.add_consumer(stream, config)
+        await js.add_consumer(stream, await keeping_position(js, stream, config))
+
+
+async def keeping_position(
+    js: JetStreamContext, stream: str, config: api.ConsumerConfig
+) -> api.ConsumerConfig:
+    """`config`, but starting where an existing consumer of that name already starts.
+
+    A consumer replayed from a snapshot (libs/snapshot/streams.py) starts after the
+    messages it had acknowledged; the server refuses to move a start position, and
+    provisioning must not try to: with the position kept, an unchanged consumer is left
+    alone and a changed one (new filters) is updated in place.
+    """
+    assert config.durable_name is not None
+    try:
+        existing = (await js.consumer_info(stream, config.durable_name)).config
+    except nats.js.errors.NotFoundError:
+        return config
+    return dataclasses.replace(
+        config,
+        deliver_policy=existing.deliver_policy,
+        opt_start_seq=existing.opt_start_seq,
+        opt_start_time=existing.opt_start_time,
+    )
 
 
 async def provision_at(
@@ -137,8 +161,11 @@ async def provision_at(
     password: str | None,
     instances: Mapping[str, Iterable[str | None]] | None = None,
     tls: ssl.SSLContext | None = None,
+    before: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Connect as `user` (the provisioner), provision, disconnect."""
+    """Connect as `user` (the provisioner), provision, disconnect; `before` runs first."""
+    if before is not None:
+        await before()
     extra: dict[str, Any] = {"tls": tls} if tls is not None else {}
     nc = await nats.connect(
         url,

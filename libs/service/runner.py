@@ -38,6 +38,7 @@ from slipway.libs.service.discovery import Discovery
 from slipway.libs.service.logging import configure_logging
 from slipway.libs.service.private import private_umask
 from slipway.libs.service.settings import Settings
+from slipway.libs.service.snapshots import SourcesFactory, serve_snapshots
 
 log = structlog.get_logger("slipway.service")
 
@@ -84,6 +85,9 @@ class ServiceApp:
         self._bus: Bus | None = None
         # The name this instance answers fan-out RPCs as (log-shipper: its Docker host).
         self.responder: str | None = None
+        # What this service exports for platform snapshots (libs/service/snapshots.py);
+        # None: it holds nothing worth one, and serves no snapshot RPCs.
+        self.snapshot_sources: SourcesFactory | None = None
 
     # ---- registration --------------------------------------------------------------------
 
@@ -182,6 +186,8 @@ class ServiceApp:
             log.info("service.stopped")
 
     async def _serve(self, bus: Bus) -> None:
+        if self.snapshot_sources is not None:
+            serve_snapshots(self, self.snapshot_sources)
         for spec, handler in self._rpcs:
             await bus.serve(spec, handler, responder=self.responder)
         if self._command_routes:

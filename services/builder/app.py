@@ -34,6 +34,7 @@ from slipway.libs.crypto import envelope
 from slipway.libs.egress import policy_for
 from slipway.libs.errors import NotFound
 from slipway.libs.service import Key, ServiceApp
+from slipway.services.builder import snapshot
 from slipway.services.builder.appdata import destroy_app, purge_cache
 from slipway.services.builder.build import Builder, output_binding
 from slipway.services.builder.container import ensure_network, remove_leftovers
@@ -103,6 +104,7 @@ def create_service(settings: BuilderSettings) -> ServiceApp:
     async def app_destroyed(event: gw.AppDestroyed) -> None:
         await destroy_app(service[BUILDER], event.app_id)
 
+    service.snapshot_sources = snapshot.sources(settings)
     return service
 
 

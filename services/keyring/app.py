@@ -17,7 +17,7 @@ import structlog
 
 from slipway.contracts.subjects import Service
 from slipway.libs.service import ServiceApp
-from slipway.services.keyring import handlers
+from slipway.services.keyring import handlers, snapshot
 from slipway.services.keyring.handlers import ROTATOR, VAULT
 from slipway.services.keyring.masterkey import load_master_key
 from slipway.services.keyring.rotation import MasterKeyRotator, seal_at_start
@@ -60,4 +60,5 @@ def create_service(settings: KeyringSettings) -> ServiceApp:
             await store.close()
 
     handlers.register(service)
+    service.snapshot_sources = snapshot.sources(service, settings)
     return service

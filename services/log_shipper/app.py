@@ -63,7 +63,7 @@ from slipway.contracts.subjects import Service
 from slipway.libs.bus import context
 from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database
-from slipway.services.log_shipper import platform, store
+from slipway.services.log_shipper import platform, snapshot, store
 from slipway.services.log_shipper.history import RawLine
 from slipway.services.log_shipper.settings import LogShipperSettings
 from slipway.services.log_shipper.shipper import Shipper
@@ -120,6 +120,7 @@ def create_service(settings: LogShipperSettings) -> ServiceApp:
     _reads(service)
     _platform_events(service)
     _host_events(service, f"host-{settings.host_id}")
+    service.snapshot_sources = snapshot.sources(settings)
     return service
 
 

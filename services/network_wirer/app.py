@@ -27,7 +27,7 @@ from slipway.contracts.router import DOMAIN_ADDED, DOMAIN_REMOVED, DomainAdded, 
 from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
 from slipway.contracts.subjects import Service
 from slipway.libs.service import Key, ServiceApp
-from slipway.services.network_wirer import certs
+from slipway.services.network_wirer import certs, snapshot
 from slipway.services.network_wirer.access import AccessListener
 from slipway.services.network_wirer.caddy import CaddyAdmin
 from slipway.services.network_wirer.networks import Isolation, Networks
@@ -115,4 +115,5 @@ def create_service(settings: WirerSettings) -> ServiceApp:
         if wirer.networks is not None:
             await wirer.networks.remove(event.app_id)
 
+    service.snapshot_sources = snapshot.sources(settings)
     return service

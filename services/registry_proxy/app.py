@@ -23,7 +23,7 @@ from aiohttp import web
 from slipway.contracts.registry import ImagePushed
 from slipway.contracts.subjects import Service
 from slipway.libs.service import ServiceApp
-from slipway.services.registry_proxy import handlers
+from slipway.services.registry_proxy import handlers, snapshot
 from slipway.services.registry_proxy.announcer import Announcer
 from slipway.services.registry_proxy.credentials import Issuer, load_key
 from slipway.services.registry_proxy.distribution import Distribution
@@ -100,4 +100,5 @@ def create_service(settings: RegistryProxySettings) -> ServiceApp:
             await proxy.close()
 
     handlers.register(service)
+    service.snapshot_sources = snapshot.sources(service, settings)
     return service

@@ -95,6 +95,10 @@ class Collector:
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
+    def holding_off(self) -> asyncio.Lock:
+        """The lock pruning and collecting hold: while it is held, nothing is deleted."""
+        return self._maintenance
+
     async def start(self) -> None:
         """Start the background collector; collect at once if a collection is owed."""
         self._session = aiohttp.ClientSession(connector=self.distribution.connector())
