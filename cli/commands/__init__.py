@@ -30,6 +30,7 @@ TOPICS = (
     "logs",
     "builds",
     "admin",
+    "snapshots",
 )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from slipway.contracts import backup as bc
+from slipway.contracts import snapshot as sc
 from slipway.contracts.addons import (
     ADDON_CHANGED,
     ADDON_CREATED,
@@ -27,13 +28,15 @@ from slipway.contracts.subjects import Service
 from slipway.libs.bus import context
 from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database
-from slipway.services.backup import store
+from slipway.services.backup import snapshot, store
 from slipway.services.backup.archive import Archive
 from slipway.services.backup.sealing import Sealer
 from slipway.services.backup.service import BackupService
 from slipway.services.backup.settings import BackupSettings
+from slipway.services.backup.snapshots import Snapshots
 
 BACKUPS = Key("backups", BackupService)
+SNAPSHOTS = Key("snapshots", Snapshots)
 
 
 def create_service(settings: BackupSettings) -> ServiceApp:
@@ -51,16 +54,21 @@ def create_service(settings: BackupSettings) -> ServiceApp:
         archive = Archive(settings, store.Catalog(db), Sealer(service.bus))
         backups = BackupService(settings, archive)
         service[BACKUPS] = backups
+        snapshots = service[SNAPSHOTS] = Snapshots(settings, archive.storage, service.bus)
         await backups.start()
+        await snapshots.start()
         try:
             yield
         finally:
+            await snapshots.stop()
             await backups.stop()
             await archive.close()
             await db.close()
 
     _rpcs(service, settings.host_id)
+    _snapshot_rpcs(service)
     _events(service, f"host-{settings.host_id}")
+    service.snapshot_sources = snapshot.sources(service, settings)
     return service
 
 
@@ -138,6 +146,25 @@ def _rpcs(service: ServiceApp, host_id: str) -> None:
         if not await runs(req.addon_id):
             return None
         return await service[BACKUPS].remove_schedule(req)
+
+
+def _snapshot_rpcs(service: ServiceApp) -> None:
+    # Platform snapshots: any instance answers (the storage is the record).
+    @service.rpc(sc.SNAPSHOT_TAKE)
+    async def take(req: sc.TakeSnapshot) -> sc.TakenSnapshot:
+        context.require_caller(sc.SNAPSHOT_TAKE)
+        info, _ = await service[SNAPSHOTS].take(req.requested_by)
+        return sc.TakenSnapshot(snapshot=info)
+
+    @service.rpc(sc.SNAPSHOTS_LIST)
+    async def list_snapshots(req: sc.ListSnapshots) -> sc.Snapshots:
+        context.require_caller(sc.SNAPSHOTS_LIST)
+        return sc.Snapshots(snapshots=await service[SNAPSHOTS].listing())
+
+    @service.rpc(sc.SNAPSHOT_VERIFY)
+    async def verify(req: sc.VerifySnapshot) -> sc.SnapshotCheck:
+        context.require_caller(sc.SNAPSHOT_VERIFY)
+        return await service[SNAPSHOTS].verify(req.snapshot_id)
 
 
 def _events(service: ServiceApp, purpose: str) -> None:

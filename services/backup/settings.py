@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from slipway.contracts.backup import addon_run_root
+from slipway.contracts.snapshot import EXPORT_TIMEOUT
 from slipway.libs.service import Settings
 
 MIB = 1024 * 1024
@@ -71,6 +72,25 @@ class BackupSettings(Settings, frozen=True, kw_only=True):
     verify_days: float = 7.0
     # How long a throwaway database may take to recover before the verification fails.
     verify_timeout: float = 1800.0
+    # ---- platform snapshots (services/backup/snapshots.py) ----
+    # The age recipients (`age1...`, separated by spaces or commas) of the operator's
+    # offline recovery key: the same variable the keyring reads. Snapshots are sealed to
+    # them; without any, a snapshot is refused (nobody could ever open it).
+    recovery_recipients: str = ""
+    # Seconds between scheduled snapshots; 0: none (only `slipway admin:snapshot`).
+    snapshot_interval: float = 3600.0
+    # The completed snapshots kept; older ones (and failed ones older than those) go.
+    snapshot_keep: int = 48
+    # The host whose backup service takes the scheduled snapshots: one instance per
+    # platform takes them, and a fixed name needs no election ("local": the only host
+    # of a one-machine platform). On-demand snapshots are taken by whichever instance
+    # the request reaches.
+    snapshot_taker: str = "local"
+    # How long one service may take to export its state (seconds).
+    snapshot_export_timeout: float = EXPORT_TIMEOUT
+    # Tests only: the services asked to export ("gateway,scheduler"); "": every one in
+    # contracts/snapshot.EXPORTERS. A snapshot of fewer services restores less.
+    snapshot_exporters: str = ""
 
     def run_root(self) -> Path:
         return addon_run_root(self.addon_run_dir, self.home).absolute()

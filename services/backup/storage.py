@@ -27,11 +27,18 @@ log = structlog.get_logger("slipway.backup.storage")
 # Keys are made by the backup service from ids, numbers and hex: nothing else is accepted,
 # so no key can climb out of its destination.
 KEY = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*\Z")
+# A platform snapshot's files keep the names of its layout (libs/snapshot/manifest.py), so
+# its folder can be copied out and restored as it is: these names and no others.
+SNAPSHOT_KEY = re.compile(
+    r"^platform/snapshots/s[0-9]{8}T[0-9]{6}Z-[0-9a-f]{4}/"
+    r"(?:manifest\.json|manifest\.sig|state\.json"
+    r"|[a-z][a-z-]*(?:@[A-Za-z0-9_][A-Za-z0-9_.-]{0,62})?/[0-9]{3,6}\.age)\Z"
+)
 PARTIAL = ".partial"
 
 
 def check_key(key: str) -> str:
-    if not KEY.match(key) or len(key) > 400:
+    if not (KEY.match(key) or SNAPSHOT_KEY.match(key)) or len(key) > 400:
         raise StorageError(f"refusing the object key {key[:80]!r}")
     return key
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from slipway.contracts import keyring
+from slipway.contracts import keyring, snapshot
 from slipway.contracts.base import Ok
 from slipway.contracts.keyring import (
     AddBackupKey,
@@ -252,6 +252,13 @@ class Handlers:
             call.detail = f"key_id={signed.key_id} sha256={digest}"
             return signed
 
+    async def sign_snapshot(self, req: snapshot.SignSnapshotManifest) -> snapshot.SnapshotSignature:
+        async with audited(self.vault, Operation.SNAPSHOT_MANIFEST_SIGN) as call:
+            call.detail = f"sha256={hashlib.sha256(req.message).hexdigest()}"
+            signed = await self.vault.sign_snapshot(req.message)
+            call.detail += f" key_id={self.vault.audit_key().key_id}"
+            return signed
+
     async def rotate_master_key(self, req: RotateMasterKey) -> MasterKeyRotated:
         async with audited(self.vault, Operation.MASTERKEY_ROTATE) as call:
             who = req.requested_by[:MAX_REQUESTER]
@@ -287,6 +294,7 @@ def register(app: ServiceApp) -> None:
     app.rpc(keyring.BACKUP_FILEKEYS_UNWRAP)(handlers.unwrap_file_keys)
     app.rpc(keyring.BACKUP_MANIFEST_SIGN)(handlers.sign_manifest)
     app.rpc(keyring.MASTERKEY_ROTATE)(handlers.rotate_master_key)
+    app.rpc(snapshot.SNAPSHOT_MANIFEST_SIGN)(handlers.sign_snapshot)
 
 
 def _check_team_id(team_id: str) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from slipway.contracts import keyring
+from slipway.contracts import keyring, snapshot
 from slipway.contracts.base import Rpc
 from slipway.contracts.keyring import Purpose
 from slipway.contracts.subjects import Service
@@ -49,6 +49,7 @@ class Operation(StrEnum):
     BACKUP_FILEKEYS_UNWRAP = keyring.BACKUP_FILEKEYS_UNWRAP.name
     BACKUP_MANIFEST_SIGN = keyring.BACKUP_MANIFEST_SIGN.name
     MASTERKEY_ROTATE = keyring.MASTERKEY_ROTATE.name
+    SNAPSHOT_MANIFEST_SIGN = snapshot.SNAPSHOT_MANIFEST_SIGN.name
 
 
 class Grant(NamedTuple):
@@ -120,6 +121,8 @@ TABLE: tuple[Grant, ...] = (
     G(BACKUP,       Op.BACKUP_MANIFEST_SIGN),
     # The master key: rotated on a platform admin's request, which only the gateway checks.
     G(GATEWAY,      Op.MASTERKEY_ROTATE),
+    # Platform snapshots: the backup service that took one has its manifest signed.
+    G(BACKUP,       Op.SNAPSHOT_MANIFEST_SIGN),
 )
 # fmt: on
 
@@ -147,6 +150,7 @@ RPCS: dict[Operation, Rpc[Any, Any]] = {
         keyring.BACKUP_FILEKEYS_UNWRAP,
         keyring.BACKUP_MANIFEST_SIGN,
         keyring.MASTERKEY_ROTATE,
+        snapshot.SNAPSHOT_MANIFEST_SIGN,
     )
 }
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -44,10 +45,12 @@ from slipway.contracts.keyring import (
     SignAudit,
     WrappedDataKey,
 )
+from slipway.contracts.snapshot import SNAPSHOT_SIGN_PREFIX, SnapshotSignature
 from slipway.libs.crypto import aead, sealedbox
 from slipway.libs.crypto.binding import Context
 from slipway.libs.crypto.errors import DecryptionFailed
-from slipway.libs.errors import Gone, Internal, InvalidRequest, NotFound
+from slipway.libs.errors import Conflict, Gone, Internal, InvalidRequest, NotFound
+from slipway.libs.snapshot import manifest as snapshot_manifest
 from slipway.services.keyring import heads
 from slipway.services.keyring.backupkeys import BackupKeys
 from slipway.services.keyring.errors import MasterKeyError
@@ -63,6 +66,10 @@ CHECKPOINT_PREFIX = b"slipway-audit-checkpoint/"
 MAX_SIGNED_MESSAGE = 4096
 # backup.manifest.sign signs backup manifests only; a manifest lists a base backup's objects.
 MAX_MANIFEST_MESSAGE = 512 * 1024
+# snapshot.sign signs platform snapshot manifests (libs/snapshot/manifest.py) only.
+MAX_SNAPSHOT_MANIFEST = 1024 * 1024
+# A master key in one of these states means a rotation has not finished.
+ROTATING = ("pending", "retiring")
 
 
 def kek_ad(team_id: str, version: int) -> Context:
@@ -282,6 +289,40 @@ class Vault:
         return AuditSignature(
             signature=self._signer.sign(message),
             key_id=self._signing_key_id,
+            public_key=self._signing_public,
+        )
+
+    async def sign_snapshot(self, message: bytes) -> SnapshotSignature:
+        """Sign a platform snapshot's manifest (SNAPSHOT_SIGN_PREFIX + it) with the audit key.
+
+        Refused while a master-key rotation runs, or if one began after the snapshot did:
+        the keyring's part of it could then hold keys wrapped by a master key other than
+        the one sealed beside them (master-key.recovery.age), which a restore could not open.
+        """
+        if len(message) > MAX_SNAPSHOT_MANIFEST:
+            raise InvalidRequest(
+                f"A snapshot manifest to sign is at most {MAX_SNAPSHOT_MANIFEST} bytes."
+            )
+        try:
+            manifest = snapshot_manifest.decode(message)
+            started = datetime.fromisoformat(manifest.started_at).timestamp()
+        except (snapshot_manifest.SnapshotError, ValueError) as exc:
+            raise InvalidRequest(
+                f"snapshot.sign signs platform snapshot manifests only: {exc}"
+            ) from None
+        for record in await self.store.master_keys():
+            # A rotation under way at any moment since the snapshot started left a trace:
+            # a key still rotating, or one made, activated or destroyed since.
+            changed = (record.created_at, record.activated_at or 0.0, record.destroyed_at or 0.0)
+            if record.state in ROTATING or max(changed) >= started:
+                raise Conflict(
+                    f"A master-key rotation ran while snapshot {manifest.id} was taken (master"
+                    f" key version {record.version} is {record.state}): its keyring part may"
+                    " not open with the sealed master key. Take a snapshot again once the"
+                    " rotation has finished."
+                )
+        return SnapshotSignature(
+            signature=self._signer.sign(SNAPSHOT_SIGN_PREFIX + message),
             public_key=self._signing_public,
         )
 
