@@ -224,3 +224,31 @@ ADDON_CREDENTIALS_APPLY: Rpc[ApplyAddonCredentials, Ok] = Rpc(
     Ok,
     callers=only(Service.GATEWAY),
 )
+
+
+class ListProvisionedAddons(
+    Message, tag="gateway.addons.provisioned.list.v1", frozen=True, kw_only=True
+):
+    """Every add-on the gateway holds as provisioned: the scheduler asks at its start, so a
+    database that is on no host (a platform restored on a fresh machine) comes back."""
+
+
+class ProvisionedAddon(msgspec.Struct, frozen=True, kw_only=True):
+    """One provisioned add-on and the host the scheduler last said it runs on."""
+
+    addon: AddonDesired
+    host_id: str = ""
+
+
+class ProvisionedAddons(Message, tag="gateway.addons.provisioned.v1", frozen=True, kw_only=True):
+    addons: list[ProvisionedAddon] = msgspec.field(default_factory=list)
+
+
+ADDONS_PROVISIONED_LIST: Rpc[ListProvisionedAddons, ProvisionedAddons] = Rpc(
+    Service.GATEWAY,
+    "addons.provisioned.list",
+    subjects.rpc(Service.GATEWAY, "addons.provisioned.list"),
+    ListProvisionedAddons,
+    ProvisionedAddons,
+    callers=only(Service.SCHEDULER),
+)

@@ -3,7 +3,9 @@
 The databases come from the add-on events (every backup service reads them all and
 keeps those the scheduler placed on its host); the RPC handlers in app.py call the
 methods here. A database's backups outlive it: a destroyed add-on's final backup
-stays listed and restorable.
+stays listed and restorable. A database restored in place (a platform restored on a
+fresh machine) gets a base backup as soon as it streams on its new timeline
+(`needs_fresh_base`); its history before the restore stays as it was.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from slipway.services.backup.walstream import WalStreamer
 
 log = structlog.get_logger("slipway.backup")
 
+CATCH_UP_ATTEMPTS = 10  # x retry_seconds: a keyring starting beside this service answers
+
 
 class BackupService:
     """What the handlers call."""
@@ -56,6 +60,7 @@ class BackupService:
         self._expired_at = 0.0  # monotonic time of the last expiry run
         self.streamers: dict[str, WalStreamer] = {}
         self._scheduler: asyncio.Task[None] | None = None
+        self._fresh: dict[str, asyncio.Task[None]] = {}  # fresh base backups, per database
 
     # ---- which requests are this host's (the RPCs are fan-out: every host gets each) --------
 
@@ -86,10 +91,33 @@ class BackupService:
     # ---- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self._catch_up()
         await self.archive.recover()
         for db in await self.catalog.databases(host_id=self.settings.host_id, state="provisioned"):
             self._stream(db)
         self._scheduler = asyncio.create_task(self._schedule_loop(), name="backup-schedule")
+
+    async def _catch_up(self) -> None:
+        """Import what storage holds beyond this catalog about this host's own databases.
+
+        After a platform restore the catalog is the snapshot's copy, older than the shared
+        storage, where the lost machine went on archiving (WAL, base backups, manifests).
+        Read first, before the crash recovery would drop objects whose manifest it lacks,
+        before expiry or the stream write a manifest number already taken in storage, and
+        before a restore plans. Usually there is nothing newer and nothing is asked."""
+        for db in await self.catalog.databases(host_id=self.settings.host_id, state="provisioned"):
+            for attempt in range(CATCH_UP_ATTEMPTS):
+                try:
+                    row = await self.importer.bring_up_to_date(db.addon_id, db.app_id)
+                except Exception as exc:  # the keyring may still be starting
+                    if attempt + 1 == CATCH_UP_ATTEMPTS:
+                        log.error("catalog behind storage", addon=db.addon_name, error=str(exc))
+                    else:
+                        await asyncio.sleep(self.settings.retry_seconds)
+                    continue
+                if row.imported:
+                    await self.catalog.clear_imported(db.addon_id)  # still this host's own
+                break
 
     async def stop(self) -> None:
         if self._scheduler is not None:
@@ -97,6 +125,10 @@ class BackupService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._scheduler
         await self.verifier.stop()
+        for task in list(self._fresh.values()):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for streamer in list(self.streamers.values()):
             await streamer.stop()
         self.streamers.clear()
@@ -104,8 +136,44 @@ class BackupService:
     def _stream(self, db: DatabaseRow) -> None:
         streamer = self.streamers.get(db.addon_id)
         if streamer is None:
-            streamer = self.streamers[db.addon_id] = WalStreamer(self.archive, db, self.run_dir(db))
+            streamer = self.streamers[db.addon_id] = WalStreamer(
+                self.archive, db, self.run_dir(db), on_session=self._session_began
+            )
         streamer.start()
+
+    # ---- a database restored in place ------------------------------------------------------
+
+    async def needs_fresh_base(self, addon_id: str, timeline: int) -> bool:
+        """Whether the database runs on a newer timeline than its newest completed backup.
+
+        So it is after a restore in place (a platform restored on a fresh machine, the
+        scheduler's recovery.py): PostgreSQL promoted it onto a new timeline, whose WAL
+        follows no base backup yet. Its old backups and WAL stay as they are, restorable."""
+        latest = await self.catalog.latest_completed(addon_id)
+        return latest is not None and 0 < latest.timeline < timeline
+
+    def _session_began(self, streamer: WalStreamer) -> None:
+        running = self._fresh.get(streamer.db.addon_id)
+        if running is None or running.done():
+            self._fresh[streamer.db.addon_id] = asyncio.create_task(
+                self._fresh_base(streamer), name=f"fresh-base-{streamer.db.addon_id}"
+            )
+
+    async def _fresh_base(self, streamer: WalStreamer) -> None:
+        """Take a base backup right away when the database began a new timeline."""
+        addon_id = streamer.db.addon_id
+        try:
+            if not await self.needs_fresh_base(addon_id, streamer.timeline):
+                return
+            db = await self.catalog.database(addon_id)
+            if db is None or db.state != "provisioned" or db.host_id != self.settings.host_id:
+                return
+            if addon_id in self.captures.running:
+                return  # a capture under way is that backup
+            log.info("fresh base backup", addon=db.addon_name, timeline=streamer.timeline)
+            await self.captures.capture(db, self.run_dir(db), "scheduled")
+        except Exception as exc:  # the next session, or the schedule loop, tries again
+            log.warning("fresh base backup failed", addon=streamer.db.addon_name, error=str(exc))
 
     async def _unstream(self, addon_id: str) -> None:
         streamer = self.streamers.pop(addon_id, None)
@@ -200,7 +268,8 @@ class BackupService:
                 continue  # a backup needs the database up; the stream says it is
             if db.addon_id in self.captures.running:
                 continue
-            if not await self.schedules.due(db, time.time()):
+            fresh = await self.needs_fresh_base(db.addon_id, streamer.timeline)
+            if not fresh and not await self.schedules.due(db, time.time()):
                 continue
             try:
                 await self.captures.capture(db, self.run_dir(db), "scheduled")
@@ -289,6 +358,13 @@ class BackupService:
             # Its host may be gone with its catalog: the shared storage's signed manifests
             # are the history (checked, then imported; later ones on each restore).
             await self.importer.bring_up_to_date(req.source_addon_id, req.app_id)
+        elif req.source_addon_id == req.target_addon_id:
+            # Restored in place after a platform restore: this catalog is the snapshot's
+            # copy, and storage may hold what the lost machine archived after it (WAL, a
+            # base backup). Imported first, so the restore reaches the newest point and
+            # the next manifest or backup number never takes one already in storage.
+            await self.importer.bring_up_to_date(req.source_addon_id, req.app_id)
+            await self.catalog.clear_imported(req.source_addon_id)  # still this host's own
         return await self.stager.stage(req)
 
     async def verify(self, req: bc.VerifyBackup) -> bc.VerifyReport:

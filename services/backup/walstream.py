@@ -8,6 +8,12 @@ manifest commits with the new stored position, and only then is the position
 confirmed to the server, which lets the slot move on. A crash loses nothing: the
 next session starts again from the stored position.
 
+A database restored in place (the scheduler's recovery.py, after a platform restore)
+has no slot and runs on a new timeline: no session starts while it still replays its
+WAL (a slot made then would name the old timeline's files); once promoted, the slot is
+made again and streaming goes on from where the stored WAL ends, on the new timeline,
+and the service is told (`on_session`) so it takes a base backup of that timeline.
+
 When streaming is down, PostgreSQL's archive_command still copies each finished
 segment (at least every archive_timeout = 60 s) into the run folder's `archive/`;
 `sweep_archive` stores whatever of those the stream had not, then removes them.
@@ -21,6 +27,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiosqlite
@@ -51,12 +58,22 @@ def segment_lsn(name: str) -> tuple[int, int]:
 class WalStreamer:
     """The WAL archive of one database, kept for as long as it runs on this host."""
 
-    def __init__(self, archive: Archive, db: DatabaseRow, run_dir: Path) -> None:
+    def __init__(
+        self,
+        archive: Archive,
+        db: DatabaseRow,
+        run_dir: Path,
+        on_session: Callable[[WalStreamer], None] | None = None,
+    ) -> None:
         self.archive = archive
         self.db = db
         self.run_dir = run_dir
         self.streaming = False
         self.stored_lsn = 0
+        self.timeline = 0  # the server's, as its last session began
+        # Told at each session's start, when `timeline` is known (a restored database
+        # begins a new one: its WAL no longer follows any base backup, service.py).
+        self._on_session = on_session
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -88,22 +105,43 @@ class WalStreamer:
             await asyncio.sleep(self.archive.settings.retry_seconds)
 
     async def _session(self) -> None:
+        if await self._recovering():
+            # A restore replaying its WAL: the slot is made once it is promoted, at a
+            # position of its new timeline (one made now would name the old one's WAL).
+            raise ConnectionError("the database is still replaying its WAL")
         conn = await connect(self.run_dir, replication=True)
         try:
             ident = await conn.identify_system()
+            # Made again whenever missing: a cluster restored from a base backup has none.
             await conn.create_physical_slot(REPLICATION_SLOT)
+            self.timeline = ident.timeline
+            if self._on_session is not None:
+                self._on_session(self)
             position = await self.archive.catalog.wal_position(self.db.addon_id)
             if position and position[0] == ident.timeline:
                 start = position[1]
             else:
                 restart = await conn.slot_restart_lsn(REPLICATION_SLOT)
                 start = pgwire.segment_start(restart or ident.xlogpos)
+                if position and position[0] < ident.timeline:
+                    # Restored in place: the new timeline branched off at most where the
+                    # stored WAL ends; its files begin with that segment.
+                    start = max(start, pgwire.segment_start(position[1]))
             stream = conn.stream_wal(
                 slot=REPLICATION_SLOT, start_lsn=start, timeline=ident.timeline
             )
             await self._follow(stream, ident.timeline, start)
         finally:
             await conn.close()
+
+    async def _recovering(self) -> bool:
+        """Whether the server is still in recovery (a restore replaying its WAL)."""
+        conn = await connect(self.run_dir, database=self.db.database)
+        try:
+            rows = await conn.query("SELECT pg_is_in_recovery()")
+        finally:
+            await conn.close()
+        return bool(rows) and rows[0][0] == "t"
 
     async def _follow(self, stream: pgwire.WalStream, timeline: int, start: int) -> None:
         queue: asyncio.Queue[pgwire.WalData | BaseException] = asyncio.Queue(QUEUE_MESSAGES)

@@ -299,6 +299,27 @@ async def changed(gw: Gateway, event: ac.AddonChanged) -> None:
         async with change(gw, who) as tx:
             await addonstore.delete(tx.conn, addon.id)
         return
+    if addon.state == "provisioned" and event.state == "failed":
+        # A database on no host that could not come back (gateway/addonrecovery.py): it
+        # stays provisioned (config var and backups kept), the reason on it for the customer.
+        async with change(gw, who) as tx:
+            message = f"Not running: {event.reason[:300]}"
+            await addonstore.set_state(
+                tx.conn, addon.id, "provisioned", timestamp(), message=message
+            )
+            details = {"addon": addon.name, "reason": event.reason[:300]}
+            tx.audit(app.team_id, "addon.failed", app_name=app.name, app_id=app.id, details=details)
+        return
+    if addon.state == "provisioned" and event.state == "provisioned":
+        # A redelivery, or a database brought back (perhaps elsewhere) after a restore.
+        if addon.host_id != event.host_id or addon.provision_message.startswith("Not running:"):
+            async with change(gw, who) as tx:
+                message = f"{addon.config_var} set on {app.name}."
+                await addonstore.set_state(
+                    tx.conn, addon.id, "provisioned", timestamp(), host_id=event.host_id,
+                    message=message,
+                )  # fmt: skip
+        return
     if addon.state != "provisioning":
         return  # destroyed meanwhile, or a redelivery
     if event.state == "failed":

@@ -41,6 +41,7 @@ from slipway.libs.storage import Database
 from slipway.services.gateway import (
     account,
     addoncreds,
+    addonrecovery,
     addons,
     apps,
     audit,
@@ -67,6 +68,8 @@ from slipway.services.gateway import (
     pushes,
     ratelimit,
     releases,
+    snapshot,
+    snapshots,
     sources,
     teams,
     tokens,
@@ -89,6 +92,7 @@ RESOURCES = (
     dynos,
     hosts,
     masterkey,
+    snapshots,
     addons,
     addoncreds,
     backups,
@@ -201,6 +205,7 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
         await builds.finished(service[STATE], event)
 
     backupverify.install(service, lambda: service[STATE])
+    addonrecovery.install(service, lambda: service[STATE])
 
     @service.event("addons", ADDON_CHANGED)
     async def addon_changed(event: AddonChanged) -> None:
@@ -210,4 +215,5 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
     async def addon_credentials(request: GetAddonCredentials) -> AddonCredentials:
         return await addons.credentials(service[STATE], request)
 
+    service.snapshot_sources = snapshot.sources(settings)
     return service

@@ -57,7 +57,7 @@ from slipway.contracts import gateway as gw
 from slipway.contracts import scheduler as sc
 from slipway.contracts.base import Ok
 from slipway.libs.bus import Bus, context
-from slipway.libs.errors import SlipwayError
+from slipway.libs.errors import SlipwayError, Unavailable
 from slipway.libs.service import ServiceApp
 from slipway.services.scheduler import addontls, containers
 from slipway.services.scheduler.errors import Conflict, NotFound
@@ -106,6 +106,10 @@ RESET_RECOVERY_SQL = (
 
 class RestoreFailed(Exception):
     """A restore could not be staged or replayed; the message is for the customer."""
+
+
+class BackupsUnreachable(RestoreFailed):
+    """No backup service answered the stage request: worth asking again later."""
 
 
 def image() -> str:
@@ -362,19 +366,57 @@ class Addons:
             found.extend((engine, item._container) for item in listed)
         return found
 
-    async def provision(self, want: ac.AddonDesired) -> None:
-        """Run the database (or find it running) and set its role; then say so to the gateway."""
+    async def containers_of(self, addon_id: str) -> list[tuple[Engine, dict[str, Any]]]:
+        """The add-on's containers on every engine that answers."""
+        return await self._find(addon_id)
+
+    async def volume_host(self, addon_id: str) -> Engine | None:
+        """The engine holding the add-on's volume (its data), if one that answers does."""
+        sched = self._sched()
+        wanted = [sched.settings.scoped.managed_label, f"{ac.LABEL_ADDON}={addon_id}"]
+        for engine in sched.rt.engines.values():
+            try:
+                listed = await engine.docker.volumes.list(filters={"label": wanted})  # type: ignore[no-untyped-call]
+            except (aiodocker.DockerError, OSError) as exc:
+                log.warning("addon.engine_silent", host=engine.id, error=repr(exc))
+                continue
+            if listed.get("Volumes"):
+                return engine
+        return None
+
+    async def provision(
+        self, want: ac.AddonDesired, *, on: Engine | None = None, recovering: bool = False
+    ) -> bool:
+        """Run the database (or find it running) and set its role; then say so to the gateway.
+
+        `on`: the engine a new container goes to (where its volume is), else the roomiest.
+        `recovering` (a database that was on no host, recovery.py): a backup service that
+        does not answer is no failure yet; False then, for the caller to try again."""
         async with self._lock(want.addon_id):
             try:
-                host_id = await self._provision(want)
-            except Exception as exc:
+                host_id = await self._provision(want, on)
+            except (BackupsUnreachable, Unavailable) as exc:
+                if recovering:
+                    log.warning("addon.recovery_waits", addon=want.addon_name, error=str(exc))
+                    return False
                 log.exception("addon.provision_failed", addon=want.addon_name, app=want.app_name)
                 await self._publish(want, "failed", reason=str(exc) or type(exc).__name__)
-                return
+                return True
+            except Exception as exc:
+                log.exception("addon.provision_failed", addon=want.addon_name, app=want.app_name)
+                reason = str(exc) or type(exc).__name__
+                if recovering:
+                    reason = (
+                        "its database was on no host after the platform was restored, and it"
+                        f" could not come back from its own backups. {reason}"
+                    )
+                await self._publish(want, "failed", reason=reason)
+                return True
         await self._publish(want, "provisioned", host_id=host_id)
         log.info("addon.provisioned", addon=want.addon_name, app=want.app_name, host=host_id)
+        return True
 
-    async def _provision(self, want: ac.AddonDesired) -> str:
+    async def _provision(self, want: ac.AddonDesired, on: Engine | None = None) -> str:
         sched = self._sched()
         settings = sched.settings
         scope = settings.scoped
@@ -391,7 +433,7 @@ class Addons:
                 await container.start()
                 renewed = False
         else:
-            chosen = sched.roomiest_host()
+            chosen = on or sched.roomiest_host()
             if chosen is None:
                 raise Conflict("No host is up to run the database on.")
             engine = chosen
@@ -453,6 +495,8 @@ class Addons:
         )
         try:
             staged = await bk.ask(self.bus, bk.RESTORE_STAGE, request, timeout=bk.CAPTURE_TIMEOUT)
+        except Unavailable as exc:
+            raise BackupsUnreachable(f"Restoring the backup failed: {exc.message}") from exc
         except SlipwayError as exc:
             raise RestoreFailed(f"Restoring the backup failed: {exc.message}") from exc
         if not (run_dir / "restore" / "READY").is_file():
@@ -636,7 +680,7 @@ async def _remove(engine: Engine, raw: dict[str, Any]) -> None:
         await engine.docker.containers.container(raw["Id"]).delete(force=True, v=False)
 
 
-def install(service: ServiceApp, sched: Callable[[], Scheduler]) -> None:
+def install(service: ServiceApp, sched: Callable[[], Scheduler]) -> Addons:
     """Add the add-on event handlers and the `pg:info` RPC to the scheduler's service."""
     runner = Addons(sched, service)
 
@@ -661,3 +705,5 @@ def install(service: ServiceApp, sched: Callable[[], Scheduler]) -> None:
         context.require_caller(ac.ADDON_CREDENTIALS_APPLY)
         await runner.apply_credentials(request)
         return Ok()
+
+    return runner

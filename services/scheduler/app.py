@@ -19,7 +19,7 @@ from slipway.contracts.registry import CREDENTIALS_ISSUE, IssueCredentials
 from slipway.contracts.subjects import Service
 from slipway.libs.bus import context
 from slipway.libs.service import Key, ServiceApp
-from slipway.services.scheduler import addons, containers, verifydb
+from slipway.services.scheduler import addons, containers, recovery, snapshot, verifydb
 from slipway.services.scheduler.errors import Conflict, NotFound
 from slipway.services.scheduler.hosts import Engine, connect, probe
 from slipway.services.scheduler.oneoff import OneOffs, OneOffSettings, Placement
@@ -59,8 +59,10 @@ def create_service(settings: SchedulerSettings) -> ServiceApp:
     _dyno_rpcs(service)
     _host_rpcs(service)
     _oneoff_rpcs(service)
-    addons.install(service, lambda: service[SCHEDULER])
+    runner = addons.install(service, lambda: service[SCHEDULER])
+    recovery.install(service, runner, lambda: service[SCHEDULER])
     verifydb.install(service, lambda: service[SCHEDULER])
+    service.snapshot_sources = snapshot.sources(settings)
     return service
 
 

@@ -83,12 +83,21 @@ class Scheduler:
         for row in rows:
             self.rt.engines[row.info.id] = Engine(row, connect(row, self.settings.engine_timeout))
         await self.poll_all()
+        await self._forget_vanished()
         await self.sync_desired()
         self._loops = [
             asyncio.create_task(self._every(self.settings.poll_interval, self.poll_all)),
             asyncio.create_task(self._every(self.settings.reconcile_interval, self.full_pass)),
         ]
         await self.full_pass(sync=False)
+
+    async def _forget_vanished(self) -> None:
+        """Forget the stored dynos whose containers no answering engine has (a restored
+        database on a fresh engine): the plan starts the formation again, once."""
+        answered = {e.id for e in self.rt.engines.values() if e.answered}
+        gone = await self.store.forget_vanished_dynos(answered, set(self.rt.dynos))
+        if gone:
+            log.info("dynos.vanished", count=gone, hosts=sorted(answered))
 
     async def _register_local(self) -> HostRow:
         request = sc.AddHost(
@@ -319,6 +328,10 @@ class Scheduler:
                 used.get(tracked.spec.host_id, 0) + tracked.spec.dyno_size.memory_mb
             )
         return max(up, key=lambda e: (e.row.info.memory_mb - used.get(e.id, 0), e.id), default=None)
+
+    def is_up(self, engine: Engine) -> bool:
+        """Whether the engine answers (and is neither drained nor down)."""
+        return self._host_model(engine).state is model.HostState.UP
 
     def _host_model(self, engine: Engine) -> model.Host:
         host = engine.model()

@@ -235,6 +235,22 @@ class SchedulerStore:
                 (container_id, host_id, app_id, name, release, state, restart_count, time.time()),
             )
 
+    async def forget_vanished_dynos(self, host_ids: set[str], keep: set[str]) -> int:
+        """Delete the rows of `host_ids`' dynos not in `keep` (containers no engine lists,
+        as after a restore on a fresh machine); how many went."""
+        rows = await self.db.fetchall("SELECT container_id, host_id FROM dynos")
+        gone = [
+            r["container_id"]
+            for r in rows
+            if r["host_id"] in host_ids and r["container_id"] not in keep
+        ]
+        if gone:
+            async with self.db.transaction() as conn:
+                await conn.executemany(
+                    "DELETE FROM dynos WHERE container_id = ?", [(c,) for c in gone]
+                )
+        return len(gone)
+
     async def delete_dyno(self, container_id: str) -> None:
         async with self.db.transaction() as conn:
             await conn.execute("DELETE FROM dynos WHERE container_id = ?", (container_id,))
