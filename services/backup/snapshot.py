@@ -3,15 +3,17 @@
 The catalog (which backups exist, where, sealed to whom) is exported; the backup objects
 are not: they stay in the backup storage, which a snapshot assumes survives (it is where
 snapshots are stored too), and the restored catalog finds them there again. The backup
-service of the snapshot's taker also adds the NATS streams' undelivered messages.
+service of the host named by SLIPWAY_SNAPSHOT_TAKER also adds the NATS streams'
+undelivered messages (libs/snapshot/streams.py): one copy, since every instance would
+read the same streams and a restore refuses a file two parts both hold.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from slipway.libs.service import ServiceApp
+from slipway.libs.snapshot import streams
 from slipway.libs.snapshot.export import Database, Generated, Sources
 from slipway.services.backup.settings import BackupSettings
 
@@ -22,9 +24,14 @@ def sources(service: ServiceApp, settings: BackupSettings) -> Callable[[], Sourc
 
     def declare() -> Sources:
         storage = settings.backup_s3_url or str(settings.storage_root())
+        carries_streams = settings.host_id == settings.snapshot_taker
         return Sources(
             databases=[Database(path, f"backup/{path.name}")],
-            generated=_streams(service),
+            generated=(
+                [Generated(streams.MEMBER, lambda: streams.dump(service.bus.nc))]
+                if carries_streams
+                else []
+            ),
             left_out=(
                 f"backup@{settings.host_id}: the backup objects themselves (not exported:"
                 f" they stay in the backup storage, {storage},"
@@ -33,13 +40,3 @@ def sources(service: ServiceApp, settings: BackupSettings) -> Callable[[], Sourc
         )
 
     return declare
-
-
-def _streams(service: ServiceApp) -> list[Generated]:
-    """nats/streams.jsonl, made by libs/snapshot/streams.py's `dump(nc)` once it exists."""
-    try:
-        module = importlib.import_module("slipway.libs.snapshot.streams")
-    except ImportError:
-        return []  # before STREAMS' module exists, the part holds no streams
-    dump: Callable[..., Awaitable[bytes]] = module.dump
-    return [Generated("nats/streams.jsonl", lambda: dump(service.bus.nc))]  # <- STREAMS plugs in

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -357,11 +358,13 @@ async def test_the_keyring_signs_snapshot_manifests_for_the_backup_service_only(
     keyring_service: ServiceApp, bus_factory: Callable[[str], Awaitable[Bus]]
 ) -> None:
     """SNAPSHOT_MANIFEST_SIGN: the gateway is refused; the backup service gets a signature."""
+    # Started now, after the keyring made its keys: one started before a key change is refused.
+    now = datetime.now(UTC)
     manifest = mf.encode(
         mf.Manifest(
-            id="s20261203T101500Z-3f9a",
-            started_at="2026-12-03T10:15:00.000000Z",
-            finished_at="2026-12-03T10:16:00.000000Z",
+            id=f"s{now:%Y%m%dT%H%M%S}Z-3f9a",
+            started_at=now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
+            finished_at=now.isoformat(timespec="microseconds").replace("+00:00", "Z"),
             recipients=[],
             parts=[],
         )

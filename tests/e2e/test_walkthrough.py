@@ -16,17 +16,11 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,81 +29,22 @@ import pytest
 from slipway.contracts.scope import Scope
 from slipway.libs.caddy import admin_request, admin_socket_path
 from tests.conftest import new_scope, remove_scope_objects
+from tests.e2e.supervised import (
+    ROOT,
+    Platform,
+    answered,
+    free_port,
+    start,
+    stop,
+    wait_for,
+    with_text,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = f"canary-{uuid.uuid4().hex}"
 LINE_CANARY = f"line-canary-{uuid.uuid4().hex}"  # printed by the dyno (its access log)
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class Platform:
-    home: Path
-    env: dict[str, str]
-    api_url: str
-    router_port: int
-    process: subprocess.Popen[bytes]
-    started: Path  # touched before the platform started
-
-    def cli(self, *args: str, stdin: str | None = None, timeout: float = 120) -> str:
-        """Run `slipway ARGS`; the output, or the test fails with both streams."""
-        done = subprocess.run(
-            [sys.executable, "-m", "slipway.cli.main", *args],
-            input=stdin if stdin is not None else "",
-            capture_output=True,
-            text=True,
-            env=self.env,
-            cwd=self.home,
-            timeout=timeout,
-            check=False,
-        )
-        assert done.returncode == 0, f"slipway {' '.join(args)}: {done.stdout}\n{done.stderr}"
-        return done.stdout + done.stderr
-
-    def get(self, host: str, path: str = "/") -> tuple[int, str]:
-        """A request through the router, as a browser asking for `host` would make it."""
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.router_port}{path}", headers={"Host": host}
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
-                return answer.status, answer.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-
-def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Poll `check()` until it returns something (sync: the platform runs in other processes)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            found = check()
-        except (AssertionError, OSError) as exc:
-            last = exc
-        else:
-            if found:
-                return found
-            last = found
-        time.sleep(0.5)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
-
-
-def answered(platform: Platform, host: str) -> str | None:
-    status, body = platform.get(host)
-    return body if status == 200 else None
-
-
-def with_text(text: str, *needles: str) -> str | None:
-    return text if all(needle in text for needle in needles) else None
 
 
 @pytest.fixture(scope="module")
@@ -141,37 +76,16 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         "GIT_CONFIG_NOSYSTEM": "1",
         "GIT_CONFIG_GLOBAL": os.devnull,
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "slipway.libs.supervisor", "--grace", "10"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    services = subprocess.run(
-        [sys.executable, "-m", "slipway.libs.supervisor", "--list"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
+    platform = start(home / "var", env, started)
     try:
-        subprocess.run(
-            [sys.executable, "-m", "slipway.libs.health", "--timeout", "90", "--wait", *services],
-            env=env,
-            check=True,
-            capture_output=True,
-        )
         bootstrap = json.loads((home / "var" / "gateway" / "bootstrap.json").read_text())
-        env |= {"SLIPWAY_API_URL": bootstrap["api_url"], "SLIPWAY_API_KEY": bootstrap["token"]}
-        yield Platform(home, env, bootstrap["api_url"], router_port, process, started)
+        platform.env |= {
+            "SLIPWAY_API_URL": bootstrap["api_url"],
+            "SLIPWAY_API_KEY": bootstrap["token"],
+        }
+        yield platform
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop(platform.process)
         remove_docker_leftovers(scope)
 
 
@@ -349,10 +263,10 @@ def places_at_rest(platform: Platform) -> list[Path]:
 def files_holding(paths: list[Path], *needles: str) -> list[str]:
     """The paths among `paths` whose bytes contain any needle (read as grep would)."""
     hits: list[str] = []
-    for start in range(0, len(paths), 500):
+    for first in range(0, len(paths), 500):
         done = subprocess.run(
             ["grep", "-lsF", "--binary-files=text", *(f"-e{n}" for n in needles), "--",
-             *map(str, paths[start : start + 500])],
+             *map(str, paths[first : first + 500])],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         hits += done.stdout.split()
