@@ -45,6 +45,21 @@ async def test_scale_one_type(stack: Stack) -> None:
     assert (await alice.ok("GET", "/apps/hello/formation/web"))["quantity"] == 3
 
 
+async def test_quantities_sent_as_strings_are_taken_as_heroku_takes_them(stack: Stack) -> None:
+    """Heroku's clients send `"quantity": "2"`: accepted; a word instead of a number is 422."""
+    alice, _ = await deployed(stack)
+    web = await alice.ok("PATCH", "/apps/hello/formation/web", {"quantity": "2"})
+    assert web["quantity"] == 2
+    batch = await alice.ok(
+        "PATCH", "/apps/hello/formation", {"updates": [{"type": "web", "quantity": "3"}]}
+    )
+    assert [(f["type"], f["quantity"]) for f in batch] == [("web", 3)]
+    refused = await alice.request("PATCH", "/apps/hello/formation/web", {"quantity": "two"})
+    assert (refused.status, refused.error_id) == (422, "invalid_params"), refused.body
+    assert "Expected `int | null`, got `str`" in refused.body["message"], refused.body
+    assert (await alice.ok("GET", "/apps/hello/formation/web"))["quantity"] == 3
+
+
 async def test_batch_update(stack: Stack) -> None:
     """PATCH /formation {updates} changes several types at once and emits the whole formation."""
     alice, app = await deployed(stack)
