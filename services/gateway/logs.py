@@ -1,7 +1,9 @@
 """Logs through the gateway: log sessions (history then live tail), log drains, dyno metrics.
 
     POST   /apps/{app}/log-sessions      {dyno, source, lines, tail} → {logplex_url, ...}
-    GET    /log-sessions/{token}         text/plain lines: history first, then live if tail
+    GET    /log-sessions/{token}         text/plain lines: history first, then live if tail;
+                                         `Accept: text/event-stream` gets one `data:` event
+                                         per line and keep-alive comments while idle
     GET    /apps/{app}/log-drains        and POST / GET {drain} / DELETE {drain}
     GET    /apps/{app}/metrics           the latest sample of each dyno
     GET    /apps/{app}/log-archive       batches sealed to the team's own key, for its owner
@@ -56,6 +58,7 @@ from slipway.services.gateway.auth import Action, actor, app_for
 from slipway.services.gateway.backlog import Backlog, dropped_marker
 from slipway.services.gateway.changes import change
 from slipway.services.gateway.errors import InvalidParams
+from slipway.services.gateway.passthrough import raw
 from slipway.services.gateway.routing import Routes, read_body, reply
 from slipway.services.gateway.state import GATEWAY, Gateway
 from slipway.services.gateway.store import new_uuid, timestamp
@@ -198,6 +201,7 @@ async def create_session(request: web.Request) -> web.Response:
     public=True,
     extension=True,
 )
+@raw  # answers text, and event streams to clients that ask (`Accept` is not the API's)
 async def stream_session(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     row = await store._one(gw.reader, _SESSIONS_SQL, (_hash(request.match_info["token"]),))
@@ -210,11 +214,30 @@ async def stream_session(request: web.Request) -> web.StreamResponse:
         )
     if await store.app_for_user(gw.reader, row["app_id"], row["user_id"]) is None:
         raise NotFound("Couldn't find that app.")
-    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    events = wants_events(request.headers.get("Accept", ""))
+    kind = "text/event-stream" if events else "text/plain; charset=utf-8"
+    response = web.StreamResponse(headers={"Content-Type": kind, "Cache-Control": "no-cache"})
     await response.prepare(request)
     streamer = _Streamer(gw, row["app_id"], row["team_id"], row["dyno"], row["source"])
+    streamer.events = events
     await streamer.run(request, response, int(row["lines"]), bool(row["tail"]))
     return response
+
+
+def wants_events(accept: str) -> bool:
+    """Whether the client asked for server-sent events (Heroku's `logplex_url` speaks both)."""
+    return any(
+        part.split(";", 1)[0].strip().lower() == "text/event-stream" for part in accept.split(",")
+    )
+
+
+def encode_lines(lines: list[str], *, events: bool) -> bytes:
+    """Lines as plain text, or as one server-sent event each (a `data:` field per line of it)."""
+    if not events:
+        return "".join(line + "\n" for line in lines).encode()
+    return "".join(
+        "".join(f"data: {piece}\n" for piece in line.splitlines() or [""]) + "\n" for line in lines
+    ).encode()
 
 
 class _Streamer:
@@ -231,6 +254,7 @@ class _Streamer:
         self.gw, self.bus, self.app_id, self.team_id = gw, gw.bus, app_id, team_id
         self.dyno, self.source = dyno, source
         self.seen: dict[str, int] = {}  # host -> highest seq written
+        self.events = False  # server-sent events instead of plain lines
 
     def wanted(self, entry: LogEntry) -> bool:
         if entry.seq <= self.seen.get(entry.host, 0):
@@ -248,7 +272,7 @@ class _Streamer:
         for entry in chosen:
             self.seen[entry.host] = max(entry.seq, self.seen.get(entry.host, 0))
         if chosen:
-            await response.write("".join(text_line(e) + "\n" for e in chosen).encode())
+            await response.write(encode_lines([text_line(e) for e in chosen], events=self.events))
 
     async def run(
         self, request: web.Request, response: web.StreamResponse, lines: int, tail: bool
@@ -274,16 +298,20 @@ class _Streamer:
             expect = await self.gw.shipper_hosts.expected()
             past = await shippers.read_history(self.bus, ask, expect=expect)
             if past.notices:
-                await response.write("".join(notice_line(n) + "\n" for n in past.notices).encode())
+                notices = [notice_line(n) for n in past.notices]
+                await response.write(encode_lines(notices, events=self.events))
             await self.write(response, past.lines)
             while sub is not None:
                 dropped, entries = await backlog.take(_IDLE_CHECK)
                 if not entries:
                     if request.transport is None or request.transport.is_closing():
                         return
+                    if self.events:  # a comment keeps proxies and EventSource from timing out
+                        await response.write(b": keep-alive\n\n")
                     continue
                 if dropped:
-                    await response.write((notice_line(dropped_marker(dropped)) + "\n").encode())
+                    marker = [notice_line(dropped_marker(dropped))]
+                    await response.write(encode_lines(marker, events=self.events))
                 await self.write(response, entries)
         except (ConnectionResetError, asyncio.CancelledError):
             return

@@ -72,6 +72,40 @@ async def test_a_tail_shows_history_then_each_new_line_within_a_second(
     assert max(delays) < 1.0, delays
 
 
+async def test_a_session_speaks_server_sent_events_when_asked(
+    stack: Stack, shipper_settings: ShipperFactory, start_shipper: Any
+) -> None:
+    """`Accept: text/event-stream`: one `data:` event per line, then keep-alive comments;
+    `Accept: text/plain` (which the API's JSON check would refuse) gets the plain lines."""
+    await start_shipper(shipper_settings())
+    alice = await stack.user("alice@example.com")
+    await stack.app(alice, "evented")
+
+    async def released() -> str:
+        url = await session_url(alice, "evented", lines=10)
+        headers = {"Accept": "text/plain"}
+        async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as plain:
+            assert plain.status == 200 and plain.content_type == "text/plain"
+            text = await plain.text()
+        assert " app[api]: Release v1 created by user alice@example.com\n" in text, text
+        return url
+
+    await assert_eventually(released, timeout=20, interval=0.3)
+    url = await session_url(alice, "evented", lines=10, tail=True)
+    headers = {"Accept": "text/event-stream"}
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as stream:
+        assert stream.status == 200, await stream.text()
+        assert stream.content_type == "text/event-stream"
+        events: list[str] = []
+        while (line := await stream.content.readline()).startswith(b"data: "):
+            events.append(line.decode().removeprefix("data: "))
+            assert await stream.content.readline() == b"\n"  # each line is its own event
+        assert line == b": keep-alive\n", line  # nothing new: the idle stream says it lives
+    assert any(
+        e.endswith(" app[api]: Release v1 created by user alice@example.com\n") for e in events
+    ), events
+
+
 async def test_only_the_apps_team_can_tail_read_or_drain_its_logs(
     stack: Stack, shipper_settings: ShipperFactory, start_shipper: Any
 ) -> None:
