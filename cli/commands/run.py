@@ -3,7 +3,8 @@
 Attached, the terminal goes raw and every key goes to the dyno, Ctrl-C
 included (the dyno's TTY turns it into SIGINT, as a local terminal would); the
 window size follows SIGWINCH; `slipway run` exits with the remote command's
-status. Piped stdin is sent as typed, then Ctrl-D.
+status. Input that is not a terminal (a pipe, a file, /dev/null) is sent as typed, then
+Ctrl-D, so `slipway run` works in CI.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ async def attach(url: str, stdin: int, stdout: int) -> int:
     interactive = os.isatty(stdin)
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
         keys: asyncio.Queue[bytes] = asyncio.Queue()
-        loop.add_reader(stdin, _read_into, stdin, keys)
+        reading = _start_reading(loop, stdin, keys)
         if interactive:
             await _send_size(ws, stdin)
             loop.add_signal_handler(
@@ -108,9 +109,34 @@ async def attach(url: str, stdin: int, stdout: int) -> int:
                 return await _receive(ws, stdout)
         finally:
             sender.cancel()
-            loop.remove_reader(stdin)
+            if reading is None:
+                loop.remove_reader(stdin)
+            else:
+                reading.cancel()
             if interactive:
                 loop.remove_signal_handler(signal.SIGWINCH)
+
+
+def _start_reading(
+    loop: asyncio.AbstractEventLoop, fd: int, keys: asyncio.Queue[bytes]
+) -> asyncio.Task[None] | None:
+    """Feed `keys` from `fd`: by the event loop for a terminal, pipe or socket; else a task.
+
+    epoll refuses regular files and /dev/null (PermissionError): those never block, so a
+    thread reads them (`slipway run ... < input.sql`, `< /dev/null` in CI). A pipe stays
+    with the loop, since a thread blocked on a silent writer would never let the CLI exit.
+    """
+    try:
+        loop.add_reader(fd, _read_into, fd, keys)
+    except PermissionError:
+        return asyncio.create_task(_read_file(fd, keys))
+    return None
+
+
+async def _read_file(fd: int, keys: asyncio.Queue[bytes]) -> None:
+    while data := await asyncio.to_thread(os.read, fd, 65536):
+        keys.put_nowait(data)
+    keys.put_nowait(b"")
 
 
 def _read_into(fd: int, keys: asyncio.Queue[bytes]) -> None:
