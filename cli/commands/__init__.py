@@ -19,6 +19,7 @@ TOPICS = (
     "tokens",
     "audit",
     "gitremote",
+    "gitcredential",
     "domains",
     "addons",
     "pg",

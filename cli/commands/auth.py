@@ -20,6 +20,7 @@ from pathlib import Path
 
 from slipway.cli import config, output
 from slipway.cli.client import Client, segment
+from slipway.cli.commands import gitcredential
 from slipway.cli.errors import ApiError, CliError, NotLoggedIn
 from slipway.cli.registry import Context, arg, command
 
@@ -66,6 +67,8 @@ def login(ctx: Context, args: argparse.Namespace) -> None:
         config.Credentials(api_url=api_url, token=token, email=account_email or email), ctx.env
     )
     ctx.note(f"Logged in as {account_email or 'unknown user'} at {api_url} (saved to {path}).")
+    if gitcredential.install(api_url, ctx.env):
+        ctx.note(f"git pushes to {gitcredential.origin(api_url)} use this token (no URL to edit).")
     if ctx.env.get("SLIPWAY_API_KEY"):
         ctx.note("Note: SLIPWAY_API_KEY is set and takes precedence over the stored token.")
 
@@ -73,6 +76,9 @@ def login(ctx: Context, args: argparse.Namespace) -> None:
 @command("logout", "forget the stored token")
 def logout(ctx: Context, args: argparse.Namespace) -> None:
     """Delete the credentials file; the token itself stays valid until revoked or expired."""
+    stored = config.load_stored(ctx.env)
+    if stored is not None:
+        gitcredential.uninstall(stored.api_url)
     removed = config.delete(ctx.env)
     ctx.note("Local credentials cleared." if removed else "You were not logged in.")
     if ctx.env.get("SLIPWAY_API_KEY"):
@@ -153,6 +159,7 @@ def join(ctx: Context, args: argparse.Namespace) -> None:
     )
     path.unlink()
     ctx.note(f"Logged in as {stored['email']} at {api_url} (saved to {saved}).")
+    gitcredential.install(api_url, ctx.env)
 
 
 # ---- platform admins: users -------------------------------------------------------------------

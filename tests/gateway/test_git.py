@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from tests.conftest import assert_eventually
 from tests.gateway import fakebuilder
 from tests.gateway.conftest import Api, Stack, gateway_settings, run_in_background, stop
 from tests.gateway.fakebuilder import FakeBuilder
-from tests.gateway.gitclient import commit, git, head, push_url, work_tree
+from tests.gateway.gitclient import commit, git, git_env, head, push_url, work_tree
 
 pytestmark = pytest.mark.integration
 
@@ -334,3 +335,48 @@ async def test_push_waits_for_a_builder_to_appear(
             await stop(late.service, task)
     assert run.code == 0, log_path.read_text()
     assert "Released v2" in log_path.read_text()
+
+
+async def test_after_slipway_login_git_pushes_without_a_token_in_the_url(
+    stack: Stack, builder: FakeBuilder, tmp_path: Path
+) -> None:
+    """login installs git's credential helper for the API's origin only; logout removes it."""
+    alice = await stack.user("alice@example.com")
+    await stack.app(alice, "hello")
+    tree = await work_tree(tmp_path / "hello", APP_FILES)
+    gitconfig = tmp_path / "gitconfig"
+    env = {
+        **git_env(tmp_path),
+        "GIT_CONFIG_GLOBAL": str(gitconfig),
+        "SLIPWAY_CONFIG_DIR": str(tmp_path / "cli"),
+    }
+
+    async def run(*argv: str, cwd: Path = tmp_path, stdin: bytes = b"") -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await process.communicate(stdin)
+        return process.returncode or 0, out.decode(errors="replace")
+
+    slipway = (sys.executable, "-m", "slipway.cli.main")
+    code, out = await run(*slipway, "login", "--api-url", stack.url, "--token", alice.token or "")
+    assert code == 0, out
+    pushed = await run("git", "push", f"{stack.url}/hello.git", "main", cwd=tree)
+    assert pushed[0] == 0 and "remote: -----> Released v2" in pushed[1], pushed
+    assert (alice.token or "") not in gitconfig.read_text()  # the helper holds no token
+
+    # Another host (a hostile remote a developer pushes to) gets nothing from the helper.
+    port = stack.url.rsplit(":", 1)[1]
+    for host in ("evil.example", f"127.0.0.1:{int(port) + 1}", "127.0.0.1"):
+        asked = await run(*slipway, "git:credential", "get",
+                          stdin=f"protocol=http\nhost={host}\n\n".encode())  # fmt: skip
+        assert asked == (0, ""), (host, asked)
+    asked = await run(*slipway, "git:credential", "get",
+                      stdin=f"protocol=https\nhost=127.0.0.1:{port}\n\n".encode())  # fmt: skip
+    assert asked == (0, ""), asked  # not over another protocol either
+
+    assert (await run(*slipway, "logout"))[0] == 0
+    assert "helper" not in gitconfig.read_text()
+    refused = await run("git", "push", f"{stack.url}/hello.git", "main", cwd=tree)
+    assert refused[0] != 0
