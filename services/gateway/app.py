@@ -66,6 +66,7 @@ from slipway.services.gateway import (
     openapi,
     passthrough,
     pushes,
+    ranges,
     ratelimit,
     releases,
     snapshot,
@@ -119,6 +120,9 @@ def build_web_app(gw: Gateway) -> web.Application:
             middleware.version,
             middleware.body_limit(gw.settings.max_body_bytes),
             middleware.authentication(public),
+            ranges.middleware(
+                e.handler for e in ENDPOINTS if e.method == "GET" and ranges.is_list(e.response)
+            ),
         ],
     )
     app[GATEWAY] = gw

@@ -5,6 +5,7 @@
     ├── InvalidParams (InvalidRequest) 422   invalid_params       the input breaks a rule
     ├── NotAcceptable                406     not_acceptable       an API version we do not speak
     ├── PayloadTooLarge              413     payload_too_large    body over the size limit
+    ├── RangeNotSatisfiable (ranges.py) 416  requested_range_not_satisfiable  a bad Range header
     └── DataIntegrity (Internal)     500     data_integrity       stored ciphertext failed its check
 
 The shared kinds of `slipway.libs.errors` (raised here or answered by another
