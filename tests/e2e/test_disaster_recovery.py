@@ -110,6 +110,18 @@ def cli_json(platform: Platform, *args: str, timeout: float = 120) -> Any:
     return json.loads(done.stdout)
 
 
+def lsn(text: str) -> int:
+    """A PostgreSQL LSN ("0/3000060") as a number, to compare two."""
+    high, low = text.strip().splitlines()[-1].split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def stored_past(platform: Platform, wanted: int) -> bool:
+    """Whether the backup service has stored shop's WAL up to `wanted`."""
+    wal = cli_json(platform, "pg:backups", "-a", "shop")["wal"]
+    return bool(wal.get("last_lsn")) and lsn(wal["last_lsn"]) >= wanted
+
+
 def app_id(platform: Platform, app: str) -> str:
     found: str = cli_json(platform, "apps:info", "-a", app)["id"]
     return found
@@ -209,9 +221,12 @@ def test_a_fresh_home_comes_back_from_a_snapshot(world: dict[str, Any]) -> None:
     taken = cli_json(first, "admin:snapshot", timeout=900)
     snapshot_seconds = time.monotonic() - taken_at
     snapshot_done = datetime.now(UTC)
-    rows(first, scope, shop, "INSERT INTO orders (n) SELECT generate_series(151, 160)")
+    written = rows(first, scope, shop, "INSERT INTO orders (n) SELECT generate_series(151, 160);"
+                   " SELECT pg_current_wal_lsn()")  # fmt: skip
     last_write = datetime.now(UTC)
-    time.sleep(6)  # the WAL streamer seals its open segment every few seconds
+    # The disaster strikes once the streamed WAL holds that commit: what is measured is
+    # what a restore loses of what the backup service had, not the streamer's cadence.
+    wait_for(lambda: stored_past(first, lsn(written)), 60, "the last commit's WAL stored")
 
     # The disaster: the machine's state and the engine's objects are gone.
     stop(first.process)
