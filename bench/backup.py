@@ -211,8 +211,11 @@ class Bench:
             assert self.process is not None
             assert self.process.poll() is None, "it exited"
             with contextlib.suppress(NotFound):
-                await self.gateway.call(
-                    bc.BACKUPS_LIST, bc.ListBackups(addon_id="none", app_id="none"), timeout=2
+                await bc.ask(
+                    self.gateway,
+                    bc.BACKUPS_LIST,
+                    bc.ListBackups(addon_id="none", app_id="none"),
+                    timeout=2,
                 )
 
         await eventually(answers, f"the backup service (see {self.tmp}/backup.out)")
@@ -304,7 +307,7 @@ class Bench:
 
     async def wal(self, db: Database) -> bc.WalStatus:
         req = bc.ListBackups(addon_id=db.want.addon_id, app_id=self.app_id)
-        return (await self.gateway.call(bc.BACKUPS_LIST, req)).wal
+        return (await bc.ask(self.gateway, bc.BACKUPS_LIST, req, host=HOST)).wal
 
     async def register(self, db: Database) -> None:
         """The add-on events that make the backup service stream this database's WAL."""
@@ -325,7 +328,9 @@ class Bench:
     async def capture(self, db: Database) -> tuple[float, bc.BackupInfo]:
         req = bc.CaptureBackup(addon_id=db.want.addon_id, app_id=self.app_id)
         started = time.monotonic()
-        found = await self.gateway.call(bc.BACKUP_CAPTURE, req, timeout=bc.CAPTURE_TIMEOUT)
+        found = await bc.ask(
+            self.gateway, bc.BACKUP_CAPTURE, req, timeout=bc.CAPTURE_TIMEOUT, host=HOST
+        )
         return time.monotonic() - started, found.backup
 
     async def stage(self, db: Database, run_dir: Path, num: int = 0) -> float:
@@ -337,7 +342,7 @@ class Bench:
             num=num,
         )
         started = time.monotonic()
-        await self.scheduler.call(bc.RESTORE_STAGE, req, timeout=bc.CAPTURE_TIMEOUT)
+        await bc.ask(self.scheduler, bc.RESTORE_STAGE, req, timeout=bc.CAPTURE_TIMEOUT, host=HOST)
         return time.monotonic() - started
 
     async def close(self) -> None:
