@@ -4,10 +4,13 @@
 # shellcheck disable=SC2034  # STAMPS and friends are used by the functions below
 
 # age: the reference age CLI, which tests/crypto/test_age.py checks backups against.
-DEBIAN_PACKAGES=(docker.io docker-registry caddy git debootstrap python3-venv age)
+# nginx, wrk: bench/router.py's third router (beside the dyno and Caddy) and its load
+# generator (issue 16).
+DEBIAN_PACKAGES=(docker.io docker-registry caddy haproxy git debootstrap python3-venv age nginx wrk)
 # The Debian packages of these would start their own copies (Caddy on :80, the registry on
-# :5000); Slipway runs them itself, configured its own way, so the packaged ones stay off.
-PACKAGED_SERVICES=(caddy docker-registry)
+# :5000, HAProxy on its /etc config, nginx on :80); Slipway runs them itself, configured its
+# own way (nginx only inside bench/router.py), so the packaged ones stay off.
+PACKAGED_SERVICES=(caddy docker-registry haproxy nginx)
 STAMPS="$SLIPWAY_HOME/stamps"
 
 need_root() {
@@ -33,7 +36,7 @@ install_debian_packages() {
     if [[ ! -e $policy ]]; then
         # shellcheck disable=SC2016  # the $a belongs to the policy script, not to us
         printf '#!/bin/sh\n# written by slipway scripts/up while installing packages\n%s\n' \
-            'for a; do case "$a" in caddy*|docker-registry*) exit 101;; esac; done; exit 0' \
+            'for a; do case "$a" in caddy*|docker-registry*|haproxy*|nginx*) exit 101;; esac; done; exit 0' \
             >"$policy"
         chmod 755 "$policy"
         placed_policy=true
