@@ -10,8 +10,10 @@ domains). Inside, in order:
 2. the answer: the maintenance page (503), H14 when no web dyno runs (503), H10 when
    web dynos exist but all crashed (503), or `reverse_proxy` over the `up` web dynos:
    round robin, retries on connection failure for `try_duration`, passive health
-   (a failed dial benches a dyno for `fail_duration`), active health (GET
-   `health_path`), 30 s to the first response byte (then H12).
+   (a failed dial benches a dyno for `fail_duration`), 30 s to the first response byte
+   (then H12). No active health check unless `health_path` is set: like Heroku's router,
+   the platform sends an app no request a user did not send (a dyno is routed once the
+   scheduler saw it bind $PORT, and one that stops accepting is benched by its refusals).
 
 Errors of the proxy (every dyno refused, or H12) are answered by the server's error
 routes with Heroku's pages. A host no app owns gets the 404 page. Pages the router
@@ -71,7 +73,7 @@ class RouterOptions:
     try_duration: float = 5.0
     try_interval: float = 0.25
     fail_duration: float = 10.0
-    health_path: str = "/"  # "" turns active health checks off
+    health_path: str = ""  # a path turns active health checks on (GET it every interval)
     health_interval: float = 5.0
     tls_issuer: str = "internal"  # or "acme" for real deployments
     acme_email: str = ""

@@ -23,7 +23,9 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
     router_public_https_port: int = 0
     router_upstream_timeout: float = 30.0  # H12 after this long without a response
     router_try_duration: float = 5.0  # retry other dynos on connection failure this long
-    router_health_path: str = "/"  # active health check; "" to turn it off
+    # Off by default, as Heroku's router: an active check is a request the app never got
+    # from a user (its access log and metrics count it). Passive health and retries stay.
+    router_health_path: str = ""  # a path turns active HTTP health checks on
     router_health_interval: float = 5.0
     router_tls_issuer: str = "internal"  # "acme" for a real deployment with public DNS
     router_acme_email: str = ""

@@ -119,7 +119,7 @@ def test_maintenance_wins_over_running_dynos() -> None:
 
 
 def test_proxy_balances_retries_and_checks_health() -> None:
-    """Round robin, a retry window, passive and active health, H12's timeout, X-Forwarded-Port."""
+    """Round robin, a retry window, passive health only, H12's timeout, X-Forwarded-Port."""
     route = AppRoute("id", "a", ("a.localhost",), (Upstream("web.1", "h:1"),))
     config = caddy_config([route], OPTIONS, load_pages())
     proxy = _answer(config, HTTP_SERVER, "id")
@@ -128,11 +128,23 @@ def test_proxy_balances_retries_and_checks_health() -> None:
     assert proxy["load_balancing"]["selection_policy"] == {"policy": "round_robin"}
     assert proxy["load_balancing"]["try_duration"] == "5000ms"
     assert proxy["health_checks"]["passive"]["max_fails"] == 1
-    assert proxy["health_checks"]["active"]["uri"] == "/"
+    # No request of the router's own reaches the app unless an operator asks for one.
+    assert "active" not in proxy["health_checks"]
     assert proxy["transport"]["response_header_timeout"] == "30000ms"
     assert proxy["headers"]["request"]["set"]["X-Forwarded-Port"] == ["8080"]
     https = _answer(config, HTTPS_SERVER, "id")
     assert https["headers"]["request"]["set"]["X-Forwarded-Port"] == ["8443"]
+
+
+def test_an_operator_set_health_path_turns_active_checks_on() -> None:
+    """SLIPWAY_ROUTER_HEALTH_PATH=/up: Caddy GETs it at the interval, passive health kept."""
+    route = AppRoute("id", "a", ("a.localhost",), (Upstream("web.1", "h:1"),))
+    options = RouterOptions(address=ADDRESS, health_path="/up", health_interval=2.0)
+    checks = _answer(caddy_config([route], options, load_pages()), HTTP_SERVER, "id")[
+        "health_checks"
+    ]
+    assert checks["active"] == {"uri": "/up", "interval": "2000ms", "timeout": "2000ms"}
+    assert checks["passive"]["max_fails"] == 1
 
 
 def test_unknown_hosts_get_404_and_admin_stays_on_its_socket() -> None:

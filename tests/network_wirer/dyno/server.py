@@ -3,6 +3,9 @@
 GET /anything   -> JSON {"dyno", "path", "headers"}
 GET /sleep?s=N  -> answers after N seconds (the router's H12)
 GET /ws         -> websocket: every text frame is echoed back as "<dyno>:<text>"
+
+Every request line it answers is appended to /tmp/requests.log, the app's own access
+log (read with `docker exec`, which is no request), so a test sees what reached it.
 """
 
 import base64
@@ -18,6 +21,7 @@ from urllib.parse import parse_qs, urlparse
 
 DYNO = os.environ.get("DYNO", "web.?")
 WS_MAGIC = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+REQUEST_LOG = "/tmp/requests.log"
 
 
 def read_frame(rfile: BufferedIOBase) -> tuple[int | None, bytes]:
@@ -54,6 +58,12 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        # What an app's web server writes to its access log (gunicorn's, say): one line
+        # per request it answered, whoever sent it.
+        with open(REQUEST_LOG, "a") as log:
+            log.write(f"{self.requestline} {self.headers.get('User-Agent', '-')}\n")
 
     def do_GET(self) -> None:
         url = urlparse(self.path)
