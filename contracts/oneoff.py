@@ -8,6 +8,8 @@
 frame (the client is connected, so no output is lost); output goes to
 `tty_out(session)` and the last frame is `exit` with the process's status.
 Without `attach` the process starts at once and its output goes to the logs.
+Attached with `tty=False`, the dyno has no terminal: bytes pass unchanged both ways
+(stdout and stderr merged), and an `eof` frame from the gateway closes its stdin.
 
 `time_to_live` is enforced by the scheduler, even across its own restarts: the
 deadline is a label on the container.
@@ -25,7 +27,9 @@ from slipway.contracts.subjects import Service
 LABEL_DEADLINE = "org.slipway.deadline"  # epoch seconds after which the dyno is killed
 LABEL_ATTACHED = "org.slipway.attached"  # "true" while a client's TTY is bridged to it
 
-FrameKind = Literal["data", "resize", "ready", "close", "exit", "error"]
+# "eof": the client's input ended (a no-TTY session closes the dyno's stdin); added later,
+# an older scheduler skips it as undecodable.
+FrameKind = Literal["data", "resize", "ready", "close", "exit", "error", "eof"]
 
 
 class RunOneOff(Message, tag="scheduler.oneoff.run.v1", frozen=True, kw_only=True):
@@ -41,6 +45,9 @@ class RunOneOff(Message, tag="scheduler.oneoff.run.v1", frozen=True, kw_only=Tru
     time_to_live: int = 3600  # seconds
     attach: bool = False
     session: str = ""  # the live-subject id of an attached session
+    # Attached without a TTY (`force_no_tty`, `slipway run --no-tty`, input not a
+    # terminal): raw bytes both ways, the client's end of input closes the dyno's stdin.
+    tty: bool = True
     tty_cols: int = 80
     tty_rows: int = 24
     # "psql": run from the PostgreSQL add-on image (`pg:psql`), which has the client that

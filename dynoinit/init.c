@@ -3,7 +3,7 @@
  * /.slipway/init. The wire formats are contracts/dynoinit.py's; README.md next to
  * this file says what the init does and why.
  *
- *   init [--tty] [--buffer BYTES] [--socket PATH] [--env-timeout SECONDS] -- COMMAND...
+ *   init [--tty | --pipe] [--buffer BYTES] [--socket PATH] [--env-timeout SECONDS] -- COMMAND...
  *
  * Static, no runtime: it must run in any image, including ones without a libc.
  */
@@ -620,13 +620,32 @@ static int run_tty(char **argv, int64_t env_timeout) {
     }
 }
 
+/* Attached without a terminal: after the frame, the command inherits the container's stdin,
+ * stdout and stderr (Docker's attach stream), so piped input reaches it byte for byte and its
+ * end (the attach's stdin closed) is the command's EOF. */
+static int run_pipe(char **argv, int64_t env_timeout) {
+    if (read_env_frame(env_timeout) != 0) return pending_signal ? 128 + pending_signal : 1;
+    child = spawn(argv, -1, -1, 0);
+    if (child < 0) {
+        say("cannot fork: %s", strerror(errno));
+        return 1;
+    }
+    /* PID 1 keeps no copy of the pipes' ends: the command's EOF and SIGPIPE are its own. */
+    close(0);
+    for (;;) {
+        struct pollfd p = {.fd = sigfd, .events = POLLIN};
+        if (poll(&p, 1, -1) < 0 && errno != EINTR) return 1;
+        if (on_signal()) return exit_code(child_status);
+    }
+}
+
 static void usage(void) {
-    say("usage: init [--tty] [--buffer BYTES] [--socket PATH] [--env-timeout SECONDS] -- COMMAND...");
+    say("usage: init [--tty | --pipe] [--buffer BYTES] [--socket PATH] [--env-timeout SECONDS] -- COMMAND...");
     exit(2);
 }
 
 int main(int argc, char **argv) {
-    int tty = 0;
+    int tty = 0, pipe_mode = 0;
     size_t buffer = DEFAULT_BUFFER;
     int64_t env_timeout = DEFAULT_ENV_TIMEOUT_MS;
     link_.path = DEFAULT_SOCKET;
@@ -637,6 +656,8 @@ int main(int argc, char **argv) {
             break;
         } else if (strcmp(argv[i], "--tty") == 0) {
             tty = 1;
+        } else if (strcmp(argv[i], "--pipe") == 0) {
+            pipe_mode = 1;
         } else if (strcmp(argv[i], "--buffer") == 0 && i + 1 < argc) {
             buffer = strtoul(argv[++i], NULL, 10);
             if (buffer < MIN_BUFFER) usage();
@@ -663,7 +684,9 @@ int main(int argc, char **argv) {
         say("signalfd: %s", strerror(errno));
         return 1;
     }
+    if (tty && pipe_mode) usage();
     if (tty) return run_tty(argv + i, env_timeout);
+    if (pipe_mode) return run_pipe(argv + i, env_timeout);
     ring.cap = buffer;
     ring.buf = malloc(buffer);
     if (ring.buf == NULL) {

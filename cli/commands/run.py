@@ -3,8 +3,14 @@
 Attached, the terminal goes raw and every key goes to the dyno, Ctrl-C
 included (the dyno's TTY turns it into SIGINT, as a local terminal would); the
 window size follows SIGWINCH; `slipway run` exits with the remote command's
-status. Input that is not a terminal (a pipe, a file, /dev/null) is sent as typed, then
-Ctrl-D, so `slipway run` works in CI.
+status. With `--no-tty`, or input that is not a terminal (a pipe, a file, /dev/null,
+as in CI), the dyno gets no TTY, as `heroku run --no-tty`: bytes pass unchanged both
+ways, the end of the input closes the dyno's stdin (`cat`, `wc -l` end), and the
+exit status still comes back.
+
+The gateway answers Heroku's `rendezvous://host:port/SECRET` attach_url when its
+rendezvous door is open; this CLI opens the same secret through the API's websocket
+door instead (it knows the API's address and no other CA).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import signal
 import sys
 import termios
 import tty
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -70,12 +77,13 @@ def run(ctx: Context, args: argparse.Namespace) -> None:
         raise UsageError("Say what to run: slipway run -a APP -- COMMAND.")
     env = parse_env(args.env)
     app = ctx.app(args)
+    terminal = not args.no_tty and os.isatty(sys.stdin.fileno())
     body: dict[str, Any] = {
         "command": shlex.join(words) if len(words) > 1 else words[0],
         "attach": not args.detach,
         "env": env,
         "time_to_live": args.time_to_live,
-        "force_no_tty": bool(args.no_tty),
+        "force_no_tty": not terminal,
     }
     if args.size:
         body["size"] = args.size
@@ -86,15 +94,33 @@ def run(ctx: Context, args: argparse.Namespace) -> None:
         ctx.out(str(dyno["name"]))
         return
     ctx.note(f"up, {dyno['name']}")
-    status = asyncio.run(attach(dyno["attach_url"], sys.stdin.fileno(), sys.stdout.fileno()))
+    url = websocket_url(ctx.client().api_url, dyno["attach_url"])
+    status = asyncio.run(attach(url, sys.stdin.fileno(), sys.stdout.fileno(), dyno_tty=terminal))
     if status:
         raise RemoteExit(status)
 
 
-async def attach(url: str, stdin: int, stdout: int) -> int:
-    """Bridge `stdin`/`stdout` to the dyno's websocket until it exits; its status."""
+def websocket_url(api_url: str, attach_url: str) -> str:
+    """The websocket door for an attach_url (a rendezvous URL's secret opens it too)."""
+    parsed = urllib.parse.urlsplit(attach_url)
+    if parsed.scheme in ("ws", "wss"):
+        return attach_url
+    secret = parsed.path.lstrip("/")
+    if parsed.scheme != "rendezvous" or not secret or "/" in secret:
+        raise CliError(f"The API answered an attach_url this CLI cannot open ({parsed.scheme}:).")
+    base = api_url.rstrip("/").replace("http", "ws", 1)
+    return f"{base}/dynos/attach/{urllib.parse.quote(secret, safe='')}"
+
+
+async def attach(url: str, stdin: int, stdout: int, *, dyno_tty: bool = True) -> int:
+    """Bridge `stdin`/`stdout` to the dyno's websocket until it exits; its status.
+
+    `dyno_tty`: the dyno has a terminal, so the end of `stdin` is sent as Ctrl-D;
+    without one it is `{"eof": true}`, which closes the dyno's stdin. A local
+    terminal goes raw and follows the window size when the dyno has one too.
+    """
     loop = asyncio.get_running_loop()
-    interactive = os.isatty(stdin)
+    interactive = dyno_tty and os.isatty(stdin)
     async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
         keys: asyncio.Queue[bytes] = asyncio.Queue()
         reading = _start_reading(loop, stdin, keys)
@@ -103,7 +129,7 @@ async def attach(url: str, stdin: int, stdout: int) -> int:
             loop.add_signal_handler(
                 signal.SIGWINCH, lambda: asyncio.ensure_future(_send_size(ws, stdin))
             )
-        sender = asyncio.create_task(_send_keys(ws, keys, interactive))
+        sender = asyncio.create_task(_send_keys(ws, keys, dyno_tty))
         try:
             with _raw(stdin, interactive):
                 return await _receive(ws, stdout)
@@ -147,13 +173,15 @@ def _read_into(fd: int, keys: asyncio.Queue[bytes]) -> None:
 
 
 async def _send_keys(
-    ws: aiohttp.ClientWebSocketResponse, keys: asyncio.Queue[bytes], interactive: bool
+    ws: aiohttp.ClientWebSocketResponse, keys: asyncio.Queue[bytes], dyno_tty: bool
 ) -> None:
     while True:
         data = await keys.get()
-        if not data:  # end of piped input: what Ctrl-D would send
-            if not interactive:
+        if not data:  # end of input: Ctrl-D to the dyno's terminal, else close its stdin
+            if dyno_tty:
                 await ws.send_bytes(EOT)
+            else:
+                await ws.send_json({"eof": True})
             return
         await ws.send_bytes(data)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-import time
 
 import structlog
 from aiohttp import web
@@ -36,7 +35,7 @@ from slipway.services.gateway.auth import Action, actor, app_for
 from slipway.services.gateway.changes import Actor, change
 from slipway.services.gateway.config import update_config
 from slipway.services.gateway.errors import InvalidParams
-from slipway.services.gateway.oneoff import ATTACH_WINDOW, OneOffDyno, PendingAttach, _pending
+from slipway.services.gateway.oneoff import OneOffDyno, offer, websocket_url
 from slipway.services.gateway.routing import Routes, read_body, reply
 from slipway.services.gateway.schemas import Body
 from slipway.services.gateway.state import GATEWAY, Gateway
@@ -174,7 +173,7 @@ async def psql(request: web.Request) -> web.Response:
     release = await store.current_release(gw.reader, app.id)
     if release is None:
         raise InvalidParams(f"{app.name} has no release yet.")
-    session = secrets.token_urlsafe(32)
+    session = secrets.token_hex(16)
     command = psql_command(addon, body.interactive)
     started = await gw.bus.call(
         ONEOFF_RUN,
@@ -201,7 +200,7 @@ async def psql(request: web.Request) -> web.Response:
             app_id=app.id,
             details={"dyno": started.dyno.name, "addon": addon.name},
         )
-    _pending(gw)[session] = PendingAttach(app.id, started.dyno.name, time.time() + ATTACH_WINDOW)
+    secret = offer(gw, app.id, started.dyno.name, session)
     at = store.timestamp()
     return reply(
         OneOffDyno(
@@ -211,7 +210,7 @@ async def psql(request: web.Request) -> web.Response:
             command=command,
             size=started.dyno.size,
             state=started.dyno.state,
-            attach_url=f"{gw.api_url.replace('http', 'ws', 1)}/dynos/attach/{session}",
+            attach_url=websocket_url(gw, secret),
             app=views.AppRef(id=app.id, name=app.name),
             release=views.ReleaseRef(id=release.id, version=release.version),
             created_at=at,

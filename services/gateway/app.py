@@ -69,6 +69,7 @@ from slipway.services.gateway import (
     ranges,
     ratelimit,
     releases,
+    rendezvous,
     snapshot,
     snapshots,
     sources,
@@ -210,6 +211,7 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
 
     backupverify.install(service, lambda: service[STATE])
     addonrecovery.install(service, lambda: service[STATE])
+    rendezvous.install(service, lambda: service[STATE])
 
     @service.event("addons", ADDON_CHANGED)
     async def addon_changed(event: AddonChanged) -> None:

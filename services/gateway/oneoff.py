@@ -1,18 +1,28 @@
 """One-off dynos: `POST /apps/{app}/dynos` and the websocket that bridges their TTY.
 
 The gateway asks the scheduler to start the one-off from the current release
-(`contracts.oneoff`). With `attach`, the answer carries an `attach_url`: a
-websocket on this gateway, named by an unguessable session id that works once
-and only for a short while (Heroku's rendezvous URL plays the same part). On the
-socket, binary frames are the terminal's bytes both ways; text frames are JSON
-control messages: the client sends `{"resize": [cols, rows]}`, the gateway
-ends with `{"exit": <status>}` (or `{"error": "..."}`) and closes.
+(`contracts.oneoff`). With `attach`, the answer carries an `attach_url` holding a
+secret that works once and only for `ATTACH_WINDOW` seconds, through either door:
+
+- `rendezvous://host:port/SECRET`, as Heroku answers it (rendezvous.py): TLS, the
+  secret line, then raw bytes both ways; the door Heroku's own clients open.
+- the websocket `/dynos/attach/SECRET` on the API (the `slipway` CLI's, and the answer
+  when the rendezvous listener is off): binary frames are the dyno's bytes both ways;
+  text frames are JSON control messages: the client sends `{"resize": [cols, rows]}`
+  and, without a TTY, `{"eof": true}` when its input ends; the gateway ends with
+  `{"exit": <status>}` (or `{"error": "..."}`) and closes.
+
+`force_no_tty` with `attach` is an attached run without a terminal (raw bytes, the
+client's end of input closes the dyno's stdin, stdout and stderr merged), as
+`heroku run --no-tty`. The secret never travels on the bus: the live subjects are
+named by a separate session id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import re
 import secrets
 import time
@@ -42,7 +52,7 @@ ATTACH_WINDOW = 60.0  # seconds a client has to open its attach_url
 MAX_TIME_TO_LIVE = 24 * 3600
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}\Z")
 _frame = msgspec.json.Decoder(TtyFrame)
-_control = msgspec.json.Decoder(dict[str, list[int]])
+_control = msgspec.json.Decoder(dict[str, object])
 
 
 class CreateDyno(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -77,16 +87,46 @@ class OneOffDyno(views.View, frozen=True, kw_only=True):
 class PendingAttach:
     app_id: str
     dyno: str
+    session: str  # names the live subjects; not the secret
+    tty: bool
     expires_at: float
 
 
-def _pending(gw: Gateway) -> dict[str, PendingAttach]:
+def _key(secret: str) -> bytes:
+    # The table is keyed by the secret's SHA-256: a lookup's timing can only tell an
+    # attacker about digests, which says nothing usable about any secret.
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+
+
+def _pending(gw: Gateway) -> dict[bytes, PendingAttach]:
     # One table per gateway process: an attach_url is opened on the gateway that made it.
-    table: dict[str, PendingAttach] = gw.attach_sessions
+    table: dict[bytes, PendingAttach] = gw.attach_sessions
     now = time.time()
-    for session in [s for s, p in table.items() if p.expires_at < now]:
-        del table[session]
+    for key in [k for k, p in table.items() if p.expires_at < now]:
+        del table[key]
     return table
+
+
+def offer(gw: Gateway, app_id: str, dyno: str, session: str, *, tty: bool = True) -> str:
+    """A new attach secret (256 bits) for the one-off relayed on `session`."""
+    secret = secrets.token_urlsafe(32)
+    expires_at = time.time() + ATTACH_WINDOW
+    _pending(gw)[_key(secret)] = PendingAttach(app_id, dyno, session, tty, expires_at)
+    return secret
+
+
+def websocket_url(gw: Gateway, secret: str) -> str:
+    """The websocket door for `secret` on this gateway's API."""
+    return f"{gw.api_url.replace('http', 'ws', 1)}/dynos/attach/{secret}"
+
+
+def claim(gw: Gateway, secret: str) -> PendingAttach | None:
+    """The attach `secret` opens, removed as it is taken: a secret attaches once.
+
+    The check and the removal are one step with no await between them, so two
+    connections racing with one secret cannot both win.
+    """
+    return _pending(gw).pop(_key(secret), None)
 
 
 def check_request(body: CreateDyno) -> str:
@@ -123,8 +163,9 @@ async def create(request: web.Request) -> web.Response:
         raise InvalidParams(
             f"{app.name} has no release with an image yet: push code first (git push)."
         )
-    attach = body.attach and not body.force_no_tty
-    session = secrets.token_urlsafe(32) if attach else ""
+    attach = body.attach
+    tty = not body.force_no_tty
+    session = secrets.token_hex(16) if attach else ""
     started = await gw.bus.call(
         ONEOFF_RUN,
         RunOneOff(
@@ -140,6 +181,7 @@ async def create(request: web.Request) -> web.Response:
             time_to_live=body.time_to_live,
             attach=attach,
             session=session,
+            tty=tty,
         ),
         timeout=120.0,  # a first run on a host pulls the image
     )
@@ -153,10 +195,12 @@ async def create(request: web.Request) -> web.Response:
         )
     attach_url = None
     if attach:
-        _pending(gw)[session] = PendingAttach(
-            app.id, started.dyno.name, time.time() + ATTACH_WINDOW
-        )
-        attach_url = f"{gw.api_url.replace('http', 'ws', 1)}/dynos/attach/{session}"
+        secret = offer(gw, app.id, started.dyno.name, session, tty=tty)
+        # Heroku's form when the rendezvous door is open; its clients know no other.
+        if gw.rendezvous_url:
+            attach_url = f"{gw.rendezvous_url}/{secret}"
+        else:
+            attach_url = websocket_url(gw, secret)
     at = store.timestamp()
     return reply(
         OneOffDyno(
@@ -186,10 +230,10 @@ async def create(request: web.Request) -> web.Response:
 )
 async def attach(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    session = request.match_info["session"]
-    pending = _pending(gw).pop(session, None)  # works once
+    pending = claim(gw, request.match_info["session"])
     if pending is None:
         raise NotFound("This attach URL is unknown, used or expired: run the command again.")
+    session = pending.session
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=1 << 20)
     await ws.prepare(request)
     frames = await gw.bus.live_subscribe(oneoff.tty_out(session))
@@ -222,13 +266,25 @@ async def _from_client(
         if message.type == WSMsgType.BINARY:
             await gw.bus.live_publish(subject, encode(TtyFrame(kind="data", data=message.data)))
         elif message.type == WSMsgType.TEXT:
-            with contextlib.suppress(msgspec.DecodeError, ValueError):
-                cols, rows = _control.decode(message.data)["resize"]
-                resize = TtyFrame(kind="resize", cols=cols, rows=rows)
-                await gw.bus.live_publish(subject, encode(resize))
+            if (frame := control_frame(message.data)) is not None:
+                await gw.bus.live_publish(subject, encode(frame))
         else:  # closed, closing or an error: the client is gone
             return
         receiving = asyncio.ensure_future(ws.receive())
+
+
+def control_frame(text: str) -> TtyFrame | None:
+    """The frame a client's JSON control message asks for; None for anything else."""
+    try:
+        control = _control.decode(text)
+    except msgspec.DecodeError:
+        return None
+    if control.get("eof") is True:
+        return TtyFrame(kind="eof")
+    match control.get("resize"):
+        case [int() as cols, int() as rows] if 0 < cols <= 10000 and 0 < rows <= 10000:
+            return TtyFrame(kind="resize", cols=cols, rows=rows)
+    return None
 
 
 async def _to_client(ws: web.WebSocketResponse, frames: AsyncIterator[bytes]) -> None:

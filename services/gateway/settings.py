@@ -57,9 +57,20 @@ class GatewaySettings(Settings, frozen=True, kw_only=True):
     # Log history kept for an app without its own retention; the same SLIPWAY_RETENTION_DAYS
     # the log-shippers read, so both name one default.
     retention_days: float = 7.0
+    # One-off dynos' rendezvous door (services/gateway/rendezvous.py): TLS on this address;
+    # port 0 picks a free one (the attach_url names it); rendezvous=False leaves only the
+    # websocket. `rendezvous_public_host` is the name put in attach_urls when clients reach
+    # the listener by another name than its address (a wildcard bind, a proxy).
+    rendezvous: bool = True
+    rendezvous_host: str = "127.0.0.1"
+    rendezvous_port: int = 0
+    rendezvous_public_host: str = ""
 
     def db_path(self) -> Path:
         return self.state_dir("gateway") / "gateway.db"
+
+    def rendezvous_tls_dir(self) -> Path:
+        return self.state_dir("gateway") / "rendezvous-tls"
 
     def bootstrap_path(self) -> Path:
         return self.state_dir("gateway") / "bootstrap.json"

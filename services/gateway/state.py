@@ -34,8 +34,10 @@ class Gateway:
     config_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
-    # One-off attach URLs not yet opened: session id → services.gateway.oneoff.PendingAttach.
-    attach_sessions: dict[str, Any] = field(default_factory=dict)
+    # One-off attach secrets not yet used: SHA-256 of the secret → oneoff.PendingAttach.
+    attach_sessions: dict[bytes, Any] = field(default_factory=dict)
+    # `rendezvous://host:port` of the rendezvous listener (rendezvous.py); "" when off.
+    rendezvous_url: str = ""
     # The log-shippers that log reads wait for (one per Docker host), looked up lazily.
     _shipper_hosts: ShipperHosts | None = None
 

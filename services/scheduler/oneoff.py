@@ -10,6 +10,10 @@ back in its mode), then relays bytes both ways over the session's live subjects
 (the markers are not relayed; typed input waits for `TTY_GO`) and ends with an
 `exit` frame carrying the process's status. Detached ones start at once with the
 env frame on stdin; their output reaches the logs like any dyno's, through the init.
+Attached ones without a TTY (`tty=False`) run the init with `--pipe`: the scheduler
+starts the container, writes the env frame (no markers: nothing echoes), then relays
+raw bytes both ways; an `eof` frame half-closes the attach connection, which closes
+the command's stdin (`StdinOnce`), so `cat` or `wc -l` end as they would locally.
 
 `time_to_live` is a deadline label on the container, so a restarted scheduler
 still enforces it (`adopt`). An attached one-off whose relay is gone (the
@@ -115,7 +119,7 @@ class OneOffs:
             where.docker, request.app_id, self.settings.scope, self.settings.app_network_pool
         )
         config = await self._config(request, spec, where)
-        extra = {"TERM": TERM} if request.attach else {}
+        extra = {"TERM": TERM} if request.attach and request.tty else {}
         frame = containers.env_frame(spec, {**env, **request.env}, self.settings.port, extra)
         container = await where.docker.containers.create(
             config, name=containers.container_name(spec, self.settings.scope)
@@ -150,11 +154,19 @@ class OneOffs:
             session.announced = True
             await containers.start_with_env(container, frame)
             self._spawn(session, self._reap(session))
-        log.info("oneoff.created", app=request.app_name, dyno=spec.name, attach=request.attach)
+        log.info(
+            "oneoff.created",
+            app=request.app_name,
+            dyno=spec.name,
+            attach=request.attach,
+            tty=request.attach and request.tty,
+        )
         return dyno
 
     async def _config(self, request: RunOneOff, spec: DynoSpec, where: Placement) -> dict[str, Any]:
         root = self.settings.dyno_log_dir
+        tty = request.attach and request.tty
+        piped = request.attach and not request.tty
         config = containers.container_config(
             spec,
             argv=await self._command(where.docker, request),
@@ -164,8 +176,9 @@ class OneOffs:
             tmp_size=self.settings.tmp_size,
             scope=self.settings.scope,
             init=self.settings.dyno_init,
-            log_dir=f"{root.rstrip('/')}/{where.host_id}" if root else "",
-            tty=request.attach,
+            # Piped output goes to the attached client, never to the log socket.
+            log_dir=f"{root.rstrip('/')}/{where.host_id}" if root and not piped else "",
+            tty=tty,
         )
         deadline = int(time.time() + request.time_to_live)
         config["Labels"] |= {
@@ -175,7 +188,10 @@ class OneOffs:
         config.pop("ExposedPorts", None)
         # The init stays PID 1 (it forwards signals) and puts the command's group in the
         # terminal's foreground: Ctrl-C interrupts it (PID 1 itself would ignore SIGINT).
-        if request.attach:
+        if piped:
+            config["Entrypoint"] = [dynoinit.INIT_PATH, "--pipe", "--"]
+            config |= {"AttachStdout": True, "AttachStderr": True}
+        elif tty:
             config |= {
                 "Tty": True,
                 "AttachStdout": True,
@@ -207,7 +223,7 @@ class OneOffs:
         ready: asyncio.Event,
     ) -> None:
         out_subject = oneoff.tty_out(request.session)
-        inbound = asyncio.create_task(self._inbound(session, stream, frames, ready))
+        inbound = asyncio.create_task(self._inbound(session, request, stream, frames, ready))
         try:
             try:
                 await asyncio.wait_for(ready.wait(), self.settings.attach_timeout)
@@ -216,9 +232,17 @@ class OneOffs:
                 return
             await session.container.start()
             session.started = True
-            await _resize(session)
-            while (data := await self._read_past_markers(session, stream)) is not None:
-                await self._send(out_subject, TtyFrame(kind="data", data=data))
+            if request.tty:
+                await _resize(session)
+                while (data := await self._read_past_markers(session, stream)) is not None:
+                    await self._send(out_subject, TtyFrame(kind="data", data=data))
+            else:
+                # No terminal, no markers: the frame goes first, then the client's bytes.
+                await stream.write_in(session.frame)
+                session.frame_sent = True
+                session.env_sent.set()
+                while (message := await stream.read_out()) is not None:
+                    await self._send(out_subject, TtyFrame(kind="data", data=message.data))
             status = await session.container.wait()
             code = int(status.get("StatusCode", 1))
             await self._send(out_subject, TtyFrame(kind="exit", exit_code=code))
@@ -266,10 +290,12 @@ class OneOffs:
     async def _inbound(
         self,
         session: _Session,
+        request: RunOneOff,
         stream: aiodocker.stream.Stream,
         frames: AsyncIterator[bytes],
         ready: asyncio.Event,
     ) -> None:
+        input_closed = False
         async for raw in frames:
             try:
                 frame = _frame.decode(raw)
@@ -278,9 +304,13 @@ class OneOffs:
             match frame.kind:
                 case "ready":
                     ready.set()
-                case "data" if ready.is_set():
+                case "data" if ready.is_set() and not input_closed:
                     await session.env_sent.wait()  # typed input comes after the env frame
                     await stream.write_in(frame.data)
+                case "eof" if ready.is_set() and not request.tty and not input_closed:
+                    await session.env_sent.wait()
+                    input_closed = True
+                    _close_input(stream)
                 case "resize" if frame.cols > 0 and frame.rows > 0:
                     session.size = (frame.rows, frame.cols)
                     await _resize(session)
@@ -378,6 +408,18 @@ async def _resize(session: _Session) -> None:
         rows, cols = session.size
         with contextlib.suppress(aiodocker.DockerError):
             await session.container.resize(h=rows, w=cols)
+
+
+def _close_input(stream: aiodocker.stream.Stream) -> None:
+    """Half-close the attach connection: Docker closes the dyno's stdin (`StdinOnce`).
+
+    aiodocker only closes both ways at once (its `close`), and the output is still to
+    be read, so the write side of its connection is shut here.
+    """
+    response = stream._resp  # aiodocker has no public half-close
+    transport = response.connection.transport if response and response.connection else None
+    if transport is not None and transport.can_write_eof():
+        transport.write_eof()
 
 
 async def _stop(container: aiodocker.containers.DockerContainer, grace: float) -> None:
