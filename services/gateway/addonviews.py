@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
-
 from slipway.contracts import addons as ac
 from slipway.services.gateway import store, views
 from slipway.services.gateway.addonstore import Addon
+from slipway.services.gateway.views import stable_id
 
 
 class PlanRef(views.View, frozen=True, kw_only=True):
@@ -81,11 +80,6 @@ class DatabaseView(views.View, frozen=True, kw_only=True):
     tables: int
     memory_mb: int
     storage_gb: int
-
-
-def stable_id(kind: str, name: str) -> str:
-    """A UUID that is the same on every installation (plans and services have no rows)."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"slipway:{kind}:{name}"))
 
 
 def addon_view(addon: Addon, app: store.App) -> AddonView:

@@ -2,8 +2,11 @@
 
 The scheduler owns the dynos; these endpoints ask it over the bus (`DYNOS_LIST`,
 `DYNOS_RESTART`, `DYNOS_STOP`) and render its answer. Slipway adds `restart_count`
-to Heroku's dyno shape, which `slipway ps` shows. Creating one-off dynos
-(`POST /apps/{app}/dynos`) lives in oneoff.py.
+to Heroku's dyno shape, which `slipway ps` shows. A dyno's id is a UUID, as Heroku's
+clients expect, derived from its container's id (a new container, a new id); a dyno
+may be named by it, by its name (`web.1`) or by its process type (`web`), and Heroku's
+`/formations/{type}` restart and stop are the same as naming the type. Creating one-off
+dynos (`POST /apps/{app}/dynos`) lives in oneoff.py.
 """
 
 from __future__ import annotations
@@ -39,6 +42,22 @@ class DynoView(views.View, frozen=True, kw_only=True):
     updated_at: str
 
 
+def dyno_id(dyno: sc.Dyno) -> str:
+    """The dyno's id as Heroku's clients expect one (a UUID), the same for its container's life."""
+    return views.stable_id("dyno", dyno.container_id or f"{dyno.app_id}/{dyno.name}")
+
+
+async def _target(request: web.Request, app_id: str) -> str:
+    """The dyno or process type the path names: a dyno's id (a UUID) becomes its name."""
+    wanted = request.match_info["dyno"]
+    if len(wanted) == 36 and wanted.count("-") == 4:
+        for dyno in await _dynos(request, app_id):
+            if dyno_id(dyno) == wanted:
+                return dyno.name
+        raise NotFound(f"Couldn't find that dyno ({wanted}).")
+    return wanted
+
+
 def _time(seconds: float) -> str:
     moment = datetime.datetime.fromtimestamp(seconds or 0, tz=datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -53,7 +72,7 @@ async def _views(request: web.Request, app_id: str, dynos: list[sc.Dyno]) -> lis
             release_ids[dyno.release_version] = found.id if found else ""
     return [
         DynoView(
-            id=dyno.container_id or dyno.name,
+            id=dyno_id(dyno),
             name=dyno.name,
             type=dyno.process_type,
             command=dyno.command,
@@ -88,7 +107,7 @@ async def info(request: web.Request) -> web.Response:
     app = await app_for(request, Action.READ, "read it")
     wanted = request.match_info["dyno"]
     for dyno in await _dynos(request, app.id):
-        if wanted in (dyno.name, dyno.container_id):
+        if wanted in (dyno.name, dyno.container_id, dyno_id(dyno)):
             (view,) = await _views(request, app.id, [dyno])
             return reply(view)
     raise NotFound(f"Couldn't find that dyno ({wanted[:40]}).")
@@ -111,7 +130,7 @@ async def restart_all(request: web.Request) -> web.Response:
 )
 async def restart(request: web.Request) -> web.Response:
     app = await app_for(request, Action.DEPLOY, "restart its dynos")
-    target = request.match_info["dyno"]
+    target = await _target(request, app.id)
     await request.app[GATEWAY].bus.call(
         sc.DYNOS_RESTART, sc.RestartDynos(app_id=app.id, target=target)
     )
@@ -126,6 +145,29 @@ async def restart(request: web.Request) -> web.Response:
 )
 async def stop(request: web.Request) -> web.Response:
     app = await app_for(request, Action.DEPLOY, "stop its dynos")
-    target = request.match_info["dyno"]
+    target = await _target(request, app.id)
     await request.app[GATEWAY].bus.call(sc.DYNOS_STOP, sc.StopDyno(app_id=app.id, target=target))
     return reply({}, status=202)
+
+
+@routes.delete(
+    "/apps/{app}/formations/{type}",
+    summary="Restart a process type's dynos (Heroku's `Restart formation`)",
+    response=dict[str, str],
+    status=202,
+)
+async def restart_formation(request: web.Request) -> web.StreamResponse:
+    # The scheduler takes a process type wherever it takes a dyno name.
+    request.match_info["dyno"] = request.match_info["type"]
+    return await restart(request)
+
+
+@routes.post(
+    "/apps/{app}/formations/{type}/actions/stop",
+    summary="Stop a process type's dynos (Heroku's `Stop formation`)",
+    response=dict[str, str],
+    status=202,
+)
+async def stop_formation(request: web.Request) -> web.StreamResponse:
+    request.match_info["dyno"] = request.match_info["type"]
+    return await stop(request)

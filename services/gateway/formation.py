@@ -56,7 +56,9 @@ def size_name(size: str | None, dyno_size: DynoSizeIdentity | None) -> str | Non
     asked = size or (dyno_size.name or dyno_size.id if dyno_size else None)
     if asked is None:
         return None
-    name = asked.lower()
+    # Heroku's clients may send back the `dyno_size.id` a formation answered with.
+    by_id = {views.stable_id("dyno-size", size): size for size in DYNO_SIZES}
+    name = by_id.get(asked, asked.lower())
     if name not in DYNO_SIZES:
         raise InvalidParams(f"Unknown dyno size {asked!r}: use one of {', '.join(DYNO_SIZES)}.")
     return name
@@ -156,7 +158,7 @@ def formation_view(app: store.App, row: store.Formation) -> views.Formation:
         type=row.type,
         quantity=row.quantity,
         size=row.size,
-        dyno_size=views.DynoSizeRef(id=row.size, name=row.size),
+        dyno_size=views.DynoSizeRef(id=views.stable_id("dyno-size", row.size), name=row.size),
         command=row.command,
         app=views.AppRef(id=app.id, name=app.name),
         created_at=row.created_at,

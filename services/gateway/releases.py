@@ -195,8 +195,11 @@ def release_view(
         updated_at=release.updated_at,
         app=views.AppRef(id=app.id, name=app.name),
         user=views.UserRef(id=release.user_id, email=release.user_email),
-        slug=views.SlugRef(id=image.digest) if image else None,
-        artifacts=[views.Artifact(type="oci-image", id=image.digest)] if image else [],
+        # No slug: an OCI image, which Heroku's schema names by a UUID (the digest is in `image`).
+        slug=None,
+        artifacts=[views.Artifact(type="oci-image", id=views.stable_id("image", image.digest))]
+        if image
+        else [],
         image=image,
         process_types=release.process_types,
     )

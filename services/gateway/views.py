@@ -8,6 +8,7 @@ The OpenAPI document is generated from these very types, so it cannot drift.
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 import msgspec
@@ -15,6 +16,14 @@ import msgspec
 from slipway.libs.auditchain import AuditEntry, Checkpoint
 
 Timestamp = Annotated[str, msgspec.Meta(extra_json_schema={"format": "date-time"})]
+
+
+def stable_id(kind: str, name: str) -> str:
+    """A UUID for a thing without a row (a dyno size, an image digest), the same everywhere."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"slipway:{kind}:{name}"))
+
+
+GENERATION_ID = stable_id("generation", "cedar")
 
 
 class View(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +59,8 @@ class Account(View, frozen=True, kw_only=True):
     suspended_at: Timestamp | None = None
     delinquent_at: Timestamp | None = None
     sms_number: str | None = None
+    country_of_residence: str | None = None
+    identity_provider: None = None
     # Slipway: may create, invite and disable users (POST /users, /users/{user}/invitations).
     platform_admin: bool = False
 
@@ -138,6 +149,8 @@ class App(View, frozen=True, kw_only=True):
     repo_size: int | None = None
     slug_size: int | None = None
     space: None = None
+    # Heroku's platform generations: "cedar" runs classic buildpacks on dynos, as Slipway does.
+    generation: NamedRef = NamedRef(id=GENERATION_ID, name="cedar")
 
 
 class SlugRef(View, frozen=True, kw_only=True):
@@ -267,11 +280,6 @@ class AppIdRef(View, frozen=True, kw_only=True):
     id: str
 
 
-class NamedStack(View, frozen=True, kw_only=True):
-    id: str
-    name: str
-
-
 class Build(View, frozen=True, kw_only=True):
     id: str
     app: AppIdRef
@@ -283,7 +291,7 @@ class Build(View, frozen=True, kw_only=True):
     release: ReleaseRef | None
     slug: SlugRef | None = None
     stack: str
-    generation: NamedStack | None = None
+    generation: str = "cedar"  # see App.generation
     status: str
     user: UserRef
     # Slipway: a one-line reason when the build failed.

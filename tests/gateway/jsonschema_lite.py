@@ -1,13 +1,33 @@
-"""Just enough JSON Schema (2020-12, as msgspec generates it) to check answers against OpenAPI.
+"""Just enough JSON Schema to check answers against OpenAPI and Heroku's hyper-schema.
 
-Supports: $ref (local), type (one or a list), properties, required,
-additionalProperties (bool or schema), items, anyOf, enum, const. Other keywords
-(format, title, description, ...) are annotations and are ignored.
+Supports: $ref (a local JSON pointer: `#/components/schemas/App` as msgspec generates
+it, `#/definitions/app/definitions/id` as Heroku's schema writes it), type (one or a
+list), properties, required, additionalProperties (bool or schema), items, anyOf,
+enum, const, pattern, format (date-time, uuid, email: what Heroku's clients parse),
+and Heroku's `strictProperties`, taken as "every listed property is present"
+(extra ones are allowed: Heroku's clients ignore fields they do not know). Other
+keywords (title, description, ...) are annotations and are ignored.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+_FORMATS: dict[str, re.Pattern[str]] = {
+    "date-time": re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$"),
+    "uuid": re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
+    "email": re.compile(r"^[^@\s]+@[^@\s]+$"),
+}
+
+
+def resolve(ref: str, root: dict[str, Any]) -> Any:
+    """The part of `root` a local `$ref` points at."""
+    found: Any = root
+    for part in ref.removeprefix("#/").split("/"):
+        found = found[part.replace("~1", "/").replace("~0", "~")]
+    return found
+
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "object": (dict,),
@@ -23,8 +43,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
 def errors(value: Any, schema: dict[str, Any], root: dict[str, Any], at: str = "$") -> list[str]:
     """Every way `value` breaks `schema` (empty when it fits)."""
     if "$ref" in schema:
-        name = schema["$ref"].rsplit("/", 1)[-1]
-        return errors(value, root["components"]["schemas"][name], root, at)
+        return errors(value, resolve(schema["$ref"], root), root, at)
     if "anyOf" in schema:
         if any(not errors(value, option, root, at) for option in schema["anyOf"]):
             return []
@@ -45,9 +64,18 @@ def errors(value: Any, schema: dict[str, Any], root: dict[str, Any], at: str = "
         found.append(f"{at}: {value!r} not in {schema['enum']}")
     if "const" in schema and value != schema["const"]:
         found.append(f"{at}: {value!r} is not {schema['const']!r}")
+    if isinstance(value, str):
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            found.append(f"{at}: {value!r} does not match {schema['pattern']!r}")
+        known = _FORMATS.get(schema.get("format", ""))
+        if known is not None and not known.match(value):
+            found.append(f"{at}: {value!r} is not a {schema['format']}")
     if isinstance(value, dict):
         properties = schema.get("properties", {})
-        for key in schema.get("required", []):
+        required = list(schema.get("required", []))
+        if schema.get("strictProperties"):
+            required += [key for key in properties if key not in required]
+        for key in required:
             if key not in value:
                 found.append(f"{at}: missing {key!r}")
         extra = schema.get("additionalProperties", True)
