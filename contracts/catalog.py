@@ -46,6 +46,7 @@ _MODULES: tuple[ModuleType, ...] = (
 S = Service
 CONSUMERS: tuple[ConsumerSpec, ...] = (
     ConsumerSpec(S.GATEWAY, "builds", (builder.BUILD_FINISHED,)),
+    ConsumerSpec(S.GATEWAY, "deploys", (scheduler.DEPLOY_FINISHED,)),
     ConsumerSpec(S.GATEWAY, "addons", (addons.ADDON_CHANGED,)),
     ConsumerSpec(S.GATEWAY, "backups", (backup.BACKUP_VERIFIED,)),
     ConsumerSpec(

@@ -35,6 +35,7 @@ from slipway.contracts.gateway import (
     GetSealedConfig,
     SealedConfig,
 )
+from slipway.contracts.scheduler import DEPLOY_FINISHED, DeployFinished
 from slipway.contracts.subjects import Service
 from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database
@@ -218,6 +219,10 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
     @service.event("builds", BUILD_FINISHED)
     async def build_finished(event: BuildFinished) -> None:
         await builds.finished(service[STATE], event)
+
+    @service.event("deploys", DEPLOY_FINISHED)
+    async def deploy_finished(event: DeployFinished) -> None:
+        await releases.deploy_finished(service[STATE], event)
 
     backupverify.install(service, lambda: service[STATE])
     addonrecovery.install(service, lambda: service[STATE])

@@ -3,7 +3,13 @@
 Every change of what runs makes a release: app creation (v1 "Initial release"),
 a config change ("Set FOO config vars"), a build (the builder's
 `gateway.release.create` command) and a rollback ("Rollback to v4", the image,
-process types and config of v4). The newest release is the current one.
+process types and config of v4). A release is `succeeded` when made; the scheduler's
+DEPLOY_FINISHED turns it `failed` when its dynos could not start (the release phase
+failed, the image could not be pulled, its config could not be decrypted, a new dyno
+crashed or never bound $PORT), and the previous release keeps serving. The current
+release, marked `current` in every listing and page, is the newest that did not fail:
+the one that serves. A later release still builds on the newest one (its image and
+process types), failed or not, so a config change can fix what made a deploy fail.
 
 A rollback only reaches what exists. Once the app runs an image, a release made
 before its first build (no image, no process types) is refused: taking its empty
@@ -22,6 +28,7 @@ from aiohttp import web
 
 from slipway.contracts.gateway import RELEASE_CREATED, CreateRelease, ReleaseCreated
 from slipway.contracts.registry import IMAGES_LIST, ListImages
+from slipway.contracts.scheduler import DeployFinished
 from slipway.libs.errors import NotFound, Unavailable
 from slipway.libs.storage import claim
 from slipway.services.gateway import store, views
@@ -205,6 +212,11 @@ def release_view(
     )
 
 
+def serving_version(releases: list[store.Release]) -> int:
+    """The current release's version: the newest that did not fail (0 when none)."""
+    return max((r.version for r in releases if r.status != "failed"), default=0)
+
+
 @routes.get(
     "/apps/{app}/releases", summary="List releases, oldest first", response=list[views.Release]
 )
@@ -212,7 +224,8 @@ async def list_releases(request: web.Request) -> web.Response:
     app = await app_for(request, Action.READ, "read it")
     releases = await store.list_releases(request.app[GATEWAY].reader, app.id)
     newest = releases[-1] if releases else None
-    version, with_image = (newest.version if newest else 0), runs_image(newest)
+    # Decided on the whole list, before the Range middleware cuts a page from it.
+    version, with_image = serving_version(releases), runs_image(newest)
     return reply([release_view(app, r, version, current_runs_image=with_image) for r in releases])
 
 
@@ -232,9 +245,9 @@ async def info(request: web.Request) -> web.Response:
     reader = request.app[GATEWAY].reader
     app = await app_for(request, Action.READ, "read it")
     release = await find_release(reader, app, request.match_info["release"])
-    current = await store.current_release(reader, app.id)
-    version = current.version if current else 0
-    return reply(release_view(app, release, version, current_runs_image=runs_image(current)))
+    newest = await store.current_release(reader, app.id)
+    version = serving_version(await store.list_releases(reader, app.id))
+    return reply(release_view(app, release, version, current_runs_image=runs_image(newest)))
 
 
 @routes.post(
@@ -300,3 +313,18 @@ async def create_from_build(gw: Gateway, cmd: CreateRelease) -> store.Release | 
             details["build"] = cmd.build_id
         tx.audit(app.team_id, "release.create", app_name=app.name, app_id=app.id, details=details)
     return release
+
+
+async def deploy_finished(gw: Gateway, event: DeployFinished) -> None:
+    """Record, once, that a release's dynos could not start: it is `failed`, not current."""
+    if event.status != "failed":
+        return
+    async with gw.db.transaction() as conn:
+        if not await claim(conn, event.event_id):
+            return
+        await conn.execute(
+            "UPDATE releases SET status = 'failed', updated_at = ?"
+            " WHERE app_id = ? AND version = ?",
+            (timestamp(), event.app_id, event.release_version),
+        )
+    log.info("release.failed", app=event.app_name, v=event.release_version, why=event.reason)

@@ -18,6 +18,7 @@ from slipway.contracts.oneoff import ONEOFF_RUN, OneOffStarted, RunOneOff
 from slipway.contracts.registry import CREDENTIALS_ISSUE, IssueCredentials
 from slipway.contracts.subjects import Service
 from slipway.libs.bus import context
+from slipway.libs.errors import SlipwayError, Unavailable
 from slipway.libs.service import Key, ServiceApp
 from slipway.services.scheduler import addons, containers, recovery, snapshot, verifydb
 from slipway.services.scheduler.errors import Conflict, NotFound
@@ -200,9 +201,15 @@ def _dyno_rpcs(service: ServiceApp) -> None:
         ]
         if request.target is not None and not chosen:
             raise NotFound(f"No dyno or process type {request.target!r} is running.")
-        for tracked in chosen:
+        # Every start needs the release's config: read it before anything stops, so a
+        # restart that could not start the dynos again refuses and leaves them serving.
+        envs = await _restart_envs(sched, request, chosen)
+        by_type: dict[str, list[Tracked]] = {}
+        for tracked in sorted(chosen, key=lambda t: t.spec.index):
             tracked.busy = True
-            sched.spawn(sched.rt.restart(tracked))
+            by_type.setdefault(tracked.spec.process_type, []).append(tracked)
+        for dynos in by_type.values():
+            sched.spawn(_restart_in_turn(sched, request.app_id, dynos, envs))
         return sc.DynoList(dynos=[sched.rt.contract(t) for t in chosen])
 
     @service.rpc(sc.DYNOS_STOP)
@@ -224,6 +231,50 @@ def _dyno_rpcs(service: ServiceApp) -> None:
             tracked.busy = True
         sched.spawn(stop_then_reconcile())
         return answer
+
+
+async def _restart_envs(
+    sched: Scheduler, request: sc.RestartDynos, chosen: list[Tracked]
+) -> dict[int, dict[str, str]]:
+    """Each chosen release's config, decrypted; refused (nothing stopped) when one fails."""
+    envs: dict[int, dict[str, str]] = {}
+    for tracked in chosen:
+        if tracked.spec.release in envs:
+            continue
+        try:
+            envs[tracked.spec.release] = await sched.rt.env_of(tracked.spec)
+        except Exception as exc:
+            what = request.target or "the dynos"
+            away = isinstance(exc, Unavailable)
+            why = "its config cannot be " + ("read right now" if away else "decrypted")
+            detail = exc.message if isinstance(exc, SlipwayError) else type(exc).__name__
+            log.warning("dynos.restart_refused", app=request.app_id, error=repr(exc))
+            await sched.rt.say(
+                request.app_id, "api", f"Restart of {what} failed: {why}; nothing was restarted"
+            )
+            message = (
+                f"Cannot restart {what}: {why} ({detail}). The running dynos were left as they are."
+            )
+            raise (Unavailable if away else Conflict)(message) from None
+    return envs
+
+
+async def _restart_in_turn(
+    sched: Scheduler, app_id: str, dynos: list[Tracked], envs: dict[int, dict[str, str]]
+) -> None:
+    """Restart one process type's dynos one after another; stop at the first that fails,
+    so the others keep serving as they were."""
+    for at, tracked in enumerate(dynos):
+        result = await sched.rt.restart(tracked, envs[tracked.spec.release])
+        if result.ok:
+            continue
+        rest = dynos[at + 1 :]
+        for other in rest:
+            other.busy = False
+        kept = f"; not restarted: {', '.join(t.spec.name for t in rest)}" if rest else ""
+        text = f"Restart failed: {tracked.spec.name} did not come back up ({result.reason}){kept}"
+        await sched.rt.say(app_id, "api", text)
+        return
 
 
 def _host_info(sched: Scheduler, engine: Engine) -> sc.HostInfo:

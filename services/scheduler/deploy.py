@@ -139,6 +139,9 @@ async def _replace(rt: Runtime, spec: DynoSpec, env: dict[str, str]) -> str | No
         tracked = await rt.create(spec, env)
     except aiodocker.DockerError as exc:
         return f"could not create its container: {exc.message}"
+    except Exception as exc:  # e.g. no pull credential for its image: fails this release
+        detail = getattr(exc, "message", None) or repr(exc)
+        return f"could not create its container: {detail}"
     if tracked.state != "starting":
         await rt.stop(tracked, "Deploy failed", drain=False)
         return "its container could not start"

@@ -34,6 +34,7 @@ from slipway.contracts import scheduler as sc
 from slipway.contracts.gateway import DYNO_SIZES, AppDesired
 from slipway.libs import appimages
 from slipway.libs.bus import Bus
+from slipway.libs.errors import SlipwayError, Unavailable
 from slipway.services.scheduler import containers, deploy, model
 from slipway.services.scheduler.errors import EngineUnavailable
 from slipway.services.scheduler.hosts import Container, Engine, connect, probe
@@ -210,9 +211,31 @@ class Scheduler:
             log.warning("dyno.unplaceable", app=app_id, dyno=item.name, detail=item.detail)
         env: dict[str, str] = {}
         if target is not None and planned.starts:
-            env = await self.rt.config_env(target)
+            try:
+                env = await self.rt.config_env(target)
+            except Exception as exc:
+                return await self._config_unreadable(row, target, exc)
         outcome = await deploy.execute(self.rt, target, planned, env)
         await self._settle(app_id, row, target, outcome)
+        return outcome
+
+    async def _config_unreadable(
+        self, row: AppRow | None, target: AppDesired, exc: Exception
+    ) -> deploy.Outcome | None:
+        """No dyno can start without its config: a new release whose config cannot be
+        decrypted fails (the old one keeps serving); a keyring or gateway away is waited
+        for (the next full pass tries again); nothing running is stopped either way."""
+        log.warning("deploy.config_unreadable", app=target.app_name, error=repr(exc))
+        new = (
+            row is not None
+            and target == row.desired
+            and (row.serving is None or row.serving.release_version != target.release_version)
+        )
+        if isinstance(exc, Unavailable) or not new:
+            return None
+        detail = exc.message if isinstance(exc, SlipwayError) else type(exc).__name__
+        outcome = deploy.Outcome(failed=f"its config cannot be decrypted ({detail})")
+        await self._settle(target.app_id, row, target, outcome)
         return outcome
 
     async def _target(self, row: AppRow) -> AppDesired | None:
@@ -260,6 +283,12 @@ class Scheduler:
         log.warning("deploy.failed", app=app.app_name, v=app.release_version, why=reason)
         await self.store.set_failed(app.app_id, app.release_version)
         await self._publish_deploy(app, "failed", phase, reason)
+        row = await self.store.app(app.app_id)
+        serving = row.serving.release_version if row and row.serving else None
+        kept = f"v{serving} keeps serving" if serving else "no earlier release was running"
+        await self.rt.say(
+            app.app_id, "api", f"Release v{app.release_version} failed: {reason}; {kept}"
+        )
 
     async def _publish_deploy(self, app: AppDesired, status: str, phase: str, reason: str) -> None:
         event = sc.DeployFinished(
@@ -419,6 +448,16 @@ class Scheduler:
         ):
             tracked.restart_count = 0  # a healthy period: the next crash backs off from 1
 
+    async def _command_of(self, spec: containers.DynoSpec) -> str:
+        """An adopted dyno's command: its labels do not carry it, its release does."""
+        row = await self.store.app(spec.app_id)
+        if row is None:
+            return ""
+        for app in (row.serving, row.desired):
+            if app is not None and app.release_version == spec.release:
+                return _command(app, spec.process_type)
+        return ""
+
     async def _adopt(self, engine: Engine, container: Container) -> None:
         """Track a managed container this process did not start (it ran before a restart)."""
         if container.name in self.rt.creating or container.id in self.rt.one_offs:
@@ -438,7 +477,9 @@ class Scheduler:
             with contextlib.suppress(aiodocker.DockerError):
                 await docker_container.delete(force=True)
             return
-        spec = msgspec.structs.replace(spec, host_id=engine.id)
+        spec = msgspec.structs.replace(
+            spec, host_id=engine.id, command=await self._command_of(spec)
+        )
         stored = (await self.store.restart_counts()).get(container.id, ("starting", 0))
         tracked = Tracked(
             container_id=container.id, spec=spec, state="starting", restart_count=stored[1]
@@ -461,6 +502,12 @@ class Scheduler:
         else:
             await self.rt.crashed(tracked, "Found stopped after a scheduler restart")
         self.kick(spec.app_id)
+
+
+def _command(app: AppDesired, process_type: str) -> str:
+    return app.process_types.get(process_type) or next(
+        (f.command for f in app.formation if f.type == process_type), ""
+    )
 
 
 def _leaving(tracked: Tracked) -> bool:

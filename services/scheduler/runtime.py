@@ -19,7 +19,9 @@ import msgspec
 import structlog
 
 from slipway.contracts import gateway as gw
+from slipway.contracts.base import encode
 from slipway.contracts.keyring import Purpose
+from slipway.contracts.logs import LogLine, LogLines, lines_subject
 from slipway.contracts.registry import CREDENTIALS_ISSUE, Credentials, IssueCredentials
 from slipway.contracts.scheduler import DYNO_CHANGED, Dyno, DynoChanged, DynoState
 from slipway.libs import healthpath
@@ -177,6 +179,14 @@ class Runtime:
         s = tracked.spec
         log.info("dyno.state", app=s.app_name, dyno=s.name, v=s.release, state=state, why=reason)
         self._outbox.put_nowait((tracked, self.contract(tracked), previous, reason))
+
+    async def say(self, app_id: str, dyno: str, text: str) -> None:
+        """A platform line in the app's log, as Heroku writes them: `heroku[<dyno>]: text`."""
+        line = LogLine(app_id=app_id, timestamp=time.time(), source="heroku", dyno=dyno, text=text)
+        try:
+            await self.bus.live_publish(lines_subject(app_id), encode(LogLines(lines=[line])))
+        except Exception as exc:  # the line is lost, never the operation that said it
+            log.warning("platform_line.unsent", app=app_id, error=repr(exc))
 
     # ---- config and images ---------------------------------------------------------------
 
@@ -352,21 +362,27 @@ class Runtime:
             return
         await self.await_health(tracked)
 
-    async def restart(self, tracked: Tracked) -> None:
-        """`ps:restart`: SIGTERM (grace, SIGKILL) and start the same container again."""
+    async def restart(self, tracked: Tracked, env: dict[str, str] | None = None) -> health.Health:
+        """`ps:restart`: SIGTERM (grace, SIGKILL) and start the same container again.
+
+        `DYNOS_RESTART` reads and decrypts `env` before it stops anything, so a restart
+        whose config cannot be read is refused with every dyno still serving (`app.py`);
+        without it the config is fetched again here, after the stop.
+        """
         tracked.busy = True
         engine = self.engines[tracked.spec.host_id]
         container = engine.docker.containers.container(tracked.container_id)
         await self._set_state(tracked, "starting", "Restarting")
-        await container.stop(t=int(self.settings.stop_grace))
         try:
-            await self._start_container(tracked)  # the same container: its env again
-        except Exception as exc:  # the engine refused, or the config could not be read
+            await container.stop(t=int(self.settings.stop_grace))
+            await self._start_container(tracked, env)
+        except Exception as exc:  # the engine refused (without `env`: or the config was unreadable)
             log.warning("dyno.restart_failed", dyno=tracked.spec.name, error=repr(exc))
             tracked.busy = False
-            await self.crashed(tracked, "Could not start again")
-            return
-        await self.await_health(tracked)
+            reason = f"Could not start again: {getattr(exc, 'message', None) or exc!r}"
+            await self.crashed(tracked, reason)
+            return health.Health(ok=False, reason=reason)
+        return await self.await_health(tracked)
 
     async def _kill(self, tracked: Tracked) -> None:
         engine = self.engines.get(tracked.spec.host_id)

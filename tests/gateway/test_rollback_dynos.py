@@ -5,19 +5,28 @@ The app's current release runs a small image kept on the local engine (the build
 registry images, the oldest of them already collected. Rolling back to that one, or
 to the release made before the first build, is refused, and the same two containers
 keep running.
+
+Then the formation end to end: web=2 stays 2 through a config change, a deploy, a
+rollback and a restart; a deploy whose dynos crash at boot and a restart whose config
+no longer decrypts each leave the same two dynos serving and tell the user (#17 item 7).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from slipway.contracts import scheduler as sc
 from slipway.contracts import subjects
 from slipway.contracts.gateway import RELEASE_CREATE, CreateRelease
+from slipway.contracts.logs import LogLines, lines_subject
 from slipway.contracts.scope import Scope
 from slipway.libs.bus import Bus
 from slipway.services.scheduler.app import create_service
@@ -118,3 +127,134 @@ async def scheduler_caught_up(bus: Bus) -> None:
         subjects.STREAM_EVT, subjects.durable(subjects.Service.SCHEDULER, "desired")
     )
     assert (consumer.num_pending, consumer.num_ack_pending) == (0, 0)
+
+
+# ---- formation and failures end to end (#17 item 7) ------------------------------------------
+
+
+def flip_config_tags(db_path: Path, app_id: str) -> None:
+    """Alter the last byte (the AEAD tag) of every sealed config of the app, as a corrupted
+    disk or an attacker would: well-formed, but it no longer decrypts."""
+    db = sqlite3.connect(db_path, timeout=10, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        rows = db.execute(
+            "SELECT id, ciphertext FROM config_versions WHERE app_id = ?", (app_id,)
+        ).fetchall()
+        for ident, sealed in rows:
+            altered = bytes(sealed[:-1]) + bytes([sealed[-1] ^ 1])
+            db.execute("UPDATE config_versions SET ciphertext = ? WHERE id = ?", (altered, ident))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+async def slipway(stack: Stack, token: str, home: Path, *args: str) -> tuple[int, str, str]:
+    """Run the `slipway` command as a user would, logged in with `token`."""
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "SLIPWAY_CONFIG_DIR": str(home / "config"),
+        "SLIPWAY_API_URL": stack.url,
+        "SLIPWAY_API_KEY": token,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+    }
+    process = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "slipway"),
+        *args,
+        env=env,
+        cwd=home,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_web_2_survives_every_release_and_a_release_that_cannot_start_keeps_it_serving(
+    stack: Stack, scheduler: Scope, sched_image: str, tmp_path: Path
+) -> None:
+    """web=2 through config:set, deploy, rollback and restart; a crashing deploy fails (its
+    release `failed`, not current, a heroku[api] line) and a restart whose config cannot be
+    decrypted exits non-zero: both leave the same two dynos serving."""
+    alice: Api = await stack.user("alice@example.com")
+    assert alice.token is not None
+    app = await stack.app(alice, "hello")
+    home = tmp_path / "cli"
+    home.mkdir()
+    lines = await stack.bus.live_subscribe(lines_subject(app["id"]))
+    said: list[str] = []
+
+    async def release(version: int, web: str) -> None:
+        command = CreateRelease(
+            app_id=app["id"],
+            image_ref=sched_image,
+            image_digest=sched_image,
+            process_types={"web": web},
+        )
+        await stack.bus.send(RELEASE_CREATE, command)
+
+        async def made() -> None:
+            releases = await alice.ok("GET", "/apps/hello/releases")
+            assert releases[-1]["version"] == version
+
+        await assert_eventually(made)
+
+    async def serving(version: int) -> dict[str, tuple[int, str | None]]:
+        async def two_up() -> dict[str, tuple[int, str | None]]:
+            up = await running(stack.bus, app["id"])
+            assert sorted(up) == ["web.1", "web.2"], up
+            assert {release for release, _ in up.values()} == {version}, up
+            return up
+
+        up = await assert_eventually(two_up, timeout=60, interval=0.3)
+        formation = await alice.ok("GET", "/apps/hello/formation")
+        assert [(f["type"], f["quantity"]) for f in formation] == [("web", 2)]
+        current = await alice.ok("GET", "/apps/hello/releases")
+        assert [r["version"] for r in current if r["current"]] == [version]
+        return up
+
+    await release(2, WEB)
+    await alice.ok("PATCH", "/apps/hello/formation/web", {"quantity": 2})
+    await serving(2)
+    await alice.ok("PATCH", "/apps/hello/config-vars", {"GREETING": "hi"})  # v3
+    await serving(3)
+    await release(4, WEB)
+    await serving(4)
+    await alice.ok("POST", "/apps/hello/releases", {"release": "v3"}, status=201)  # v5
+    before = await serving(5)
+    code, _, err = await slipway(stack, alice.token, home, "ps:restart", "-a", "hello")
+    assert code == 0, err
+    assert await serving(5) == before  # the same containers, started again
+
+    await release(6, "sleep 0.3; exit 3")  # every new dyno crashes at boot
+
+    async def v6_failed() -> None:
+        info = await alice.ok("GET", "/apps/hello/releases/v6")
+        assert (info["status"], info["current"]) == ("failed", False)
+
+    await assert_eventually(v6_failed, timeout=60, interval=0.3)
+    assert await serving(5) == before
+    code, out, err = await slipway(stack, alice.token, home, "releases", "-a", "hello")
+    assert code == 0, err
+    assert "Current: v5" in out and "(failed)" in out, out
+
+    async def told() -> None:
+        while not any("Release v6 failed" in text for text in said):
+            line = msgspec.json.decode(await anext(lines), type=LogLines).lines[0]
+            said.append(f"{line.source}[{line.dyno}]: {line.text}")
+
+    await asyncio.wait_for(told(), 30)
+    assert (
+        "heroku[api]: Release v6 failed: web.1: Process exited with status 3; v5 keeps serving"
+        in said
+    )
+
+    await asyncio.to_thread(flip_config_tags, stack.home / "gateway" / "gateway.db", app["id"])
+    code, out, err = await slipway(stack, alice.token, home, "ps:restart", "-a", "hello")
+    assert code != 0
+    (message,) = err.strip().splitlines()
+    assert "its config cannot be decrypted" in message and "left as they are" in message, err
+    assert await serving(5) == before

@@ -116,13 +116,25 @@ class StandInGateway:
     bus: Bus
     image: str
     apps: dict[str, gw.AppDesired] = field(default_factory=dict)
+    # config version → the ciphertext CONFIG_SEALED_GET answers (absent: no config vars)
+    sealed: dict[str, bytes] = field(default_factory=dict)
 
     async def serve(self) -> None:
         async def desired(request: gw.GetDesired) -> gw.DesiredState:
             chosen = [a for a in self.apps.values() if request.app_id in (None, a.app_id)]
             return gw.DesiredState(apps=chosen)
 
+        async def sealed_config(request: gw.GetSealedConfig) -> gw.SealedConfig:
+            return gw.SealedConfig(
+                app_id=request.app_id,
+                team_id="team-test",
+                config_version=request.config_version,
+                ciphertext=self.sealed.get(request.config_version or "", b""),
+                binding_record=request.config_version or "",
+            )
+
         await self.bus.serve(gw.DESIRED_GET, desired)
+        await self.bus.serve(gw.CONFIG_SEALED_GET, sealed_config)
 
     async def release(
         self,
@@ -133,6 +145,7 @@ class StandInGateway:
         *,
         size: str = "standard-1x",
         image: str | None = None,
+        config_version: str | None = None,
     ) -> None:
         types = process_types or {"web": WEB}
         desired = gw.AppDesired(
@@ -141,6 +154,7 @@ class StandInGateway:
             team_id="team-test",
             release_version=version,
             image_ref=image or self.image,
+            config_version=config_version,
             process_types=types,
             formation=[
                 gw.ProcessFormation(type=t, quantity=q, size=size, command=types.get(t, ""))
@@ -158,6 +172,7 @@ class StandInGateway:
                 version=version,
                 description=f"v{version}",
                 image_ref=desired.image_ref,
+                config_version=config_version,
                 process_types=types,
                 formation=desired.formation,
                 actor="test",
