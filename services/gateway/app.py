@@ -38,7 +38,7 @@ from slipway.contracts.gateway import (
 from slipway.contracts.scheduler import DEPLOY_FINISHED, DeployFinished
 from slipway.contracts.subjects import Service
 from slipway.libs.service import Key, ServiceApp
-from slipway.libs.storage import Database
+from slipway.libs.storage import Database, InlineReader
 from slipway.services.gateway import (
     account,
     addoncreds,
@@ -82,6 +82,7 @@ from slipway.services.gateway import (
     teams,
     tokens,
 )
+from slipway.services.gateway.auth import PRINCIPALS, PrincipalCache
 from slipway.services.gateway.bootstrap import bootstrap
 from slipway.services.gateway.checkpoints import Checkpointer
 from slipway.services.gateway.outbox import OutboxRelay
@@ -138,6 +139,7 @@ def build_web_app(gw: Gateway) -> web.Application:
         ],
     )
     app[GATEWAY] = gw
+    app[PRINCIPALS] = PrincipalCache()
     ratelimit.install(app, gw.settings.api_rate_limit)
     app[pushes.STATE] = pushes.PushState(gw)
     app[openapi.DOCUMENT] = openapi.document(ENDPOINTS)
@@ -152,7 +154,7 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
     @service.cleanup_ctx
     async def state(service: ServiceApp) -> AsyncIterator[None]:
         path = settings.db_path()
-        db = await Database.open(path, MIGRATIONS)
+        db = await Database.open(path, MIGRATIONS, inline_writes=True)
         reader = await Database.open(path)
         gw = Gateway(
             settings=settings,
@@ -164,6 +166,7 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
                 db, reader.conn, service.bus, interval=settings.sweep_interval
             ),
         )
+        gw.lookups = InlineReader(path, reader.conn)
         service[STATE] = gw
         if settings.outbox_relay:
             gw.relay.start()
@@ -173,6 +176,7 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
         finally:
             await gw.relay.stop()
             await gw.checkpointer.stop()
+            gw.lookups.close()
             await reader.close()
             await db.close()
 

@@ -89,19 +89,86 @@ def bearer(header: str | None) -> str:
     return token.strip()
 
 
+class PrincipalCache:
+    """The principals of recently verified tokens, by token hash, in this process's memory.
+
+    Every request used to read the token and the user from the database; most of them
+    come from a handful of tokens in use right now. An entry lives `ttl` seconds at
+    most; revoking a token or disabling a user empties the cache when its transaction
+    commits (`forget_principals`), so those take effect at once, as before. The TTL
+    bounds what nothing announces (a database edited by hand, a snapshot restored).
+    Only valid principals are kept, and only under the token's SHA-256, never the
+    token: an unknown, revoked or disabled one reads the database every time. Expiry
+    is checked on every request against the cached token's `expires_at`.
+    """
+
+    def __init__(self, ttl: float = 10.0, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[Principal, float]] = {}
+        # Bumped by every invalidation: a lookup that began before one (and may have
+        # read the row as it was) must not store what it read.
+        self.generation = 0
+
+    def get(self, key: str, now: float) -> Principal | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        found, until = entry
+        if now >= until:
+            del self._entries[key]
+            return None
+        return found
+
+    def put(self, key: str, found: Principal, generation: int, now: float) -> None:
+        if generation != self.generation:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()  # a full table is rare: start again rather than track age
+        self._entries[key] = (found, now + self.ttl)
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+
+
+PRINCIPALS = web.AppKey("principals", PrincipalCache)
+
+
+def forget_principals(request: web.Request) -> None:
+    """After a commit that revokes a token or (dis)ables a user: verify every token again."""
+    cache = request.app.get(PRINCIPALS)
+    if cache is not None:
+        cache.clear()
+
+
 async def authenticate(request: web.Request, now: float) -> Principal:
     """The user behind the request's bearer token; Unauthorized if none is valid."""
-    token = bearer(request.headers.get("Authorization"))
-    found = await store.user_by_token_hash(request.app[GATEWAY].reader, token_hash(token))
+    key = token_hash(bearer(request.headers.get("Authorization")))
+    cache = request.app.get(PRINCIPALS)
+    clock = time.monotonic()
+    found = cache.get(key, clock) if cache is not None else None
+    if found is None:
+        generation = cache.generation if cache is not None else 0
+        found = await _verify(request.app[GATEWAY].reads, key)
+        if cache is not None:
+            cache.put(key, found, generation, clock)
+    expires_at = found.token.expires_at
+    if expires_at is not None and expires_at <= now:
+        raise Unauthorized("This token has expired: create a new one.")
+    return found
+
+
+async def _verify(conn: store.Reads, key: str) -> Principal:
+    """The principal of a token hash, read from the database; Unauthorized unless usable."""
+    found = await store.token_owner(conn, key)
     if found is None:
         raise Unauthorized("Invalid credentials provided.")
-    user, record = found
-    if await disabled_at(request.app[GATEWAY].reader, user.id) is not None:
+    user, record, disabled = found
+    if disabled is not None:
         raise Unauthorized("This account is disabled: ask your platform admin to enable it.")
     if record.revoked_at is not None:
         raise Unauthorized("This token was revoked.")
-    if record.expires_at is not None and record.expires_at <= now:
-        raise Unauthorized("This token has expired: create a new one.")
     return Principal(user, record)
 
 
@@ -142,7 +209,7 @@ async def app_for(request: web.Request, action: Action, doing: str) -> store.App
     """The app named in the path if the caller's team role allows `action` on it."""
     gw = request.app[GATEWAY]
     user_id = request[PRINCIPAL].user.id
-    found = await store.app_for_user(gw.reader, request.match_info["app"], user_id)
+    found = await store.app_for_user(gw.reads, request.match_info["app"], user_id)
     if found is None:
         found = await _granted_app(gw.reader, request.match_info["app"], user_id)
     if found is None:

@@ -18,12 +18,14 @@ itself reads is checked for what it means: `SLIPWAY_HEALTH_PATH` must be a path
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import cast
 
 from aiohttp import web
 
 from slipway.contracts.gateway import CONFIG_CHANGED, ConfigChanged
+from slipway.contracts.keyring import DataKey
 from slipway.libs import healthpath
 from slipway.libs.errors import Conflict, Gone, NotFound
 from slipway.services.gateway import store
@@ -33,7 +35,7 @@ from slipway.services.gateway.errors import InvalidParams
 from slipway.services.gateway.releases import find_release, new_release
 from slipway.services.gateway.routing import Routes, read_body, reply
 from slipway.services.gateway.schemas import ConfigPatch
-from slipway.services.gateway.sealing import ConfigVars, seal, unseal
+from slipway.services.gateway.sealing import ConfigVars, new_data_key, seal_with, unseal
 from slipway.services.gateway.settings import GatewaySettings
 from slipway.services.gateway.state import GATEWAY, Gateway
 from slipway.services.gateway.store import new_uuid, timestamp
@@ -124,7 +126,7 @@ async def read_config(gw: Gateway, app: store.App, version_id: str | None) -> Co
             f"The config of {app.name} was destroyed: its team's key was crypto-shredded on"
             f" {app.shredded_at}. It can never be read again."
         )
-    ciphertext = await store.config_ciphertext(gw.reader, app.id, version_id)
+    ciphertext = await store.config_ciphertext(gw.reads, app.id, version_id)
     if ciphertext is None:
         raise NotFound(f"Config version {version_id} of {app.name} is missing.")
     return await unseal(gw, app, version_id, ciphertext)
@@ -155,19 +157,25 @@ async def _update_config(
 ) -> ConfigVars:
     for _ in range(ATTEMPTS):
         # Read again: the app's config may have changed while this request waited its turn.
-        fresh_app = await store.get_app(gw.reader, app.id)
+        fresh_app = await store.get_app(gw.reads, app.id)
         if fresh_app is None:
             raise NotFound("Couldn't find that app.")
         app = fresh_app
         base = app.config_version_id
-        before = await read_config(gw, app, base)
-        after = apply_changes(before, changes, gw.settings)
-        set_keys, removed, description = describe(before, after)
-        if not set_keys and not removed:
-            return before
-        description = wanted or description
         version_id = new_uuid()
-        ciphertext = await seal(gw, app, version_id, after)
+        # Two keyring round trips, independent of each other: the new version's data key
+        # is made while the current version is opened, not after.
+        key = asyncio.ensure_future(new_data_key(gw, app, version_id))
+        try:
+            before = await read_config(gw, app, base)
+            after = apply_changes(before, changes, gw.settings)
+            set_keys, removed, description = describe(before, after)
+            if not set_keys and not removed:
+                return before
+            description = wanted or description
+            ciphertext = seal_with(await key, app, version_id, after)
+        finally:
+            _settle(key)
         try:
             async with change(gw, who) as tx:
                 await _commit(tx, app, base, version_id, ciphertext, set_keys, removed, description)
@@ -175,6 +183,14 @@ async def _update_config(
         except _Stale:
             continue
     raise Conflict("The config kept changing under this request; try again.")
+
+
+def _settle(key: asyncio.Future[DataKey]) -> None:
+    """Cancel an unused key request, or take its error (read_config's error is the one raised)."""
+    if not key.done():
+        key.cancel()
+    elif not key.cancelled():
+        key.exception()
 
 
 async def _commit(

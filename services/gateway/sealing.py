@@ -11,8 +11,8 @@ from __future__ import annotations
 import msgspec
 import structlog
 
-from slipway.contracts.keyring import Purpose
-from slipway.libs.crypto import Binding, DecryptionFailed, envelope
+from slipway.contracts.keyring import DataKey, Purpose
+from slipway.libs.crypto import Binding, DecryptionFailed, aead, envelope
 from slipway.libs.errors import Gone
 from slipway.services.gateway import store
 from slipway.services.gateway.errors import DataIntegrity
@@ -31,10 +31,25 @@ def binding(app: store.App, version_id: str) -> Binding:
 
 async def seal(gw: Gateway, app: store.App, version_id: str, values: ConfigVars) -> bytes:
     """The ciphertext of one config version."""
-    plaintext = msgspec.json.encode(dict(sorted(values.items())))
-    return await envelope.encrypt(
-        gw.bus, app.team_id, Purpose.CONFIG, binding(app, version_id), plaintext
+    return seal_with(await new_data_key(gw, app, version_id), app, version_id, values)
+
+
+async def new_data_key(gw: Gateway, app: store.App, version_id: str) -> DataKey:
+    """A fresh data key for one config version (to seal it with `seal_with`, then drop)."""
+    return await envelope.generate_data_key(
+        gw.bus, app.team_id, Purpose.CONFIG, binding(app, version_id)
     )
+
+
+def seal_with(key: DataKey, app: store.App, version_id: str, values: ConfigVars) -> bytes:
+    """The ciphertext of one config version under `key`, made for this version."""
+    place = binding(app, version_id)
+    plaintext = msgspec.json.encode(dict(sorted(values.items())))
+    blob = aead.seal(key.plaintext, plaintext, place)
+    record = envelope.EncryptedRecord(
+        wrapped_key=key.wrapped, kek_version=key.kek_version, blob=blob
+    )
+    return record.to_bytes()
 
 
 async def unseal(gw: Gateway, app: store.App, version_id: str, ciphertext: bytes) -> ConfigVars:

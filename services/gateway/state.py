@@ -11,7 +11,7 @@ import aiosqlite
 from aiohttp import web
 
 from slipway.libs.bus import Bus
-from slipway.libs.storage import Database
+from slipway.libs.storage import Database, InlineReader
 from slipway.services.gateway.checkpoints import Checkpointer
 from slipway.services.gateway.outbox import OutboxRelay
 from slipway.services.gateway.settings import GatewaySettings
@@ -28,6 +28,9 @@ class Gateway:
     reader: aiosqlite.Connection  # committed data only, never blocked behind a writer
     relay: OutboxRelay
     checkpointer: Checkpointer
+    # Point lookups on the hot path (tokens, apps, config versions) without aiosqlite's
+    # thread hop; None where the gateway is assembled without it (tests): `reads` falls back.
+    lookups: InlineReader | None = None
     api_url: str = ""
     # One config change at a time per app in this process: concurrent PATCHes queue
     # instead of racing (the version check in the transaction still guards other writers).
@@ -46,6 +49,11 @@ class Gateway:
         if self._shipper_hosts is None:
             self._shipper_hosts = ShipperHosts(self.bus)
         return self._shipper_hosts
+
+    @property
+    def reads(self) -> InlineReader | aiosqlite.Connection:
+        """Where a point lookup of committed rows goes: `lookups`, else the reader."""
+        return self.lookups if self.lookups is not None else self.reader
 
     def config_lock(self, app_id: str) -> asyncio.Lock:
         lock = self.config_locks.get(app_id)

@@ -22,7 +22,12 @@ from typing import Any
 
 import aiosqlite
 
+from slipway.libs.storage import InlineReader
+
 Conn = aiosqlite.Connection
+# What the point lookups below accept: a connection, or the reader that queries on the
+# loop's thread (`Gateway.lookups`, see `libs.storage.InlineReader`).
+Reads = Conn | InlineReader
 
 
 def new_uuid() -> str:
@@ -229,14 +234,18 @@ def _formation(row: Any) -> Formation:
     )
 
 
-async def _one(conn: Conn, sql: str, params: tuple[Any, ...]) -> Any:
-    async with conn.execute(sql, params) as cursor:
-        return await cursor.fetchone()
+# aiosqlite runs each call on the connection's own thread and wakes the event loop with
+# its answer: `execute` + `fetchone` + closing the cursor is three such round trips, and
+# under load those hand-offs, not SQLite, are what a request waits for. One call does it all.
 
 
-async def _all(conn: Conn, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-    async with conn.execute(sql, params) as cursor:
-        return list(await cursor.fetchall())
+async def _one(conn: Reads, sql: str, params: tuple[Any, ...]) -> Any:
+    rows = list(await conn.execute_fetchall(sql, params))
+    return rows[0] if rows else None
+
+
+async def _all(conn: Reads, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    return list(await conn.execute_fetchall(sql, params))
 
 
 # ---- users and tokens ---------------------------------------------------------------------
@@ -291,8 +300,14 @@ async def insert_token(conn: Conn, token: Token, token_hash: str) -> None:
     )
 
 
-async def user_by_token_hash(conn: Conn, token_hash: str) -> tuple[User, Token] | None:
+async def user_by_token_hash(conn: Reads, token_hash: str) -> tuple[User, Token] | None:
     """The user a token hash belongs to, with the token (whatever its state)."""
+    found = await token_owner(conn, token_hash)
+    return (found[0], found[1]) if found else None
+
+
+async def token_owner(conn: Reads, token_hash: str) -> tuple[User, Token, str | None] | None:
+    """`user_by_token_hash` plus when the user was disabled (None: enabled), in one query."""
     row = await _one(
         conn,
         "SELECT u.*, t.id AS t_id, t.description, t.scope, t.issued_by, t.created_at AS t_created,"
@@ -313,7 +328,7 @@ async def user_by_token_hash(conn: Conn, token_hash: str) -> tuple[User, Token] 
         row["expires_at"],
         row["revoked_at"],
     )
-    return _user(row), token
+    return _user(row), token, row["disabled_at"] or None
 
 
 async def list_tokens(conn: Conn, user_id: str) -> list[Token]:
@@ -350,7 +365,7 @@ async def insert_team(conn: Conn, team: Team) -> None:
     )
 
 
-async def get_team(conn: Conn, ident: str) -> Team | None:
+async def get_team(conn: Reads, ident: str) -> Team | None:
     row = await _one(conn, "SELECT * FROM teams WHERE id = ? OR name = ?", (ident, ident))
     return _team(row) if row else None
 
@@ -376,7 +391,7 @@ async def teams_of(conn: Conn, user_id: str) -> list[tuple[Team, str]]:
     return [(_team(r), r["role"]) for r in rows]
 
 
-async def role_in(conn: Conn, team_id: str, user_id: str) -> str | None:
+async def role_in(conn: Reads, team_id: str, user_id: str) -> str | None:
     row = await _one(
         conn, "SELECT role FROM members WHERE team_id = ? AND user_id = ?", (team_id, user_id)
     )
@@ -451,13 +466,13 @@ async def app_name_taken(conn: Conn, name: str) -> bool:
     return await _one(conn, "SELECT 1 FROM apps WHERE name = ?", (name,)) is not None
 
 
-async def get_app(conn: Conn, ident: str) -> App | None:
+async def get_app(conn: Reads, ident: str) -> App | None:
     """An app by id or name, whoever asks (callers check membership)."""
     row = await _one(conn, f"{_APP_SELECT} WHERE a.id = ? OR a.name = ?", (ident, ident))
     return _app(row) if row else None
 
 
-async def app_for_user(conn: Conn, ident: str, user_id: str) -> tuple[App, str] | None:
+async def app_for_user(conn: Reads, ident: str, user_id: str) -> tuple[App, str] | None:
     """An app by id or name with the user's role in its team; None if not a member."""
     row = await _one(
         conn,
@@ -506,7 +521,7 @@ async def insert_config_version(
     )
 
 
-async def config_ciphertext(conn: Conn, app_id: str, version_id: str) -> bytes | None:
+async def config_ciphertext(conn: Reads, app_id: str, version_id: str) -> bytes | None:
     row = await _one(
         conn,
         "SELECT ciphertext FROM config_versions WHERE id = ? AND app_id = ?",

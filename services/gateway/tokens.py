@@ -38,6 +38,7 @@ from slipway.services.gateway import store, views
 from slipway.services.gateway.auth import (
     actor,
     disabled_at,
+    forget_principals,
     new_token,
     principal,
     require_admin,
@@ -253,6 +254,7 @@ async def revoke(request: web.Request) -> web.Response:
         token = await _own_token(request, tx.conn)
         await store.revoke_token(tx.conn, token.id, timestamp())
         _audit_token(tx, user, "token.revoke", token)
+    forget_principals(request)
     return reply(authorization_view(user, token, None))
 
 
@@ -415,6 +417,7 @@ async def _set_disabled(request: web.Request, disabled: bool) -> web.Response:
             (at, timestamp(), user.id),
         )
         await _audit_everywhere(tx, user, "user.disable" if disabled else "user.enable", {})
+    forget_principals(request)
     return reply(UserAccess(id=user.id, email=user.email, disabled_at=at))
 
 
