@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/scheduler.py [--dynos 100000] [--hosts 1000] [--rounds 3] [--seed 7]
                                         [--scale 1,10] [--scale-rounds 3] [--no-docker]
+                                        [--timeout 120]
 
 Placement: a seeded random cluster (hosts of 64 to 256 GB) and several hundred apps
 whose process types use Heroku's sizes, mostly small, sum to `--dynos`. Four
@@ -22,6 +23,8 @@ FORMATION_CHANGED event) until N web dynos are `up`, beside N plain `docker run 
 127.0.0.1::5000` of the same image waiting for the same port to accept (the same
 probe the scheduler uses, which sees through docker-proxy), alternately,
 `--scale-rounds` times each, medians reported. Target: at most 1.5x plain docker.
+Every wait has a deadline (`--timeout`): past it the bench says which dynos were in
+which state, cleans up and exits 1 instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -131,6 +134,9 @@ def main() -> int:
     parser.add_argument("--scale", default="1,10", help="web dyno counts to scale to")
     parser.add_argument("--scale-rounds", type=int, default=3)
     parser.add_argument("--no-docker", action="store_true", help="placement only")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds any one wait may take (then exit 1)"
+    )
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
@@ -171,7 +177,7 @@ def main() -> int:
         return 1
     if not args.no_docker:
         counts = [int(n) for n in args.scale.split(",")]
-        asyncio.run(scale_bench(counts, args.scale_rounds))
+        return asyncio.run(scale_bench(counts, args.scale_rounds, args.timeout))
     return 0
 
 
@@ -199,9 +205,24 @@ def build_bench_image(tag: str) -> None:
         subprocess.run(["docker", "build", "-q", "-t", tag, root], check=True, capture_output=True)
 
 
-async def plain_docker(docker: aiodocker.Docker, image: str, count: int, label: str) -> float:
+class BenchTimeout(Exception):
+    """A wait passed its deadline: the message says what was still missing."""
+
+
+async def until(deadline: float, what: Callable[[], str], check: Callable[[], Any]) -> None:
+    """Poll `check` (an awaitable's factory) until it is true; BenchTimeout after `deadline`."""
+    while not await check():
+        if time.monotonic() > deadline:
+            raise BenchTimeout(what())
+        await asyncio.sleep(0.05)
+
+
+async def plain_docker(
+    docker: aiodocker.Docker, image: str, count: int, label: str, timeout: float
+) -> float:
     """N `docker run -d -p 127.0.0.1::5000` at once, until every port accepts: seconds."""
     started = time.perf_counter()
+    deadline = time.monotonic() + timeout
 
     async def one(index: int) -> None:
         container = await docker.containers.run(
@@ -217,47 +238,75 @@ async def plain_docker(docker: aiodocker.Docker, image: str, count: int, label: 
         )
         info = await container.show()
         port = int(info["NetworkSettings"]["Ports"]["5000/tcp"][0]["HostPort"])
-        while not await port_accepts("127.0.0.1", port):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+        await until(
+            deadline,
+            lambda: f"plain docker: container {index} never accepted on port {port}",
+            lambda: port_accepts("127.0.0.1", port),
+        )
 
-    await asyncio.gather(*(one(i) for i in range(count)))
-    elapsed = time.perf_counter() - started
-    for container in await docker.containers.list(all=True, filters={"label": [f"bench={label}"]}):
-        await container.delete(force=True)
-    return elapsed
+    try:
+        await asyncio.gather(*(one(i) for i in range(count)))
+        return time.perf_counter() - started
+    finally:
+        for container in await docker.containers.list(
+            all=True, filters={"label": [f"bench={label}"]}
+        ):
+            await container.delete(force=True)
 
 
-async def through_scheduler(bus: Bus, app_id: str, count: int) -> float:
-    """`ps:scale web=N` from 0 until N web dynos are up: seconds (then back to 0)."""
+async def through_scheduler(bus: Bus, desired: list[Any], count: int, timeout: float) -> float:
+    """`ps:scale web=N` from 0 until N web dynos are up: seconds (then back to 0).
+
+    `desired` holds the one app the stand-in gateway answers `desired.get` with: each
+    scale is recorded there before its event goes out, as the real gateway commits the
+    formation before publishing. (It used to answer the formation of no scale at all,
+    so the scheduler's periodic sync, every 15 s, removed the dynos of a longer round:
+    the "web=10 never finishes" of issue 17.)
+    """
     from slipway.contracts import gateway as gw
     from slipway.contracts import scheduler as sc
 
+    app_id = desired[0].app_id
+
     def formation(quantity: int) -> gw.FormationChanged:
+        processes = [gw.ProcessFormation(type="web", quantity=quantity, size="standard-1x")]
+        desired[0] = msgspec.structs.replace(desired[0], formation=processes)
         return gw.FormationChanged(
             app_id=app_id,
             app_name="bench",
             team_id="bench",
             release_version=1,
-            formation=[gw.ProcessFormation(type="web", quantity=quantity, size="standard-1x")],
+            formation=processes,
             actor="bench",
         )
 
-    async def up() -> int:
-        answer = await bus.call(sc.DYNOS_LIST, sc.ListDynos(app_id=app_id))
-        return sum(1 for d in answer.dynos if d.state == "up")
+    seen: list[sc.Dyno] = []
+
+    async def dynos() -> list[sc.Dyno]:
+        seen[:] = (await bus.call(sc.DYNOS_LIST, sc.ListDynos(app_id=app_id))).dynos
+        return seen
+
+    def states(goal: str) -> str:
+        # What a timeout reports: each dyno's last state, so a stuck one names itself.
+        listed = ", ".join(f"{d.name} {d.state}" for d in seen) or "no dynos"
+        return f"scheduler web={count}: {goal} not reached in {timeout:.0f} s ({listed})"
+
+    async def all_up() -> bool:
+        return sum(1 for d in await dynos() if d.state == "up") >= count
+
+    async def none_left() -> bool:
+        return not await dynos()
 
     started = time.perf_counter()
     await bus.publish(gw.FORMATION_CHANGED, formation(count))
-    while await up() < count:  # noqa: ASYNC110 (polling is what a client does)
-        await asyncio.sleep(0.02)
+    await until(time.monotonic() + timeout, lambda: states(f"{count} up"), all_up)
     elapsed = time.perf_counter() - started
     await bus.publish(gw.FORMATION_CHANGED, formation(0))
-    while (await bus.call(sc.DYNOS_LIST, sc.ListDynos(app_id=app_id))).dynos:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
+    await until(time.monotonic() + timeout, lambda: states("scaled to 0"), none_left)
     return elapsed
 
 
-async def scale_bench(counts: list[int], rounds: int) -> None:
+async def scale_bench(counts: list[int], rounds: int, timeout: float) -> int:
     """Both ways, alternately, for each N; medians and the ratio."""
     from slipway.contracts import gateway as gw
     from slipway.contracts.subjects import Service
@@ -299,7 +348,8 @@ async def scale_bench(counts: list[int], rounds: int) -> None:
                 image_ref=image,
                 process_types={"web": "python3 /srv/app.py"},
             )
-            await bus.serve(gw.DESIRED_GET, lambda _: _desired(app))
+            desired = [app]  # what the stand-in gateway answers: kept current by each scale
+            await bus.serve(gw.DESIRED_GET, lambda _: _desired(desired[0]))
             await bus.publish(
                 gw.RELEASE_CREATED,
                 gw.ReleaseCreated(
@@ -317,17 +367,25 @@ async def scale_bench(counts: list[int], rounds: int) -> None:
             for count in counts:
                 ours, plain = [], []
                 for r in range(rounds):
-                    plain.append(await plain_docker(docker, image, count, f"{token}-{count}-{r}"))
-                    ours.append(await through_scheduler(bus, app_id, count))
+                    label = f"{token}-{count}-{r}"
+                    plain.append(await plain_docker(docker, image, count, label, timeout))
+                    ours.append(await through_scheduler(bus, desired, count, timeout))
                 mine, base = statistics.median(ours), statistics.median(plain)
                 print(
                     f"scale web={count:<3} scheduler {mine * 1000:7.0f} ms   plain docker run"
                     f" {base * 1000:7.0f} ms   ratio {mine / base:.2f}x (target <= 1.5x)"
                 )
             await bus.close()
+            return 0
+        except BenchTimeout as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         finally:
             service.stop()
-            await task
+            try:
+                await asyncio.wait_for(task, timeout)
+            except TimeoutError:
+                print(f"error: the scheduler did not stop in {timeout:.0f} s", file=sys.stderr)
             await docker.close()
             nats.stop()
             for args in (["rmi", "-f", image], ["network", "rm", settings.scoped.network(app_id)]):
