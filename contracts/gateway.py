@@ -274,7 +274,7 @@ DESIRED_GET: Rpc[GetDesired, DesiredState] = Rpc(
 )
 
 
-# ---- log retention (services/gateway/logsettings.py; applied by every log-shipper) --------
+# ---- log retention (services/gateway/api/logsettings.py; applied by every log-shipper) --------
 
 
 class LogRetentionChanged(Event, tag="log_retention.changed.v1", frozen=True, kw_only=True):

@@ -2,7 +2,7 @@
 
 from slipway.libs.service import load_settings, run_service
 from slipway.services.gateway.app import create_service
-from slipway.services.gateway.settings import GatewaySettings
+from slipway.services.gateway.core.settings import GatewaySettings
 
 
 def main() -> None:

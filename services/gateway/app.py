@@ -39,57 +39,50 @@ from slipway.contracts.scheduler import DEPLOY_FINISHED, DeployFinished
 from slipway.contracts.subjects import Service
 from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database, InlineReader
-from slipway.services.gateway import (
-    account,
+from slipway.services.gateway.addons import (
     addoncreds,
     addonlists,
     addonrecovery,
     addons,
-    apps,
-    audit,
     backupkeys,
     backups,
     backupschedule,
     backupverify,
-    buildoutput,
-    builds,
+)
+from slipway.services.gateway.api import (
+    account,
+    apps,
     catalog,
     collaborators,
     config,
     domains,
     dynos,
     formation,
-    git,
     hosts,
-    internal,
-    logs,
     logsettings,
     masterkey,
-    middleware,
     notoffered,
-    oneoff,
-    openapi,
-    passthrough,
-    pushes,
-    ranges,
-    ratelimit,
     releases,
-    rendezvous,
-    snapshot,
     snapshots,
     sni,
-    sources,
     teams,
     tokens,
 )
-from slipway.services.gateway.auth import PRINCIPALS, PrincipalCache
-from slipway.services.gateway.bootstrap import bootstrap
-from slipway.services.gateway.checkpoints import Checkpointer
-from slipway.services.gateway.outbox import OutboxRelay
-from slipway.services.gateway.routing import Endpoint, install
-from slipway.services.gateway.schema import MIGRATIONS
-from slipway.services.gateway.settings import GatewaySettings
-from slipway.services.gateway.state import GATEWAY, Gateway
+from slipway.services.gateway.audit import audit
+from slipway.services.gateway.audit.checkpoints import Checkpointer
+from slipway.services.gateway.core import snapshot
+from slipway.services.gateway.core.bootstrap import bootstrap
+from slipway.services.gateway.core.schema import MIGRATIONS
+from slipway.services.gateway.core.settings import GatewaySettings
+from slipway.services.gateway.core.state import GATEWAY, Gateway
+from slipway.services.gateway.git import buildoutput, builds, git, passthrough, pushes, sources
+from slipway.services.gateway.http import middleware, openapi, ranges, ratelimit
+from slipway.services.gateway.http.auth import PRINCIPALS, PrincipalCache
+from slipway.services.gateway.http.routing import Endpoint, install
+from slipway.services.gateway.logs import logs
+from slipway.services.gateway.oneoff import oneoff, rendezvous
+from slipway.services.gateway.outbox import internal
+from slipway.services.gateway.outbox.outbox import OutboxRelay
 
 # git's routes match any first path segment: they come last.
 RESOURCES = (

@@ -6,7 +6,7 @@ by default) so that a busy app costs a few messages a second, not one per
 line; a tail sees a line well within a second of Docker handing it over.
 
 Who may listen is the gateway's decision: it checks the caller's role on the
-app before it subscribes for them (see services/gateway/logs.py).
+app before it subscribes for them (see services/gateway/logs/logs.py).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from slipway.libs.service import ServiceApp
 
 log = structlog.get_logger("slipway.network_wirer.certs")
 
-# An add-on's name (services/gateway/addons.py ADDON_NAME): one DNS label, no dot.
+# An add-on's name (services/gateway/addons/addons.py ADDON_NAME): one DNS label, no dot.
 ADDON_HOST = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{1,62}\Z")
 VALID = datetime.timedelta(days=397)  # the longest a browser would accept; renewed at provision
 CSR_MAX = 16 * 1024

@@ -9,13 +9,13 @@ import hmac
 import pytest
 
 from slipway.contracts import addons as ac
-from slipway.services.gateway.addons import (
+from slipway.services.gateway.addons.addons import (
     AttachmentBody,
     CreateAddon,
     _attachment_name,
     scram_verifier,
 )
-from slipway.services.gateway.errors import InvalidParams
+from slipway.services.gateway.http.errors import InvalidParams
 from slipway.services.scheduler.addons import setup_sql
 from tests.gateway.conftest import Stack
 

@@ -33,8 +33,8 @@ from slipway.contracts import gateway as gw
 from slipway.contracts.scope import Scope
 from slipway.libs import pgwire
 from slipway.libs.errors import NotFound
-from slipway.services.gateway import addonstore
-from slipway.services.gateway.addons import desired
+from slipway.services.gateway.addons import addonstore
+from slipway.services.gateway.addons.addons import desired
 from slipway.services.scheduler.addons import run_psql
 from slipway.services.scheduler.app import SCHEDULER
 from tests.addons.conftest import AddonStack, running_scheduler

@@ -2,7 +2,8 @@
 
 Real PostgreSQL containers on the real Docker engine: the scheduler runs the throwaway
 database (services/scheduler/verifydb.py), the backup service stages and compares
-(services/backup/verify.py), the gateway audits every outcome (services/gateway/backupverify.py).
+(services/backup/verify.py), the gateway audits every outcome
+(services/gateway/addons/backupverify.py).
 """
 
 from __future__ import annotations

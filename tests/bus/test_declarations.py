@@ -14,7 +14,7 @@ from slipway.libs.service import ServiceApp
 from slipway.services.builder.app import create_service as create_builder
 from slipway.services.builder.settings import BuilderSettings
 from slipway.services.gateway.app import create_service as create_gateway
-from slipway.services.gateway.settings import GatewaySettings
+from slipway.services.gateway.core.settings import GatewaySettings
 from slipway.services.keyring import policy as keyring_policy
 from slipway.services.log_shipper.app import create_service as create_log_shipper
 from slipway.services.log_shipper.settings import LogShipperSettings

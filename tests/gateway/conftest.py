@@ -49,8 +49,8 @@ from slipway.libs.bus import Bus
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service import ServiceApp
 from slipway.services.gateway.app import STATE, create_service
-from slipway.services.gateway.settings import GatewaySettings
-from slipway.services.gateway.state import Gateway
+from slipway.services.gateway.core.settings import GatewaySettings
+from slipway.services.gateway.core.state import Gateway
 from slipway.services.keyring.app import create_service as create_keyring
 from slipway.services.keyring.settings import KeyringSettings
 

@@ -17,8 +17,8 @@ import pytest
 from slipway.contracts.builder import BUILD_FINISHED, BuildFinished
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service import ServiceApp
-from slipway.services.gateway import sources
 from slipway.services.gateway.app import create_service
+from slipway.services.gateway.git import sources
 from tests.conftest import assert_eventually
 from tests.gateway import fakebuilder
 from tests.gateway.conftest import Api, Stack, gateway_settings, run_in_background, stop

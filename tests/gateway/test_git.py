@@ -13,8 +13,8 @@ import pytest
 
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service import ServiceApp
-from slipway.services.gateway import buildoutput, gitrepo, pushes
 from slipway.services.gateway.app import create_service
+from slipway.services.gateway.git import buildoutput, gitrepo, pushes
 from tests.conftest import assert_eventually
 from tests.gateway import fakebuilder
 from tests.gateway.conftest import Api, Stack, gateway_settings, run_in_background, stop

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from slipway.services.gateway import store
-from slipway.services.gateway.auth import Principal, PrincipalCache
+from slipway.services.gateway.core import store
+from slipway.services.gateway.http.auth import Principal, PrincipalCache
 from tests.gateway.conftest import Stack
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from slipway.contracts.keyring import Purpose
 from slipway.libs.crypto import envelope
-from slipway.services.gateway import sources
+from slipway.services.gateway.git import sources
 from tests.gateway.conftest import Stack
 from tests.gateway.test_builds import upload
 

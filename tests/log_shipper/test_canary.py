@@ -15,7 +15,7 @@ import pytest
 from slipway.contracts.base import encode
 from slipway.contracts.logs import LogLine, LogLines, lines_subject
 from slipway.libs.bus import Bus
-from slipway.services.gateway import shippers
+from slipway.services.gateway.logs import shippers
 from tests.conftest import assert_eventually
 from tests.gateway.conftest import Stack
 from tests.log_shipper.conftest import Dynos, ShipperFactory

@@ -23,7 +23,7 @@ import pytest
 from slipway.libs.bus import Bus
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service import ServiceApp
-from slipway.services.gateway.shippers import history
+from slipway.services.gateway.logs.shippers import history
 from tests.conftest import assert_eventually
 from tests.log_shipper.conftest import Dynos, new_id
 

@@ -19,7 +19,7 @@ import pytest
 
 from slipway.contracts.log_shipper import ReadHistory
 from slipway.libs.bus import Bus
-from slipway.services.gateway import shippers
+from slipway.services.gateway.logs import shippers
 from tests.conftest import assert_eventually
 from tests.gateway.conftest import Stack
 from tests.log_shipper.conftest import Dynos, ShipperFactory, socket_folder

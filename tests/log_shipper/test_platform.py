@@ -17,8 +17,8 @@ from slipway.contracts.gateway import (
 from slipway.contracts.logs import RouterAccess, router_subject
 from slipway.contracts.scheduler import DYNO_CHANGED, Dyno, DynoChanged
 from slipway.libs.bus import Bus
-from slipway.services.gateway.logs import text_line
-from slipway.services.gateway.shippers import history, metrics
+from slipway.services.gateway.logs.logs import text_line
+from slipway.services.gateway.logs.shippers import history, metrics
 from tests.conftest import assert_eventually
 from tests.log_shipper.conftest import Dynos, ShipperFactory, new_id
 

@@ -17,7 +17,7 @@ import pytest
 from slipway.contracts import dynoinit
 from slipway.contracts.scheduler import DYNOS_LIST, Dyno, DynoList, ListDynos
 from slipway.libs.bus import Bus
-from slipway.services.gateway.shippers import history
+from slipway.services.gateway.logs.shippers import history
 from slipway.services.log_shipper import formats
 from slipway.services.log_shipper.app import SHIPPER, create_service
 from slipway.services.scheduler.settings import built_init

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from slipway.libs.bus import Bus
-from slipway.services.gateway import logs, shippers
+from slipway.services.gateway.logs import logs, shippers
 from tests.conftest import assert_eventually
 from tests.gateway.conftest import Stack
 from tests.log_shipper.conftest import Dynos, ShipperFactory

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from slipway.services.gateway import rendezvous
+from slipway.services.gateway.oneoff import rendezvous
 from slipway.services.scheduler.oneoff import OneOffs
 from tests.gateway.conftest import Api, Stack
 from tests.oneoff.test_oneoff import open_session, released_app

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from slipway.services.gateway import builds
+from slipway.services.gateway.git import builds
 from tests.gateway import conftest as gateway_fixtures
 from tests.gateway.conftest import Api, Stack
 

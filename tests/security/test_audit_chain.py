@@ -20,7 +20,7 @@ import pytest
 
 from slipway.libs import auditchain
 from slipway.libs.service import ServiceApp
-from slipway.services.gateway.changes import Actor, change
+from slipway.services.gateway.outbox.changes import Actor, change
 from slipway.services.keyring.app import create_service as create_keyring
 from slipway.services.keyring.handlers import VAULT
 from slipway.services.keyring.settings import KeyringSettings

@@ -14,7 +14,7 @@ import pytest
 
 from slipway.contracts import dynoinit
 from slipway.libs.bus import Bus
-from slipway.services.gateway.shippers import history
+from slipway.services.gateway.logs.shippers import history
 from tests.conftest import assert_eventually
 from tests.gateway import conftest as gateway_fixtures
 from tests.log_shipper import conftest as shipper_fixtures

@@ -38,7 +38,7 @@ from slipway.libs.natsauth import stored_password
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.serviceusers import TLS_FOLDER
 from slipway.libs.supervisor import Supervisor, service_specs
-from slipway.services.gateway.shippers import history
+from slipway.services.gateway.logs.shippers import history
 from tests.conftest import assert_eventually
 from tests.log_shipper.conftest import dyno_config, sender_cmd
 

@@ -1,0 +1,1 @@
+"""Add-ons (PostgreSQL) and their backups, as the API shows them."""

@@ -1,0 +1,1 @@
+"""The audit chains as customers read them, and their signed checkpoints."""

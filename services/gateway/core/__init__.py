@@ -1,0 +1,1 @@
+"""The gateway's state, database, settings and sealing, shared by every room."""

@@ -1,0 +1,1 @@
+"""git push and build sources: smart HTTP, the pre-receive hook, pushes, builds and their output."""

@@ -1,0 +1,1 @@
+"""What every request goes through: auth, errors, middleware, routing, ranges, views."""

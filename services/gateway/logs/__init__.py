@@ -1,0 +1,1 @@
+"""Log sessions, drains and metrics, read from every host's log-shipper."""

@@ -1,0 +1,1 @@
+"""One-off dynos: the attach secret and its two doors (websocket, rendezvous)."""

@@ -1,0 +1,1 @@
+"""Changes, the transactional outbox, and what the platform's services read over NATS."""
