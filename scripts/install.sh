@@ -5,8 +5,9 @@
 
 # age: the reference age CLI, which tests/crypto/test_age.py checks backups against.
 # nginx, wrk: bench/router.py's third router (beside the dyno and Caddy) and its load
-# generator (issue 16).
-DEBIAN_PACKAGES=(docker.io docker-registry caddy haproxy git debootstrap python3-venv age nginx wrk)
+# generator (issue 16). pebble: the ACME test server (and its DNS, pebble-challtestsrv) that
+# tests/network_wirer/haproxy/test_acme.py issues from; tests only, the platform never runs it.
+DEBIAN_PACKAGES=(docker.io docker-registry caddy haproxy git debootstrap python3-venv age nginx wrk pebble)
 # The Debian packages of these would start their own copies (Caddy on :80, the registry on
 # :5000, HAProxy on its /etc config, nginx on :80); Slipway runs them itself, configured its
 # own way (nginx only inside bench/router.py), so the packaged ones stay off.

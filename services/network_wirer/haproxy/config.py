@@ -52,6 +52,11 @@ VIA = "1.1 slipway"
 ERROR_HEADER = "X-Router-Error"
 # Heroku's rule for a client's request id (its router documentation).
 REQUEST_ID_PATTERN = "^[A-Za-z0-9+=/-]{20,200}$"
+# An ACME HTTP-01 request (RFC 8555 8.3: the token is base64url); the router answers it
+# itself from the acme map, before any app is looked up, so that it works for a domain
+# whose app is down and never reaches a dyno.
+# Single-quoted in the file: HAProxy expands nothing there.
+ACME_CHALLENGE_PATH = "'^/[.]well-known/acme-challenge/[A-Za-z0-9_-]{1,128}$'"
 # What the map may hold: a hostname (the gateway validates domains; this keeps a bad one
 # from splitting a runtime command or the map file's `key value` lines).
 HOSTNAME = re.compile(r"^[a-z0-9](?:[a-z0-9.-]{0,251}[a-z0-9])?\Z")
@@ -95,6 +100,11 @@ class HAProxyOptions:
     def map_path(self) -> Path:
         """The host map; its path is also its name in runtime commands."""
         return self.paths.data_dir / "hosts.map"
+
+    @property
+    def acme_map_path(self) -> Path:
+        """HTTP-01 challenges being answered: token → key authorization (acme.py fills it)."""
+        return self.paths.data_dir / "acme.map"
 
     @property
     def pages_dir(self) -> Path:
@@ -167,10 +177,21 @@ def split_value(value: str) -> tuple[str, str]:
 def server_options(options: HAProxyOptions) -> str:
     """The options every dyno server gets, in the configuration and in `add server` alike
     (2.6 applies no `default-server` line to servers added at runtime)."""
+    # A server added at runtime gets no idle-connection pool in 2.6 (pool-max-conn 0,
+    # pool-purge-delay 0: `show servers conn`), where a configured one has an unlimited
+    # pool; without it every request to a dyno costs about twice the router
+    # CPU (bench/router.py). Purged after 1 s idle, not 5: a drained dyno's server can only
+    # be deleted once its idle connections are gone.
+    pool = "pool-max-conn -1 pool-purge-delay 1s"
     interval = round(options.check_interval * 1000)
+    if interval <= 0:
+        return pool  # no checks, as HAProxyOptions.check_interval promises ("inter 0" is invalid)
     # `observe layer4`: a refused connection marks the dyno down at once (the request
     # is retried on another); the TCP check brings it back when it accepts again.
-    return f"check inter {interval} fall 3 rise 1 observe layer4 error-limit 1 on-error mark-down"
+    return (
+        f"{pool} check inter {interval} fall 3 rise 1 observe layer4 error-limit 1"
+        " on-error mark-down"
+    )
 
 
 def map_text(hosts: Mapping[str, str]) -> str:
@@ -185,6 +206,18 @@ def _seconds(value: float) -> str:
 def _quote(text: str) -> str:
     # HAProxy's double-quoted arguments: a backslash escapes `"`, `\`, `$` and `#`.
     return '"' + re.sub(r'(["\\$#])', r"\\\1", text) + '"'
+
+
+def _acme_lines(options: HAProxyOptions) -> list[str]:
+    """HTTP-01 answers from the acme map (runtime `add map`, no reload): the 4th path field
+    is the token; a token not in the map falls through to the app, as any other path."""
+    return [
+        f"    http-request set-var(txn.acme) path,field(4,/),map({options.acme_map_path})"
+        f" if {{ path -m reg {ACME_CHALLENGE_PATH} }}",
+        "    http-request return status 200 content-type text/plain"
+        ' lf-string "%[var(txn.acme)]" hdr Cache-Control no-store'
+        " if { var(txn.acme) -m found }",
+    ]
 
 
 def _frontend(name: str, bind: str, scheme: str, port: int, options: HAProxyOptions) -> str:
@@ -204,6 +237,8 @@ def _frontend(name: str, bind: str, scheme: str, port: int, options: HAProxyOpti
         " { req.fhdr_cnt(x-request-id) eq 1 }"
         f" {{ req.fhdr(x-request-id) -m reg {REQUEST_ID_PATTERN} }}",
         "    http-request set-var(txn.rid) req.fhdr(x-request-id)",
+        # HTTP-01 validation always comes over plain HTTP (RFC 8555 8.3).
+        *(_acme_lines(options) if scheme == "http" else []),
         "    http-request set-header X-Forwarded-For %[src]",
         f"    http-request set-header X-Forwarded-Proto {scheme}",
         f"    http-request set-header X-Forwarded-Port {port}",

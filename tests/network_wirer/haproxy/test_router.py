@@ -344,3 +344,38 @@ async def test_route_changes_under_load_fail_no_request(
         assert sorted(s.dial for s in servers) == sorted(u.dial for u in rounds[-1])
 
     await assert_eventually(settled)
+
+
+def _connection_pool(answer: str) -> dict[str, str]:
+    """`show servers conn` for one server: column → value."""
+    header, row = (line for line in answer.splitlines() if line.strip())
+    return dict(zip(header.lstrip("# ").split(), row.split(), strict=False))
+
+
+async def test_servers_added_at_runtime_keep_idle_connections(
+    haproxy: HAProxyRouter, dynos: Dynos
+) -> None:
+    """A dyno's server added through the runtime API gets the idle-connection pool a
+    configured one has (2.6 gives it none: twice the router CPU per request)."""
+    await haproxy.reconciler.reconcile([route("pooled", await dynos.start())])
+    pool = _connection_pool(await haproxy.reconciler.runtime.command("show servers conn be_0"))
+    assert (pool["purge_delay"], pool["idle_lim"]) == ("1000", "-1")
+
+
+@pytest.mark.parametrize("haproxy_options", [{"check_interval": 0}])
+async def test_no_health_checks_when_the_interval_is_zero(
+    haproxy: HAProxyRouter, dynos: Dynos
+) -> None:
+    """check_interval 0 renders a valid configuration and adds servers without checks,
+    before and after a reload."""
+    web = await dynos.start()
+    apps = [route(f"nocheck{i}", web) for i in range(6)]  # the pool of 4 grows: one reload
+    outcome = await haproxy.reconciler.reconcile(apps)
+    assert outcome.reloaded
+    await haproxy.reconciler.reconcile([*apps, route("late", web)])
+    for app in ("nocheck5", "late"):
+        status, body, _ = await haproxy.get(f"{app}.localhost")
+        assert (status, json.loads(body)["dyno"]) == (200, "web.1")
+    states = await haproxy.reconciler.runtime.command("show servers state")
+    assert re.search(r"\bweb\.1--", states)
+    assert "check" not in haproxy.options.paths.config.read_text().split("backend be_0", 1)[1]
