@@ -55,6 +55,32 @@ class PlainDataKey(Message, tag="keyring.datakey.plain.v1", frozen=True, kw_only
     kek_version: int
 
 
+class RenewDataKey(Message, tag="keyring.datakey.renew.v1", frozen=True, kw_only=True):
+    """Open a record's data key and issue the next record's, in one round trip.
+
+    What a config change needs (the current version is read, the next one sealed):
+    one call where decrypt and generate would be two. `wrapped` and `context` are
+    the current record's, as in `DecryptDataKey`; `next_context` is bound into the
+    new key as in `GenerateDataKey`.
+    """
+
+    team_id: str
+    purpose: Purpose
+    wrapped: bytes
+    context: dict[str, str] = {}
+    next_context: dict[str, str] = {}
+
+
+class RenewedDataKey(Message, tag="keyring.datakey.renewed.v1", frozen=True, kw_only=True):
+    """The current record's data key in plaintext, and a fresh one with its wrapped copy."""
+
+    current: bytes
+    current_kek_version: int
+    plaintext: bytes
+    wrapped: bytes
+    kek_version: int
+
+
 class RewrapDataKey(Message, tag="keyring.datakey.rewrap.v1", frozen=True, kw_only=True):
     """Re-wrap a data key under the team's current KEK; the plaintext never leaves the keyring."""
 
@@ -250,6 +276,15 @@ DATAKEY_DECRYPT: Rpc[DecryptDataKey, PlainDataKey] = Rpc(
     callers=only(
         Service.GATEWAY, Service.SCHEDULER, Service.BUILDER, Service.LOG_SHIPPER, Service.BACKUP
     ),
+)
+DATAKEY_RENEW: Rpc[RenewDataKey, RenewedDataKey] = Rpc(
+    Service.KEYRING,
+    "datakey.renew",
+    subjects.rpc(Service.KEYRING, "datakey.renew"),
+    RenewDataKey,
+    RenewedDataKey,
+    # Only config changes use it; the policy table grants it for config alone.
+    callers=only(Service.GATEWAY),
 )
 DATAKEY_REWRAP: Rpc[RewrapDataKey, WrappedDataKey] = Rpc(
     Service.KEYRING,

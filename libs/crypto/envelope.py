@@ -32,11 +32,13 @@ from dataclasses import dataclass
 from slipway.contracts.keyring import (
     DATAKEY_DECRYPT,
     DATAKEY_GENERATE,
+    DATAKEY_RENEW,
     DATAKEY_REWRAP,
     DataKey,
     DecryptDataKey,
     GenerateDataKey,
     Purpose,
+    RenewDataKey,
     RewrapDataKey,
 )
 from slipway.libs.bus import Bus
@@ -55,6 +57,7 @@ __all__ = [
     "encrypt_record",
     "generate_data_key",
     "kek_version_of",
+    "open_and_renew",
     "rewrap",
     "unwrap_data_key",
 ]
@@ -188,6 +191,36 @@ async def decrypt(
     """The plaintext of bytes made by `encrypt`; raises like `decrypt_record`."""
     record = EncryptedRecord.from_bytes(data)
     return await decrypt_record(bus, team_id, purpose, binding, record, timeout=timeout)
+
+
+async def open_and_renew(
+    bus: Bus,
+    team_id: str,
+    purpose: Purpose,
+    binding: BindingLike,
+    data: bytes,
+    next_binding: BindingLike,
+    *,
+    timeout: float = 5.0,
+) -> tuple[bytes, DataKey]:
+    """`decrypt(binding, data)` and `generate_data_key(next_binding)` in one keyring call.
+
+    For a record replaced by its next version (a config change): one round trip
+    instead of two. Raises like `decrypt`; the new key is for immediate use only.
+    """
+    record = EncryptedRecord.from_bytes(data)
+    place = _place(team_id, binding)
+    request = RenewDataKey(
+        team_id=team_id,
+        purpose=purpose,
+        wrapped=record.wrapped_key,
+        context=place.as_context(),
+        next_context=_place(team_id, next_binding).as_context(),
+    )
+    reply = await bus.call(DATAKEY_RENEW, request, timeout=timeout)
+    plaintext = aead.open_(reply.current, record.blob, place)
+    key = DataKey(plaintext=reply.plaintext, wrapped=reply.wrapped, kek_version=reply.kek_version)
+    return plaintext, key
 
 
 async def rewrap(

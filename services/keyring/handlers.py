@@ -36,6 +36,8 @@ from slipway.contracts.keyring import (
     Purpose,
     RegisterPublicKey,
     RemoveBackupKey,
+    RenewDataKey,
+    RenewedDataKey,
     RetireKek,
     RewrapDataKey,
     RotateKek,
@@ -150,6 +152,25 @@ class Handlers:
             )
             call.detail = f"kek_version={key.kek_version}"
             return key
+
+    async def renew(self, req: RenewDataKey) -> RenewedDataKey:
+        audit = audited(self.vault, Operation.RENEW, team_id=req.team_id, purpose=req.purpose)
+        async with audit as call:
+            _check_context(req.context, req.wrapped)
+            _check_context(req.next_context)
+            # Opened first: a moved or altered record gets no new key either.
+            current = await self.vault.decrypt_data_key(
+                req.team_id, req.purpose, req.wrapped, req.context
+            )
+            key = await self.vault.generate_data_key(req.team_id, req.purpose, req.next_context)
+            call.detail = f"kek_version={current.kek_version} next_kek_version={key.kek_version}"
+            return RenewedDataKey(
+                current=current.plaintext,
+                current_kek_version=current.kek_version,
+                plaintext=key.plaintext,
+                wrapped=key.wrapped,
+                kek_version=key.kek_version,
+            )
 
     async def rewrap(self, req: RewrapDataKey) -> WrappedDataKey:
         audit = audited(self.vault, Operation.REWRAP, team_id=req.team_id, purpose=req.purpose)
@@ -279,6 +300,7 @@ def register(app: ServiceApp) -> None:
     app.rpc(keyring.DATAKEY_GENERATE)(handlers.generate)
     app.rpc(keyring.DATAKEY_DECRYPT)(handlers.decrypt)
     app.rpc(keyring.DATAKEY_REWRAP)(handlers.rewrap)
+    app.rpc(keyring.DATAKEY_RENEW)(handlers.renew)
     app.rpc(keyring.KEK_ROTATE)(handlers.rotate)
     app.rpc(keyring.KEK_RETIRE)(handlers.retire)
     app.rpc(keyring.TEAM_SHRED)(handlers.shred)

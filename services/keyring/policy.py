@@ -34,6 +34,7 @@ class Operation(StrEnum):
     GENERATE = keyring.DATAKEY_GENERATE.name
     DECRYPT = keyring.DATAKEY_DECRYPT.name
     REWRAP = keyring.DATAKEY_REWRAP.name
+    RENEW = keyring.DATAKEY_RENEW.name
     ROTATE = keyring.KEK_ROTATE.name
     RETIRE = keyring.KEK_RETIRE.name
     SHRED = keyring.TEAM_SHRED.name
@@ -69,6 +70,8 @@ TABLE: tuple[Grant, ...] = (
     G(GATEWAY,      Op.GENERATE,         P.CONFIG),
     G(GATEWAY,      Op.DECRYPT,          P.CONFIG),
     G(GATEWAY,      Op.REWRAP,           P.CONFIG),
+    # A config change: the current version's key opened and the next one's issued at once.
+    G(GATEWAY,      Op.RENEW,            P.CONFIG),
     G(SCHEDULER,    Op.DECRYPT,          P.CONFIG),
     # The buildpack contract hands config vars to bin/compile in ENV_DIR.
     G(BUILDER,      Op.DECRYPT,          P.CONFIG),
@@ -135,6 +138,7 @@ RPCS: dict[Operation, Rpc[Any, Any]] = {
         keyring.DATAKEY_GENERATE,
         keyring.DATAKEY_DECRYPT,
         keyring.DATAKEY_REWRAP,
+        keyring.DATAKEY_RENEW,
         keyring.KEK_ROTATE,
         keyring.KEK_RETIRE,
         keyring.TEAM_SHRED,

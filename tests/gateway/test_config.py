@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from slipway.contracts import keyring as keyring_rpc
+from slipway.services.keyring.handlers import VAULT
 from tests.conftest import assert_eventually
 from tests.gateway.conftest import Stack
+from tests.gateway.test_security import move_ciphertext
 
 pytestmark = pytest.mark.integration
 
@@ -41,6 +44,51 @@ async def test_each_change_is_a_release(stack: Stack) -> None:
         "Remove FOO config vars",
     ]
     assert [r["current"] for r in releases] == [False, False, True]
+
+
+async def test_a_change_is_one_keyring_call(stack: Stack) -> None:
+    """Changing a set config opens it and gets the next version's key in one audited call."""
+    alice = await stack.user("alice@example.com")
+    await stack.app(alice, "hello")
+    await alice.ok("PATCH", "/apps/hello/config-vars", {"FOO": "1"})
+    keyring = stack.keyring[VAULT].store
+    before = len(await keyring.audit())
+    assert await alice.ok("PATCH", "/apps/hello/config-vars", {"BAR": "2"}) == {
+        "FOO": "1",
+        "BAR": "2",
+    }
+    added = (await keyring.audit())[before:]
+    assert [
+        (r.caller, r.operation, r.purpose, r.outcome)
+        for r in added
+        if r.operation.startswith("datakey.")
+    ] == [("gateway", "datakey.renew", "config", "ok")]
+
+
+async def test_a_change_to_a_moved_config_is_refused(stack: Stack) -> None:
+    """A ciphertext copied from another app does not open for a change either: 500, no release."""
+    alice = await stack.user("alice@example.com")
+    await stack.app(alice, "victim")
+    await stack.app(alice, "thief")
+    await alice.ok("PATCH", "/apps/victim/config-vars", {"SECRET": "victims-secret"})
+    await alice.ok("PATCH", "/apps/thief/config-vars", {"MINE": "1"})
+    await move_ciphertext(stack.home / "gateway" / "gateway.db", "victim", "thief")
+    answer = await alice.patch("/apps/thief/config-vars", {"MORE": "2"})
+    assert answer.status == 500 and answer.error_id == "data_integrity"
+    assert "victims-secret" not in str(answer.body)
+    assert len(await alice.ok("GET", "/apps/thief/releases")) == 2
+
+
+async def test_a_change_after_the_keyring_shredded_the_team_is_gone(stack: Stack) -> None:
+    """With the team's key destroyed, a change answers 410 gone and stores nothing."""
+    alice = await stack.user("alice@example.com")
+    await stack.app(alice, "hello")
+    await alice.ok("PATCH", "/apps/hello/config-vars", {"FOO": "bar"})
+    team = await alice.ok("GET", "/teams/alice")
+    await stack.bus.call(keyring_rpc.TEAM_SHRED, keyring_rpc.ShredTeam(team_id=team["id"]))
+    answer = await alice.patch("/apps/hello/config-vars", {"MORE": "2"})
+    assert answer.status == 410 and answer.error_id == "gone"
+    assert len(await alice.ok("GET", "/apps/hello/releases")) == 2
 
 
 async def test_no_change_makes_no_release(stack: Stack) -> None:

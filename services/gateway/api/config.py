@@ -18,7 +18,6 @@ itself reads is checked for what it means: `SLIPWAY_HEALTH_PATH` must be a path
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import cast
 
@@ -30,7 +29,13 @@ from slipway.libs import healthpath
 from slipway.libs.errors import Conflict, Gone, NotFound
 from slipway.services.gateway.api.releases import find_release, new_release
 from slipway.services.gateway.core import store
-from slipway.services.gateway.core.sealing import ConfigVars, new_data_key, seal_with, unseal
+from slipway.services.gateway.core.sealing import (
+    ConfigVars,
+    new_data_key,
+    seal_with,
+    unseal,
+    unseal_and_renew,
+)
 from slipway.services.gateway.core.settings import GatewaySettings
 from slipway.services.gateway.core.state import GATEWAY, Gateway
 from slipway.services.gateway.core.store import new_uuid, timestamp
@@ -121,6 +126,11 @@ async def read_config(gw: Gateway, app: store.App, version_id: str | None) -> Co
     """The decrypted config of one version (empty before the first change)."""
     if version_id is None:
         return {}
+    return await unseal(gw, app, version_id, await _stored(gw, app, version_id))
+
+
+async def _stored(gw: Gateway, app: store.App, version_id: str) -> bytes:
+    """The ciphertext of one config version of `app`."""
     if app.shredded_at:
         raise Gone(
             f"The config of {app.name} was destroyed: its team's key was crypto-shredded on"
@@ -129,7 +139,20 @@ async def read_config(gw: Gateway, app: store.App, version_id: str | None) -> Co
     ciphertext = await store.config_ciphertext(gw.reads, app.id, version_id)
     if ciphertext is None:
         raise NotFound(f"Config version {version_id} of {app.name} is missing.")
-    return await unseal(gw, app, version_id, ciphertext)
+    return ciphertext
+
+
+async def _open_and_renew(
+    gw: Gateway, app: store.App, base: str | None, version_id: str
+) -> tuple[ConfigVars, DataKey]:
+    """The config of version `base` and the data key of the next version, `version_id`.
+
+    One keyring round trip (`datakey.renew`) where decrypt and generate would be two;
+    the first change of an app has nothing to open and only asks for the new key.
+    """
+    if base is None:
+        return {}, await new_data_key(gw, app, version_id)
+    return await unseal_and_renew(gw, app, base, await _stored(gw, app, base), version_id)
 
 
 class _Stale(Exception):
@@ -163,19 +186,15 @@ async def _update_config(
         app = fresh_app
         base = app.config_version_id
         version_id = new_uuid()
-        # Two keyring round trips, independent of each other: the new version's data key
-        # is made while the current version is opened, not after.
-        key = asyncio.ensure_future(new_data_key(gw, app, version_id))
-        try:
-            before = await read_config(gw, app, base)
-            after = apply_changes(before, changes, gw.settings)
-            set_keys, removed, description = describe(before, after)
-            if not set_keys and not removed:
-                return before
-            description = wanted or description
-            ciphertext = seal_with(await key, app, version_id, after)
-        finally:
-            _settle(key)
+        before, key = await _open_and_renew(gw, app, base, version_id)
+        after = apply_changes(before, changes, gw.settings)
+        set_keys, removed, description = describe(before, after)
+        if not set_keys and not removed:
+            return before
+        description = wanted or description
+        ciphertext = seal_with(key, app, version_id, after)
+        # The plaintext data key is used once and dropped here, never kept.
+        del key
         try:
             async with change(gw, who) as tx:
                 await _commit(tx, app, base, version_id, ciphertext, set_keys, removed, description)
@@ -183,14 +202,6 @@ async def _update_config(
         except _Stale:
             continue
     raise Conflict("The config kept changing under this request; try again.")
-
-
-def _settle(key: asyncio.Future[DataKey]) -> None:
-    """Cancel an unused key request, or take its error (read_config's error is the one raised)."""
-    if not key.done():
-        key.cancel()
-    elif not key.cancelled():
-        key.exception()
 
 
 async def _commit(

@@ -8,6 +8,9 @@ someone else's secrets. A team whose key was destroyed answers 410 gone.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import msgspec
 import structlog
 
@@ -54,10 +57,34 @@ def seal_with(key: DataKey, app: store.App, version_id: str, values: ConfigVars)
 
 async def unseal(gw: Gateway, app: store.App, version_id: str, ciphertext: bytes) -> ConfigVars:
     """The values of one config version."""
-    try:
+    with _opening(app, version_id):
         plaintext = await envelope.decrypt(
             gw.bus, app.team_id, Purpose.CONFIG, binding(app, version_id), ciphertext
         )
+    return _decode.decode(plaintext)
+
+
+async def unseal_and_renew(
+    gw: Gateway, app: store.App, version_id: str, ciphertext: bytes, next_version_id: str
+) -> tuple[ConfigVars, DataKey]:
+    """`unseal` of one version and `new_data_key` for the next, in one keyring call."""
+    with _opening(app, version_id):
+        plaintext, key = await envelope.open_and_renew(
+            gw.bus,
+            app.team_id,
+            Purpose.CONFIG,
+            binding(app, version_id),
+            ciphertext,
+            binding(app, next_version_id),
+        )
+    return _decode.decode(plaintext), key
+
+
+@contextmanager
+def _opening(app: store.App, version_id: str) -> Iterator[None]:
+    """What a customer is told when a stored config version cannot be opened."""
+    try:
+        yield
     except Gone:
         raise Gone(
             f"The config of {app.name} was destroyed with its team's key (crypto-shredded);"
@@ -70,4 +97,3 @@ async def unseal(gw: Gateway, app: store.App, version_id: str, ciphertext: bytes
             " moved from another app. Nothing was changed; restore it from a backup or set"
             " the config vars again."
         ) from None
-    return _decode.decode(plaintext)
