@@ -31,13 +31,13 @@ from slipway.contracts.keyring import Purpose
 from slipway.libs.bus import Bus
 from slipway.libs.crypto import Binding, envelope
 from slipway.libs.errors import SlipwayError
-from slipway.services.builder import slug
 from slipway.services.builder.compile import compile_app
 from slipway.services.builder.errors import BuildError
-from slipway.services.builder.image import build_dockerfile, build_image, image_labels, publish
+from slipway.services.builder.image import build_dockerfile, image_labels, publish
 from slipway.services.builder.output import OutputStream
 from slipway.services.builder.procfile import read_procfile
 from slipway.services.builder.settings import BuilderSettings
+from slipway.services.builder.slugimage import build_slug_image
 from slipway.services.builder.source import extract, fetch
 from slipway.services.builder.store import BuildRecord, BuildStore
 
@@ -45,6 +45,11 @@ log = structlog.get_logger("slipway.builder")
 
 # Ids of what a build sends are derived from its id, so a retry sends the same ones.
 _IDS = uuid.UUID("5d1e8c3a-9b0f-4a57-8a51-6a0c2b8f4e11")
+# What the build output says of the slug's dependency layer (slugimage.py).
+_DEPENDENCY_NOTES = {
+    "reused": "       Dependencies unchanged: their layer is reused",
+    "built": "       Dependencies in a layer of their own",
+}
 
 
 def derived_id(kind: str, build_id: str) -> str:
@@ -183,7 +188,7 @@ class Builder:
         self, cmd: BuildRequested, out: OutputStream, work: Path
     ) -> tuple[str, dict[str, str]]:
         """Build the image on the engine: from the app's Dockerfile, or buildpacks + slug."""
-        app_dir, context = work / "app", work / "context.tgz"
+        app_dir = work / "app"
         procfile = read_procfile(app_dir)
         labels = image_labels(cmd.app_id, cmd.build_id)
         if (app_dir / "Dockerfile").is_file():
@@ -195,14 +200,13 @@ class Builder:
             return image_id, procfile if procfile is not None else {"web": ""}
         process_types = await compile_app(self, cmd, out, work, procfile)
         await out.line("-----> Compressing and building the image")
-        await asyncio.to_thread(
-            slug.write_context, app_dir, context,
-            run_image=self.settings.run_image, web=process_types.get("web"),
+        built = await build_slug_image(
+            self.docker, self.settings, app_dir, work, tag=_tag(cmd), app_id=cmd.app_id,
+            labels=labels, web=process_types.get("web"),
         )  # fmt: skip
-        image_id = await build_image(
-            self.docker, context, tag=_tag(cmd), labels=labels, sink=out.line,
-            timeout=self.settings.build_timeout, show_steps=False,
-        )  # fmt: skip
+        image_id = built.image_id
+        if built.dependencies in _DEPENDENCY_NOTES:
+            await out.line(_DEPENDENCY_NOTES[built.dependencies])
         size = (await self.docker.images.inspect(image_id))["Size"]
         await out.line(f"       Done: {size / 1e6:.1f} MB image")
         return image_id, process_types

@@ -1,7 +1,6 @@
-"""Images on the engine: build a slug or a customer's Dockerfile, and publish.
+"""Images on the engine: build a customer's Dockerfile, and publish (slugs: slugimage.py).
 
-`build_image` sends a context we wrote (the slug's Dockerfile) to the engine's
-classic builder. A customer's Dockerfile never goes there: `build_dockerfile`
+A customer's Dockerfile never goes to the engine's classic builder: `build_dockerfile`
 runs it step by step (services/builder/dockerfile/), every RUN in a fenced
 container, and removes every container and intermediate image it made, however
 the build ends (failure, time limit, cancellation).
@@ -34,7 +33,7 @@ from slipway.services.builder.dockerfile.errors import DockerfileError
 from slipway.services.builder.dockerfile.executor import DockerfileBuild
 from slipway.services.builder.dockerfile.parser import parse
 from slipway.services.builder.dockerfile.steps import Steps
-from slipway.services.builder.errors import BuildTimedOut, ImageError
+from slipway.services.builder.errors import ImageError
 from slipway.services.builder.settings import BuilderSettings
 
 LineSink = Callable[[str], Awaitable[None]]
@@ -47,62 +46,6 @@ class PublishedImage:
 
     ref: str
     digest: str
-
-
-async def build_image(
-    docker: aiodocker.Docker,
-    context: Path,
-    *,
-    tag: str,
-    labels: dict[str, str],
-    sink: LineSink,
-    timeout: float,
-    show_steps: bool = True,
-) -> str:
-    """Build `context` (a gzipped tar) as `tag`, streaming the engine's output; return the id.
-
-    `show_steps=False` keeps the engine's step-by-step lines out of the build output
-    (a slug's Dockerfile is ours, not the customer's); errors are reported either way.
-    """
-
-    async def quiet(line: str) -> None:
-        return None
-
-    try:
-        await asyncio.wait_for(
-            _build(docker, context, tag, labels, sink if show_steps else quiet), timeout
-        )
-    except TimeoutError:
-        raise BuildTimedOut(
-            f"image build timed out after {timeout:g}s (limit: SLIPWAY_BUILD_TIMEOUT)"
-        ) from None
-    info = await docker.images.inspect(tag)
-    return str(info["Id"])
-
-
-async def _build(
-    docker: aiodocker.Docker, context: Path, tag: str, labels: dict[str, str], sink: LineSink
-) -> None:
-    pending = ""
-    with context.open("rb") as fileobj:
-        try:
-            # pull=False: the engine never fetches base images; the stacks are local.
-            stream = docker.images.build(
-                fileobj=fileobj, encoding="gzip", tag=tag, labels=labels, pull=False,
-                rm=True, forcerm=True, stream=True,
-            )  # fmt: skip
-            async for item in stream:
-                if "error" in item:
-                    raise ImageError(f"image build failed: {_one_line(item['error'])}")
-                pending += str(item.get("stream", ""))
-                *lines, pending = pending.split("\n")
-                for line in lines:
-                    if line.strip():
-                        await sink(line)
-        except aiodocker.DockerError as exc:
-            raise ImageError(f"image build failed: {_one_line(str(exc.message))}") from None
-    if pending.strip():
-        await sink(pending)
 
 
 async def build_dockerfile(
