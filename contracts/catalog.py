@@ -54,6 +54,8 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
         "addons",
         (addons.ADDON_CREATED, addons.ADDON_DESTROYED, gateway.APP_DESTROYED),
     ),
+    # Each router (one per host that receives traffic) is driven by its own network-wirer,
+    # which needs every route event: a copy per router id.
     ConsumerSpec(
         S.NETWORK_WIRER,
         "routes",
@@ -65,6 +67,7 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
             router.DOMAIN_REMOVED,
             gateway.APP_DESTROYED,
         ),
+        per_instance=True,
     ),
     ConsumerSpec(
         S.SCHEDULER,
@@ -109,9 +112,11 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
 )
 
 # The instances a per-instance consumer is provisioned for when nobody says otherwise:
-# one builder without a stable instance name, one log-shipper on the host "local".
+# one builder without a stable instance name, one log-shipper on the host "local", one
+# router named "local".
 DEFAULT_INSTANCES: dict[str, tuple[str | None, ...]] = {
     S.BUILDER: (None,),
+    S.NETWORK_WIRER: ("local",),
     S.LOG_SHIPPER: ("local",),
     S.BACKUP: ("local",),
 }

@@ -1,6 +1,6 @@
 """Run a child server in the foreground until SIGTERM/SIGINT, as the supervisor runs it.
 
-`python -m slipway.libs.natsserver` and `python -m slipway.libs.caddy` both start
+`python -m slipway.libs.natsserver` and `python -m slipway.libs.haproxy` both start
 a server process, wait until they are told to stop or the server dies, then
 stop it (`stop_child`) and exit with its status.
 """

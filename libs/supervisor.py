@@ -80,7 +80,7 @@ STARTS_FIRST: tuple[Service, ...] = (
 STARTS_LAST: tuple[Service, ...] = (Service.GATEWAY,)
 
 NATS_NAME = "nats-server"
-CADDY_NAME = "caddy"  # Caddy, the router (libs/caddy.py); ports from SLIPWAY_ROUTER_*
+ROUTER_NAME = "haproxy"  # HAProxy, the router (libs/haproxy); ports from SLIPWAY_ROUTER_*
 PIDFILE_NAME = "supervisor.pid"
 NATS_START_TIMEOUT = 10.0
 REPLAY_TIMEOUT = 900.0  # a restored snapshot's messages are published before services start
@@ -660,7 +660,8 @@ def main(argv: list[str] | None = None) -> int:
         children = service_specs((name for name in services if name in wanted), own_users=own_users)
         if str(Service.NETWORK_WIRER) in wanted:
             # The router is infrastructure, like nats-server: it starts before the services.
-            children.insert(0, ChildSpec(CADDY_NAME, (sys.executable, "-m", "slipway.libs.caddy")))
+            router = ChildSpec(ROUTER_NAME, (sys.executable, "-m", "slipway.libs.haproxy"))
+            children.insert(0, router)
 
     home: Path = args.home.resolve()
     # Owner-only from here on, for this process and every child it starts; and whatever an

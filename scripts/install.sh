@@ -4,14 +4,14 @@
 # shellcheck disable=SC2034  # STAMPS and friends are used by the functions below
 
 # age: the reference age CLI, which tests/crypto/test_age.py checks backups against.
-# nginx, wrk: bench/router.py's third router (beside the dyno and Caddy) and its load
-# generator (issue 16). pebble: the ACME test server (and its DNS, pebble-challtestsrv) that
+# haproxy: the router (libs/haproxy). nginx, wrk: bench/router.py's other proxy (beside the
+# dyno and HAProxy) and its load generator. pebble: the ACME test server (and its DNS, pebble-challtestsrv) that
 # tests/network_wirer/haproxy/test_acme.py issues from; tests only, the platform never runs it.
-DEBIAN_PACKAGES=(docker.io docker-registry caddy haproxy git debootstrap python3-venv age nginx wrk pebble)
-# The Debian packages of these would start their own copies (Caddy on :80, the registry on
-# :5000, HAProxy on its /etc config, nginx on :80); Slipway runs them itself, configured its
+DEBIAN_PACKAGES=(docker.io docker-registry haproxy git debootstrap python3-venv age nginx wrk pebble)
+# The Debian packages of these would start their own copies (the registry on :5000, HAProxy
+# on its /etc config, nginx on :80); Slipway runs them itself, configured its
 # own way (nginx only inside bench/router.py), so the packaged ones stay off.
-PACKAGED_SERVICES=(caddy docker-registry haproxy nginx)
+PACKAGED_SERVICES=(docker-registry haproxy nginx)
 STAMPS="$SLIPWAY_HOME/stamps"
 
 need_root() {
@@ -32,12 +32,12 @@ install_debian_packages() {
     fi
     need_root "installing ${missing[*]}"
     say "installing ${missing[*]}"
-    # While installing, tell Debian's maintainer scripts not to start the packaged Caddy
-    # and registry (an existing policy is left as it is; the units are disabled below).
+    # While installing, tell Debian's maintainer scripts not to start the packaged registry,
+    # HAProxy and nginx (an existing policy is left as it is; the units are disabled below).
     if [[ ! -e $policy ]]; then
         # shellcheck disable=SC2016  # the $a belongs to the policy script, not to us
         printf '#!/bin/sh\n# written by slipway scripts/up while installing packages\n%s\n' \
-            'for a; do case "$a" in caddy*|docker-registry*|haproxy*|nginx*) exit 101;; esac; done; exit 0' \
+            'for a; do case "$a" in docker-registry*|haproxy*|nginx*) exit 101;; esac; done; exit 0' \
             >"$policy"
         chmod 755 "$policy"
         placed_policy=true

@@ -1,17 +1,23 @@
-"""The network-wirer process: access-log listener, Caddy admin client, networks, reconcile loop.
+"""The network-wirer process: HAProxy's controller, its access lines, app networks.
 
-On start, in this order: listen for Caddy's access log on a unix socket (its address
-goes into the router's configuration), open the admin client and the Docker hosts, run the
-reconcile loop, whose first pass loads every route before events are consumed.
-Events (dynos, maintenance, renames, domains, destroyed apps) trigger a reconcile
-and are acknowledged once it has run.
+HAProxy itself is started by the supervisor (`python -m slipway.libs.haproxy`, on a
+configuration that answers 503 until this service writes its own). On start, in this
+order: the router's CA and default certificate (HAProxy cannot bind HTTPS without one),
+the receiver of HAProxy's access lines on its log socket, the Docker hosts, then the
+reconcile loop, whose first pass configures HAProxy and routes every app before events
+are consumed. Events (dynos, maintenance, renames, domains, destroyed apps) trigger a
+reconcile and are acknowledged once it has run. With `router_tls_issuer=acme`, custom
+domains get certificates from the ACME directory, renewed 30 days before expiry.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import structlog
 
 from slipway.contracts.base import encode
 from slipway.contracts.gateway import (
@@ -26,15 +32,79 @@ from slipway.contracts.logs import RouterAccess, router_subject
 from slipway.contracts.router import DOMAIN_ADDED, DOMAIN_REMOVED, DomainAdded, DomainRemoved
 from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
 from slipway.contracts.subjects import Service
+from slipway.libs.bus import Bus
+from slipway.libs.haproxy import AccessRecord, HAProxyServer, LogReceiver
 from slipway.libs.service import Key, ServiceApp
 from slipway.services.network_wirer import certs, snapshot
-from slipway.services.network_wirer.access import AccessListener
-from slipway.services.network_wirer.caddy import CaddyAdmin
+from slipway.services.network_wirer.acme import AcmeManager, AcmeSettings
+from slipway.services.network_wirer.ca import RouterCA, legacy_caddy_storage
+from slipway.services.network_wirer.haproxy.access import AccessJoiner
+from slipway.services.network_wirer.haproxy.reconcile import Reconciler
 from slipway.services.network_wirer.networks import Isolation, Networks
+from slipway.services.network_wirer.pages import load as load_pages
+from slipway.services.network_wirer.routes import AppRoute, hostname_of
 from slipway.services.network_wirer.settings import WirerSettings
+from slipway.services.network_wirer.tls import RouterCertificates
 from slipway.services.network_wirer.wirer import Wirer
 
+log = structlog.get_logger("slipway.network_wirer")
+
 WIRER = Key("wirer", Wirer)
+ACCESS_BACKLOG = 10_000  # access lines waiting for NATS; beyond, dropped and counted
+
+
+class AccessPublisher:
+    """HAProxy's access records → RouterAccess on each app's live subject, in order.
+
+    The receiver's callback only queues (it runs in the datagram protocol); one task
+    publishes. A burst larger than the backlog is dropped and counted, never buffered
+    without bound: these lines are also in nobody's storage until the log-shipper's.
+    """
+
+    def __init__(self, bus: Bus, joiner: AccessJoiner) -> None:
+        self.bus = bus
+        self.joiner = joiner
+        self.dropped = 0
+        self._queue: asyncio.Queue[RouterAccess] = asyncio.Queue(ACCESS_BACKLOG)
+        self._task: asyncio.Task[None] | None = None
+
+    def on_record(self, record: AccessRecord) -> None:
+        access = self.joiner.record(record)
+        if access is None:
+            return
+        try:
+            self._queue.put_nowait(access)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._publish(), name="network-wirer:access")
+
+    async def _publish(self) -> None:
+        while True:
+            access = await self._queue.get()
+            try:
+                await self.bus.live_publish(router_subject(access.app_id), encode(access))
+            except Exception as exc:  # a lost line must not stop the next ones
+                log.warning("access.publish_failed", error=repr(exc))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def custom_domains(routes: Iterable[AppRoute], base_domain: str) -> list[str]:
+    """The hosts ACME should serve: every app's hosts but `<app>.<base domain>`."""
+    return sorted(
+        {
+            host
+            for route in routes
+            for host in route.hosts
+            if host != hostname_of(route.app_name, base_domain)
+        }
+    )
 
 
 def create_service(settings: WirerSettings) -> ServiceApp:
@@ -44,17 +114,25 @@ def create_service(settings: WirerSettings) -> ServiceApp:
         settings=settings,
         description="Slipway's network-wirer: app networks, router routes, access lines",
     )
+    state = settings.state_dir("network-wirer")
+    ca = RouterCA.load_or_create(state, caddy_storage=legacy_caddy_storage(settings.home_path))
 
     @service.cleanup_ctx
     async def wirer(service: ServiceApp) -> AsyncIterator[None]:
-        bus = service.bus
-
-        async def publish(access: RouterAccess) -> None:
-            await bus.live_publish(router_subject(access.app_id), encode(access))
-
-        access = AccessListener(publish, settings.access_socket)
-        address = await access.start()
-        admin = CaddyAdmin(settings.address.admin_socket)
+        options = settings.haproxy_options()
+        server = HAProxyServer(options.data_dir, options.ports, own_session=False)
+        certificates = RouterCertificates(
+            ca,
+            options,
+            settings.base_domain,
+            acme_serves_domains=settings.router_tls_issuer == "acme",
+        )
+        certificates.ensure_default()  # before HAProxy first loads our configuration
+        joiner = AccessJoiner()
+        publisher = AccessPublisher(service.bus, joiner)
+        receiver = LogReceiver(options.paths.log_socket, publisher.on_record)
+        await receiver.start()
+        publisher.start()
         networks = None
         if settings.manage_networks:
             ports = [settings.router_http_port, settings.router_https_port]
@@ -62,53 +140,60 @@ def create_service(settings: WirerSettings) -> ServiceApp:
             networks = Networks(
                 settings.docker_urls, isolation, settings.scoped, settings.app_network_pool
             )
+        reconciler = Reconciler(server, options, load_pages())
         wirer = Wirer(
-            bus,
-            admin,
-            settings.router_options(address),
+            service.bus,
+            reconciler,
             base_domain=settings.base_domain,
+            router_host=settings.router_host_id,
             interval=settings.reconcile_interval,
-            access=access,
+            joiner=joiner,
+            certificates=certificates,
             networks=networks,
         )
         service[WIRER] = wirer
-        loop = asyncio.create_task(wirer.run(), name="network-wirer:reconcile")
+        tasks = [asyncio.create_task(wirer.run(), name="network-wirer:reconcile")]
         await wirer.refresh()  # the first full pass, before any event is taken
+        if settings.router_tls_issuer == "acme":
+            tasks.append(asyncio.create_task(_acme(settings, state, reconciler, wirer)))
         try:
             yield
         finally:
-            loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loop
-            await access.close()
-            await admin.close()
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await wirer.close()
+            await publisher.close()
+            await receiver.close()
             if networks is not None:
                 await networks.close()
 
-    certs.install(service, settings.storage_dir)
+    certs.install(service, ca)
+    routes = f"routes-{settings.router_id}"  # ConsumerSpec.durable_purpose, per router
 
-    @service.event("routes", DYNO_CHANGED)
+    @service.event(routes, DYNO_CHANGED)
     async def dyno_changed(event: DynoChanged) -> None:
         if event.dyno.process_type == "web":
             await service[WIRER].refresh()
 
-    @service.event("routes", MAINTENANCE_CHANGED)
+    @service.event(routes, MAINTENANCE_CHANGED)
     async def maintenance_changed(event: MaintenanceChanged) -> None:
         await service[WIRER].refresh()
 
-    @service.event("routes", APP_RENAMED)
+    @service.event(routes, APP_RENAMED)
     async def app_renamed(event: AppRenamed) -> None:
         await service[WIRER].refresh()
 
-    @service.event("routes", DOMAIN_ADDED)
+    @service.event(routes, DOMAIN_ADDED)
     async def domain_added(event: DomainAdded) -> None:
         await service[WIRER].refresh()
 
-    @service.event("routes", DOMAIN_REMOVED)
+    @service.event(routes, DOMAIN_REMOVED)
     async def domain_removed(event: DomainRemoved) -> None:
         await service[WIRER].refresh()
 
-    @service.event("routes", APP_DESTROYED)
+    @service.event(routes, APP_DESTROYED)
     async def app_destroyed(event: AppDestroyed) -> None:
         wirer = service[WIRER]
         await wirer.refresh()
@@ -117,3 +202,19 @@ def create_service(settings: WirerSettings) -> ServiceApp:
 
     service.snapshot_sources = snapshot.sources(settings)
     return service
+
+
+async def _acme(settings: WirerSettings, state: Path, reconciler: Reconciler, wirer: Wirer) -> None:
+    """Certificates for custom domains from the ACME directory, renewed as they come due."""
+    bundle = Path(settings.router_acme_ca_bundle) if settings.router_acme_ca_bundle else None
+    manager = AcmeManager(
+        AcmeSettings(
+            directory_url=settings.router_acme_directory,
+            state_dir=state,
+            email=settings.router_acme_email or None,
+            ca_bundle=bundle,
+        ),
+        reconciler,
+    )
+    await manager.reinstall()
+    await manager.run(lambda: custom_domains(wirer.snapshot.routes, settings.base_domain))

@@ -1,8 +1,9 @@
 """The router's own internal CA: certificates for `<app>.localhost`-style hosts and for
 custom domains until (or unless) ACME issues theirs, with no Caddy involved.
 
-    ca = RouterCA.load_or_create(state_dir, caddy_storage=settings.caddy_dir / "storage")
+    ca = RouterCA.load_or_create(state_dir, caddy_storage=legacy_caddy_storage(home))
     leaf = ca.issue(["myapp.localhost"])        # chain + key, for install_certificate
+    cert = ca.sign(csr.public_key(), ["postgresql-x"])  # a key kept elsewhere (certs.py)
     if needs_renewal(leaf.certificate, now): …  # a third of its life left
 
 The root is ECDSA P-256: what every browser and libpq (OpenSSL) accept, and what Caddy's
@@ -22,14 +23,14 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from slipway.libs.errors import InvalidRequest, Unavailable
@@ -41,6 +42,12 @@ ROOT_VALID = datetime.timedelta(days=3650)
 LEAF_VALID = datetime.timedelta(days=30)
 MAX_NAMES = 100  # one app's hosts; a certificate with thousands of names is a mistake
 ROOT_NAME = "Slipway Router Root CA"
+
+
+def legacy_caddy_storage(home: Path) -> Path:
+    """Where Caddy kept its storage under SLIPWAY_HOME when it was the router: the root
+    adopted at the first start after the switch."""
+    return home / "caddy" / "storage"
 
 
 def caddy_root(storage: Path) -> tuple[Path, Path]:
@@ -65,11 +72,11 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
+def _key_usage(*, signs_certificates: bool, key_encipherment: bool = False) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
-        key_encipherment=False,
+        key_encipherment=key_encipherment,
         data_encipherment=False,
         key_agreement=False,
         key_cert_sign=signs_certificates,
@@ -185,10 +192,26 @@ class RouterCA:
         names = sorted({plain_dns_name(host, wildcard=True) for host in hosts})
         if not names or len(names) > MAX_NAMES:
             raise InvalidRequest(f"A certificate names 1 to {MAX_NAMES} hosts.")
-        now = now or datetime.datetime.now(datetime.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
-        public = key.public_key()
-        cert = (
+        cert = self.sign(key.public_key(), names, now=now, valid=valid)
+        return Leaf(cert, _private_pem(key).decode())
+
+    def sign(
+        self,
+        public: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+        names: Sequence[str],
+        *,
+        now: datetime.datetime | None = None,
+        valid: datetime.timedelta = LEAF_VALID,
+    ) -> x509.Certificate:
+        """A server certificate for `public`, named `names` (the first is its common name),
+        never outliving the root. The caller has checked the names: this signs them as given."""
+        now = now or datetime.datetime.now(datetime.UTC)
+        # RSA key exchange (TLS 1.2 without ECDHE) encrypts to the key; ECDSA only signs.
+        usage = _key_usage(
+            signs_certificates=False, key_encipherment=isinstance(public, rsa.RSAPublicKey)
+        )
+        return (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
             .issuer_name(self.certificate.subject)
@@ -197,7 +220,7 @@ class RouterCA:
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(min(now + valid, self.certificate.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(signs_certificates=False), critical=True)
+            .add_extension(usage, critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(
                 x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
@@ -209,4 +232,3 @@ class RouterCA:
             )
             .sign(self.key, hashes.SHA256())
         )
-        return Leaf(cert, _private_pem(key).decode())

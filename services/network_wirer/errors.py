@@ -1,26 +1,16 @@
-"""network-wirer's errors.
+"""network-wirer's errors (HAProxy's own are libs/haproxy/errors.py).
 
 WirerError                 root
-├── RouterUnavailable      Caddy's admin API did not answer (retryable)
-├── RouterRejected         Caddy refused a configuration (a bug here: not retryable)
 └── IsolationError         the firewall rules could not be put in place
 """
 
 from __future__ import annotations
 
-from slipway.libs.errors import SlipwayError, Unavailable
+from slipway.libs.errors import SlipwayError
 
 
 class WirerError(SlipwayError):
     """Root of network-wirer's errors."""
-
-
-class RouterUnavailable(WirerError, Unavailable):
-    """Caddy's admin API is not reachable right now."""
-
-
-class RouterRejected(WirerError):
-    """Caddy answered the configuration with an error."""
 
 
 class IsolationError(WirerError):

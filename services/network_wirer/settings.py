@@ -4,40 +4,43 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slipway.libs.caddy import RouterAddress, admin_socket_path
+from slipway.libs.haproxy import RouterPorts
 from slipway.libs.service import Settings
-from slipway.services.network_wirer.routes import RouterOptions
+from slipway.services.network_wirer.haproxy.config import HAProxyOptions
 
 
 class WirerSettings(Settings, frozen=True, kw_only=True):
-    """Read from SLIPWAY_<FIELD>; the router_* ports are the ones libs/caddy starts Caddy with."""
+    """Read from SLIPWAY_<FIELD>; the router_* ports are the ones libs/haproxy starts HAProxy
+    with (the supervisor runs `python -m slipway.libs.haproxy` on the same variables)."""
 
     base_domain: str = "localhost"  # apps answer at <app>.<base_domain>
+    # This router's name: one router (HAProxy and its network-wirer) per host that receives
+    # traffic, each with its own copy of the route events (contracts/catalog.py); the names
+    # are the network-wirer instances the supervisor provisions (default: one, "local").
+    router_id: str = "local"
     router_http_port: int = 8080
     router_https_port: int = 8443
-    # Caddy's admin API: a unix socket only its controller may open (never TCP);
-    # "" = <caddy_data>/admin/admin.sock
-    router_admin_socket: str = ""
     router_listen_host: str = ""  # "" = every interface
     router_public_http_port: int = 0  # 0: the same as router_http_port
     router_public_https_port: int = 0
-    router_upstream_timeout: float = 30.0  # H12 after this long without a response
-    router_try_duration: float = 5.0  # retry other dynos on connection failure this long
-    # Off by default, as Heroku's router: an active check is a request the app never got
-    # from a user (its access log and metrics count it). Passive health and retries stay.
-    router_health_path: str = ""  # a path turns active HTTP health checks on
-    router_health_interval: float = 5.0
-    router_tls_issuer: str = "internal"  # "acme" for a real deployment with public DNS
+    router_upstream_timeout: float = 30.0  # H12 after this long without response headers
+    router_connect_timeout: float = 5.0
+    router_retries: int = 3  # other dynos tried when one refuses the connection
+    # TCP checks only (a connect, never an HTTP request: the app's logs and metrics see
+    # nothing, as with Heroku's router): a dyno that refused a connection is benched until
+    # it accepts again. 0: no checks; a refused connection is still retried on another dyno.
+    router_check_interval: float = 5.0
+    router_tls_issuer: str = "internal"  # "acme": custom domains get certificates by ACME
     router_acme_email: str = ""
-    router_acme_ca: str = ""
-    # The scheduler's id of the Docker host Caddy runs on (its SLIPWAY_LOCAL_HOST_ID): dynos
-    # there are dialled on their app network instead of the published port. "": never.
+    router_acme_directory: str = ""  # the CA's ACME directory URL (required for "acme")
+    router_acme_ca_bundle: str = ""  # verifies the directory's TLS; "": the system's bundle
+    # The scheduler's id of the Docker host HAProxy runs on (its SLIPWAY_LOCAL_HOST_ID):
+    # dynos there are dialled on their app network instead of the published port. "": never.
     router_host_id: str = "local"
-    caddy_data: str = ""  # default $SLIPWAY_HOME/caddy
+    # HAProxy's folder (configuration, maps, certificates, sockets), the one the supervisor's
+    # `python -m slipway.libs.haproxy` uses (SLIPWAY_HAPROXY_DATA); "" = $SLIPWAY_HOME/haproxy
+    haproxy_data: str = ""
     reconcile_interval: float = 5.0
-    # Where Caddy writes its access log: a unix socket of ours (never a loopback port);
-    # "" = $SLIPWAY_HOME/network-wirer/run/access.sock
-    access_log_socket: str = ""
     docker_hosts: str = "unix:///var/run/docker.sock"  # comma-separated Docker endpoints
     manage_networks: bool = True
     # Each app network takes a /24 from here on each host (libs/appnet.py); "": the
@@ -46,46 +49,28 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
     isolation: bool = True  # iptables rules (needs root)
 
     @property
-    def address(self) -> RouterAddress:
-        return RouterAddress(
+    def haproxy_dir(self) -> Path:
+        return Path(self.haproxy_data or Path(self.home) / "haproxy").resolve()
+
+    @property
+    def ports(self) -> RouterPorts:
+        return RouterPorts(
             http_port=self.router_http_port,
             https_port=self.router_https_port,
-            admin_socket=str(
-                Path(self.router_admin_socket or admin_socket_path(self.caddy_dir)).resolve()
-            ),
             listen_host=self.router_listen_host,
         )
 
-    @property
-    def caddy_dir(self) -> Path:
-        """Caddy's state folder, as libs/caddy.py is given it (SLIPWAY_CADDY_DATA)."""
-        return Path(self.caddy_data or Path(self.home) / "caddy").resolve()
-
-    @property
-    def access_socket(self) -> Path:
-        default = Path(self.home) / "network-wirer" / "run" / "access.sock"
-        return Path(self.access_log_socket or default).resolve()
-
-    @property
-    def storage_dir(self) -> Path:
-        return self.caddy_dir / "storage"
-
-    def router_options(self, access_log: str | None) -> RouterOptions:
-        """The router's behaviour, with the address of our access-log listener."""
-        return RouterOptions(
-            address=self.address,
-            storage_dir=str(self.storage_dir),
-            access_log=access_log,
-            upstream_timeout=self.router_upstream_timeout,
-            try_duration=self.router_try_duration,
-            health_path=self.router_health_path,
-            health_interval=self.router_health_interval,
-            tls_issuer=self.router_tls_issuer,
-            acme_email=self.router_acme_email,
-            acme_ca=self.router_acme_ca,
+    def haproxy_options(self) -> HAProxyOptions:
+        """How the router behaves and where HAProxy's files are."""
+        return HAProxyOptions(
+            data_dir=self.haproxy_dir,
+            ports=self.ports,
             public_http_port=self.router_public_http_port or None,
             public_https_port=self.router_public_https_port or None,
-            router_host=self.router_host_id,
+            upstream_timeout=self.router_upstream_timeout,
+            connect_timeout=self.router_connect_timeout,
+            retries=self.router_retries,
+            check_interval=self.router_check_interval,
         )
 
     @property

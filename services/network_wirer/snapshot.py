@@ -1,10 +1,20 @@
-"""What network-wirer puts in a platform snapshot: the router's internal CA.
+"""What network-wirer puts in a platform snapshot: its state folder, where the router's CA is.
 
 network-wirer keeps no database (store.py): routes are computed again from the gateway
-and the scheduler. What does not come back by itself is the CA in Caddy's storage
-(`pki/authorities/local/`, certs.py): customers trust it for `*.localhost`, and the
-add-ons' database certificates are signed by it, so it is exported and the same CA
-signs again after a restore. The certificates the router holds are issued again.
+and the scheduler. What does not come back by itself lives in its state folder, which is
+exported whole but for `run/` (sockets, made at start):
+
+- `ca/`, the router's internal CA (ca.py): customers trust it for `*.localhost`, and the
+  add-ons' database certificates are signed by it (certs.py), so the same CA signs again
+  after a restore and what it signed before keeps verifying;
+- `acme/` (acme.py; app.py gives it this folder): the account key, so a
+  restore finds the same account at the CA, and the certificates ACME issued with their
+  keys, which the manager loads at start and orders again only when due (the CA's rate
+  limits).
+
+The router's certificates from the internal CA live in HAProxy's folder, not in this one:
+tls.py issues them again. Caddy's old storage is not exported either: its root, if any,
+was copied into `ca/` at the first start after the switch (ca.py).
 """
 
 from __future__ import annotations
@@ -15,20 +25,14 @@ from slipway.libs.snapshot.export import Folder, Sources
 from slipway.services.network_wirer.settings import WirerSettings
 
 LEFT_OUT = (
-    "network-wirer: issued certificates (internal and ACME ones are issued again on demand)",
+    "network-wirer: the router's certificates from its internal CA (issued again)",
     "network-wirer: routes and app networks (made again from the gateway and the scheduler)",
 )
 
 
 def sources(settings: WirerSettings) -> Callable[[], Sources]:
-    """network-wirer's Sources: its state folder but its sockets, and the router CA."""
-    home = settings.home_path.resolve()
-    authority = settings.storage_dir / "pki" / "authorities" / "local"
-    # A restore puts members under SLIPWAY_HOME: Caddy's folder keeps its place there.
-    try:
-        caddy = settings.caddy_dir.relative_to(home).as_posix()
-    except ValueError:
-        caddy = "caddy"
+    """network-wirer's Sources: its state folder (the CA, ACME's account and certificates)
+    but its sockets."""
     return lambda: Sources(
         folders=[
             Folder(
@@ -36,7 +40,6 @@ def sources(settings: WirerSettings) -> Callable[[], Sources]:
                 "network-wirer/",
                 filter=lambda path, _: path != "run",  # sockets, made at start
             ),
-            Folder(authority, f"{caddy}/storage/pki/authorities/local/"),
         ],
         left_out=LEFT_OUT,
     )

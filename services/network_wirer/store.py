@@ -1,7 +1,7 @@
 """What network-wirer last knew: the gateway's apps and the scheduler's dynos, in memory.
 
 network-wirer keeps no database: the gateway owns apps and domains, the scheduler
-owns dynos, Caddy holds the routes and Docker the networks. This snapshot lets a
+owns dynos, HAProxy holds the routes and Docker the networks. This snapshot lets a
 reconcile go on when one source does not answer (keep routing to the dynos we
 knew rather than dropping every route), and names the routes for access lines.
 """
@@ -22,7 +22,8 @@ class Snapshot:
     apps: list[AppDesired] | None = None
     dynos: list[Dyno] | None = None
     routes: list[AppRoute] = field(default_factory=list)
-    loads: int = 0  # configurations loaded into Caddy since start
+    commands: int = 0  # runtime commands sent to HAProxy since start
+    reloads: int = 0  # HAProxy reloads since start (first configuration, pool grown)
     reconciles: int = 0
 
     @property

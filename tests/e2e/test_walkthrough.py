@@ -1,6 +1,6 @@
 """The README's walkthrough, for real: the supervisor starts every service as its own process.
 
-nats-server, Caddy, the keyring, registry-proxy (with Distribution), the builder,
+nats-server, HAProxy, the keyring, registry-proxy (with Distribution), the builder,
 the scheduler, network-wirer, the log-shipper and the gateway run from one
 supervisor on free ports under a temporary SLIPWAY_HOME, exactly as `scripts/up`
 runs them. The test then acts as a customer, with the CLI and git only:
@@ -12,6 +12,7 @@ volume and network it made is removed afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -27,7 +28,7 @@ from typing import Any, TypeVar
 import pytest
 
 from slipway.contracts.scope import Scope
-from slipway.libs.caddy import admin_request, admin_socket_path
+from slipway.libs.haproxy import Runtime
 from tests.conftest import new_scope, remove_scope_objects
 from tests.e2e.supervised import (
     ROOT,
@@ -168,22 +169,19 @@ def push(platform: Platform, app: str, example: str) -> str:
 
 @pytest.mark.timeout(900)
 def router_dials(platform: Platform, count: int) -> list[str] | None:
-    """The upstream addresses in Caddy's running configuration, once there are `count`."""
-    # Caddy's admin API is a unix socket in the router's state folder (libs/caddy.py).
-    config = admin_request(admin_socket_path(platform.home / "var" / "caddy"), "GET", "/config/")
-    found: list[str] = []
+    """The dyno addresses HAProxy routes to (read through its runtime API), once there are
+    `count` (servers being drained are in maintenance and left out)."""
+    # The runtime API is a unix socket in the router's folder (libs/haproxy).
+    socket = platform.home / "var" / "haproxy" / "run" / "admin.sock"
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("dial"), str):
-                found.append(node["dial"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
+    async def read() -> list[str]:
+        runtime = Runtime(socket)
+        try:
+            return [s.dial for s in await runtime.show_servers() if not s.in_maintenance]
+        finally:
+            await runtime.close()
 
-    walk(config["apps"]["http"]["servers"]["router_http"]["routes"])
+    found = asyncio.run(read())
     return found if len(found) == count else None
 
 
@@ -203,9 +201,9 @@ def test_the_walkthrough(platform: Platform) -> None:
     wait_for(lambda: web_dynos_up(platform, "hello", 2), 90, "two web dynos up")
     for _ in range(10):
         assert platform.get("hello.localhost")[0] == 200
-    # Caddy runs beside the dynos: it dials them on the app's network, not a published port.
+    # HAProxy runs beside the dynos: it dials them on the app's network, not a published port.
     pool = ipaddress.ip_network(Scope(platform.env["SLIPWAY_SCOPE"]).pool)
-    dials = wait_for(lambda: router_dials(platform, 2), 30, "two upstreams in Caddy")
+    dials = wait_for(lambda: router_dials(platform, 2), 30, "two dyno servers in HAProxy")
     assert all(ipaddress.ip_address(d.rsplit(":", 1)[0]) in pool for d in dials), dials
 
     # A new release (a config change) rolls out under load: no request fails meanwhile.

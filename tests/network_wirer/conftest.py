@@ -1,6 +1,7 @@
-"""Fixtures for network-wirer: real Caddy, real containers, and a small stand-in world.
+"""Fixtures for network-wirer: real HAProxy, real containers, and a small stand-in world.
 
-- `caddy`: Caddy from Debian on free loopback ports, storage in tmp_path;
+- `haproxy_server`: HAProxy from Debian on free loopback ports, started as the supervisor
+  starts it (`libs/haproxy` on its starting configuration), its files in a short folder;
 - `world`: the gateway's DESIRED_GET and the scheduler's DYNOS_LIST answered from
   in-test state (the real scheduler is not needed to route), plus helpers that
   publish DYNO_CHANGED / MAINTENANCE_CHANGED as those services would;
@@ -16,8 +17,10 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import shutil
 import subprocess
 import tarfile
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -54,7 +57,7 @@ from slipway.contracts.scheduler import (
 )
 from slipway.contracts.scope import Scope
 from slipway.libs.bus import Bus
-from slipway.libs.caddy import CaddyServer, RouterAddress
+from slipway.libs.haproxy import HAProxyServer, RouterPorts, haproxy_binary, starting_config
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service import ServiceApp
 from slipway.services.network_wirer.app import WIRER, create_service
@@ -73,18 +76,32 @@ DYNO_PORT = 5000
 SERVER = Path(__file__).parent / "dyno" / "server.py"
 
 
-@pytest.fixture
-def caddy(tmp_path: Path) -> Iterator[CaddyServer]:
-    """A real Caddy on free loopback ports."""
-    server = CaddyServer(
-        tmp_path / "caddy",
-        RouterAddress(http_port=0, https_port=0, listen_host="127.0.0.1"),
-    )
+@contextlib.contextmanager
+def booted_haproxy(ports: RouterPorts, prefix: str = "slipway-nw-") -> Iterator[HAProxyServer]:
+    """A real HAProxy started as the supervisor starts it (`libs/haproxy` on its starting
+    configuration, which network-wirer replaces), in a short folder under /tmp (a unix
+    socket's path is limited to 107 bytes); stopped and removed afterwards."""
+    try:
+        haproxy_binary()
+    except FileNotFoundError:
+        pytest.skip("haproxy is not installed (apt-get install -y haproxy)")
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    server = HAProxyServer(folder / "haproxy", ports)
+    server.paths.data_dir.mkdir(mode=0o700)
+    server.paths.config.write_text(starting_config(server.paths, server.ports))
     server.start()
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def haproxy_server() -> Iterator[HAProxyServer]:
+    """A real HAProxy on free loopback ports, as the supervisor starts it."""
+    with booted_haproxy(RouterPorts(0, 0, "127.0.0.1")) as server:
+        yield server
 
 
 @dataclass
@@ -171,20 +188,18 @@ class RunningWirer:
 
 @pytest.fixture
 async def wirer(
-    nats_server: NatsServer, caddy: CaddyServer, tmp_path: Path, scope: Scope
+    nats_server: NatsServer, haproxy_server: HAProxyServer, tmp_path: Path, scope: Scope
 ) -> AsyncIterator[RunningWirer]:
-    """network-wirer's settings for this test's NATS, Caddy and scope; not started yet."""
+    """network-wirer's settings for this test's NATS, HAProxy and scope; not started yet."""
     settings = WirerSettings(
         scope=scope.name,
         nats_url=nats_server.url,
         home=str(tmp_path / "home"),
-        router_http_port=caddy.address.http_port,
-        router_https_port=caddy.address.https_port,
-        router_admin_socket=caddy.address.admin_socket,
+        router_http_port=haproxy_server.ports.http_port,
+        router_https_port=haproxy_server.ports.https_port,
         router_listen_host="127.0.0.1",
-        caddy_data=str(caddy.data_dir),
-        router_try_duration=2.0,
-        router_health_interval=1.0,
+        haproxy_data=str(haproxy_server.paths.data_dir),
+        router_check_interval=1.0,
         reconcile_interval=60.0,  # events drive the tests; the periodic test lowers it
         manage_networks=False,
         isolation=False,
@@ -345,13 +360,13 @@ async def dynos(dyno_image: str, scope: Scope) -> AsyncIterator[Dynos]:
 
 @dataclass
 class Router:
-    """A client of the router (Caddy's public ports), choosing the Host header."""
+    """A client of the router (HAProxy's public ports), choosing the Host header."""
 
     session: aiohttp.ClientSession
-    caddy: CaddyServer
+    server: HAProxyServer
 
     def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.caddy.address.http_port}{path}"
+        return f"http://127.0.0.1:{self.server.ports.http_port}{path}"
 
     async def get(
         self, host: str, path: str = "/", headers: dict[str, str] | None = None
@@ -363,6 +378,6 @@ class Router:
 
 
 @pytest.fixture
-async def router(caddy: CaddyServer) -> AsyncIterator[Router]:
+async def router(haproxy_server: HAProxyServer) -> AsyncIterator[Router]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
-        yield Router(session, caddy)
+        yield Router(session, haproxy_server)

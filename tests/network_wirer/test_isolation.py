@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiodocker
@@ -19,10 +19,10 @@ import pytest
 
 from slipway.contracts.gateway import APP_DESTROYED, AppDestroyed
 from slipway.contracts.scope import Scope
-from slipway.libs.caddy import CaddyServer, RouterAddress
+from slipway.libs.haproxy import HAProxyServer, RouterPorts
 from slipway.libs.natsserver import NatsServer
 from tests.conftest import assert_eventually
-from tests.network_wirer.conftest import Dynos, RunningWirer, World
+from tests.network_wirer.conftest import Dynos, RunningWirer, World, booted_haproxy
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.slow]
 
@@ -71,19 +71,17 @@ async def remove_chain(chain: str) -> None:
 
 
 @pytest.fixture
-async def public_caddy(tmp_path: Path) -> AsyncIterator[CaddyServer]:
-    """Caddy with its public ports on every address, as in production."""
-    server = CaddyServer(tmp_path / "public-caddy", RouterAddress(http_port=0, https_port=0))
-    await asyncio.to_thread(server.start)
-    yield server
-    await asyncio.to_thread(server.stop)
+def public_router() -> Iterator[HAProxyServer]:
+    """HAProxy with its public ports on every address, as in production."""
+    with booted_haproxy(RouterPorts(http_port=0, https_port=0), "slipway-iso-") as server:
+        yield server
 
 
 async def test_dyno_reaches_only_the_router(
     world: World,
     dynos: Dynos,
     wirer: RunningWirer,
-    public_caddy: CaddyServer,
+    public_router: HAProxyServer,
     tmp_path: Path,
     scope: Scope,
 ) -> None:
@@ -94,14 +92,13 @@ async def test_dyno_reaches_only_the_router(
     registry, registry_port = await _listener()
     docker = aiodocker.Docker()
     a, b = world.app("iso-a"), world.app("iso-b")
-    address = public_caddy.address
+    ports = public_router.ports
     try:
         await wirer.start(
-            router_http_port=address.http_port,
-            router_https_port=address.https_port,
-            router_admin_socket=address.admin_socket,
+            router_http_port=ports.http_port,
+            router_https_port=ports.https_port,
             router_listen_host="",
-            caddy_data=str(public_caddy.data_dir),
+            haproxy_data=str(public_router.paths.data_dir),
             manage_networks=True,
             isolation=True,
         )
@@ -115,7 +112,7 @@ async def test_dyno_reaches_only_the_router(
             ("nats", host_ip, nats.port),
             ("gateway", host_ip, gateway_port),
             ("registry", host_ip, registry_port),
-            ("router", host_ip, address.http_port),
+            ("router", host_ip, ports.http_port),
         ]
         code, out = await dynos.exec(dyno_a, "python3", "-c", PROBE, json.dumps(targets))
         assert code == 0, out

@@ -1,10 +1,11 @@
 """The router sends an app nothing its users did not send (#17 item 8).
 
 Heroku's router makes no health request of its own: a dyno is routed once it bound
-$PORT, and one that stops accepting is benched by its refused connections (passive
-health, `test_router.py`'s killed-dyno test). These run the real Caddy and
-network-wirer in front of a real dyno whose web server writes every request it
-answers to its own access log, read with `docker exec` (no request).
+$PORT, and one that stops accepting is benched by its refused connections (HAProxy's
+TCP checks and `observe layer4`: connections, never requests; `test_router.py`'s
+killed-dyno test). These run the real HAProxy and network-wirer in front of a real
+dyno whose web server writes every request it answers to its own access log, read with
+`docker exec` (no request).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ async def test_an_idle_app_gets_no_request_from_the_router(
     await world.set_dyno(dyno, announce=False)
     before = await requests_seen(dynos, dyno)
     await wirer.start()
-    # Long enough for an active check at the fixture's 1 s interval to have run 4 times.
-    await asyncio.sleep(4 * wirer.settings.router_health_interval)
+    # Long enough for a check at the fixture's 1 s interval to have run 4 times.
+    await asyncio.sleep(4 * wirer.settings.router_check_interval)
     assert await requests_seen(dynos, dyno) == before
 
     path = f"/user-{uuid.uuid4().hex[:8]}"

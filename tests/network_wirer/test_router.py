@@ -1,22 +1,27 @@
-"""The router end to end: real Caddy, real containers, the real network-wirer."""
+"""The router end to end: real HAProxy, real containers, the real network-wirer."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import ssl
+import warnings
 from collections import Counter
+from pathlib import Path
 
 import aiohttp
 import msgspec
 import pytest
 
 from slipway.contracts.logs import RouterAccess, router_subject
-from slipway.libs.caddy import CaddyServer
+from slipway.libs.haproxy import HAProxyServer
+from slipway.services.network_wirer.ca import RouterCA
 from tests.conftest import assert_eventually
 from tests.network_wirer.conftest import Dynos, Router, RunningWirer, World
 
 pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.slow]
+
+REQUEST_ID = "access-line-request-id-0001"
 
 
 async def test_routes_by_host_across_every_web_dyno(
@@ -45,26 +50,31 @@ async def test_routes_by_host_across_every_web_dyno(
 
 
 async def test_request_id_and_forwarded_headers(
-    world: World, dynos: Dynos, wirer: RunningWirer, router: Router, caddy: CaddyServer
+    world: World, dynos: Dynos, wirer: RunningWirer, router: Router, haproxy_server: HAProxyServer
 ) -> None:
-    """The dyno sees X-Request-Id (kept or made) and X-Forwarded-For/Proto/Port."""
+    """The dyno sees X-Request-Id (kept when valid, else made) and X-Forwarded-For/Proto/Port.
+
+    HAProxy sends header names lowercased (HTTP/1.1 names are case-insensitive)."""
     app = world.app("headers")
     await world.set_dyno(await dynos.start(app), announce=False)
     await wirer.start()
 
-    status, body, headers = await router.get("headers.localhost", headers={"X-Request-Id": "abc"})
+    mine = "client-chosen-request-id-0001"
+    status, body, headers = await router.get("headers.localhost", headers={"X-Request-Id": mine})
     assert status == 200
     seen = json.loads(body)["headers"]
-    assert seen["X-Request-Id"] == "abc"
-    assert headers["X-Request-Id"] == "abc"
-    assert seen["X-Forwarded-For"] == "127.0.0.1"
-    assert seen["X-Forwarded-Proto"] == "http"
-    assert seen["X-Forwarded-Port"] == str(caddy.address.http_port)
+    assert seen["x-request-id"] == mine
+    assert headers["X-Request-Id"] == mine
+    assert seen["x-forwarded-for"] == "127.0.0.1"
+    assert seen["x-forwarded-proto"] == "http"
+    assert seen["x-forwarded-port"] == str(haproxy_server.ports.http_port)
 
-    status, body, headers = await router.get("headers.localhost")
-    made = json.loads(body)["headers"]["X-Request-Id"]
-    assert len(made) == 36
-    assert headers["X-Request-Id"] == made
+    # Heroku's rule: 20 to 200 characters of [A-Za-z0-9+=/-]; anything else is replaced.
+    for sent in ({}, {"X-Request-Id": "abc"}):
+        status, body, headers = await router.get("headers.localhost", headers=sent)
+        made = json.loads(body)["headers"]["x-request-id"]
+        assert len(made) == 36
+        assert headers["X-Request-Id"] == made
 
 
 async def test_access_lines_name_app_dyno_and_status(
@@ -76,7 +86,8 @@ async def test_access_lines_name_app_dyno_and_status(
     chunks = await world.gateway.live_subscribe(router_subject(app.app_id))
     await wirer.start()
 
-    status, _, _ = await router.get("logged.localhost", "/some/path?q=1", {"X-Request-Id": "r-1"})
+    sent = {"X-Request-Id": REQUEST_ID}
+    status, _, _ = await router.get("logged.localhost", "/some/path?q=1", sent)
     assert status == 200
     data = await asyncio.wait_for(anext(chunks), 10)
     access = msgspec.json.decode(data, type=RouterAccess)
@@ -85,7 +96,7 @@ async def test_access_lines_name_app_dyno_and_status(
         "/some/path?q=1",
         "logged.localhost",
     )
-    assert (access.request_id, access.dyno, access.status) == ("r-1", "web.2", 200)
+    assert (access.request_id, access.dyno, access.status) == (REQUEST_ID, "web.2", 200)
     assert access.fwd == "127.0.0.1"
     assert access.bytes > 0
     assert access.code == ""
@@ -173,39 +184,59 @@ async def test_maintenance_on_and_off(
     await assert_eventually(back)
 
 
-async def test_custom_domain_over_https_with_internal_ca(
-    world: World, dynos: Dynos, wirer: RunningWirer, caddy: CaddyServer
+@pytest.mark.parametrize("host", ["www.secure-example.test", "secure.localhost"])
+async def test_custom_domain_and_app_host_over_https_with_internal_ca(
+    world: World, dynos: Dynos, wirer: RunningWirer, haproxy_server: HAProxyServer, host: str
 ) -> None:
-    """A custom domain answers on the HTTPS port with a certificate from Caddy's local CA."""
+    """A custom domain and the app's own host answer on the HTTPS port, TLS 1.2 or newer,
+    with certificates from the router's CA (in network-wirer's state folder)."""
     app = world.app("secure", domains=["www.secure-example.test"])
     await world.set_dyno(await dynos.start(app), announce=False)
-    await wirer.start()
+    running = await wirer.start()
+    root, _ = RouterCA.paths(wirer.settings.home_path / "network-wirer")
+    await running.refresh()  # certificates follow the routes by a pass at most
 
-    async def fetch() -> None:
-        assert caddy.root_certificate.exists()
-        context = ssl.create_default_context(cafile=str(caddy.root_certificate))
-        try:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.get(
-                    f"https://127.0.0.1:{caddy.address.https_port}/",
-                    headers={"Host": "www.secure-example.test"},
-                    server_hostname="www.secure-example.test",
-                    ssl=context,
-                ) as response,
-            ):
-                assert response.status == 200
-                seen = json.loads(await response.text())
-        except aiohttp.ClientConnectorSSLError as exc:
-            # Caddy issues the certificate right after the load: until then, no handshake.
-            raise AssertionError(f"no certificate yet: {exc}") from exc
-        assert seen["headers"]["X-Forwarded-Proto"] == "https"
+    context = ssl.create_default_context(cafile=str(root))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"https://127.0.0.1:{haproxy_server.ports.https_port}/",
+            headers={"Host": host},
+            server_hostname=host,
+            ssl=context,
+        ) as response,
+    ):
+        assert response.status == 200
+        seen = json.loads(await response.text())
+    assert seen["headers"]["x-forwarded-proto"] == "https"
 
-    await assert_eventually(fetch, timeout=20)
+    # TLS 1.2 is accepted, older protocols are refused outright.
+    port = haproxy_server.ports.https_port
+    _, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=_pinned(root, ssl.TLSVersion.TLSv1_2), server_hostname=host
+    )
+    assert writer.get_extra_info("ssl_object").version() == "TLSv1.2"
+    writer.close()
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        await asyncio.open_connection(
+            "127.0.0.1", port, ssl=_pinned(root, ssl.TLSVersion.TLSv1_1), server_hostname=host
+        )
+
+
+def _pinned(root: Path, newest: ssl.TLSVersion) -> ssl.SSLContext:
+    """A client context offering TLS versions up to `newest` only."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cafile=str(root))
+    with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
+        context.maximum_version = newest
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")  # lets the client offer TLS 1.1 at all
+    return context
 
 
 async def test_websocket_echo_through_router(
-    world: World, dynos: Dynos, wirer: RunningWirer, caddy: CaddyServer
+    world: World, dynos: Dynos, wirer: RunningWirer, haproxy_server: HAProxyServer
 ) -> None:
     """A websocket upgrades through the router and echoes both ways."""
     app = world.app("sockets")
@@ -214,7 +245,7 @@ async def test_websocket_echo_through_router(
     async with (
         aiohttp.ClientSession() as session,
         session.ws_connect(
-            f"http://127.0.0.1:{caddy.address.http_port}/ws",
+            f"http://127.0.0.1:{haproxy_server.ports.http_port}/ws",
             headers={"Host": "sockets.localhost"},
         ) as ws,
     ):
@@ -224,23 +255,24 @@ async def test_websocket_echo_through_router(
 
 
 async def test_routes_heal_after_restarts_and_missed_events(
-    world: World, dynos: Dynos, wirer: RunningWirer, router: Router, caddy: CaddyServer
+    world: World, dynos: Dynos, wirer: RunningWirer, router: Router, haproxy_server: HAProxyServer
 ) -> None:
-    """A restarted Caddy and wirer route again; a change nobody announced is picked up."""
+    """A restarted HAProxy and wirer route again; a change nobody announced is picked up."""
     app = world.app("healing")
     await world.set_dyno(await dynos.start(app, "web.1"), announce=False)
     running = await wirer.start(reconcile_interval=0.5)
     assert (await router.get("healing.localhost"))[0] == 200
-    # Nothing changed: further passes find Caddy's configuration equal and load nothing
-    # (a load would cut open websockets).
-    loads = running.snapshot.loads
+    # Nothing changed: further passes send HAProxy no command and never reload.
+    before = (running.snapshot.commands, running.snapshot.reloads)
     await running.refresh()
     await running.refresh()
-    assert running.snapshot.loads == loads
+    assert (running.snapshot.commands, running.snapshot.reloads) == before
 
     await wirer.stop()
-    caddy.restart()  # back to the boot configuration: no routes
-    assert (await router.get("healing.localhost"))[0] == 503
+    # Restarted, HAProxy has only what its files say: routes added at runtime are gone.
+    await asyncio.to_thread(haproxy_server.stop)
+    await asyncio.to_thread(haproxy_server.start)
+    assert (await router.get("healing.localhost"))[0] == 404
     await wirer.start(reconcile_interval=0.5)
     assert (await router.get("healing.localhost"))[0] == 200
 

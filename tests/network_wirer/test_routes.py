@@ -1,4 +1,4 @@
-"""routes.py and access.py without servers: desired state → Caddy JSON, log records → access."""
+"""routes.py, the route states and tls.py's names without servers."""
 
 from __future__ import annotations
 
@@ -8,21 +8,11 @@ import msgspec
 
 from slipway.contracts.gateway import AppDesired
 from slipway.contracts.scheduler import Dyno, DynoState
-from slipway.libs.caddy import HTTP_SERVER, HTTPS_SERVER, RouterAddress
-from slipway.services.network_wirer.access import AccessJoiner
+from slipway.services.network_wirer.haproxy.config import State
+from slipway.services.network_wirer.haproxy.reconcile import route_state
 from slipway.services.network_wirer.networks import isolation_rules
-from slipway.services.network_wirer.pages import load as load_pages
-from slipway.services.network_wirer.routes import (
-    AppRoute,
-    RouterOptions,
-    Upstream,
-    app_routes,
-    caddy_config,
-)
-
-ADDRESS = RouterAddress(admin_socket="/run/slipway/caddy/admin/admin.sock")
-ACCESS_LOG = "unix//run/slipway/network-wirer/run/access.sock"
-OPTIONS = RouterOptions(address=ADDRESS, storage_dir="/s", access_log=ACCESS_LOG)
+from slipway.services.network_wirer.routes import AppRoute, Upstream, app_routes, apps_by_host
+from slipway.services.network_wirer.tls import app_file, covered_by, default_names
 
 
 def _app(name: str, **kw: Any) -> AppDesired:
@@ -42,13 +32,6 @@ def _dyno(app: str, name: str, state: DynoState = "up", port: int | None = 5000)
         address="10.0.0.1",
         port=port,
     )
-
-
-def _answer(config: dict[str, Any], server: str, app_id: str) -> dict[str, Any]:
-    routes = config["apps"]["http"]["servers"][server]["routes"]
-    [route] = [r for r in routes if r.get("@id", "").startswith(f"app-{app_id}-")]
-    answer: dict[str, Any] = route["handle"][0]["routes"][-1]["handle"][-1]
-    return answer
 
 
 def test_only_up_web_dynos_with_an_address_become_upstreams() -> None:
@@ -100,132 +83,46 @@ def test_custom_domains_join_the_default_hostname() -> None:
 
 
 def test_h14_without_dynos_and_h10_when_all_crashed() -> None:
-    """No web dyno answers H14; web dynos that all crashed answer H10; both 503."""
+    """No web dyno is H14; web dynos that all crashed are H10; a running one is up."""
     routes = app_routes(
-        [_app("none"), _app("dead")], [_dyno("dead", "web.1", "crashed")], "localhost"
+        [_app("none"), _app("dead"), _app("live")],
+        [_dyno("dead", "web.1", "crashed"), _dyno("live", "web.1")],
+        "localhost",
     )
-    config = caddy_config(routes, OPTIONS, load_pages())
-    none, dead = (_answer(config, HTTP_SERVER, f"id-{n}") for n in ("none", "dead"))
-    assert (none["status_code"], none["headers"]["X-Router-Error"]) == (503, ["H14"])
-    assert (dead["status_code"], dead["headers"]["X-Router-Error"]) == (503, ["H10"])
+    assert [route_state(r) for r in routes] == [State.CRASHED, State.UP, State.NO_WEB]
 
 
 def test_maintenance_wins_over_running_dynos() -> None:
     """Maintenance answers its own page even while dynos run."""
-    routes = app_routes([_app("a", maintenance=True)], [_dyno("a", "web.1")], "localhost")
-    answer = _answer(caddy_config(routes, OPTIONS, load_pages()), HTTPS_SERVER, "id-a")
-    assert answer["status_code"] == 503
-    assert "maintenance" in answer["body"]
+    [route] = app_routes([_app("a", maintenance=True)], [_dyno("a", "web.1")], "localhost")
+    assert route.upstreams
+    assert route_state(route) == State.MAINTENANCE
 
 
-def test_proxy_balances_retries_and_checks_health() -> None:
-    """Round robin, a retry window, passive health only, H12's timeout, X-Forwarded-Port."""
-    route = AppRoute("id", "a", ("a.localhost",), (Upstream("web.1", "h:1"),))
-    config = caddy_config([route], OPTIONS, load_pages())
-    proxy = _answer(config, HTTP_SERVER, "id")
-    assert proxy["handler"] == "reverse_proxy"
-    assert proxy["upstreams"] == [{"dial": "h:1"}]
-    assert proxy["load_balancing"]["selection_policy"] == {"policy": "round_robin"}
-    assert proxy["load_balancing"]["try_duration"] == "5000ms"
-    assert proxy["health_checks"]["passive"]["max_fails"] == 1
-    # No request of the router's own reaches the app unless an operator asks for one.
-    assert "active" not in proxy["health_checks"]
-    assert proxy["transport"]["response_header_timeout"] == "30000ms"
-    assert proxy["headers"]["request"]["set"]["X-Forwarded-Port"] == ["8080"]
-    https = _answer(config, HTTPS_SERVER, "id")
-    assert https["headers"]["request"]["set"]["X-Forwarded-Port"] == ["8443"]
+def test_every_host_names_its_app_for_access_lines() -> None:
+    """The access line of any of an app's hosts is the app's."""
+    routes = [AppRoute("id-a", "a", ("a.localhost", "www.a.test")), AppRoute("id-b", "b", ())]
+    assert apps_by_host(routes) == {"a.localhost": "id-a", "www.a.test": "id-a"}
 
 
-def test_an_operator_set_health_path_turns_active_checks_on() -> None:
-    """SLIPWAY_ROUTER_HEALTH_PATH=/up: Caddy GETs it at the interval, passive health kept."""
-    route = AppRoute("id", "a", ("a.localhost",), (Upstream("web.1", "h:1"),))
-    options = RouterOptions(address=ADDRESS, health_path="/up", health_interval=2.0)
-    checks = _answer(caddy_config([route], options, load_pages()), HTTP_SERVER, "id")[
-        "health_checks"
-    ]
-    assert checks["active"] == {"uri": "/up", "interval": "2000ms", "timeout": "2000ms"}
-    assert checks["passive"]["max_fails"] == 1
+def test_default_certificate_covers_apps_only_under_a_two_label_base() -> None:
+    """`*.apps.example.com` serves every app there; `*.localhost` is never issued."""
+    wide = default_names("apps.example.com")
+    assert wide == ["apps.example.com", "*.apps.example.com"]
+    assert covered_by("shop.apps.example.com", wide)
+    assert not covered_by("a.shop.apps.example.com", wide)
+    assert not covered_by("shop.apps.example.com.evil.test", wide)
+    narrow = default_names("localhost")
+    assert narrow == ["router.localhost"]
+    assert not covered_by("shop.localhost", narrow)
 
 
-def test_unknown_hosts_get_404_and_admin_stays_on_its_socket() -> None:
-    """The last route answers 404; admin, storage and trust come from the boot skeleton."""
-    config = caddy_config([], OPTIONS, load_pages())
-    last = config["apps"]["http"]["servers"][HTTP_SERVER]["routes"][-1]
-    assert last["handle"][0]["status_code"] == 404
-    assert config["admin"]["listen"] == "unix//run/slipway/caddy/admin/admin.sock"
-    assert config["apps"]["pki"]["certificate_authorities"]["local"]["install_trust"] is False
-    assert config["apps"]["http"]["servers"][HTTP_SERVER]["automatic_https"] == {"disable": True}
-    issuers = config["apps"]["tls"]["automation"]["policies"][0]["issuers"]
-    assert issuers == [{"module": "internal"}]
-
-
-def test_acme_is_a_setting_away() -> None:
-    """A real deployment switches the issuer to ACME with its account email."""
-    options = RouterOptions(address=ADDRESS, tls_issuer="acme", acme_email="ops@example.com")
-    config = caddy_config([], options, load_pages())
-    issuers = config["apps"]["tls"]["automation"]["policies"][0]["issuers"]
-    assert issuers == [{"module": "acme", "email": "ops@example.com"}]
-    assert "logging" not in config
-
-
-def _access(
-    rid: str, host: str, user_id: str = "", extra: dict[str, list[str]] | None = None
-) -> dict[str, Any]:
-    return {
-        "logger": "http.log.access.router",
-        "ts": 1.5,
-        "request": {"remote_ip": "1.2.3.4", "method": "GET", "host": host, "uri": "/x?y"},
-        "user_id": user_id,
-        "duration": 0.0123,
-        "size": 42,
-        "status": 200,
-        "resp_headers": {"X-Request-Id": [rid], **(extra or {})},
-    }
-
-
-def test_each_upstream_is_mapped_to_its_dyno_for_the_access_line() -> None:
-    """A `map` before the proxy names the dyno in the access log's user_id; no proxy logger."""
-    route = AppRoute(
-        "id", "a", ("a.localhost",), (Upstream("web.1", "h:1"), Upstream("web.2", "h:2"))
-    )
-    config = caddy_config(
-        [route], RouterOptions(address=ADDRESS, access_log=ACCESS_LOG), load_pages()
-    )
-    routes = config["apps"]["http"]["servers"][HTTP_SERVER]["routes"]
-    [app] = [r for r in routes if r.get("@id") == "app-id-http"]
-    naming, proxy = app["handle"][0]["routes"][-1]["handle"]
-    assert proxy["handler"] == "reverse_proxy"
-    assert naming["handler"] == "map"
-    assert naming["destinations"] == ["{http.auth.user.id}"]
-    assert [(m["input"], m["outputs"]) for m in naming["mappings"]] == [
-        ("h:1", ["web.1"]),
-        ("h:2", ["web.2"]),
-    ]
-    logs = config["logging"]["logs"]
-    assert logs["router"]["include"] == ["http.log.access.router"]
-    assert logs["router"]["writer"] == {"output": "net", "address": ACCESS_LOG}
-    assert "http.handlers.reverse_proxy" in logs["default"]["exclude"]
-
-
-def test_access_lines_name_their_dyno_and_app() -> None:
-    """user_id names the dyno; the access line gives the rest; unknown hosts are dropped."""
-    joiner = AccessJoiner()
-    joiner.update([AppRoute("id", "a", ("a.localhost",), (Upstream("web.3", "h:7"),))])
-    access = joiner.record(_access("r1", "a.localhost:8080", user_id="web.3"))
-    assert access is not None
-    assert (access.app_id, access.dyno, access.request_id) == ("id", "web.3", "r1")
-    assert (access.method, access.path, access.fwd) == ("GET", "/x?y", "1.2.3.4")
-    assert (access.status, access.bytes, access.service_ms) == (200, 42, 12)
-    assert joiner.record(_access("r2", "other.localhost")) is None
-
-
-def test_router_answers_carry_their_code() -> None:
-    """A page the router answered itself names its Heroku code and no dyno."""
-    joiner = AccessJoiner()
-    joiner.update([AppRoute("id", "a", ("a.localhost",))])
-    access = joiner.record(_access("r9", "a.localhost", extra={"X-Router-Error": ["H14"]}))
-    assert access is not None
-    assert (access.code, access.dyno) == ("H14", "")
+def test_app_certificate_file_names_are_digests() -> None:
+    """An app id never becomes a path: its certificate's file is a fixed-shape digest."""
+    name = app_file("../../etc/passwd")
+    assert name.startswith("app-") and name.endswith(".pem") and "/" not in name
+    assert len(name) == len("app-.pem") + 32
+    assert app_file("id-a") != app_file("id-b")
 
 
 def test_isolation_rules_let_only_router_ports_in() -> None:

@@ -1,12 +1,12 @@
-"""The reconcile loop against real NATS and a real Caddy, without containers."""
+"""The reconcile loop against real NATS and a real HAProxy, without containers: what
+HAProxy holds is read back through its runtime API."""
 
 from __future__ import annotations
 
 import pytest
 
 from slipway.contracts.scheduler import Dyno
-from slipway.libs.caddy import CaddyServer
-from slipway.services.network_wirer.caddy import CaddyAdmin
+from slipway.libs.haproxy import HAProxyServer
 from tests.network_wirer.conftest import RunningWirer, World
 
 pytestmark = [pytest.mark.integration]
@@ -27,42 +27,42 @@ def _dyno(app_id: str, port: int) -> Dyno:
     )
 
 
+async def _dials(server: HAProxyServer, host: str) -> set[str]:
+    """The addresses of the servers HAProxy routes `host` to (its map, then its backend)."""
+    runtime = server.runtime()
+    try:
+        hosts = await runtime.show_map(str(server.paths.data_dir / "hosts.map"))
+        if host not in hosts:
+            return set()
+        backend = hosts[host].split(":")[0]
+        return {s.dial for s in await runtime.show_servers(backend)}
+    finally:
+        await runtime.close()
+
+
 async def test_an_unanswering_scheduler_keeps_the_last_routes(
-    world: World, wirer: RunningWirer, caddy: CaddyServer
+    world: World, wirer: RunningWirer, haproxy_server: HAProxyServer
 ) -> None:
-    """When DYNOS_LIST goes unanswered, the routes the wirer knew stay in Caddy."""
+    """When DYNOS_LIST goes unanswered, the routes the wirer knew stay in HAProxy."""
     app = world.app("kept")
     await world.set_dyno(_dyno(app.app_id, 40001), announce=False)
     running = await wirer.start()
-    admin = CaddyAdmin(caddy.admin_socket)
-    try:
-        route = await admin.by_id(f"app-{app.app_id}-http")
-        proxy = route["handle"][0]["routes"][-1]["handle"][-1]
-        assert proxy["upstreams"] == [{"dial": "127.0.0.1:40001"}]
+    assert await _dials(haproxy_server, "kept.localhost") == {"127.0.0.1:40001"}
 
-        await world.scheduler.close()  # nobody answers DYNOS_LIST any more
-        world.dynos.clear()
-        await running.refresh()
-
-        route = await admin.by_id(f"app-{app.app_id}-http")
-        assert route["handle"][0]["routes"][-1]["handle"][-1]["upstreams"] == proxy["upstreams"]
-    finally:
-        await admin.close()
+    await world.scheduler.close()  # nobody answers DYNOS_LIST any more
+    world.dynos.clear()
+    await running.refresh()
+    await running.reconcile(full=True)
+    assert await _dials(haproxy_server, "kept.localhost") == {"127.0.0.1:40001"}
 
 
 async def test_a_new_app_is_routed_on_the_next_pass(
-    world: World, wirer: RunningWirer, caddy: CaddyServer
+    world: World, wirer: RunningWirer, haproxy_server: HAProxyServer
 ) -> None:
     """An app the wirer learns about at a reconcile gets its route; before, it has none."""
     running = await wirer.start()
-    admin = CaddyAdmin(caddy.admin_socket)
-    try:
-        app = world.app("later")
-        config = await admin.config("apps/http/servers/router_http/routes")
-        assert all(not r.get("@id", "").startswith(f"app-{app.app_id}") for r in config)
-        await world.set_dyno(_dyno(app.app_id, 40002), announce=False)
-        await running.refresh()
-        route = await admin.by_id(f"app-{app.app_id}-https")
-        assert route["match"] == [{"host": ["later.localhost"]}]
-    finally:
-        await admin.close()
+    app = world.app("later")
+    assert await _dials(haproxy_server, "later.localhost") == set()
+    await world.set_dyno(_dyno(app.app_id, 40002), announce=False)
+    await running.refresh()
+    assert await _dials(haproxy_server, "later.localhost") == {"127.0.0.1:40002"}

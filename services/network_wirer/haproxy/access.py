@@ -1,6 +1,6 @@
-"""HAProxy's access lines → RouterAccess, the record the log-shipper gets today from Caddy's.
+"""HAProxy's access lines → RouterAccess, the record the log-shipper gets for each request.
 
-libs/haproxy.py's `LogReceiver` decodes each datagram into an `AccessRecord`; here the
+libs/haproxy's `LogReceiver` decodes each datagram into an `AccessRecord`; here the
 host becomes the app, the server name the dyno, and the route state or HAProxy's
 termination flags the Heroku error code (the table is in config.py's docstring).
 """

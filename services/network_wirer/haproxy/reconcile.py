@@ -307,7 +307,7 @@ def _check_challenge(token: str, key_authorization: str) -> None:
         raise ValueError("an ACME token and key authorization are base64url")
 
 
-def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace `path` whole (a reader never sees half a file)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -324,15 +324,15 @@ def write_files(layout: Layout, options: HAProxyOptions, pages: Pages) -> None:
     crt-list is created empty here when missing, as HAProxy refuses a missing one.
     """
     for name, data in page_files(pages).items():
-        _write(options.pages_dir / name, data, 0o644)
+        write_private(options.pages_dir / name, data, 0o644)
     if not options.crt_list.exists():
-        _write(options.crt_list, b"")
+        write_private(options.crt_list, b"")
     if not options.acme_map_path.exists():
         # Challenges live in HAProxy's memory only (a reload mid-order fails that order,
         # which is retried); the file exists because HAProxy refuses a missing map.
-        _write(options.acme_map_path, b"")
-    _write(options.map_path, map_text(layout.hosts).encode())
-    _write(options.paths.config, render(layout, options).encode())
+        write_private(options.acme_map_path, b"")
+    write_private(options.map_path, map_text(layout.hosts).encode())
+    write_private(options.paths.config, render(layout, options).encode())
 
 
 class Reconciler:
@@ -390,10 +390,10 @@ class Reconciler:
         domain = plain_dns_name(domain, wildcard=True)
         crt_list = self.options.crt_list
         path = crt_list.parent / f"{domain.replace('*', '_wildcard_')}.pem"
-        _write(path, pem.encode())
+        write_private(path, pem.encode())
         listed = crt_list.read_text().splitlines() if crt_list.exists() else []
         if str(path) not in listed:
-            _write(crt_list, "".join(f"{line}\n" for line in [*listed, str(path)]).encode())
+            write_private(crt_list, "".join(f"{line}\n" for line in [*listed, str(path)]).encode())
         await self.runtime.put_certificate(str(path), pem, str(crt_list))
         return path
 

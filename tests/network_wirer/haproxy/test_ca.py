@@ -1,8 +1,7 @@
-"""The router's own CA: made once, adopting a real Caddy's root, its leaves served by HAProxy."""
+"""The router's own CA: made once, adopting the root Caddy left, its leaves served by HAProxy."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import ssl
 import stat
@@ -13,11 +12,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from slipway.libs.caddy import CaddyServer
 from slipway.libs.errors import InvalidRequest
 from slipway.services.network_wirer import certs
-from slipway.services.network_wirer.ca import RouterCA, caddy_root, needs_renewal
-from tests.conftest import assert_eventually
+from slipway.services.network_wirer.ca import (
+    RouterCA,
+    caddy_root,
+    legacy_caddy_storage,
+    make_root,
+    needs_renewal,
+)
 from tests.network_wirer.haproxy.conftest import Dynos, HAProxyRouter, route
 
 NOW = datetime.datetime(2026, 12, 1, tzinfo=datetime.UTC)
@@ -47,30 +50,34 @@ def test_made_at_first_start_private_and_kept(tmp_path: Path) -> None:
     assert again.certificate == first.certificate
 
 
-@pytest.mark.integration
-def test_adopts_caddys_root_so_addon_certificates_keep_verifying(
-    caddy: CaddyServer, tmp_path: Path
-) -> None:
-    """A database certificate signed from a real Caddy's CA (certs.py, today's signer)
-    verifies against the router's CA after adoption, as do the CA's new leaves; Caddy's
-    storage is not needed any more."""
-
-    def made() -> None:
-        assert all(path.is_file() for path in caddy_root(caddy.storage_dir))
-
-    # Caddy makes its internal CA shortly after its first start.
-    asyncio.run(assert_eventually(made, timeout=30))
-    caddy_cert, caddy_key = certs.load_ca(caddy.storage_dir)
-    database = certs.sign(_addon_csr(), "postgresql-shiny-12345", caddy_cert, caddy_key)
+def test_adopts_the_root_caddy_left_so_addon_certificates_keep_verifying(tmp_path: Path) -> None:
+    """A root where Caddy kept its internal CA under SLIPWAY_HOME is adopted at the first
+    start: a database certificate it signed before the switch verifies against the router's
+    CA, as do the CA's new leaves; Caddy's storage is not needed any more."""
+    home = tmp_path / "home"
+    # What Caddy made at its first start: an EC P-256 root, its key in SEC1 PEM, in the
+    # layout of its storage (Caddy itself is gone from the platform).
+    caddy_cert, caddy_key = make_root(NOW)
+    cert_path, key_path = caddy_root(legacy_caddy_storage(home))
+    cert_path.parent.mkdir(parents=True)
+    cert_path.write_bytes(caddy_cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        caddy_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    # Signed with Caddy's own files, as certs.py did while Caddy was the router.
+    database = certs.sign(_addon_csr(), "postgresql-shiny-12345", RouterCA(caddy_cert, caddy_key))
     state = tmp_path / "wirer"
-    ca = RouterCA.load_or_create(state, caddy.storage_dir)
+    ca = RouterCA.load_or_create(state, legacy_caddy_storage(home))
     assert ca.adopted
     assert ca.certificate == caddy_cert
     database.verify_directly_issued_by(ca.certificate)
-    caddy.stop()
-    for path in caddy_root(caddy.storage_dir):
+    for path in (cert_path, key_path):
         path.unlink()
-    kept = RouterCA.load_or_create(state, caddy.storage_dir)
+    kept = RouterCA.load_or_create(state, legacy_caddy_storage(home))
     assert (kept.certificate, kept.adopted) == (caddy_cert, False)
     database.verify_directly_issued_by(kept.certificate)
     kept.issue(["myapp.localhost"]).certificate.verify_directly_issued_by(caddy_cert)
