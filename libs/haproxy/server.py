@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -90,7 +91,8 @@ class HAProxyServer:
             raise HAProxyError(f"invalid haproxy configuration: {result.stderr.strip()[:2000]}")
 
     def start(self, timeout: float = 15.0) -> None:
-        """Start HAProxy on the written configuration; return once its runtime API answers."""
+        """Start HAProxy on the written configuration; return once its runtime API answers
+        and its master CLI accepts."""
         if self.process is not None and self.process.poll() is None:
             return
         private_folder(self.paths.sockets)
@@ -129,8 +131,14 @@ class HAProxyServer:
                     sock.settimeout(1.0)
                     sock.connect(str(self.paths.runtime_socket))
                     sock.sendall(b"show info\n")
-                    if sock.recv(64):
-                        return
+                    answered = bool(sock.recv(64))
+                if answered:
+                    # The master accepts on its CLI a few ms after the worker answers (it
+                    # refuses until then); reload() needs it, so ready means both.
+                    with socket.socket(socket.AF_UNIX) as sock:
+                        sock.settimeout(1.0)
+                        sock.connect(str(self.paths.master_socket))
+                    return
             except OSError:
                 pass
             time.sleep(0.05)
@@ -221,10 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     home = os.environ.get("SLIPWAY_HOME", "var")
     parser.add_argument("--data", default=os.environ.get("SLIPWAY_HAPROXY_DATA", f"{home}/haproxy"))
     args = parser.parse_args(argv)
-    server = HAProxyServer(args.data, ports_from_env(), own_session=False)
-    if not server.paths.config.exists():
-        server.paths.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        server.paths.config.write_text(starting_config(server.paths, server.ports))
-    server.start()
+    try:
+        server = HAProxyServer(args.data, ports_from_env(), own_session=False)
+        if not server.paths.config.exists():
+            server.paths.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            server.paths.config.write_text(starting_config(server.paths, server.ports))
+        server.start()
+    except (HAProxyError, TimeoutError) as exc:
+        # One readable line for the operator (the supervisor's log), not a traceback.
+        print(f"haproxy: {exc}", file=sys.stderr, flush=True)
+        return 1
     print(f"haproxy ready: runtime {server.paths.runtime_socket}", flush=True)
     return serve_until_signalled(server)
