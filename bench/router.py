@@ -1,4 +1,4 @@
-"""The router's cost: a hello dyno hit directly, through HAProxy, nginx and Caddy, same run.
+"""The router's cost: a hello dyno hit directly, through HAProxy and through nginx, same run.
 
     .venv/bin/python bench/router.py [--duration 5] [--connections 16] [--threads 2]
     .venv/bin/python bench/router.py --churn [--changes 30]
@@ -11,19 +11,14 @@ for `--duration` seconds each, at 1 app and at `--apps` apps (every app routed t
 same dyno; wrk asks for the last one, the worst case for a router that scans):
 
 - direct:     wrk → the dyno's address and $PORT;
-- haproxy:    wrk → HAProxy (Debian 2.6) driven by network-wirer's phase-1 code: the boot
-              configuration (haproxy/config.py) and the runtime-API reconciler
+- haproxy:    wrk → HAProxy (Debian 2.6), Slipway's router, driven by network-wirer's
+              code: the boot configuration (haproxy/config.py) and the runtime-API reconciler
               (haproxy/reconcile.py), its access log sent to a unix socket read here, as
               in production; health checks off (10,000 servers on one bench dyno would be
               2,000 checks per second aimed at the dyno being measured);
 - nginx:      wrk → nginx (Dokku's choice) set up the same way: host match (one server
               block per app), upstream keepalive, X-Request-Id / X-Forwarded-*, retry on
-              connection error, access log off;
-- caddy:      wrk → Caddy loaded with network-wirer's current configuration (routes.py:
-              host match, X-Request-Id, X-Forwarded-*, round robin, health checks); at
-              `--apps` only when its configuration loads within `--caddy-load-limit`;
-- caddy/gc100, caddy+log: 1 app only, as before (Go's default GOGC; the access log
-              streamed to a loopback listener).
+              connection error, access log off.
 
 Prints requests/s, p50 and p99 for each, the ratios against direct, and the CPU time the
 proxy's processes spent per request, read the same way for every proxy (/proc utime +
@@ -62,21 +57,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from slipway.contracts.gateway import AppDesired
-from slipway.contracts.scheduler import Dyno
-from slipway.libs.caddy import DEFAULT_GOGC, CaddyServer, RouterAddress, free_port
-from slipway.libs.haproxy import HAProxyServer, RouterPorts
+from slipway.libs.haproxy import HAProxyServer, RouterPorts, free_port
 from slipway.services.network_wirer.ca import RouterCA
 from slipway.services.network_wirer.haproxy.config import HAProxyOptions, Layout
 from slipway.services.network_wirer.haproxy.reconcile import Reconciler, write_files
 from slipway.services.network_wirer.pages import load as load_pages
-from slipway.services.network_wirer.routes import (
-    AppRoute,
-    RouterOptions,
-    Upstream,
-    app_routes,
-    caddy_config,
-)
+from slipway.services.network_wirer.routes import AppRoute, Upstream
 
 RUN_STACK = "slipway/stack-run:bookworm"
 HELLO_JS = """
@@ -271,78 +257,6 @@ def wait_http(url: str, host: str | None = None, timeout: float = 20.0) -> None:
         time.sleep(0.1)
 
 
-# Caddy --------------------------------------------------------------------------------
-
-
-def load_caddy(
-    caddy: CaddyServer,
-    dyno_address: str,
-    access_log: str | None,
-    apps: int,
-    timeout: float = 60.0,
-) -> float:
-    """Load network-wirer's configuration for `apps` apps, one dyno each (all the same
-    container), into Caddy; the seconds the load took."""
-    address, port = dyno_address.rsplit(":", 1)
-    desired = [
-        AppDesired(app_id=app_name(i), app_name=app_name(i), team_id="t") for i in range(apps)
-    ]
-    dynos = [
-        Dyno(
-            app_id=app.app_id,
-            app_name=app.app_name,
-            team_id="t",
-            name="web.1",
-            process_type="web",
-            release_version=1,
-            state="up",
-            host_id="local",
-            private_address=address,
-            private_port=int(port),
-        )
-        for app in desired
-    ]
-    options = RouterOptions(
-        address=caddy.address, storage_dir=str(caddy.storage_dir), access_log=access_log
-    )
-    routes = app_routes(desired, dynos, "localhost", options.router_host)
-    assert routes[-1].upstreams, "the dyno must be routed"
-    config = caddy_config(routes, options, load_pages())
-    started = time.monotonic()
-    caddy.admin("POST", "/load", config, timeout=timeout)
-    wait_http(f"http://127.0.0.1:{caddy.address.http_port}/", last_host(apps), timeout=timeout)
-    return time.monotonic() - started
-
-
-def log_sink() -> str:
-    """A loopback listener that reads and drops Caddy's access log, as network-wirer would."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        while True:
-            conn, _ = server.accept()
-            threading.Thread(target=lambda c=conn: _drain(c), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return f"tcp/127.0.0.1:{server.getsockname()[1]}"  # a Caddy network address
-
-
-def _drain(conn: socket.socket) -> None:
-    with conn:
-        while conn.recv(65536):
-            pass
-
-
-def _caddy(folder: Path, gogc: int = DEFAULT_GOGC) -> CaddyServer:
-    server = CaddyServer(
-        folder,
-        RouterAddress(http_port=0, https_port=0, listen_host="127.0.0.1"),
-        gogc=gogc,
-    )
-    server.start()
-    return server
-
-
 # nginx --------------------------------------------------------------------------------
 
 
@@ -458,7 +372,7 @@ def report(results: list[Result], args: argparse.Namespace, notes: list[str]) ->
         )
     by_name = {r.name: r for r in results}
     print("targets (issue 16):")
-    for proxy in ("haproxy", "nginx", "caddy"):
+    for proxy in ("haproxy", "nginx"):
         one, many = by_name.get(proxy), by_name.get(f"{proxy}@{args.apps}")
         if one is None:
             continue
@@ -506,7 +420,7 @@ def _stopped(stop: list[object]) -> Iterator[None]:
                 if isinstance(item, subprocess.Popen):
                     item.terminate()
                     item.wait(10)
-                elif isinstance(item, CaddyServer | HAProxyRouter):
+                elif isinstance(item, HAProxyRouter):
                     item.stop()
             except Exception as exc:  # cleanup goes on; the error is shown
                 print(f"cleanup: {exc!r}", file=sys.stderr)
@@ -548,45 +462,6 @@ def throughput(args: argparse.Namespace) -> None:
                     last_host(apps),
                     with_children(nginx.pid),
                 )
-                caddy = _caddy(folder / f"caddy{apps}")
-                started.append(caddy)
-                try:
-                    took = load_caddy(caddy, dyno, None, apps, timeout=args.caddy_load_limit)
-                except (OSError, TimeoutError) as exc:
-                    # Stopped at once: a Caddy still provisioning would eat the CPU the
-                    # other paths are measured with.
-                    caddy.stop()
-                    notes.append(
-                        f"caddy: {apps} routes not loaded within {args.caddy_load_limit:.0f} s"
-                        f" ({exc!r}); left out"
-                    )
-                    continue
-                assert caddy.process is not None
-                if apps > 1:
-                    notes.append(f"caddy: {apps} routes loaded in {took:.1f} s")
-                paths[f"caddy{suffix}"] = (
-                    f"http://127.0.0.1:{caddy.address.http_port}/",
-                    last_host(apps),
-                    [caddy.process.pid],
-                )
-            gc100 = _caddy(folder / "caddy-gc100", gogc=100)
-            started.append(gc100)
-            logged = _caddy(folder / "caddy-log")
-            started.append(logged)
-            load_caddy(gc100, dyno, None, 1)
-            load_caddy(logged, dyno, log_sink(), 1)
-            assert gc100.process is not None
-            assert logged.process is not None
-            paths["caddy/gc100"] = (
-                f"http://127.0.0.1:{gc100.address.http_port}/",
-                last_host(1),
-                [gc100.process.pid],
-            )
-            paths["caddy+log"] = (
-                f"http://127.0.0.1:{logged.address.http_port}/",
-                last_host(1),
-                [logged.process.pid],
-            )
             # Interleaved rounds, median per path: a load spike elsewhere on the machine
             # hits every path alike instead of skewing one of them.
             runs: dict[str, list[Result]] = {name: [] for name in paths}
@@ -773,9 +648,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="each round runs every path once")
     parser.add_argument("--apps", type=int, default=10_000, help="the many-apps figure")
-    parser.add_argument(
-        "--caddy-load-limit", type=float, default=60.0, help="seconds Caddy may take to load"
-    )
     parser.add_argument("--churn", action="store_true", help="route changes instead of load")
     parser.add_argument("--changes", type=int, default=30, help="route changes per size")
     parser.add_argument(
