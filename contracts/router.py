@@ -1,8 +1,8 @@
 """The router's facts and names: custom domains, and the per-app Docker network.
 
 The gateway publishes `DOMAIN_ADDED` / `DOMAIN_REMOVED` (stream EVT) when a
-customer adds or removes a custom hostname; network-wirer routes it (and Caddy
-gets it a certificate). `AppDesired.domains` (contracts.gateway) carries the
+customer adds or removes a custom hostname; network-wirer routes it (and gets the
+router a certificate for it). `AppDesired.domains` (contracts.gateway) carries the
 current set for reconciles.
 
 Each app has one Docker network on every host, made by network-wirer (or by the
@@ -66,7 +66,7 @@ class AddonCertificate(Message, tag="router.addon.cert.v1", frozen=True, kw_only
     not_after: str = ""  # ISO 8601
 
 
-# network-wirer holds the router's internal CA (Caddy's storage): it signs, nobody else.
+# network-wirer holds the router's internal CA (its state's ca/): it signs, nobody else.
 ROUTER_ADDON_CERT_ISSUE: Rpc[IssueAddonCertificate, AddonCertificate] = Rpc(
     Service.NETWORK_WIRER,
     "addon.cert.issue",

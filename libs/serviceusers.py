@@ -31,7 +31,8 @@ SLIPWAY_BACKUP_USER) makes those folders the backup account's.
 
 The builder, scheduler and network-wirer keep root: each talks to the Docker Engine API,
 and whoever holds the Docker socket is root on the host (the builder also writes iptables
-rules). So does the router (Caddy), which sets a sysctl at start. The log-shipper needs
+rules). So does the router (HAProxy): network-wirer drives it through sockets in a
+folder that must be its own user's (libs/haproxy/paths.py). The log-shipper needs
 no Docker: its dynos are the scheduler's word and their metrics the kernel's (world-
 readable /proc/<pid>/cgroup and /sys/fs/cgroup); a drain CA file (SLIPWAY_DRAIN_CA_FILE)
 must be readable by others, as a CA certificate may be.

@@ -1,1 +1,1 @@
-"""network-wirer: per-app Docker networks, the router's routes (Caddy), access lines."""
+"""network-wirer: per-app Docker networks, the router's routes (HAProxy), access lines."""

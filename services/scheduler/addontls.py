@@ -1,6 +1,6 @@
 """TLS for add-on databases: a key made here, a certificate from the platform's CA.
 
-The router's internal CA (Caddy's, held by network-wirer, services/network_wirer/certs.py)
+The router's internal CA (held by network-wirer, services/network_wirer/ca.py and certs.py)
 signs a certificate whose one name is the add-on's name, its host on the app network. This
 module makes the private key and sends only a CSR (ROUTER_ADDON_CERT_ISSUE), then writes
 

@@ -32,7 +32,7 @@ __all__ = ["platform"]  # the fixture this module borrows
 
 APP = "quiet"
 HOST = f"{APP}.localhost"
-FORMER_HEALTH_INTERVAL = 5.0  # seconds between Caddy's active checks before #17
+FORMER_HEALTH_INTERVAL = 5.0  # seconds between the router's HTTP checks before #17 (TCP now)
 
 
 def access_lines(platform: Platform) -> list[str]:

@@ -3,8 +3,8 @@
 Every app has its default hostname `<app>.<apps domain>` (kind "heroku", not
 stored: it follows renames). Custom hostnames (kind "custom") are stored here,
 each owned by exactly one app; adding or removing one emits DOMAIN_ADDED /
-DOMAIN_REMOVED, on which network-wirer routes it and Caddy gets its certificate
-(from its internal CA locally, from ACME when configured for a real deployment).
+DOMAIN_REMOVED, on which network-wirer routes it and gets its certificate into the
+router (from its internal CA locally, from ACME when configured for a real deployment).
 `DESIRED_GET` carries them too (`hostnames_of`), so a missed event heals.
 
 A hostname belongs to one app at a time across all teams: the table's unique

@@ -1,7 +1,7 @@
 """SNI endpoints: Heroku's uploaded certificates, which Slipway does not take.
 
 TLS for an app's custom domains is the router's: once `domains:add` stores a
-hostname, network-wirer routes it and Caddy obtains its certificate by itself (from
+hostname, network-wirer routes it and obtains its certificate by itself (from
 the platform's internal CA locally, by ACME on a real deployment) and renews it. No
 customer certificate or private key is ever uploaded, so the list of SNI endpoints is
 honestly empty, naming one answers 404, and uploading or changing one answers 422;

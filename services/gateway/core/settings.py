@@ -21,7 +21,7 @@ class GatewaySettings(Settings, frozen=True, kw_only=True):
     api_port: int = 5100  # 0 picks a free port (tests); the bound URL is then in Gateway.api_url
     # The URL customers reach the API at, when it differs from http://api_host:api_port.
     api_url: str = ""
-    # Apps answer at http://<app>.<apps_domain>:<router_port>/ (the router, Caddy).
+    # Apps answer at http://<app>.<apps_domain>:<router_port>/ (the router, HAProxy).
     apps_domain: str = "localhost"
     router_port: int = 8080
     admin_email: str = "admin@slipway.local"
