@@ -66,3 +66,26 @@ async def test_a_new_app_is_routed_on_the_next_pass(
     await world.set_dyno(_dyno(app.app_id, 40002), announce=False)
     await running.refresh()
     assert await _dials(haproxy_server, "later.localhost") == {"127.0.0.1:40002"}
+
+
+async def test_changed_settings_take_effect_with_one_reload(
+    world: World, wirer: RunningWirer, haproxy_server: HAProxyServer
+) -> None:
+    """HAProxy reads timeouts and server options from its file only: a wirer restarted with
+    other settings writes it again and reloads once; with the same settings, never."""
+    app = world.app("tuned")
+    await world.set_dyno(_dyno(app.app_id, 40003), announce=False)
+    await wirer.start()
+    await wirer.stop()
+    same = await wirer.start()
+    assert same.reconciler.reloads == 0
+    await wirer.stop()
+
+    config = haproxy_server.paths.config
+    assert "timeout server 7000ms" not in config.read_text()
+    changed = await wirer.start(router_upstream_timeout=7.0)
+    assert changed.reconciler.reloads == 1
+    assert "timeout server 7000ms" in config.read_text()
+    assert await _dials(haproxy_server, "tuned.localhost") == {"127.0.0.1:40003"}
+    await changed.refresh()
+    assert changed.reconciler.reloads == 1

@@ -264,8 +264,35 @@ def _frontend(name: str, bind: str, scheme: str, port: int, options: HAProxyOpti
     return "\n".join(lines)
 
 
+OPTIONS_LINE = "# options "
+
+
+def options_digest(options: HAProxyOptions) -> str:
+    """A digest of everything in the configuration that is not the layout: the text of an
+    empty layout and the options every server gets. A file written under other settings
+    (a timeout, the check interval, a port changed and the service restarted) has another
+    one, so the reconciler knows to write the file again and reload once."""
+    empty = _render(Layout(pool_size=0, hosts={}, servers={}), options)
+    return sha256(f"{empty}\n{server_options(options)}".encode()).hexdigest()[:16]
+
+
+def written_digest(config: Path) -> str | None:
+    """The options digest a configuration file was written with (None: not ours)."""
+    try:
+        with config.open() as file:
+            first = file.readline()
+    except OSError:
+        return None
+    return first[len(OPTIONS_LINE) :].strip() if first.startswith(OPTIONS_LINE) else None
+
+
 def render(layout: Layout, options: HAProxyOptions) -> str:
-    """The whole configuration file for `layout` (its map is `map_text`, written beside)."""
+    """The whole configuration file for `layout` (its map is `map_text`, written beside),
+    its first line the options digest."""
+    return f"{OPTIONS_LINE}{options_digest(options)}\n{_render(layout, options)}"
+
+
+def _render(layout: Layout, options: HAProxyOptions) -> str:
     paths = options.paths
     ports = options.ports
     host = ports.listen_host

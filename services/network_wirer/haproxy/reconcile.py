@@ -40,12 +40,14 @@ from slipway.services.network_wirer.haproxy.config import (
     backend_name,
     map_text,
     map_value,
+    options_digest,
     page_files,
     render,
     server_name,
     server_options,
     split_value,
     valid_hosts,
+    written_digest,
 )
 from slipway.services.network_wirer.names import plain_dns_name
 from slipway.services.network_wirer.pages import Pages
@@ -349,6 +351,7 @@ class Reconciler:
         self.options = options
         self.pages = pages
         self.runtime = server.runtime()
+        self.digest = options_digest(options)
         self.reloads = 0
         self.full_reads = 0
         self.partial_passes = 0  # passes over the changed apps only
@@ -435,14 +438,22 @@ class Reconciler:
                     return outcome
             layout = desired_layout(routes, running)
             reloaded = False
-            if layout.pool_size > running.pool_size:
+            stale = written_digest(self.options.paths.config) != self.digest
+            if layout.pool_size > running.pool_size or stale:
                 # 2.6 cannot add a backend at runtime: write the whole layout, reload once.
+                # The same when the file was written under other settings: HAProxy reads
+                # timeouts and server options from it only.
                 write_files(layout, self.options, self.pages)
                 await self.server.reload()
                 await self.runtime.close()  # the old worker's session ends with it
                 self.reloads += 1
                 reloaded = True
-                log.info("router.pool_grown", backends=layout.pool_size, apps=len(routes))
+                log.info(
+                    "router.reloaded",
+                    backends=layout.pool_size,
+                    apps=len(routes),
+                    settings_changed=stale,
+                )
                 running = await self._running(full=True)
                 layout = desired_layout(routes, running)
             outcome = await apply(
