@@ -186,8 +186,11 @@ class Wirer:
                 self._done = target
                 self._progress.notify_all()
             full = False
+            # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation that
+            # arrives as the kick does, and this loop would then never stop.
             try:
-                await asyncio.wait_for(self._kick.wait(), self.interval)
+                async with asyncio.timeout(self.interval):
+                    await self._kick.wait()
             except TimeoutError:
                 full = True
 
