@@ -62,6 +62,7 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
         (
             scheduler.DYNO_CHANGED,
             gateway.MAINTENANCE_CHANGED,
+            gateway.APP_FEATURE_CHANGED,
             gateway.APP_RENAMED,
             router.DOMAIN_ADDED,
             router.DOMAIN_REMOVED,

@@ -83,6 +83,18 @@ class MaintenanceChanged(Event, tag="maintenance.changed.v1", frozen=True, kw_on
     actor: str
 
 
+class AppFeatureChanged(Event, tag="app.feature.changed.v1", frozen=True, kw_only=True):
+    """An app feature was switched (`hsts`: the router adds Strict-Transport-Security to
+    the app's HTTPS answers)."""
+
+    app_id: str
+    name: str
+    team_id: str
+    feature: str
+    enabled: bool
+    actor: str
+
+
 class AppDestroyed(Event, tag="app.destroyed.v1", frozen=True, kw_only=True):
     app_id: str
     name: str
@@ -176,6 +188,9 @@ APP_RENAMED: EventSpec[AppRenamed] = EventSpec(
 MAINTENANCE_CHANGED: EventSpec[MaintenanceChanged] = EventSpec(
     subjects.evt("app", "maintenance.changed"), MaintenanceChanged, publishers=only(Service.GATEWAY)
 )
+APP_FEATURE_CHANGED: EventSpec[AppFeatureChanged] = EventSpec(
+    subjects.evt("app", "feature.changed"), AppFeatureChanged, publishers=only(Service.GATEWAY)
+)
 APP_DESTROYED: EventSpec[AppDestroyed] = EventSpec(
     subjects.evt("app", "destroyed"), AppDestroyed, publishers=only(Service.GATEWAY)
 )
@@ -243,6 +258,7 @@ class AppDesired(msgspec.Struct, frozen=True, kw_only=True):
     process_types: dict[str, str] = {}
     formation: list[ProcessFormation] = []
     domains: list[str] = []
+    hsts: bool = False  # the app feature: Strict-Transport-Security on its HTTPS answers
 
 
 class DesiredState(Message, tag="gateway.desired.v1", frozen=True, kw_only=True):

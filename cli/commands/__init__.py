@@ -21,6 +21,7 @@ TOPICS = (
     "gitremote",
     "gitcredential",
     "domains",
+    "features",
     "addons",
     "pg",
     "pgtools",

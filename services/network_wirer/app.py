@@ -22,9 +22,11 @@ import structlog
 from slipway.contracts.base import encode
 from slipway.contracts.gateway import (
     APP_DESTROYED,
+    APP_FEATURE_CHANGED,
     APP_RENAMED,
     MAINTENANCE_CHANGED,
     AppDestroyed,
+    AppFeatureChanged,
     AppRenamed,
     MaintenanceChanged,
 )
@@ -179,6 +181,10 @@ def create_service(settings: WirerSettings) -> ServiceApp:
 
     @service.event(routes, MAINTENANCE_CHANGED)
     async def maintenance_changed(event: MaintenanceChanged) -> None:
+        await service[WIRER].refresh()
+
+    @service.event(routes, APP_FEATURE_CHANGED)
+    async def feature_changed(event: AppFeatureChanged) -> None:
         await service[WIRER].refresh()
 
     @service.event(routes, APP_RENAMED)

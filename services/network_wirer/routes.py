@@ -35,6 +35,7 @@ class AppRoute:
     upstreams: tuple[Upstream, ...] = ()
     maintenance: bool = False
     crashed: bool = False  # web dynos exist but none is up, some crashed: H10, not H14
+    hsts: bool = False  # the app feature: Strict-Transport-Security on HTTPS answers
 
 
 def hostname_of(app_name: str, base_domain: str) -> str:
@@ -76,6 +77,7 @@ def app_routes(
                 upstreams=upstreams,
                 maintenance=app.maintenance,
                 crashed=crashed,
+                hsts=app.hsts,
             )
         )
     return routes

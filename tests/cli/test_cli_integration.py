@@ -235,6 +235,21 @@ async def test_maintenance_mode_shows_in_info(sh: Shell) -> None:
     assert "Maintenance: off" in (await sh.ok("apps:info", "-a", "maint")).out
 
 
+async def test_features_enable_and_disable_hsts(sh: Shell) -> None:
+    """features lists hsts off; features:enable turns it on; a name that is none fails."""
+    await sh.ok("apps:create", "strict")
+    assert "[ ] hsts" in (await sh.ok("features", "-a", "strict")).out
+    await sh.ok("features:enable", "hsts", "-a", "strict")
+    assert "[+] hsts" in (await sh.ok("features", "-a", "strict")).out
+    assert "Enabled:     yes" in (await sh.ok("features:info", "hsts", "-a", "strict")).out
+    await sh.ok("features:disable", "hsts", "-a", "strict")
+    assert (
+        json.loads((await sh.ok("features", "-a", "strict", "--json")).out)[0]["enabled"] is False
+    )
+    wrong = await sh.run("features:enable", "preboot", "-a", "strict")
+    assert wrong.code == 1 and "hsts" in wrong.err and wrong.err.count("\n") == 1
+
+
 async def test_rename_updates_the_git_remote(sh: Shell, isolated: Path) -> None:
     """apps:rename repoints the `slipway` remote at the new name."""
     run_git(isolated, "init", "-q")

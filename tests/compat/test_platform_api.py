@@ -274,16 +274,29 @@ async def test_regions_and_stacks(stack: Stack) -> None:
     refused(await cli(alice).get("/stacks/heroku-24"), 404, "not_found", "Dockerfile")
 
 
-async def test_features_are_none(stack: Stack) -> None:
-    """An app has no features: an empty list, and 404 naming why for any one of them."""
+async def test_features_list_hsts_and_switch_it(stack: Stack) -> None:
+    """One app feature, `hsts`, off at first; switched on by name, read by name or id;
+    any other name is 404 naming the ones there are; a non-boolean is 422."""
     alice, bob = await two_users(stack)
     client = cli(alice)
     for each in clients(alice):
-        assert fit_list(await each.get("/apps/hello/features"), "app-feature") == []
-    refused(await client.get("/apps/hello/features/preboot"), 404, "not_found", "labs")
+        [feature] = fit_list(await each.get("/apps/hello/features"), "app-feature")
+        assert (feature["name"], feature["enabled"]) == ("hsts", False)
+    switched = fits(
+        await client.request("PATCH", "/apps/hello/features/hsts", {"enabled": True}),
+        "app-feature",
+    )
+    assert switched["enabled"] is True
+    by_id = fits(await client.get(f"/apps/hello/features/{switched['id']}"), "app-feature")
+    assert by_id["name"] == "hsts" and by_id["enabled"] is True
+    refused(await client.get("/apps/hello/features/preboot"), 404, "not_found", "hsts")
     patched = await client.request("PATCH", "/apps/hello/features/preboot", {"enabled": True})
-    refused(patched, 404, "not_found", "config vars")
+    refused(patched, 404, "not_found", "hsts")
+    bad = await client.request("PATCH", "/apps/hello/features/hsts", {"enabled": "yes"})
+    assert bad.status == 422, bad.body
     refused(await cli(bob).get("/apps/hello/features"), 404, "not_found", "app")
+    off = await client.request("PATCH", "/apps/hello/features/hsts", {"enabled": False})
+    assert fits(off, "app-feature")["enabled"] is False
 
 
 async def test_sni_endpoints_are_issued_by_the_router(stack: Stack) -> None:

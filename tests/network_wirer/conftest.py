@@ -34,9 +34,11 @@ from msgspec.structs import replace
 from multidict import CIMultiDictProxy
 
 from slipway.contracts.gateway import (
+    APP_FEATURE_CHANGED,
     DESIRED_GET,
     MAINTENANCE_CHANGED,
     AppDesired,
+    AppFeatureChanged,
     DesiredState,
     GetDesired,
     MaintenanceChanged,
@@ -129,6 +131,23 @@ class World:
     async def dyno_state(self, dyno: Dyno, state: DynoState, *, announce: bool = True) -> Dyno:
         changed = replace(dyno, state=state)
         await self.set_dyno(changed, announce=announce)
+        return changed
+
+    async def hsts(self, app: AppDesired, on: bool) -> AppDesired:
+        """Switch the app feature `hsts` as the gateway would (and announce it)."""
+        changed = replace(app, hsts=on)
+        self.apps[app.app_id] = changed
+        await self.gateway.publish(
+            APP_FEATURE_CHANGED,
+            AppFeatureChanged(
+                app_id=app.app_id,
+                name=app.app_name,
+                team_id="team",
+                feature="hsts",
+                enabled=on,
+                actor="t",
+            ),
+        )
         return changed
 
     async def maintenance(self, app: AppDesired, on: bool) -> AppDesired:

@@ -223,6 +223,53 @@ async def test_custom_domain_and_app_host_over_https_with_internal_ca(
         )
 
 
+async def test_hsts_only_over_https_and_only_for_apps_that_ask(
+    world: World, dynos: Dynos, wirer: RunningWirer, haproxy_server: HAProxyServer
+) -> None:
+    """The `hsts` feature puts Strict-Transport-Security on the app's HTTPS answers (never
+    on plain HTTP, never on another app's); switched off, the header goes."""
+    strict, plain = world.app("strict"), world.app("plain")
+    for app in (strict, plain):
+        await world.set_dyno(await dynos.start(app), announce=False)
+    running = await wirer.start()
+    root, _ = RouterCA.paths(wirer.settings.home_path / "network-wirer")
+    context = ssl.create_default_context(cafile=str(root))
+
+    async def header(host: str, scheme: str) -> str | None:
+        port = (
+            haproxy_server.ports.https_port if scheme == "https" else haproxy_server.ports.http_port
+        )
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"{scheme}://127.0.0.1:{port}/",
+                headers={"Host": host},
+                server_hostname=host if scheme == "https" else None,
+                ssl=context if scheme == "https" else False,
+            ) as response,
+        ):
+            assert response.status == 200
+            return response.headers.get("Strict-Transport-Security")
+
+    await running.refresh()  # certificates follow the routes by a pass at most
+    assert await header("strict.localhost", "https") is None
+    await world.hsts(strict, True)
+
+    async def on() -> None:
+        assert await header("strict.localhost", "https") == "max-age=31536000"
+
+    await assert_eventually(on)
+    assert await header("strict.localhost", "http") is None
+    assert await header("plain.localhost", "https") is None
+
+    await world.hsts(world.apps[strict.app_id], False)
+
+    async def off() -> None:
+        assert await header("strict.localhost", "https") is None
+
+    await assert_eventually(off)
+
+
 def _pinned(root: Path, newest: ssl.TLSVersion) -> ssl.SSLContext:
     """A client context offering TLS versions up to `newest` only."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -5,21 +5,29 @@ A Slipway installation is one region (its Docker hosts, `local`) and runs one st
 app shows in its `region` and `stack`. Both answer with the time the installation was
 set up (its first user) as their creation time, since neither has a row of its own.
 
-Slipway has no app features (Heroku's labs flags): the list is empty, and naming one
-answers 404 saying so rather than pretending a flag was switched.
+App features are Heroku's per-app switches (`heroku features:enable NAME`). Slipway has
+one, `hsts`: the router adds `Strict-Transport-Security` to the app's HTTPS answers.
+Any other name answers 404 saying which exist, rather than pretending a flag was switched.
 """
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
+
 from aiohttp import web
 
+from slipway.contracts.gateway import APP_FEATURE_CHANGED, AppFeatureChanged
 from slipway.libs.errors import NotFound
 from slipway.services.gateway.api.apps import REGION, STACK
+from slipway.services.gateway.core import store
 from slipway.services.gateway.core.state import GATEWAY
 from slipway.services.gateway.core.store import Conn, timestamp
 from slipway.services.gateway.http import views
-from slipway.services.gateway.http.auth import Action, app_for
-from slipway.services.gateway.http.routing import Routes, reply
+from slipway.services.gateway.http.auth import Action, actor, app_for
+from slipway.services.gateway.http.routing import Routes, read_body, reply
+from slipway.services.gateway.http.schemas import UpdateFeature
+from slipway.services.gateway.outbox.changes import change
 
 routes = Routes("catalog")
 
@@ -55,7 +63,7 @@ class Stack(views.View, frozen=True, kw_only=True):
 
 
 class AppFeature(views.View, frozen=True, kw_only=True):
-    """Heroku's app feature (a labs flag); Slipway has none, so no instance is ever answered."""
+    """Heroku's app feature: a per-app switch (Slipway's are in FEATURES)."""
 
     id: str
     name: str
@@ -126,29 +134,110 @@ async def stack_info(request: web.Request) -> web.Response:
     return reply(stack_view(await installed_at(request.app[GATEWAY].reader)))
 
 
-NO_FEATURES = (
-    "Slipway has no app features (Heroku's labs flags): nothing can be switched per app;"
-    " settings live in config vars (config:set) and the app's own endpoints."
+@dataclass(frozen=True)
+class Feature:
+    """One app feature Slipway offers: its name, what it does, its column in `apps`."""
+
+    name: str
+    display_name: str
+    description: str
+    column: str
+
+
+HSTS = Feature(
+    name="hsts",
+    display_name="HTTP Strict Transport Security",
+    description=(
+        "The router adds `Strict-Transport-Security: max-age=31536000` to the app's HTTPS"
+        " answers: browsers then refuse plain HTTP to its hosts for a year. Serve every"
+        " host over HTTPS before you switch it on; switching it off does not make browsers"
+        " forget."
+    ),
+    column="hsts",
 )
+FEATURES = {feature.name: feature for feature in (HSTS,)}
+# A feature's id is stable and the same on every installation: a name-based UUID.
+FEATURE_IDS = {
+    name: str(uuid.uuid5(uuid.NAMESPACE_URL, f"slipway:feature:{name}")) for name in FEATURES
+}
 
 
-@routes.get("/apps/{app}/features", summary="List app features (none)", response=list[AppFeature])
+def feature_view(feature: Feature, app: store.App) -> AppFeature:
+    enabled = bool(getattr(app, feature.column))
+    return AppFeature(
+        id=FEATURE_IDS[feature.name],
+        name=feature.name,
+        display_name=feature.display_name,
+        description=feature.description,
+        doc_url="https://slipway.invalid/docs/features#" + feature.name,
+        enabled=enabled,
+        state="general",
+        feedback_email="",
+        created_at=app.created_at,
+        updated_at=app.updated_at,
+    )
+
+
+def feature_named(request: web.Request) -> Feature:
+    wanted = request.match_info["feature"]
+    for feature in FEATURES.values():
+        if wanted in (feature.name, FEATURE_IDS[feature.name]):
+            return feature
+    raise NotFound(
+        f"Couldn't find that feature. Slipway's app features are: {', '.join(sorted(FEATURES))}."
+    )
+
+
+@routes.get("/apps/{app}/features", summary="List app features", response=list[AppFeature])
 async def list_features(request: web.Request) -> web.Response:
-    await app_for(request, Action.READ, "read it")
-    return reply([])
+    app = await app_for(request, Action.READ, "read it")
+    return reply([feature_view(feature, app) for feature in FEATURES.values()])
 
 
 @routes.get(
     "/apps/{app}/features/{feature}", summary="Info for an app feature", response=AppFeature
 )
 async def feature_info(request: web.Request) -> web.Response:
-    await app_for(request, Action.READ, "read it")
-    raise NotFound(f"Couldn't find that feature. {NO_FEATURES}")
+    app = await app_for(request, Action.READ, "read it")
+    return reply(feature_view(feature_named(request), app))
 
 
 @routes.patch(
-    "/apps/{app}/features/{feature}", summary="Switch an app feature", response=AppFeature
+    "/apps/{app}/features/{feature}",
+    summary="Switch an app feature",
+    body=UpdateFeature,
+    response=AppFeature,
 )
 async def update_feature(request: web.Request) -> web.Response:
-    await app_for(request, Action.DEPLOY, "change the app")
-    raise NotFound(f"Couldn't find that feature. {NO_FEATURES}")
+    gw = request.app[GATEWAY]
+    app = await app_for(request, Action.DEPLOY, "change the app")
+    feature = feature_named(request)
+    body = await read_body(request, UpdateFeature)
+    async with change(gw, actor(request)) as tx:
+        if body.enabled != bool(getattr(app, feature.column)):
+            # The column comes from FEATURES above, never from the request.
+            await store.update_app(
+                tx.conn, app.id, timestamp(), **{feature.column: int(body.enabled)}
+            )
+            tx.audit(
+                app.team_id,
+                "app.feature",
+                app_name=app.name,
+                app_id=app.id,
+                details={"feature": feature.name, "enabled": "on" if body.enabled else "off"},
+            )
+            tx.emit(
+                APP_FEATURE_CHANGED,
+                AppFeatureChanged(
+                    app_id=app.id,
+                    name=app.name,
+                    team_id=app.team_id,
+                    feature=feature.name,
+                    enabled=body.enabled,
+                    actor=tx.actor.email,
+                ),
+            )
+        updated = await store.get_app(tx.conn, app.id)
+    if updated is None:
+        raise NotFound("Couldn't find that app.")
+    return reply(feature_view(feature, updated))

@@ -262,4 +262,8 @@ MIGRATIONS = [
     );
     CREATE INDEX addon_tombstones_app ON addon_tombstones(app_id, name)
     """,
+    # App features (services/gateway/api/catalog.py): HSTS on the app's HTTPS answers.
+    """
+    ALTER TABLE apps ADD COLUMN hsts INTEGER NOT NULL DEFAULT 0
+    """,
 ]

@@ -103,6 +103,7 @@ class App:
     updated_at: str
     released_at: str | None
     shredded_at: str | None
+    hsts: bool = False  # the app feature (api/catalog.py)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ def _app(row: Any) -> App:
         row["updated_at"],
         row["released_at"],
         row["shredded_at"],
+        bool(row["hsts"]),
     )
 
 

@@ -48,6 +48,10 @@ class UpdateApp(Body, frozen=True, kw_only=True):
     maintenance: bool | None = None
 
 
+class UpdateFeature(Body, frozen=True, kw_only=True):
+    enabled: bool
+
+
 # PATCH /apps/{app}/config-vars: a string sets a key, null removes it.
 ConfigPatch = dict[str, str | None]
 

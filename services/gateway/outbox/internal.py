@@ -83,4 +83,5 @@ async def _app_desired(gw: Gateway, app: store.App) -> AppDesired:
         process_types=dict(release.process_types) if release else {},
         formation=formation.desired(rows),
         domains=await domains.hostnames_of(gw.reader, app.id),
+        hsts=app.hsts,
     )

@@ -49,6 +49,8 @@ MAP_SEPARATOR = ":"
 BACKEND_PREFIX = "be_"
 FALLBACK_BACKEND = "be_none"  # no servers: a route state nobody expected answers H10
 VIA = "1.1 slipway"
+HSTS_FLAG = "hsts"  # the map value's third field: the app feature `hsts` is on
+HSTS_HEADER = "max-age=31536000"  # a year, the usual; no includeSubDomains: hosts are shared
 ERROR_HEADER = "X-Router-Error"
 # Heroku's rule for a client's request id (its router documentation).
 REQUEST_ID_PATTERN = "^[A-Za-z0-9+=/-]{20,200}$"
@@ -165,13 +167,16 @@ def dyno_of(name: str) -> str:
     return name.rsplit("--", 1)[0] if "--" in name else name
 
 
-def map_value(backend: str, state: str) -> str:
-    return f"{backend}{MAP_SEPARATOR}{state}"
+def map_value(backend: str, state: str, hsts: bool = False) -> str:
+    """`<backend>:<state>`, and `:hsts` when the app's HTTPS answers carry HSTS."""
+    value = f"{backend}{MAP_SEPARATOR}{state}"
+    return f"{value}{MAP_SEPARATOR}{HSTS_FLAG}" if hsts else value
 
 
 def split_value(value: str) -> tuple[str, str]:
-    backend, _, state = value.partition(MAP_SEPARATOR)
-    return backend, state
+    """(backend, state) of a map value (flags after them are left out)."""
+    backend, _, rest = value.partition(MAP_SEPARATOR)
+    return backend, rest.partition(MAP_SEPARATOR)[0]
 
 
 def server_options(options: HAProxyOptions) -> str:
@@ -220,6 +225,16 @@ def _acme_lines(options: HAProxyOptions) -> list[str]:
     ]
 
 
+def _hsts_lines() -> list[str]:
+    """Strict-Transport-Security on HTTPS answers of apps with the feature on (RFC 6797
+    8.1: a browser ignores it over plain HTTP, so it is never sent there)."""
+    return [
+        f"    http-request set-var(txn.flags) var(txn.route),field(3,{MAP_SEPARATOR})",
+        f'    http-after-response set-header Strict-Transport-Security "{HSTS_HEADER}"'
+        f" if {{ var(txn.flags) -m str {HSTS_FLAG} }}",
+    ]
+
+
 def _frontend(name: str, bind: str, scheme: str, port: int, options: HAProxyOptions) -> str:
     pages = options.pages_dir
     html = '"text/html; charset=utf-8"'
@@ -244,6 +259,7 @@ def _frontend(name: str, bind: str, scheme: str, port: int, options: HAProxyOpti
         f"    http-request set-header X-Forwarded-Port {port}",
         f"    http-request add-header Via {_quote(VIA)}",
         "    http-after-response set-header X-Request-Id %[var(txn.rid)]",
+        *(_hsts_lines() if scheme == "https" else []),
         f"    http-request return status 404 content-type {html} file {pages}/not_found.html"
         f" {page_headers} if !{{ var(txn.route) -m found }}",
     ]

@@ -181,7 +181,7 @@ def desired_layout(
     for route in routes:
         backend = owner[route.app_id]
         for host in valid_hosts(route.hosts):
-            hosts.setdefault(host, map_value(backend, route_state(route)))
+            hosts.setdefault(host, map_value(backend, route_state(route), route.hsts))
         if route.upstreams:
             servers[backend] = frozenset(
                 Server(server_name(u.dyno, u.dial), u.dial) for u in route.upstreams
