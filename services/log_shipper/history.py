@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import time
 import uuid
 import zlib
@@ -48,6 +47,7 @@ from slipway.libs.bus import Bus
 from slipway.libs.crypto import Binding, envelope, sealedbox
 from slipway.libs.errors import Gone
 from slipway.libs.storage import Database, claim
+from slipway.libs.waits import wait_for_event
 from slipway.services.log_shipper import store
 from slipway.services.log_shipper.settings import LogShipperSettings
 from slipway.services.log_shipper.store import BatchRow
@@ -202,8 +202,7 @@ class History:
         tick = max(self.settings.batch_seconds / 4, 0.02)
         failures = 0
         while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=tick)
+            await wait_for_event(self._wake, tick)
             self._wake.clear()
             ok = await self.flush(force=False)
             failures = 0 if ok else failures + 1

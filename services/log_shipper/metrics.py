@@ -28,7 +28,6 @@ sample per dyno answers `METRICS_GET`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import os
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 import structlog
 
 from slipway.contracts.log_shipper import DynoSample
+from slipway.libs.waits import wait_for_event
 from slipway.services.log_shipper import formats
 from slipway.services.log_shipper.dynos import Dyno, DynoRegistry
 from slipway.services.log_shipper.history import History
@@ -209,8 +209,7 @@ class Metrics:
     async def run(self, stopping: asyncio.Event) -> None:
         """Sample every `interval` seconds until `stopping`."""
         while not stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.interval)
+            await wait_for_event(stopping, self.interval)
             if stopping.is_set():
                 return
             dynos = self.registry.running

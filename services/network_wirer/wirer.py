@@ -25,6 +25,7 @@ from slipway.contracts.scheduler import DYNOS_LIST, ListDynos
 from slipway.libs.bus import Bus
 from slipway.libs.errors import SlipwayError
 from slipway.libs.haproxy import HAProxyError
+from slipway.libs.waits import wait_for_event
 from slipway.services.network_wirer.haproxy.access import AccessJoiner
 from slipway.services.network_wirer.haproxy.config import Layout
 from slipway.services.network_wirer.haproxy.reconcile import Reconciler, write_files
@@ -186,13 +187,8 @@ class Wirer:
                 self._done = target
                 self._progress.notify_all()
             full = False
-            # asyncio.timeout, not wait_for: 3.11's wait_for swallows a cancellation that
-            # arrives as the kick does, and this loop would then never stop.
-            try:
-                async with asyncio.timeout(self.interval):
-                    await self._kick.wait()
-            except TimeoutError:
-                full = True
+            # Not asyncio.wait_for: on 3.11 it could swallow the cancellation (libs/waits).
+            full = not await wait_for_event(self._kick, self.interval)
 
     async def close(self) -> None:
         if self._soon is not None:

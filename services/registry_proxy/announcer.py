@@ -17,6 +17,7 @@ import structlog
 from slipway.contracts.registry import IMAGE_PUSHED
 from slipway.libs.bus import Bus
 from slipway.libs.errors import SlipwayError
+from slipway.libs.waits import wait_for_event
 from slipway.services.registry_proxy.store import Store
 
 log = structlog.get_logger("slipway.registry_proxy.announcer")
@@ -63,8 +64,7 @@ class Announcer:
 
     async def _run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+            await wait_for_event(self._wake, self.interval)
             self._wake.clear()
             try:
                 await self.relay()

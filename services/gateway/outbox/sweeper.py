@@ -8,12 +8,12 @@ once; the interval catches anything a lost wake-up left behind; a failing sweep
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import aiosqlite
 import structlog
 
 from slipway.libs.errors import SlipwayError
+from slipway.libs.waits import wait_for_event
 
 log = structlog.get_logger("slipway.gateway")
 
@@ -61,5 +61,4 @@ class Sweeper:
             if self._stopping:
                 return
             delay = self.interval if failures == 0 else min(0.2 * 2**failures, self.interval)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+            await wait_for_event(self._wake, delay)
