@@ -258,6 +258,9 @@ def _frontend(name: str, bind: str, scheme: str, port: int, options: HAProxyOpti
         f"    http-request set-header X-Forwarded-Proto {scheme}",
         f"    http-request set-header X-Forwarded-Port {port}",
         f"    http-request add-header Via {_quote(VIA)}",
+        # Heroku's: when the router received the request, in ms since the epoch (APM agents
+        # read it for queue time); a client's own value is replaced, never trusted.
+        "    http-request set-header X-Request-Start %[date(0,ms)]",
         "    http-after-response set-header X-Request-Id %[var(txn.rid)]",
         *(_hsts_lines() if scheme == "https" else []),
         f"    http-request return status 404 content-type {html} file {pages}/not_found.html"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections import Counter
 from functools import partial
 from typing import Any
@@ -77,11 +78,20 @@ async def test_request_id_kept_when_valid_else_generated(
 
 
 async def test_forwarded_headers_and_via(haproxy: HAProxyRouter, dynos: Dynos) -> None:
-    """The dyno sees the client's address (never a forged one), the scheme, the port, Via."""
+    """The dyno sees the client's address (never a forged one), the scheme, the port, Via,
+    and X-Request-Start: when the router got the request, in ms (never the client's)."""
     await haproxy.reconciler.reconcile([route("fwd", await dynos.start())])
-    forged = {"X-Forwarded-For": "6.6.6.6", "X-Forwarded-Proto": "https", "Via": "1.0 front"}
+    forged = {
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Forwarded-Proto": "https",
+        "Via": "1.0 front",
+        "X-Request-Start": "1",
+    }
+    before = time.time() * 1000
     _, body, _ = await haproxy.get("fwd.localhost", headers=forged)
+    after = time.time() * 1000
     seen = json.loads(body)["headers"]
+    assert before - 1000 <= int(seen["x-request-start"]) <= after + 1000
     assert seen["x-forwarded-for"] == "127.0.0.1"
     assert seen["x-forwarded-proto"] == "http"
     assert seen["x-forwarded-port"] == str(haproxy.http_port)
