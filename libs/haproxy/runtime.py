@@ -35,15 +35,18 @@ class Runtime:
         self._writer: asyncio.StreamWriter | None = None
 
     async def _open(self) -> None:
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(self.socket_path, limit=MAX_ANSWER), self.timeout
-            )
+            async with asyncio.timeout(self.timeout):
+                reader, writer = await asyncio.open_unix_connection(
+                    self.socket_path, limit=MAX_ANSWER
+                )
         except (OSError, TimeoutError) as exc:
             raise RuntimeUnavailable(f"haproxy runtime socket {self.socket_path}: {exc}") from exc
         writer.write(b"prompt\n")
         await writer.drain()
-        await asyncio.wait_for(reader.readuntil(b"> "), self.timeout)
+        async with asyncio.timeout(self.timeout):
+            await reader.readuntil(b"> ")
         self._reader, self._writer = reader, writer
 
     async def close(self) -> None:
@@ -60,7 +63,8 @@ class Runtime:
         assert self._writer is not None
         self._writer.write(command.encode() + b"\n")
         await self._writer.drain()
-        answer = await asyncio.wait_for(self._reader.readuntil(PROMPT), self.timeout)
+        async with asyncio.timeout(self.timeout):
+            answer = await self._reader.readuntil(PROMPT)
         return answer[: -len(PROMPT)].decode("utf-8", "replace")
 
     async def command(self, command: str, payload: str | None = None) -> str:
@@ -212,17 +216,18 @@ def _parse_stat_sessions(answer: str) -> dict[tuple[str, str], int]:
 
 async def master_command(master_socket: Path | str, command: str, timeout: float = 10.0) -> str:
     """One command on the master CLI; its answer ('' when the master closed, as on reload)."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_unix_connection(str(master_socket)), timeout
-    )
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(master_socket))
     try:
         writer.write(b"prompt\n")
         await writer.drain()
-        await asyncio.wait_for(reader.readuntil(b"master> "), timeout)
+        async with asyncio.timeout(timeout):
+            await reader.readuntil(b"master> ")
         writer.write(command.encode() + b"\n")
         await writer.drain()
         try:
-            answer = await asyncio.wait_for(reader.readuntil(MASTER_PROMPT), timeout)
+            async with asyncio.timeout(timeout):
+                answer = await reader.readuntil(MASTER_PROMPT)
         except asyncio.IncompleteReadError as exc:
             return exc.partial.decode("utf-8", "replace")
         return answer[: -len(MASTER_PROMPT)].decode("utf-8", "replace")
