@@ -27,11 +27,18 @@ Targets (issue 16): router CPU ≤ 30 µs per request; at `--apps` apps within 1
 1-app figure; ≤ 0.3 ms added p50 over direct. Everything shares the machine's cores with
 wrk and the dyno, as it would in one box.
 
+The added p50 is judged from a second wrk run per path with one connection (`p50@1c`),
+well below saturation: with `--connections` requests always in flight, p50 is about
+connections ÷ throughput (Little's law), so the saturated "+p50" is the throughput lost
+(already shown as req/s and CPU), not the time the router adds to a request. Both are
+printed.
+
 `--churn` measures HAProxy's route changes instead (dynos are small servers in this
 process; no container): the latency from the start of a reconcile pass until a client
 sees an app's new dyno, p50/p99 at 100, 1,000 and 10,000 apps, and the time for 1,000
 apps created then destroyed at 20 events/s to be fully reflected (target ≤ 2 s after the
-last event; afterwards every destroyed app's host must answer 404).
+last event; afterwards every destroyed app's host must answer 404), and one route change
+a second for `--load-seconds` (60) while wrk loads the app (target: no failed request).
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from slipway.libs.haproxy import HAProxyServer, RouterPorts, free_port
@@ -134,6 +141,7 @@ class Result:
     p99_ms: float
     errors: int
     cpu_us: float = 0.0  # the proxy's CPU time per request: independent of other load
+    light_p50_ms: float = 0.0  # p50 with one connection: the latency a request sees
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -361,13 +369,24 @@ def report(results: list[Result], args: argparse.Namespace, notes: list[str]) ->
         f"{args.connections} connections, {args.threads} threads, loopback; the machine is"
         " shared (2 cores): rates move with other load, CPU per request barely"
     )
-    columns = ("req/s", "p50 ms", "p99 ms", "errors", "x direct", "+p50 ms", "CPU us/req")
+    columns = (
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "x direct",
+        "+p50 ms",
+        "p50@1c",
+        "+p50@1c",
+        "CPU us/req",
+    )
     print(f"{'path':17} " + " ".join(f"{c:>9}" for c in columns))
     for r in results:
         ratio = r.rate / direct.rate
         print(
             f"{r.name:17} {r.rate:9.0f} {r.p50_ms:9.3f} {r.p99_ms:9.3f} {r.errors:9d} "
-            f"{ratio:9.2f} {r.p50_ms - direct.p50_ms:9.3f} "
+            f"{ratio:9.2f} {r.p50_ms - direct.p50_ms:9.3f} {r.light_p50_ms:9.3f} "
+            f"{r.light_p50_ms - direct.light_p50_ms:9.3f} "
             + (f"{r.cpu_us:10.1f}" if r.cpu_us else f"{'-':>10}")
         )
     by_name = {r.name: r for r in results}
@@ -381,8 +400,9 @@ def report(results: list[Result], args: argparse.Namespace, notes: list[str]) ->
                 f"CPU {one.cpu_us:.1f} us/req <= {CPU_TARGET_US:.0f}", one.cpu_us <= CPU_TARGET_US
             ),
             _verdict(
-                f"+p50 {one.p50_ms - direct.p50_ms:.3f} ms <= {ADDED_P50_TARGET_MS}",
-                one.p50_ms - direct.p50_ms <= ADDED_P50_TARGET_MS,
+                f"+p50 at 1 connection {one.light_p50_ms - direct.light_p50_ms:.3f} ms"
+                f" <= {ADDED_P50_TARGET_MS} (saturated: {one.p50_ms - direct.p50_ms:+.3f} ms)",
+                one.light_p50_ms - direct.light_p50_ms <= ADDED_P50_TARGET_MS,
             ),
         ]
         if many is not None:
@@ -465,9 +485,12 @@ def throughput(args: argparse.Namespace) -> None:
             # Interleaved rounds, median per path: a load spike elsewhere on the machine
             # hits every path alike instead of skewing one of them.
             runs: dict[str, list[Result]] = {name: [] for name in paths}
+            light = argparse.Namespace(**{**vars(args), "connections": 1, "threads": 1})
             for _ in range(args.rounds):
                 for name, (url, host, pids) in paths.items():
-                    runs[name].append(wrk(name, url, host, args, pids))
+                    saturated = wrk(name, url, host, args, pids)
+                    one = wrk(name, url, host, light, None)
+                    runs[name].append(replace(saturated, light_p50_ms=one.p50_ms))
             report([_median(found) for found in runs.values()], args, notes)
     finally:
         subprocess.run(["docker", "rm", "-f", container], capture_output=True, check=False)
@@ -610,6 +633,45 @@ async def create_destroy(folder: Path, apps: int, rate: float) -> tuple[float, i
         await asyncio.to_thread(router.stop)
 
 
+async def changes_under_load(folder: Path, seconds: int) -> tuple[int, int, int, int]:
+    """wrk on one app for `seconds` while its dynos change once a second (a dyno replaced,
+    added, removed; drained ones deleted once idle): (route changes, requests, non-2xx
+    answers, socket errors)."""
+    router = await asyncio.to_thread(start_haproxy, folder)
+    started = [await local_dyno(name) for name in ("web.1", "web.2", "web.3")]
+    a, b, c = (upstream for _, upstream in started)
+    shapes = [[a], [b], [a, b], [c], [b, c], [a, c], [a, b, c]]
+    reconciler = Reconciler(router.server, router.options, load_pages())
+    host = "load.localhost"
+    try:
+        await reconciler.reconcile([AppRoute("load", "load", (host,), (a,))])
+        wrk = await asyncio.create_subprocess_exec(
+            "wrk", "-t2", "-c8", f"-d{seconds}s", "-H", f"Host: {host}",
+            f"http://127.0.0.1:{router.port}/",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        changes = 0
+        deadline = time.monotonic() + seconds - 1
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            shape = shapes[changes % len(shapes)]
+            await reconciler.reconcile([AppRoute("load", "load", (host,), tuple(shape))])
+            changes += 1
+        out = (await asyncio.wait_for(wrk.communicate(), seconds + 30))[0].decode()
+        requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+        non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        sockets = re.search(
+            r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+        )
+        socket_errors = sum(int(n) for n in sockets.groups()) if sockets else 0
+        return changes, requests, int(non_2xx.group(1)) if non_2xx else 0, socket_errors
+    finally:
+        await reconciler.close()
+        for server, _ in started:
+            server.close()
+        await asyncio.to_thread(router.stop)
+
+
 def _percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
@@ -639,6 +701,15 @@ async def churn(args: argparse.Namespace) -> None:
             f" event; destroyed apps still answering: {answering};"
             f" target <= 2 s and none: {'met' if reflected <= 2 and not answering else 'NOT met'}"
         )
+        if args.load_seconds > 0:
+            changes, requests, non_2xx, errors = await changes_under_load(
+                Path(tmp) / "ld", args.load_seconds
+            )
+            print(
+                f"{changes} route changes in {args.load_seconds} s under wrk load"
+                f" ({requests} requests): non-2xx {non_2xx}, socket errors {errors};"
+                f" target none failed: {'met' if non_2xx == errors == 0 else 'NOT met'}"
+            )
 
 
 def main() -> None:
@@ -657,6 +728,12 @@ def main() -> None:
     )
     parser.add_argument("--churn-apps", type=int, default=1000)
     parser.add_argument("--churn-rate", type=float, default=20.0, help="events per second")
+    parser.add_argument(
+        "--load-seconds",
+        type=int,
+        default=60,
+        help="route changes once a second under wrk load for this long (0: skip)",
+    )
     args = parser.parse_args()
     if shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists():
         sys.exit("haproxy not found: scripts/up installs it (apt-get install -y haproxy)")
