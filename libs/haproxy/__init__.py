@@ -41,6 +41,7 @@ from slipway.libs.haproxy.paths import (
     RouterPaths,
     RouterPorts,
     check_socket_path,
+    controlled_folder,
     free_port,
     private_folder,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "ServerState",
     "UnsafeSocketFolder",
     "check_socket_path",
+    "controlled_folder",
     "free_port",
     "haproxy_binary",
     "main",

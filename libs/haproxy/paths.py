@@ -37,6 +37,26 @@ def private_folder(folder: Path) -> None:
         )
 
 
+def controlled_folder(folder: Path) -> None:
+    """Refuse a data folder someone else could write: whoever can replace `haproxy.cfg`
+    there has it loaded by the next reload, as the router's user. Others may read and
+    enter it (the sockets have their own 0700 folder); owner and write bits are checked."""
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeSocketFolder(f"{folder} is not a directory: remove it, or choose another path")
+    if info.st_uid != os.geteuid():
+        raise UnsafeSocketFolder(
+            f"{folder} belongs to uid {info.st_uid}, not to the router's controller"
+            f" (uid {os.geteuid()}): remove it, or choose another path"
+        )
+    if info.st_mode & 0o022:
+        raise UnsafeSocketFolder(
+            f"{folder} may be written by other users (mode {stat.S_IMODE(info.st_mode):o}):"
+            f" its configuration would be theirs to replace; chmod go-w {folder}, or choose"
+            " another path"
+        )
+
+
 def check_socket_path(path: Path) -> Path:
     """`path`, absolute, or UnsafeSocketFolder when the kernel could not bind it."""
     path = path.resolve()

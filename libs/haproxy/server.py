@@ -20,6 +20,7 @@ from slipway.libs.haproxy.paths import (
     RouterPaths,
     RouterPorts,
     check_socket_path,
+    controlled_folder,
     free_port,
     private_folder,
 )
@@ -95,6 +96,7 @@ class HAProxyServer:
         and its master CLI accepts."""
         if self.process is not None and self.process.poll() is None:
             return
+        controlled_folder(self.paths.data_dir)
         private_folder(self.paths.sockets)
         self.check()
         for path in (self.paths.runtime_socket, self.paths.master_socket):

@@ -604,6 +604,47 @@ def test_a_socket_folder_open_to_others_is_refused(open_folder: Path, needs_hapr
     assert folder.stat().st_mode & 0o777 == 0o755  # refused, not silently repaired
 
 
+@needs_another_user
+def test_a_data_folder_of_another_user_stops_the_router(
+    open_folder: Path, needs_haproxy: None
+) -> None:
+    """The router's folder owned by another user (who could swap haproxy.cfg for the next
+    reload) stops the router from starting, saying what to do."""
+    data = open_folder / "haproxy"
+    data.mkdir()
+    server = HAProxyServer(data, RouterPorts(0, 0, "127.0.0.1"))
+    server.paths.config.write_text(starting_config(server.paths, server.ports))
+    os.chown(data, NOBODY, NOBODY)
+    try:
+        with pytest.raises(UnsafeSocketFolder, match=r"belongs to uid 65534.*remove it"):
+            server.start()
+        assert server.process is None
+    finally:
+        server.stop()
+    assert _haproxy_processes_under(data) == []
+
+
+def test_a_data_folder_others_may_write_stops_the_router(
+    open_folder: Path, needs_haproxy: None
+) -> None:
+    """A router folder group- or world-writable is refused, and left as it was."""
+    data = open_folder / "haproxy"
+    data.mkdir()
+    data.chmod(0o777)
+    server = HAProxyServer(data, RouterPorts(0, 0, "127.0.0.1"))
+    server.paths.config.write_text(starting_config(server.paths, server.ports))
+    try:
+        with pytest.raises(UnsafeSocketFolder, match=r"may be written by other users.*go-w"):
+            server.start()
+        assert server.process is None
+    finally:
+        server.stop()
+    status, stderr = run_router_module(data)
+    assert status != 0 and "go-w" in stderr and "Traceback" not in stderr, stderr
+    assert _haproxy_processes_under(data) == []
+    assert data.stat().st_mode & 0o777 == 0o777  # refused, not silently repaired
+
+
 # --- a whole platform --------------------------------------------------------------------
 
 
