@@ -14,14 +14,8 @@ from slipway.libs.haproxy.errors import UnsafeSocketFolder
 MAX_SOCKET_PATH = 107
 
 
-def private_folder(folder: Path) -> None:
-    """Make `folder` (0700) for a socket only this user may open, or refuse an unsafe one.
-
-    A folder someone else owns, or a link, could let them swap the socket for their own;
-    one that others may enter would expose it. Those are refused, not repaired: chmod-ing
-    a folder an operator named (/run, /tmp) would break what else lives there.
-    """
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+def _own_directory(folder: Path) -> os.stat_result:
+    """`folder`'s status if it is a directory (not a link) this user owns; else refused."""
     info = folder.lstat()
     if not stat.S_ISDIR(info.st_mode):
         raise UnsafeSocketFolder(f"{folder} is not a directory: remove it, or choose another path")
@@ -30,6 +24,18 @@ def private_folder(folder: Path) -> None:
             f"{folder} belongs to uid {info.st_uid}, not to the router's controller"
             f" (uid {os.geteuid()}): remove it, or choose another path"
         )
+    return info
+
+
+def private_folder(folder: Path) -> None:
+    """Make `folder` (0700) for a socket only this user may open, or refuse an unsafe one.
+
+    A folder someone else owns, or a link, could let them swap the socket for their own;
+    one that others may enter would expose it. Those are refused, not repaired: chmod-ing
+    a folder an operator named (/run, /tmp) would break what else lives there.
+    """
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = _own_directory(folder)
     if info.st_mode & 0o077:
         raise UnsafeSocketFolder(
             f"{folder} is open to other users (mode {stat.S_IMODE(info.st_mode):o}): a socket"
@@ -41,14 +47,7 @@ def controlled_folder(folder: Path) -> None:
     """Refuse a data folder someone else could write: whoever can replace `haproxy.cfg`
     there has it loaded by the next reload, as the router's user. Others may read and
     enter it (the sockets have their own 0700 folder); owner and write bits are checked."""
-    info = folder.lstat()
-    if not stat.S_ISDIR(info.st_mode):
-        raise UnsafeSocketFolder(f"{folder} is not a directory: remove it, or choose another path")
-    if info.st_uid != os.geteuid():
-        raise UnsafeSocketFolder(
-            f"{folder} belongs to uid {info.st_uid}, not to the router's controller"
-            f" (uid {os.geteuid()}): remove it, or choose another path"
-        )
+    info = _own_directory(folder)
     if info.st_mode & 0o022:
         raise UnsafeSocketFolder(
             f"{folder} may be written by other users (mode {stat.S_IMODE(info.st_mode):o}):"
