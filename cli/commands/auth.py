@@ -31,18 +31,29 @@ from slipway.cli.registry import Context, arg, command
     arg("--api-url", metavar="URL", help=f"the Slipway API (default {config.DEFAULT_API_URL})"),
     arg("--email", help="your email, for your own reference; the token decides who you are"),
     arg("--token", help="the API token (else prompted for, or read from stdin when piped)"),
+    arg(
+        "--web",
+        action="store_true",
+        help="print a one-time link that signs a browser in to the dashboard as you",
+    ),
     description=(
         "The token is checked with GET /account before it is stored in\n"
         "$SLIPWAY_CONFIG_DIR/credentials.json (mode 0600). On a terminal, missing values\n"
-        "are prompted for; otherwise the token is read from the first line of stdin."
+        "are prompted for; otherwise the token is read from the first line of stdin.\n"
+        "With --web (once logged in): a link for the dashboard, good once, for 10 minutes;\n"
+        "the page it opens asks for your email before it signs the browser in."
     ),
     examples=(
         "slipway login",
         "slipway login --api-url http://127.0.0.1:5100 < token.txt",
+        "slipway login --web",
     ),
 )
 def login(ctx: Context, args: argparse.Namespace) -> None:
     """Verify a token against the API, then store it with the API URL."""
+    if args.web:
+        _web_link(ctx)
+        return
     stored = config.load_stored(ctx.env)
     default_url = ctx.env.get("SLIPWAY_API_URL") or (stored.api_url if stored else None)
     default_url = default_url or config.DEFAULT_API_URL
@@ -71,6 +82,17 @@ def login(ctx: Context, args: argparse.Namespace) -> None:
         ctx.note(f"git pushes to {gitcredential.origin(api_url)} use this token (no URL to edit).")
     if ctx.env.get("SLIPWAY_API_KEY"):
         ctx.note("Note: SLIPWAY_API_KEY is set and takes precedence over the stored token.")
+
+
+def _web_link(ctx: Context) -> None:
+    """Print a one-time dashboard sign-in link made with the stored token."""
+    link = ctx.client().post("/account/web-login-links")
+    if not isinstance(link, dict) or not link.get("url"):
+        raise CliError("The API answered no login link.")
+    ctx.out(str(link["url"]))
+    ctx.note(
+        f"Open it in your browser and enter your email; it works once, until {link['expires_at']}."
+    )
 
 
 @command("logout", "forget the stored token")

@@ -83,10 +83,11 @@ from slipway.services.gateway.logs import logs
 from slipway.services.gateway.oneoff import oneoff, rendezvous
 from slipway.services.gateway.outbox import internal
 from slipway.services.gateway.outbox.outbox import OutboxRelay
+from slipway.services.gateway.web import sessions
 
 # git's routes match any first path segment: they come last.
 RESOURCES = (
-    *(account, tokens, teams, apps, config, releases, formation, audit, openapi),
+    *(account, sessions, tokens, teams, apps, config, releases, formation, audit, openapi),
     oneoff,
     logs,
     logsettings,
@@ -123,7 +124,7 @@ def build_web_app(gw: Gateway) -> web.Application:
             middleware.context,
             ratelimit.rate_limit,  # git and source blobs count too
             passthrough.passthrough,  # git and source blobs: their own checks
-            middleware.version,
+            middleware.version({e.handler for e in ENDPOINTS if e.page}),
             middleware.body_limit(gw.settings.max_body_bytes),
             middleware.authentication(public),
             ranges.middleware(

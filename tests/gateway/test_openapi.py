@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from slipway.services.gateway.app import WEB
+from slipway.services.gateway.app import ENDPOINTS, WEB
 from tests.gateway.conftest import Api, Stack
 from tests.gateway.jsonschema_lite import errors
 from tests.gateway.test_releases import deploy
@@ -17,11 +17,15 @@ METHODS = {"get", "post", "put", "patch", "delete"}
 
 
 def served_routes(stack: Stack) -> set[tuple[str, str]]:
-    """(METHOD, path template) of every route the running aiohttp app has."""
+    """(METHOD, path template) of every API route the running aiohttp app has.
+
+    The dashboard's pages (HTML and assets) are served beside the API, not part of it.
+    """
+    pages = {e.handler for e in ENDPOINTS if e.page}
     return {
         (route.method, route.resource.canonical)
         for route in stack.gateway[WEB].router.routes()
-        if route.resource is not None and route.method != "HEAD"
+        if route.resource is not None and route.method != "HEAD" and route.handler not in pages
     }
 
 

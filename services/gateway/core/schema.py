@@ -266,4 +266,25 @@ MIGRATIONS = [
     """
     ALTER TABLE apps ADD COLUMN hsts INTEGER NOT NULL DEFAULT 0
     """,
+    # Dashboard sessions and one-time login links (services/gateway/web/sessions.py): only
+    # hashes of the cookie and the link's code, each bound to the token it stands in for.
+    """
+    CREATE TABLE web_sessions (
+        id_hash TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        token_id TEXT NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
+        created_at REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE INDEX web_sessions_user ON web_sessions(user_id);
+    CREATE TABLE web_login_links (
+        code_hash TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        token_id TEXT NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
+        created_at REAL NOT NULL,
+        expires_at REAL NOT NULL,
+        used_at REAL
+    )
+    """,
 ]

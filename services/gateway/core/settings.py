@@ -66,6 +66,13 @@ class GatewaySettings(Settings, frozen=True, kw_only=True):
     rendezvous_port: int = 0
     rendezvous_public_host: str = ""
 
+    # Dashboard sessions (services/gateway/web/sessions.py): signed out after this many
+    # seconds without a request, and after `web_session_ttl` whatever happens; a one-time
+    # login link (`slipway login --web`) works once within `web_login_link_ttl`.
+    web_idle_timeout: float = 900.0
+    web_session_ttl: float = 12 * 3600.0
+    web_login_link_ttl: float = 600.0
+
     def db_path(self) -> Path:
         return self.state_dir("gateway") / "gateway.db"
 

@@ -7,7 +7,8 @@
    JSON is taken as version 3; another version is refused with 406).
 3. `body_limit`: a declared body over the limit is refused with 413 before it is
    read (aiohttp's `client_max_size` catches bodies that do not declare a length).
-4. `authentication`: a valid bearer token, except on public endpoints.
+4. `authentication`: a valid bearer token, or a dashboard session cookie with its CSRF
+   checks on changes (`services/gateway/web/sessions.py`), except on public endpoints.
 
 Never logged: bodies, query strings, headers, tokens.
 """
@@ -36,6 +37,7 @@ from slipway.services.gateway.http.errors import (
     http_error,
 )
 from slipway.services.gateway.http.routing import reply
+from slipway.services.gateway.web import sessions
 
 log = structlog.get_logger("slipway.gateway.http")
 
@@ -121,10 +123,16 @@ def check_accept(accept: str | None) -> None:
         raise NotAcceptable(f"This API answers JSON only: `Accept: {MEDIA_TYPE}; version=3`.")
 
 
-@web.middleware
-async def version(request: web.Request, handler: Handler) -> web.StreamResponse:
-    check_accept(request.headers.get("Accept"))
-    return await handler(request)
+def version(pages: set[Handler]) -> Middleware:
+    """Refuse an Accept header without API version 3, except on the dashboard's pages."""
+
+    @web.middleware
+    async def versioned(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.handler not in pages:
+            check_accept(request.headers.get("Accept"))
+        return await handler(request)
+
+    return versioned
 
 
 def body_limit(max_bytes: int) -> Middleware:
@@ -143,12 +151,21 @@ def body_limit(max_bytes: int) -> Middleware:
 
 
 def authentication(public: set[Handler]) -> Middleware:
-    """Require a valid bearer token, except for the handlers in `public`."""
+    """Require a bearer token or a dashboard session, except for the handlers in `public`.
+
+    A bearer token wins when both come: a script's header is what it meant. A change
+    made with the cookie alone must prove it comes from the dashboard's own page.
+    """
 
     @web.middleware
     async def authenticated(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.match_info.handler not in public and request.match_info.http_exception is None:
-            request[PRINCIPAL] = await authenticate(request, time.time())
+            cookie = request.cookies.get(sessions.COOKIE)
+            if cookie and "Authorization" not in request.headers:
+                request[PRINCIPAL] = await sessions.authenticate(request, cookie, time.time())
+                sessions.check_csrf(request)
+            else:
+                request[PRINCIPAL] = await authenticate(request, time.time())
         return await handler(request)
 
     return authenticated

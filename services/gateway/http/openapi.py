@@ -48,7 +48,9 @@ def _operation(endpoint: Endpoint, schemas: dict[Any, dict[str, Any]]) -> dict[s
             for name in _PARAM.findall(endpoint.path)
         ],
         "responses": {
-            str(endpoint.status): {
+            str(endpoint.status): {"description": "Success"}
+            if endpoint.response is None  # 204: no body
+            else {
                 "description": "Success",
                 "content": {"application/json": {"schema": schemas[endpoint.response]}},
             },
@@ -74,7 +76,8 @@ def _operation(endpoint: Endpoint, schemas: dict[Any, dict[str, Any]]) -> dict[s
 
 
 def document(endpoints: list[Endpoint], server_url: str = "") -> dict[str, Any]:
-    """The OpenAPI document of `endpoints`."""
+    """The OpenAPI document of `endpoints` (the dashboard's pages are not part of the API)."""
+    endpoints = [e for e in endpoints if not e.page]
     kinds = [ErrorBody]
     for endpoint in endpoints:
         kinds += [k for k in (endpoint.body, endpoint.response) if k is not None and k not in kinds]

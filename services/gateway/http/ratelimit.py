@@ -9,9 +9,10 @@ is. Every request takes one; an empty bucket answers 429 with Heroku's body
 Who a caller is, without a database read on the hot path:
 
 - a bearer token, or the token in git's HTTP Basic header: the token's SHA-256;
+- a dashboard session cookie (no token header): the cookie's SHA-256;
 - no credentials (signed URLs, /openapi.json): the client address.
 
-A token the limiter has not seen yet also spends one request of its client address,
+A token or session the limiter has not seen yet also spends one request of its client address,
 so inventing tokens to get fresh buckets is itself limited. Full buckets are
 forgotten when the table grows (a forgotten bucket is a full one), so memory follows
 the callers active in the last few minutes.
@@ -33,6 +34,7 @@ from aiohttp.typedefs import Handler
 
 from slipway.services.gateway.http.auth import token_hash
 from slipway.services.gateway.http.errors import ApiError
+from slipway.services.gateway.web.sessions import COOKIE as SESSION_COOKIE
 
 HOUR = 3600.0
 REMAINING_HEADER = "RateLimit-Remaining"
@@ -123,10 +125,13 @@ _LEFT = web.RequestKey("rate_limit_left", float)
 
 
 def caller_key(request: web.Request) -> str:
-    """Who the request counts against: its token's hash, else its client address."""
+    """Who the request counts against: its token's or session's hash, else its address."""
     token = _token(request.headers.get("Authorization", ""))
     if token:
         return "token:" + token_hash(token)
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie:
+        return "session:" + token_hash(cookie)
     return f"address:{request.remote}"
 
 
@@ -146,7 +151,7 @@ def _token(header: str) -> str:
 
 def _spend(limiter: RateLimiter, request: web.Request, key: str, now: float) -> tuple[str, float]:
     """(the bucket that decided, requests left in it or -1)."""
-    if key.startswith("token:") and not limiter.known(key):
+    if key.startswith(("token:", "session:")) and not limiter.known(key):
         address = f"address:{request.remote}"
         if limiter.take(address, now) < 0:
             return address, -1.0

@@ -38,6 +38,7 @@ class Endpoint:
     status: int = 200
     public: bool = False  # answered without a token
     extension: bool = False  # Slipway's own, not part of Heroku's API
+    page: bool = False  # the dashboard's HTML and assets: not JSON, not in the API document
 
 
 class Routes:
@@ -58,6 +59,7 @@ class Routes:
         status: int = 200,
         public: bool = False,
         extension: bool = False,
+        page: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.endpoints.append(
@@ -72,6 +74,7 @@ class Routes:
                     status,
                     public,
                     extension,
+                    page,
                 )
             )
             return handler
