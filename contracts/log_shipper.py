@@ -5,8 +5,8 @@ the one that decrypts history: the gateway asks `HISTORY_READ` for the last
 lines of an app (after checking the caller's role on it) and listens on
 `tail_subject(app_id)` for new ones. There is one log-shipper per Docker host and
 each holds only what it took in, so the reads (`HISTORY_READ`, `HISTORY_EXPORT`,
-`METRICS_GET`) are fan-out RPCs: every log-shipper answers as its host id and the
-gateway merges the answers (`Bus.gather`). Every log-shipper publishes what it
+`METRICS_GET`, `METRICS_SERIES_GET`) are fan-out RPCs: every log-shipper answers as
+its host id and the gateway merges the answers (`Bus.gather`). Every log-shipper publishes what it
 ingests there in small batches, each line numbered per shipper (`host`, `seq`),
 so a reader that fetched history first can drop the live lines it already has.
 
@@ -18,6 +18,7 @@ database hold it sealed (envelope, purpose LOGS), never in plaintext.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import msgspec
@@ -190,6 +191,94 @@ class Metrics(Message, tag="logshipper.metrics.v1", frozen=True, kw_only=True):
     dynos: list[DynoSample]  # those running on the answering log-shipper's host
 
 
+# ---- metric series ------------------------------------------------------------------------
+#
+# Response times travel as a histogram with fixed, log-scale buckets, the same on every
+# log-shipper, so the gateway adds the counts of several shippers and reads percentiles
+# from the sum: exactly what one shipper seeing every request would have answered.
+# Bucket 0 holds times up to 1 ms; bucket i (1 ≤ i < RESPONSE_BUCKETS) holds times above
+# RESPONSE_BASE**(i-1) ms, up to RESPONSE_BASE**i ms (about 9% wide); the last bucket
+# also holds everything slower. A different layout would be a new tag, never a new meaning.
+
+RESPONSE_BASE = 2.0 ** (1 / 8)
+RESPONSE_BUCKETS = 150  # the last bucket's bound is about 400 s: beyond any router timeout
+
+
+def response_bucket(ms: float) -> int:
+    """The histogram bucket of a response time in ms."""
+    if not ms > 1.0:  # also NaN: a nonsense time counts as the fastest, never as an error
+        return 0
+    index = math.ceil(math.log(ms, RESPONSE_BASE) - 1e-9)
+    return min(max(index, 1), RESPONSE_BUCKETS - 1)
+
+
+def bucket_bound_ms(index: int) -> float:
+    """The upper bound, in ms, of a histogram bucket."""
+    return RESPONSE_BASE**index
+
+
+def percentile_ms(counts: list[int], fraction: float) -> float | None:
+    """The `fraction` percentile of a histogram, as its bucket's upper bound (None: empty).
+
+    The bound, not a guess inside the bucket: "p95 ≤ x ms", off by at most a bucket's width.
+    """
+    total = sum(counts)
+    if total <= 0:
+        return None
+    rank = max(math.ceil(fraction * total), 1)
+    seen = 0
+    for index, count in enumerate(counts):
+        seen += count
+        if seen >= rank:
+            return round(bucket_bound_ms(index), 1)
+    return round(bucket_bound_ms(len(counts) - 1), 1)
+
+
+def add_counts(into: list[int], more: list[int]) -> list[int]:
+    """Two histograms added bucket by bucket (either may be shorter: trailing zeros dropped)."""
+    into = into + [0] * max(len(more) - len(into), 0)  # a new list: neither input changes
+    for index, count in enumerate(more):
+        into[index] += count
+    return into
+
+
+class GetMetricSeries(Message, tag="logshipper.metrics.series.get.v1", frozen=True, kw_only=True):
+    """The app's per-step aggregates from `since` (unix s, a step's start) until now."""
+
+    app_id: str
+    since: int
+    step: int  # seconds, a multiple of 60 (shippers keep one bucket per minute)
+
+
+class SeriesPoint(msgspec.Struct, frozen=True, kw_only=True):
+    """One step of one log-shipper's view of an app: only numbers, never paths or addresses.
+
+    CPU and memory are the mean over the step's measured minutes of the sum over this
+    host's dynos (None: no dyno of the app was sampled here then); the request counts are
+    those of the router records this shipper took (its queue group hands each to one).
+    """
+
+    at: int  # the step's start, unix s
+    cpu_percent: float | None = None  # of one CPU, summed over dynos
+    memory_mb: float | None = None  # rss + cache (Heroku's memory_total), summed over dynos
+    memory_quota_mb: float | None = None
+    requests: int = 0
+    status_2xx: int = 0
+    status_3xx: int = 0
+    status_4xx: int = 0
+    status_5xx: int = 0
+    response_ms: list[int] = msgspec.field(default_factory=list)  # counts per bucket, above
+
+
+class SeriesSamples(Message, tag="logshipper.metrics.series.v1", frozen=True, kw_only=True):
+    """One log-shipper's steps holding anything, oldest first (empty steps are left out)."""
+
+    app_id: str
+    step: int
+    points: list[SeriesPoint]
+    host: str = ""
+
+
 TAIL = LiveSpec("tail", writers=only(Service.LOG_SHIPPER), readers=only(Service.GATEWAY))
 
 
@@ -246,6 +335,15 @@ METRICS_GET: Rpc[GetMetrics, Metrics] = Rpc(
     subjects.rpc(Service.LOG_SHIPPER, "metrics.get"),
     GetMetrics,
     Metrics,
+    fanout=True,
+    callers=only(Service.GATEWAY),
+)
+METRICS_SERIES_GET: Rpc[GetMetricSeries, SeriesSamples] = Rpc(
+    Service.LOG_SHIPPER,
+    "metrics.series.get",
+    subjects.rpc(Service.LOG_SHIPPER, "metrics.series.get"),
+    GetMetricSeries,
+    SeriesSamples,
     fanout=True,
     callers=only(Service.GATEWAY),
 )

@@ -194,14 +194,69 @@ def drains_remove(ctx: Context, args: argparse.Namespace) -> None:
     ctx.out(f"Successfully removed drain {removed.get('url')}.")
 
 
+def _cell(value: Any, unit: str = "") -> str:
+    """A series value for the table: `-` where nothing was measured."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}{unit}"
+    return f"{value}{unit}"
+
+
+def _series(ctx: Context, app: str, period: str, *, as_json: bool) -> None:
+    found = ctx.client().get(f"{app_path(app)}/metrics/series?period={period}") or {}
+    if as_json:
+        ctx.emit_json(found)
+        return
+    # Steps before the app existed are all null: left out, the table starts with the app.
+    points = [p for p in found.get("points", []) if p.get("requests") is not None]
+    rows = [
+        {
+            "at": time.strftime("%H:%M", time.gmtime(int(p.get("at", 0)))),
+            "cpu": _cell(p.get("cpu_percent"), "%"),
+            "memory": _cell(p.get("memory_mb")),
+            "requests": _cell(p.get("requests")),
+            "statuses": "/".join(_cell(p.get(f"status_{n}xx")) for n in range(2, 6)),
+            "p50": _cell(p.get("p50_ms")),
+            "p95": _cell(p.get("p95_ms")),
+        }
+        for p in points
+    ]
+    columns = [
+        ("at", "UTC"),
+        ("cpu", "CPU"),
+        ("memory", "Memory MB"),
+        ("requests", "Requests"),
+        ("statuses", "2xx/3xx/4xx/5xx"),
+        ("p50", "p50 ms"),
+        ("p95", "p95 ms"),
+    ]
+    step = int(found.get("step", 0))
+    ctx.out(f"{app} over the last {period}, one row per {step // 60} min:")
+    ctx.out(output.table(rows, columns))
+
+
 def _age(at: float) -> str:
     return f"{max(0, int(time.time() - at))}s ago"
 
 
-@command("metrics", "show each dyno's latest CPU, memory and restarts", needs_app=True, json=True)
+@command(
+    "metrics",
+    "show each dyno's latest CPU, memory and restarts, or the app's over a period",
+    arg(
+        "--period",
+        choices=("1h", "24h"),
+        help="the app's CPU, memory, requests and response times per minute (1h) or 5 min (24h)",
+    ),
+    needs_app=True,
+    json=True,
+)
 def metrics(ctx: Context, args: argparse.Namespace) -> None:
-    """GET /apps/{app}/metrics."""
+    """GET /apps/{app}/metrics, or GET /apps/{app}/metrics/series?period= with --period."""
     app = ctx.app(args)
+    if args.period:
+        _series(ctx, app, args.period, as_json=args.json)
+        return
     found = ctx.client().get(f"{app_path(app)}/metrics") or {}
     if args.json:
         ctx.emit_json(found)

@@ -79,7 +79,7 @@ from slipway.services.gateway.git import buildoutput, builds, git, passthrough, 
 from slipway.services.gateway.http import middleware, openapi, ranges, ratelimit
 from slipway.services.gateway.http.auth import PRINCIPALS, PrincipalCache
 from slipway.services.gateway.http.routing import Endpoint, install
-from slipway.services.gateway.logs import logs
+from slipway.services.gateway.logs import logs, series
 from slipway.services.gateway.oneoff import oneoff, rendezvous
 from slipway.services.gateway.outbox import internal
 from slipway.services.gateway.outbox.outbox import OutboxRelay
@@ -90,6 +90,7 @@ RESOURCES = (
     *(account, sessions, tokens, teams, apps, config, releases, formation, audit, openapi),
     oneoff,
     logs,
+    series,
     logsettings,
     domains,
     dynos,

@@ -44,23 +44,27 @@ from slipway.contracts.log_shipper import (
     HISTORY_EXPORT,
     HISTORY_READ,
     METRICS_GET,
+    METRICS_SERIES_GET,
     AddDrain,
     Drain,
     DrainChanged,
     Drains,
     ExportHistory,
     GetMetrics,
+    GetMetricSeries,
     HistoryArchive,
     HistoryPage,
     ListDrains,
     Metrics,
     ReadHistory,
     RemoveDrain,
+    SeriesSamples,
 )
 from slipway.contracts.logs import LINES_ALL, ROUTER_ALL
 from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
 from slipway.contracts.subjects import Service
 from slipway.libs.bus import context
+from slipway.libs.errors import InvalidRequest
 from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database
 from slipway.services.log_shipper import platform, snapshot, store
@@ -154,6 +158,17 @@ def _reads(service: ServiceApp) -> None:
         sampler = service[SHIPPER].metrics
         dynos = sampler.for_app(request.app_id) if sampler else []
         return Metrics(app_id=request.app_id, dynos=dynos)
+
+    @service.rpc(METRICS_SERIES_GET)
+    async def metric_series(request: GetMetricSeries) -> SeriesSamples:
+        context.require_caller(METRICS_SERIES_GET)
+        if request.step <= 0 or request.step % 60:
+            raise InvalidRequest("step must be a positive multiple of 60 seconds.")
+        shipper = service[SHIPPER]
+        points = await shipper.series.read(request.app_id, request.since, request.step)
+        return SeriesSamples(
+            app_id=request.app_id, step=request.step, points=points, host=shipper.history.host
+        )
 
 
 def _platform_events(service: ServiceApp) -> None:

@@ -22,7 +22,8 @@ v2 (`/sys/fs/cgroup/system.slice/docker-<id>.scope/` with systemd, or
 `/sys/fs/cgroup/docker/<id>/`). `load_avg_1m` is the CPU in use (in CPUs)
 smoothed over a minute, the closest a container's cgroup gives to Linux's
 run-queue load. Restarts are the scheduler's (`Dyno.restart_count`). The latest
-sample per dyno answers `METRICS_GET`.
+sample per dyno answers `METRICS_GET`; every sample also goes into the app's
+minute bucket (series.py), which answers `METRICS_SERIES_GET`.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from slipway.libs.waits import wait_for_event
 from slipway.services.log_shipper import formats
 from slipway.services.log_shipper.dynos import Dyno, DynoRegistry
 from slipway.services.log_shipper.history import History
+from slipway.services.log_shipper.series import Series
 
 log = structlog.get_logger("slipway.log_shipper.metrics")
 
@@ -192,8 +194,10 @@ class Metrics:
         history: History,
         interval: float,
         cgroup_root: Path = CGROUP_ROOT,
+        series: Series | None = None,
     ) -> None:
         self.registry = registry
+        self.series = series
         self.history = history
         self.interval = interval
         self.cgroup_root = cgroup_root
@@ -253,6 +257,9 @@ class Metrics:
             restarts=dyno.restarts,
         )
         self.latest[dyno.container_id] = (dyno.app_id, sample)
+        if self.series is not None:
+            # Heroku's memory_total is rss + cache (+ swap, none here), not `docker stats`' use.
+            self.series.sample(dyno.app_id, dyno.container_id, sample.at, cpu, rss + cache, quota)
         text = formats.memory_line(
             {
                 "source": dyno.dyno,

@@ -48,6 +48,9 @@ class LogShipperSettings(Settings, frozen=True, kw_only=True):
     sealed_recent_lines: int = 1500
     # Dyno metrics: seconds between samples (0 turns them off).
     metrics_interval: float = 20.0
+    # Metric series (series.py): seconds between writes of the minutes still changing
+    # (what a kill -9 may lose).
+    series_flush_interval: float = 10.0
     # Drains: extra CA bundle to trust (a PEM file), lines buffered per drain, backoff cap.
     drain_ca_file: str = ""
     drain_buffer_lines: int = 10_000

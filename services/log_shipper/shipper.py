@@ -1,5 +1,8 @@
 """One host's log-shipper, assembled: history, tail, drains, dyno output, metrics and loops.
 
+Router access records feed both the app's history (a `heroku[router]` line) and its
+metric series (counts and response times, series.py).
+
 The handlers in app.py call into `Shipper`; nothing here knows about the
 service runner. Drain URLs are kept sealed in the database and in
 `DRAIN_CHANGED` events (envelope, purpose LOGS, bound to the drain's id) and
@@ -38,6 +41,7 @@ from slipway.services.log_shipper.dynos import Dyno, DynoRegistry
 from slipway.services.log_shipper.history import History, RawLine
 from slipway.services.log_shipper.metrics import Metrics
 from slipway.services.log_shipper.receiver import DynoOutput
+from slipway.services.log_shipper.series import Series
 from slipway.services.log_shipper.settings import LogShipperSettings
 from slipway.services.log_shipper.tail import TailFanout
 
@@ -69,7 +73,10 @@ class Shipper:
         self.receiver = DynoOutput(
             settings.socket_folder(), self.registry, self.history, self._dyno_lines
         )
-        self.metrics = Metrics(self.registry, self.history, settings.metrics_interval)
+        self.series = Series(db, reader, settings.series_flush_interval)
+        self.metrics = Metrics(
+            self.registry, self.history, settings.metrics_interval, series=self.series
+        )
         self.halt = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._teams: dict[str, str] = {}
@@ -83,6 +90,8 @@ class Shipper:
         await self.registry.load()
         self._spawn(self._keep_registry(), "registry")
         await self.receiver.start()
+        await self.series.load()
+        self._spawn(self.series.run(self.halt), "series")
         if self.settings.metrics_interval > 0:
             self._spawn(self.metrics.run(self.halt), "metrics")
         self._spawn(self._sweep(), "sweep")
@@ -150,6 +159,9 @@ class Shipper:
     async def on_access(self, data: bytes) -> None:
         """One router access record, as Heroku's `heroku[router]` line."""
         access = _ACCESS.decode(data)
+        self.series.request(
+            access.app_id, access.timestamp, access.status, access.connect_ms + access.service_ms
+        )
         line: RawLine = (access.timestamp, "heroku", "router", formats.router_text(access), False)
         await self.add(access.app_id, [line])
 
@@ -305,6 +317,7 @@ class Shipper:
         """The app was destroyed: forget its history and drains on this host."""
         await self.drains.remove_app(app_id)
         self.history.forget(app_id)
+        self.series.forget(app_id)
         async with self.db.transaction() as conn:
             await store.drop_app(conn, app_id)
         self._teams.pop(app_id, None)
@@ -316,6 +329,7 @@ class Shipper:
             if team == team_id:
                 await self.drains.remove_app(app_id)
                 self.history.forget(app_id)
+                self.series.forget(app_id)
                 self._teams.pop(app_id, None)
         async with self.db.transaction() as conn:
             await store.drop_team(conn, team_id)

@@ -1,4 +1,4 @@
-"""Log-shipper's database: sealed batches, apps, drains, this host's dynos.
+"""Log-shipper's database: sealed batches, apps, drains, this host's dynos, metric series.
 
 No column ever holds a log line or a drain URL in plaintext: `batches.data` is
 an envelope record (purpose LOGS) and `drains.sealed_url` too. What is in the
@@ -86,6 +86,16 @@ MIGRATIONS = (
         restarts INTEGER NOT NULL,
         updated_at REAL NOT NULL
     )
+    """,
+    # Per-app, per-minute metric aggregates (series.py): msgpack of numbers only, a day kept.
+    """
+    CREATE TABLE series (
+        app_id TEXT NOT NULL,
+        minute INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (app_id, minute)
+    );
+    CREATE INDEX series_by_minute ON series (minute);
     """,
 )
 
@@ -210,8 +220,8 @@ async def team_of(db: Database, app_id: str) -> str | None:
 
 
 async def drop_app(conn: aiosqlite.Connection, app_id: str) -> None:
-    """Forget everything held for an app: its history, drains."""
-    for table in ("batches", "drains", "apps"):
+    """Forget everything held for an app: its history, drains, metric series."""
+    for table in ("batches", "drains", "series", "apps"):
         await conn.execute(f"DELETE FROM {table} WHERE app_id = ?", (app_id,))  # noqa: S608
 
 

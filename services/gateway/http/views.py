@@ -296,3 +296,33 @@ class Build(View, frozen=True, kw_only=True):
     user: UserRef
     # Slipway: a one-line reason when the build failed.
     error: str | None = None
+
+
+class MetricPoint(View, frozen=True, kw_only=True):
+    """Slipway: one step of an app's metric series (GET /apps/{app}/metrics/series).
+
+    null where nothing was measured: CPU and memory when no dyno was sampled in the step
+    (CPU in % of one CPU and memory in MB, each dyno's mean over the step, summed over the
+    app's dynos); requests and status counts before the app existed; percentiles (the
+    upper bound of the histogram bucket holding them, about 9% wide) when no request came.
+    """
+
+    at: int  # the step's start, unix seconds
+    cpu_percent: float | None
+    memory_mb: float | None
+    memory_quota_mb: float | None
+    requests: int | None
+    status_2xx: int | None
+    status_3xx: int | None
+    status_4xx: int | None
+    status_5xx: int | None
+    p50_ms: float | None
+    p95_ms: float | None
+
+
+class MetricSeries(View, frozen=True, kw_only=True):
+    """Slipway: an app's metrics over a period, one point per step, oldest first."""
+
+    period: str  # "1h" (60 points of 60 s) or "24h" (288 points of 300 s)
+    step: int
+    points: list[MetricPoint]

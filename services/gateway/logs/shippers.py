@@ -1,4 +1,4 @@
-"""Reads that every log-shipper answers, gathered and merged: history, the sealed archive, metrics.
+"""Reads every log-shipper answers, gathered and merged: history, sealed archive, metrics, series.
 
 There is one log-shipper per Docker host and each holds only what it took in: the
 lines of the dynos it followed, plus whichever platform, router and build lines its
@@ -31,13 +31,16 @@ from slipway.contracts.log_shipper import (
     HISTORY_EXPORT,
     HISTORY_READ,
     METRICS_GET,
+    METRICS_SERIES_GET,
     DynoSample,
     ExportHistory,
     GetMetrics,
+    GetMetricSeries,
     HistoryPage,
     LogEntry,
     ReadHistory,
     SealedBatch,
+    SeriesPoint,
 )
 from slipway.contracts.logs import LogSource
 from slipway.contracts.scheduler import HOSTS_LIST, ListHosts
@@ -218,3 +221,13 @@ async def metrics(bus: Bus, app_id: str, *, expect: set[str] | None = None) -> l
     found = await bus.gather(METRICS_GET, GetMetrics(app_id=app_id), expect=expect, timeout=5.0)
     samples = [s for reply in found.replies.values() for s in reply.dynos]
     return sorted(samples, key=lambda s: s.dyno)
+
+
+async def metric_series(
+    bus: Bus, request: GetMetricSeries, *, expect: set[str] | None = None
+) -> list[list[SeriesPoint]]:
+    """Every log-shipper's steps of the app (a silent one's part is left out, logged)."""
+    found = await _gather(bus, METRICS_SERIES_GET, request, expect, 5.0, "metric series")
+    for notice in _silent(found, "share of the metric series"):
+        log.warning("shippers.series_incomplete", notice=notice)
+    return [samples.points for samples in found.replies.values()]
