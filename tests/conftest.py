@@ -29,9 +29,17 @@ T = TypeVar("T")
 TEST_SCOPE_PREFIX = "tst"
 
 
+# The scopes this pytest process handed out: its end-of-run sweep touches only their
+# networks, so two pytest processes on one engine (parallel workers, a helper's targeted
+# run beside CI) never remove each other's app networks between a create and a dyno.
+MADE_SCOPES: set[str] = set()
+
+
 def new_scope() -> Scope:
     """A scope of its own: its names, labels, chain and pool meet no other installation's."""
-    return Scope(f"{TEST_SCOPE_PREFIX}{uuid.uuid4().hex[:7]}")
+    scope = Scope(f"{TEST_SCOPE_PREFIX}{uuid.uuid4().hex[:7]}")
+    MADE_SCOPES.add(scope.managed)
+    return scope
 
 
 @pytest.fixture
@@ -56,11 +64,11 @@ def remove_scope_objects(scope: Scope, url: str = "unix:///var/run/docker.sock")
 
 @pytest.fixture(scope="session", autouse=True)
 def remove_empty_app_networks() -> Iterator[None]:
-    """Empty app networks the suite's scopes made during the run are removed at its end.
+    """Empty app networks of the scopes this run made are removed at its end.
 
     Tests create apps whose dynos make app networks; each holds a subnet, and an engine
-    has room for a limited number. Only networks of test scopes (`TEST_SCOPE_PREFIX`) are
-    looked at: a `scripts/up` on the same engine keeps its own, whatever their age.
+    has room for a limited number. Only networks of this process's scopes (`MADE_SCOPES`)
+    are looked at: a `scripts/up` on the same engine, or another pytest run, keeps its own.
     """
     started = datetime.datetime.now(datetime.UTC)
     yield
@@ -80,11 +88,7 @@ def remove_empty_app_networks() -> Iterator[None]:
     for network in json.loads(inspected.stdout or "[]"):
         managed = (network.get("Labels") or {}).get(LABEL_MANAGED, "")
         created = datetime.datetime.fromisoformat(network["Created"][:26].rstrip("Z") + "+00:00")
-        if (
-            managed.startswith(TEST_SCOPE_PREFIX)
-            and created >= started
-            and not network.get("Containers")
-        ):
+        if managed in MADE_SCOPES and created >= started and not network.get("Containers"):
             subprocess.run(["docker", "network", "rm", network["Id"]], capture_output=True)
 
 
