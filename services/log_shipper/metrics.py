@@ -217,7 +217,15 @@ class Metrics:
             if stopping.is_set():
                 return
             dynos = self.registry.running
-            await asyncio.gather(*(self.sample(d) for d in dynos), return_exceptions=True)
+            tick = time.time()  # one time for the pass: its samples and its count share a minute
+            taken = await asyncio.gather(
+                *(self.sample(d, tick) for d in dynos), return_exceptions=True
+            )
+            if self.series is not None:
+                apps = {
+                    d.app_id for d, t in zip(dynos, taken, strict=True) if isinstance(t, DynoSample)
+                }
+                self.series.passed(apps, tick)
             sampled = {d.container_id for d in dynos}
             for container_id in self.latest.keys() - sampled:
                 self.latest.pop(container_id, None)
@@ -234,8 +242,11 @@ class Metrics:
             self._previous[container_id] = measured[1]
         return measured
 
-    async def sample(self, dyno: Dyno) -> DynoSample | None:
-        """Sample one dyno, remember it and log its metrics line (None: not running)."""
+    async def sample(self, dyno: Dyno, tick: float | None = None) -> DynoSample | None:
+        """Sample one dyno, remember it and log its metrics line (None: not running).
+
+        `tick` is the time of the sampling pass, under which the app's series counts it.
+        """
         measured = await self.measure(dyno.container_id)
         if measured is None:
             return None
@@ -259,7 +270,8 @@ class Metrics:
         self.latest[dyno.container_id] = (dyno.app_id, sample)
         if self.series is not None:
             # Heroku's memory_total is rss + cache (+ swap, none here), not `docker stats`' use.
-            self.series.sample(dyno.app_id, dyno.container_id, sample.at, cpu, rss + cache, quota)
+            at = sample.at if tick is None else tick
+            self.series.sample(dyno.app_id, dyno.container_id, at, cpu, rss + cache, quota)
         text = formats.memory_line(
             {
                 "source": dyno.dyno,

@@ -64,9 +64,14 @@ class Minute(msgspec.Struct):
     """One app's minute: per-dyno sample sums and the router's counts."""
 
     dynos: dict[str, DynoMinute] = msgspec.field(default_factory=dict)  # by container id
+    # Sampling passes that sampled at least one of the app's dynos in this minute: the
+    # minute's value is the sum over dynos divided by passes, so during a rolling deploy
+    # an old and a new container, each there half the minute, count as one dyno, not two.
+    passes: int = 0
     # The dynos' sums as stored before this process started (their ids are not stored, so
     # they cannot be joined with new samples: used only while no new sample came in).
     carried: list[DynoMinute] = msgspec.field(default_factory=list)
+    carried_passes: int = 0
     requests: int = 0
     status: list[int] = msgspec.field(default_factory=lambda: [0, 0, 0, 0])  # 2xx..5xx
     response_ms: list[int] = msgspec.field(default_factory=list)
@@ -87,20 +92,28 @@ class Minute(msgspec.Struct):
             self.response_ms.extend([0] * (bucket + 1 - len(self.response_ms)))
         self.response_ms[bucket] += 1
 
-    def measured(self) -> list[DynoMinute]:
-        """The dynos' sums that count: new samples, else those carried over a restart."""
+    def measured(self) -> tuple[list[DynoMinute], int]:
+        """The dynos' sums that count and their passes: new ones, else those carried over."""
         fresh = [d for d in self.dynos.values() if d.samples]
-        return fresh or [d for d in self.carried if d.samples]
+        if fresh:
+            return fresh, self.passes
+        return [d for d in self.carried if d.samples], self.carried_passes
 
     def resources(self) -> tuple[float, float, float] | None:
-        """(CPU %, memory MB, quota MB): each dyno's mean, summed (None: nothing sampled)."""
-        measured = self.measured()
+        """(CPU %, memory MB, quota MB): the app's total averaged over the minute's passes.
+
+        A dyno there for every pass counts its mean; one there for half of them, half of
+        it. No dyno has more samples than there were passes, which also covers rows
+        stored before passes were counted.
+        """
+        measured, passes = self.measured()
         if not measured:
             return None
+        passes = max(passes, *(d.samples for d in measured))
         return (
-            sum(d.cpu / d.samples for d in measured),
-            sum(d.memory_mb / d.samples for d in measured),
-            sum(d.quota_mb / d.samples for d in measured),
+            sum(d.cpu for d in measured) / passes,
+            sum(d.memory_mb for d in measured) / passes,
+            sum(d.quota_mb for d in measured) / passes,
         )
 
 
@@ -111,6 +124,7 @@ class StoredMinute(msgspec.Struct, array_like=True):
     requests: int
     status: list[int]
     response_ms: list[int]
+    passes: int = 0  # last, with a default: rows written before it still decode
 
 
 _ENCODER = msgspec.msgpack.Encoder()
@@ -119,9 +133,11 @@ _DECODER = msgspec.msgpack.Decoder(StoredMinute)
 
 def encode_minute(minute: Minute) -> bytes:
     """A minute for the `series` table: numbers only (a dyno's id is left behind)."""
+    dynos, passes = minute.measured()
     return _ENCODER.encode(
         StoredMinute(
-            dynos=minute.measured(),
+            dynos=dynos,
+            passes=passes,
             requests=minute.requests,
             status=minute.status,
             response_ms=minute.response_ms,
@@ -133,6 +149,7 @@ def decode_minute(data: bytes) -> Minute:
     stored = _DECODER.decode(data)
     return Minute(
         carried=stored.dynos,
+        carried_passes=stored.passes,
         requests=stored.requests,
         status=stored.status,
         response_ms=stored.response_ms,
@@ -257,6 +274,13 @@ class Series:
         if bucket is not None:
             bucket.add_sample(container_id, cpu, memory_mb, quota)
             self._dirty.add((app_id, minute_of(at)))
+
+    def passed(self, app_ids: set[str], at: float) -> None:
+        """A sampling pass at `at` sampled dynos of these apps (after their `sample` calls)."""
+        for app_id in app_ids:
+            bucket = self._bucket(app_id, at)
+            if bucket is not None:
+                bucket.passes += 1
 
     def request(self, app_id: str, at: float, status: int, total_ms: float) -> None:
         """One request through the router: its status and its connect + service time."""

@@ -70,12 +70,24 @@ def test_two_shippers_histograms_merge_to_the_p95_of_all_requests() -> None:
 
 
 def test_cpu_is_each_dynos_mean_over_the_minute_summed_over_dynos() -> None:
-    """web.1 sampled at 10, 20, 30 % and web.2 once at 50 %: the app used 70 % that minute."""
+    """web.1 at 10, 20, 30 % and web.2 at 50 % in each of three passes: the app used 70 %."""
     minute = Minute()
     for cpu, memory in ((10.0, 100.0), (20.0, 110.0), (30.0, 120.0)):
         minute.add_sample("container-1", cpu, memory, 512.0)
-    minute.add_sample("container-2", 50.0, 200.0, 512.0)
+        minute.add_sample("container-2", 50.0, 200.0, 512.0)
+        minute.passes += 1
     assert minute.resources() == (70.0, 310.0, 1024.0)
+
+
+def test_containers_replacing_each_other_in_a_minute_count_as_one_dyno() -> None:
+    """A rolling deploy: the old container for two passes, the new one for two: one dyno's quota."""
+    minute = Minute()
+    for container in ("old", "old", "new", "new"):
+        minute.add_sample(container, 10.0, 100.0, 512.0)
+        minute.passes += 1
+    assert minute.resources() == (10.0, 100.0, 512.0)
+    stored = decode_minute(encode_minute(minute))  # and so it stays across a restart
+    assert stored.resources() == (10.0, 100.0, 512.0)
 
 
 def test_a_step_averages_its_measured_minutes_and_adds_its_requests() -> None:
