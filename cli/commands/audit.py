@@ -32,11 +32,23 @@ Raw = Mapping[str, Any]
 SIGN_WAIT = 5.0  # seconds an unsigned newest entry may wait for its checkpoint
 
 
+def seq_of(raw: Raw) -> int:
+    """An entry's sequence number, or 0 when the server sent none that reads as one.
+
+    An answer is checked, not trusted: a malformed `seq` must make the verdict "broken",
+    never crash the verifier before it can say so.
+    """
+    try:
+        return int(raw.get("seq") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 def split_body(body: Any) -> tuple[list[Raw], list[Raw]]:
     """(entries in sequence order, checkpoints) from an audit log answer."""
     if not isinstance(body, Mapping) or not isinstance(body.get("entries"), list):
         raise CliError("The audit answer has no list of entries.")
-    entries: list[Raw] = sorted(body["entries"], key=lambda e: int(e.get("seq") or 0))
+    entries: list[Raw] = sorted(body["entries"], key=seq_of)
     return entries, list(body.get("checkpoints") or [])
 
 
@@ -70,7 +82,7 @@ def within_chain(verdict: Verdict, subset: Sequence[Raw], chain: Sequence[Raw]) 
             return msgspec.structs.replace(
                 verdict,
                 ok=False,
-                broken_at=int(entry.get("seq") or 0),
+                broken_at=seq_of(entry),
                 reason="this entry of the app's log differs from the team's chain",
             )
     return verdict
@@ -94,7 +106,7 @@ def verify_chain(
                 ok=False,
                 entries=len(entries),
                 checkpoints=len(checkpoints),
-                broken_at=int(raw.get("seq") or 0),
+                broken_at=seq_of(raw),
                 reason=f"entry cannot be read ({exc})",
             )
     try:
@@ -235,7 +247,7 @@ class Checked:
 
 
 def _seq(item: Raw) -> int:
-    return int(item.get("seq") or 0)
+    return seq_of(item)
 
 
 def verified_team_chain(

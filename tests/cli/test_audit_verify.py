@@ -128,6 +128,17 @@ def test_unreadable_entry_breaks_there(key: Ed25519PrivateKey) -> None:
     assert (verdict.ok, verdict.broken_at) == (False, 2)
 
 
+def test_an_entry_whose_seq_is_not_a_number_breaks_the_chain_without_a_crash(
+    key: Ed25519PrivateKey,
+) -> None:
+    """A server answering `"seq": "x"` gets a broken verdict, not a traceback."""
+    answer = _answer(3, 3, key)
+    answer["entries"][2]["seq"] = "x"
+    entries, checkpoints = split_body(answer)
+    verdict = verify_chain(entries, checkpoints, _public(key))
+    assert not verdict.ok and verdict.broken_at is not None
+
+
 def test_keys_by_id_from_hex() -> None:
     """GET /audit/keys answers [{key_id, algorithm, public_key (hex)}]."""
     raw = bytes(range(32))
