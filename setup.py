@@ -19,4 +19,13 @@ for folder, name in AREAS.items():
     packages.append(name)
     packages.extend(f"{name}.{sub}" for sub in find_packages(where=folder))
 
-setup(packages=packages, package_data={"": ["py.typed", "buildpacks/**/*", "*.sql", "*.html"]})
+setup(
+    packages=packages,
+    package_data={
+        "": [
+            *("py.typed", "buildpacks/**/*", "*.sql", "*.html"),
+            # the dashboard (services/gateway/web/static): its page, scripts, styles, images
+            *("static/**/*.html", "static/**/*.js", "static/**/*.css", "static/**/*.svg"),
+        ]
+    },
+)

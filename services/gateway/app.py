@@ -83,7 +83,7 @@ from slipway.services.gateway.logs import logs, series
 from slipway.services.gateway.oneoff import oneoff, rendezvous
 from slipway.services.gateway.outbox import internal
 from slipway.services.gateway.outbox.outbox import OutboxRelay
-from slipway.services.gateway.web import sessions
+from slipway.services.gateway.web import pages, sessions
 
 # git's routes match any first path segment: they come last.
 RESOURCES = (
@@ -108,6 +108,7 @@ RESOURCES = (
     backupkeys,
     backupschedule,
     backupverify,
+    pages,  # `/` and `/dashboard/...`: before git, whose routes match any first segment
     *(sources, builds, buildoutput, git),
 )
 ENDPOINTS: list[Endpoint] = [e for module in RESOURCES for e in module.routes.endpoints]
