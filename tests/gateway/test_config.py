@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from slipway.contracts import keyring as keyring_rpc
@@ -156,14 +158,18 @@ async def test_non_string_value_is_refused(stack: Stack) -> None:
     assert (await alice.patch("/apps/hello/config-vars", {"PORT": 5000})).status == 422
 
 
-async def test_viewer_cannot_change_config(stack: Stack) -> None:
-    """A viewer reads config but gets 403 forbidden changing it."""
+async def test_viewer_can_neither_read_nor_change_config(stack: Stack) -> None:
+    """Config vars are secrets: a viewer gets 403 forbidden reading or changing them."""
     alice, bob = await stack.user("alice@example.com"), await stack.user("bob@example.com")
     await alice.ok("POST", "/teams", {"name": "acme"}, 201)
     await stack.join(alice, "acme", bob, "viewer")
     await stack.app(alice, "hello", team="acme")
     await alice.ok("PATCH", "/apps/hello/config-vars", {"FOO": "bar"})
-    assert await bob.ok("GET", "/apps/hello/config-vars") == {"FOO": "bar"}
+    for path in ("/apps/hello/config-vars", "/apps/hello/releases/2/config-vars"):
+        read = await bob.get(path)
+        assert read.status == 403 and "cannot read config vars" in read.body["message"], path
+        assert "bar" not in json.dumps(read.body)
+    assert (await bob.get("/apps/hello")).status == 200  # the app itself stays in view
     answer = await bob.patch("/apps/hello/config-vars", {"FOO": "evil"})
     assert answer.status == 403
     assert answer.error_id == "forbidden"

@@ -250,7 +250,9 @@ async def _commit(
 
 @routes.get("/apps/{app}/config-vars", summary="The app's config vars", response=dict[str, str])
 async def info(request: web.Request) -> web.Response:
-    app = await app_for(request, Action.READ, "read it")
+    # Config vars hold the app's secrets: a viewer sees the app, not its keys (as Heroku's
+    # view permission); the dashboard shows them no values and the API refuses if asked.
+    app = await app_for(request, Action.DEPLOY, "read config vars")
     return reply(await read_config(request.app[GATEWAY], app, app.config_version_id))
 
 
@@ -273,6 +275,6 @@ async def update(request: web.Request) -> web.Response:
 )
 async def release_info(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    app = await app_for(request, Action.READ, "read it")
+    app = await app_for(request, Action.DEPLOY, "read config vars")
     release = await find_release(gw.reader, app, request.match_info["release"])
     return reply(await read_config(gw, app, release.config_version_id))
