@@ -136,7 +136,9 @@ def build_web_app(gw: Gateway) -> web.Application:
     )
     app[GATEWAY] = gw
     app[PRINCIPALS] = PrincipalCache()
-    ratelimit.install(app, gw.settings.api_rate_limit)
+    ratelimit.install(
+        app, gw.settings.api_rate_limit, frozenset(e.handler for e in ENDPOINTS if e.page)
+    )
     app[pushes.STATE] = pushes.PushState(gw)
     app[openapi.DOCUMENT] = openapi.document(ENDPOINTS)
     install(app, ENDPOINTS)

@@ -119,6 +119,16 @@ async def test_anonymous_requests_are_limited_per_address(stack: Stack) -> None:
     assert answers[-1].error_id == "rate_limit"
 
 
+async def test_dashboard_files_spend_no_bucket(stack: Stack) -> None:
+    """Loading the dashboard's page and files costs no API request: an office behind one
+    address opening it many times still has its API hour left."""
+    for _ in range(2 * LIMIT):
+        assert (await stack.anonymous().get("/", headers={"Accept": "text/html"})).status == 200
+        assert (await stack.anonymous().get("/dashboard/app.js")).status == 200
+    left = await stack.anonymous().get("/openapi.json")
+    assert left.status == 200 and int(left.headers["RateLimit-Remaining"]) == LIMIT - 1
+
+
 async def test_invented_tokens_cannot_escape_the_limit(stack: Stack) -> None:
     """Each unknown token spends the client address's bucket, so a stream of them hits 429."""
     statuses = []

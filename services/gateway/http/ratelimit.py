@@ -158,9 +158,17 @@ def _spend(limiter: RateLimiter, request: web.Request, key: str, now: float) -> 
     return key, limiter.take(key, now)
 
 
+# Handlers no bucket pays for: the dashboard's page and files, served from memory. Counted,
+# a page load (twenty files) would spend a client address's hour in a few hundred loads,
+# for everyone behind one office NAT at once.
+EXEMPT = web.AppKey("rate_limit_exempt", frozenset[Handler])
+
+
 @web.middleware
 async def rate_limit(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Spend one request of the caller's bucket, or answer 429 when it is empty."""
+    if request.match_info.handler in request.app.get(EXEMPT, frozenset()):
+        return await handler(request)
     limiter = request.app[LIMITER]
     key, now = caller_key(request), time.monotonic()
     if request.method == "GET" and request.path == STATUS_PATH:
@@ -189,7 +197,8 @@ async def add_headers(request: web.Request, response: web.StreamResponse) -> Non
         response.headers["Retry-After"] = str(limiter.retry_after(request[_KEY], time.monotonic()))
 
 
-def install(app: web.Application, per_hour: int) -> None:
+def install(app: web.Application, per_hour: int, exempt: frozenset[Handler] = frozenset()) -> None:
     """Give `app` its limiter and the response headers (the middleware is in its list)."""
     app[LIMITER] = RateLimiter(per_hour)
+    app[EXEMPT] = exempt
     app.on_response_prepare.append(add_headers)
