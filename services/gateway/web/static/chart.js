@@ -82,7 +82,13 @@ export function chart({ title, points, series, stacked = false, unit = "", id })
     });
     if (run.length) runs.push(run);
     for (const indexes of runs) {
-      if (stacked) {
+      if (stacked && indexes.length === 1) {
+        // One measured step has no width as an area: a bar of its height shows it.
+        const i = indexes[0];
+        const top = y(base[i] + values[i][k]);
+        const height = Math.max(0, y(base[i]) - top);
+        svg.append(s("rect", { x: x(i) - 2, y: top, width: 4, height, class: `area ${se.cls}` }));
+      } else if (stacked) {
         const upper = indexes.map((i) => [x(i), y(base[i] + values[i][k])]);
         const lower = indexes.map((i) => [x(i), y(base[i])]).reverse();
         const d = [...upper, ...lower].map(([px, py], j) => `${j ? "L" : "M"}${px.toFixed(1)},${py.toFixed(1)}`).join("");
