@@ -59,6 +59,9 @@ class Tracked:
     busy: bool = False  # an operation is under way: the monitor leaves it alone
     health_path: str | None = None
     tracked_at: float = field(default_factory=time.monotonic)
+    # When the state last changed (wall clock): the dyno's `updated_at`, so `ps` and the
+    # dashboard can say since when a dyno is up, and log-shipper orders what it hears by it.
+    changed_at: float = field(default_factory=time.time)
 
     def model(self) -> model.Dyno:
         s = self.spec
@@ -166,12 +169,13 @@ class Runtime:
             size=s.size,
             command=s.command,
             restart_count=tracked.restart_count,
-            updated_at=time.time(),
+            updated_at=tracked.changed_at,
         )
 
     async def _set_state(self, tracked: Tracked, state: DynoState, reason: str = "") -> None:
         previous = tracked.state
         tracked.state = state
+        tracked.changed_at = time.time()
         if state == "up":
             tracked.up_since = time.monotonic()
         elif previous == "up":

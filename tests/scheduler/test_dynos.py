@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 import uuid
 from collections import Counter
 
@@ -124,6 +125,9 @@ async def test_a_killed_process_is_restarted_with_backoff(cluster: Cluster) -> N
     app = new_app()
     await cluster.gateway.release(app, 1, {"web": 1})
     (dyno,) = await settled(cluster, app, {"web": 1}, 1)
+    asked = time.time()
+    (listed,) = await settled(cluster, app, {"web": 1}, 1)
+    assert listed.updated_at == dyno.updated_at < asked  # when it came up, not when asked
     import aiodocker
 
     docker = aiodocker.Docker(url=cluster.engines()[dyno.host_id])
@@ -140,6 +144,7 @@ async def test_a_killed_process_is_restarted_with_backoff(cluster: Cluster) -> N
 
     again = await assert_eventually(restarted, timeout=30, interval=0.2)
     assert again.container_id == dyno.container_id
+    assert again.updated_at > dyno.updated_at  # it went down and came up again since
     async with aiohttp.ClientSession() as session:
         assert await get(session, again) == "web.1 v1"
 
