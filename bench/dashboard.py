@@ -142,7 +142,10 @@ def browser_loads(
             " body: JSON.stringify({token: arguments[0]})}).then(r => done(r.status));",
             token,
         )
-        cookie = str(driver.get_cookie("slipway_session")["value"])
+        signed = driver.get_cookie("slipway_session")
+        if signed is None:
+            raise RuntimeError("signing in gave the browser no session cookie")
+        cookie = str(signed["value"])
         overview, paint = [], []
         for index in range(loads + 2):  # two warm-up loads: the first fills caches
             driver.get(f"{api}/?load={index}#/apps/{app}")

@@ -47,7 +47,9 @@ async def sign_in(stack: Stack, body: dict[str, str]) -> tuple[Answer, Browser |
     if answer.status != 201:
         return answer, None
     jar = SimpleCookie(answer.headers["Set-Cookie"])
-    return answer, Browser(stack.anonymous(), jar[COOKIE].value, answer.body["csrf_token"], stack.url)
+    return answer, Browser(
+        stack.anonymous(), jar[COOKIE].value, answer.body["csrf_token"], stack.url
+    )
 
 
 async def signed_in(stack: Stack, user: Api) -> Browser:
@@ -131,7 +133,9 @@ async def test_an_idle_session_ends(stack: Stack) -> None:
     browser = await signed_in(stack, await stack.user(ALICE))
     idle_since = time.time() - 901
     await tamper(
-        stack.home / "gateway" / "gateway.db", "UPDATE web_sessions SET last_seen = ?", (idle_since,)
+        stack.home / "gateway" / "gateway.db",
+        "UPDATE web_sessions SET last_seen = ?",
+        (idle_since,),
     )
     answer = await browser.request("GET", "/apps")
     assert answer.status == 401 and "idle for 15 minutes" in answer.body["message"]
