@@ -9,6 +9,8 @@
     ├── Gone                      "gone"             destroyed on purpose (crypto-shredded)
     ├── Unavailable               "unavailable"      retryable: a dependency is down
     │   └── Timeout               "timeout"          retryable: no answer in time
+    ├── InsufficientStorage       "insufficient_storage"  a disk is full: the message
+    │                                                  says which, and what to do
     ├── Internal                  "internal"         a bug; the message says no more
     └── RemoteError               raised by a caller when the answer was an ErrorReply;
         └── Remote<Kind>          also a subclass of the matching kind above, so
@@ -21,6 +23,8 @@ Handlers raise the kinds above; the bus turns them into `ErrorReply` and back.
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from typing import ClassVar
 
 from slipway.contracts.base import ErrorReply
@@ -87,6 +91,12 @@ class Timeout(Unavailable):
     code = "timeout"
 
 
+class InsufficientStorage(SlipwayError):
+    """A write refused because a disk is full (or above the platform's high-water mark)."""
+
+    code = "insufficient_storage"
+
+
 class Internal(SlipwayError):
     code = "internal"
 
@@ -148,6 +158,10 @@ class RemoteTimeout(RemoteError, Timeout):
     pass
 
 
+class RemoteInsufficientStorage(RemoteError, InsufficientStorage):
+    pass
+
+
 class RemoteInternal(RemoteError, Internal):
     pass
 
@@ -161,6 +175,7 @@ _REMOTE_BY_CODE: dict[str, type[RemoteError]] = {
     "gone": RemoteGone,
     "unavailable": RemoteUnavailable,
     "timeout": RemoteTimeout,
+    "insufficient_storage": RemoteInsufficientStorage,
     "internal": RemoteInternal,
 }
 
@@ -173,3 +188,30 @@ def _remote_kind(code: str) -> type[RemoteError]:
     kind = type(f"Remote{local.__name__}", (RemoteError, local), {})
     _REMOTE_BY_CODE[code] = kind
     return kind
+
+
+# JetStream's "insufficient resources" (its store is out of disk or over its limits).
+_JETSTREAM_NO_RESOURCES = frozenset({10023, 10047})
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is a write refused for want of disk space:
+    ENOSPC/EDQUOT, SQLite's SQLITE_FULL, JetStream's insufficient resources."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, InsufficientStorage):
+            return True
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(current, sqlite3.Error) and (
+            getattr(current, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or "database or disk is full" in str(current)
+        ):
+            return True
+        # nats-py's APIError, matched by shape: libs/ sits below the bus client here.
+        if getattr(current, "err_code", None) in _JETSTREAM_NO_RESOURCES:
+            return True
+        current = current.__cause__ or current.__context__
+    return False

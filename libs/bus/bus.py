@@ -45,12 +45,14 @@ from slipway.libs.bus import tls as bus_tls
 from slipway.libs.bus.consumer import Consumer, Route
 from slipway.libs.bus.provision import ensure_streams
 from slipway.libs.errors import (
+    InsufficientStorage,
     Internal,
     InvalidRequest,
     RemoteError,
     SlipwayError,
     Timeout,
     Unavailable,
+    disk_full,
 )
 
 log = structlog.get_logger("slipway.bus")
@@ -386,9 +388,17 @@ class Bus:
                     raise TypeError(f"the handler of {rpc.name} returned nothing")
             except SlipwayError as exc:
                 reply = exc.to_reply()
-            except Exception:
-                log.exception("rpc.crashed")
-                reply = Internal(f"{rpc.service} failed to handle {rpc.name}").to_reply()
+            except Exception as exc:
+                if disk_full(exc):
+                    # A full disk is the operator's to fix, not a bug: say so to the caller.
+                    log.warning("rpc.disk_full", error=repr(exc))
+                    reply = InsufficientStorage(
+                        f"{rpc.service}'s disk is full ({rpc.name} could not write): free"
+                        " space on the platform's state folder; nothing is pruned to make room."
+                    ).to_reply()
+                else:
+                    log.exception("rpc.crashed")
+                    reply = Internal(f"{rpc.service} failed to handle {rpc.name}").to_reply()
         if reply is None:
             return  # a fan-out request addressed to another instance
         stats.num_requests += 1
@@ -461,7 +471,15 @@ class Bus:
         while True:
             try:
                 return await self.js.publish(subject, payload, headers=all_headers)
-            except _TRANSIENT as exc:
+            except (*_TRANSIENT, nats.js.errors.APIError) as exc:
+                if disk_full(exc):
+                    # JetStream's store is out of space: waiting will not help, the operator must.
+                    raise InsufficientStorage(
+                        f"The bus's store (JetStream) has no room for {subject}: free space on"
+                        " its disk; nothing is pruned to make room."
+                    ) from exc
+                if not isinstance(exc, _TRANSIENT):
+                    raise
                 if time.monotonic() + delay > deadline:
                     raise Unavailable(f"JetStream did not store {subject}: {exc!r}") from exc
                 await asyncio.sleep(delay)

@@ -11,11 +11,17 @@ Tracebacks never carry local variables: structlog's `dict_tracebacks` (and a
 rich console renderer) show every frame's locals by default, and a handler's
 locals hold request bodies, config values, tokens and data keys. Logged
 exceptions keep their type, message and frames (file, line, function) only.
+
+A log line never fails what it describes: when the log file cannot be written (its disk
+full, say), the line is dropped and counted, and the count is written with the next line
+that fits, so a request at 100 % disk is answered instead of turning into a 500.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 import time
 from collections.abc import MutableMapping
@@ -59,6 +65,50 @@ def _dumps(event: dict[str, Any], **_: Any) -> bytes:
     return _json.encode(event)
 
 
+class _LineSink:
+    """Whole lines to a file descriptor, each in one write; a line that cannot be written
+    is dropped and counted instead of raising into the code that logged it."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.dropped = 0
+        self._torn = False  # the last failed write left half a line in the file
+
+    def write(self, data: bytes) -> int:
+        if self.dropped:
+            note = {"event": "log.dropped", "level": "warning", "lines": self.dropped}
+            start = b"\n" if self._torn else b""
+            if not self._put(start + _json.encode(note) + b"\n"):
+                self.dropped += 1
+                return len(data)
+            self.dropped = 0
+        if not self._put(data):
+            self.dropped += 1
+        return len(data)
+
+    def _put(self, data: bytes) -> bool:
+        try:
+            fd = self._out.fileno()
+        except (OSError, ValueError):  # not a real file (a test's BytesIO)
+            self._out.write(data)
+            return True
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            # A full disk or quota is why this exists; anything else is not ours to hide.
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            self._torn = self._torn or len(view) < len(data)
+            return False
+        self._torn = False
+        return True
+
+    def flush(self) -> None:
+        """Every line was written (or dropped) by `write`: nothing is buffered here."""
+
+
 def configure_logging(
     service: str, *, fmt: str = "auto", level: str = "info", file: BinaryIO | None = None
 ) -> None:
@@ -81,7 +131,7 @@ def configure_logging(
             _exceptions_without_locals,
             structlog.processors.JSONRenderer(serializer=_dumps),
         ]
-        factory = structlog.BytesLoggerFactory(file=out)
+        factory = structlog.BytesLoggerFactory(file=_LineSink(out))  # type: ignore[arg-type]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

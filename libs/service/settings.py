@@ -34,6 +34,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # label values and iptables chains it makes or looks for are named from it, so a
     # second installation on the machine (the test suite) never meets them. "": default.
     scope: Annotated[str, msgspec.Meta(pattern=SCOPE_PATTERN)] = ""
+    # Disk pressure (libs/diskwatch.py): how often each service measures the folders it
+    # writes, and the use (percent) above which the gateway refuses new builds, sources
+    # and add-ons.
+    disk_interval: Annotated[float, msgspec.Meta(gt=0)] = 10.0
+    disk_high_water: Annotated[float, msgspec.Meta(gt=0, le=100)] = 90.0
 
     @property
     def scoped(self) -> Scope:

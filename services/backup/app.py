@@ -25,6 +25,7 @@ from slipway.contracts.addons import (
 )
 from slipway.contracts.gateway import APP_DESTROYED, TEAM_SHREDDED, AppDestroyed, TeamShredded
 from slipway.contracts.subjects import Service
+from slipway.libs import diskwatch
 from slipway.libs.bus import context
 from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database
@@ -69,6 +70,7 @@ def create_service(settings: BackupSettings) -> ServiceApp:
     _snapshot_rpcs(service)
     _events(service, f"host-{settings.host_id}")
     service.snapshot_sources = snapshot.sources(service, settings)
+    diskwatch.watch(service, diskwatch.state_folders(settings, "backup"))
     return service
 
 

@@ -29,6 +29,7 @@ from slipway.contracts.builder import (
 )
 from slipway.contracts.keyring import Purpose
 from slipway.contracts.subjects import Service
+from slipway.libs import diskwatch
 from slipway.libs.bus import context
 from slipway.libs.crypto import envelope
 from slipway.libs.egress import policy_for
@@ -105,6 +106,7 @@ def create_service(settings: BuilderSettings) -> ServiceApp:
         await destroy_app(service[BUILDER], event.app_id)
 
     service.snapshot_sources = snapshot.sources(settings)
+    diskwatch.watch(service, diskwatch.state_folders(settings, "builder"), docker=True)
     return service
 
 

@@ -37,6 +37,7 @@ from slipway.contracts.gateway import (
 )
 from slipway.contracts.scheduler import DEPLOY_FINISHED, DeployFinished
 from slipway.contracts.subjects import Service
+from slipway.libs import diskwatch
 from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database, InlineReader
 from slipway.services.gateway.addons import (
@@ -76,7 +77,7 @@ from slipway.services.gateway.core.schema import MIGRATIONS
 from slipway.services.gateway.core.settings import GatewaySettings
 from slipway.services.gateway.core.state import GATEWAY, Gateway
 from slipway.services.gateway.git import buildoutput, builds, git, passthrough, pushes, sources
-from slipway.services.gateway.http import middleware, openapi, ranges, ratelimit
+from slipway.services.gateway.http import diskpressure, middleware, openapi, ranges, ratelimit
 from slipway.services.gateway.http.auth import PRINCIPALS, PrincipalCache
 from slipway.services.gateway.http.routing import Endpoint, install
 from slipway.services.gateway.logs import logs, series
@@ -124,6 +125,7 @@ def build_web_app(gw: Gateway) -> web.Application:
         client_max_size=gw.settings.max_body_bytes,
         middlewares=[
             middleware.context,
+            diskpressure.disk_full_errors,  # a full disk answers 507, not 500
             ratelimit.rate_limit,  # git and source blobs count too
             passthrough.passthrough,  # git and source blobs: their own checks
             middleware.version({e.handler for e in ENDPOINTS if e.page}),
@@ -182,6 +184,7 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
     async def http(service: ServiceApp) -> AsyncIterator[None]:
         gw = service[STATE]
         service[WEB] = build_web_app(gw)
+        service[WEB][diskpressure.PRESSURE] = service[diskpressure.TRACKER]
         runner = web.AppRunner(
             service[WEB], access_log=None, shutdown_timeout=settings.shutdown_grace
         )
@@ -238,5 +241,13 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
     async def addon_credentials(request: GetAddonCredentials) -> AddonCredentials:
         return await addons.credentials(service[STATE], request)
 
+    diskpressure.install(service)
+    diskwatch.watch(
+        service,
+        [
+            (diskwatch.STATE_FOLDER, settings.home_path / Service.GATEWAY),
+            ("bus store (JetStream)", settings.home_path / "nats"),
+        ],
+    )
     service.snapshot_sources = snapshot.sources(settings)
     return service

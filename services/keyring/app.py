@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import structlog
 
 from slipway.contracts.subjects import Service
+from slipway.libs import diskwatch
 from slipway.libs.service import ServiceApp
 from slipway.services.keyring import handlers, snapshot
 from slipway.services.keyring.handlers import ROTATOR, VAULT
@@ -61,4 +62,5 @@ def create_service(settings: KeyringSettings) -> ServiceApp:
 
     handlers.register(service)
     service.snapshot_sources = snapshot.sources(service, settings)
+    diskwatch.watch(service, diskwatch.state_folders(settings, "keyring"))
     return service

@@ -3,7 +3,9 @@
 Every handler reads like its contract and runs inside `audited(...)`, which
 checks the caller against the policy table and appends one audit row whatever
 the outcome (ok, forbidden, gone, ...). The row is written before the reply is
-sent: if it cannot be written, the call fails and no key leaves the keyring.
+sent: if it cannot be written, the call fails and no key leaves the keyring — except
+on a full disk, where a read (`READS`) is answered and its row kept in memory until
+space returns (store.py says how that is bounded), so reads keep working at 100 %.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ MAX_HEADER = 16 * 1024
 MAX_FINGERPRINT = 64
 MAX_REQUESTER = 320
 
+# Operations that change nothing: on a full disk their audit row may wait in memory.
+READS = frozenset(
+    {Operation.DECRYPT, Operation.PUBKEY_GET, Operation.AUDIT_KEY, Operation.BACKUP_RECIPIENTS_GET}
+)
+
 
 @dataclass
 class Call:
@@ -120,7 +127,8 @@ async def audited(
                 outcome=outcome,
                 detail=call.detail,
                 request_id=ctx.request_id if ctx else None,
-            )
+            ),
+            read=operation in READS,
         )
 
 

@@ -12,6 +12,13 @@ wrapped KEK or backup identity stays in the database file or its WAL. (Copies ou
 reach, such as file-system snapshots or backups of this file, are the operator's
 to destroy.)
 
+When the disk is full, an audit row that cannot be committed is kept in memory (at most
+`MAX_DEFERRED_AUDIT` rows, oldest first) and written, in order, before any newer row
+once space returns (by the next call, or the retry every `AUDIT_RETRY_SECONDS`): a
+*read* (a data key decrypted, a public key fetched) is still answered, so reads keep
+working at 100 %, while a change is refused with `InsufficientStorage` (507). Past the
+bound, reads are refused too: a row is never dropped, a call is.
+
 The audit table and the signed audit heads are append-only: triggers refuse
 UPDATE and DELETE. They are
 created after the migrations because libs.storage splits migration scripts on
@@ -30,10 +37,17 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
-from slipway.libs.errors import Internal
+from slipway.libs.errors import InsufficientStorage, Internal, disk_full
 from slipway.libs.storage import Database
+from slipway.libs.waits import wait_for_event
 
 log = structlog.get_logger("slipway.keyring.store")
+
+# Audit rows kept in memory while the disk is full: a row is ~200 bytes, so the bound is
+# a few MB; past it, every call is refused (reads too) rather than a row dropped.
+MAX_DEFERRED_AUDIT = 10_000
+# How often deferred rows are tried again when no new call comes to write them.
+AUDIT_RETRY_SECONDS = 2.0
 
 MIGRATIONS = [
     """
@@ -266,8 +280,12 @@ class KeyringStore:
         # while this connection is inside a transaction.
         self._lock = asyncio.Lock()
         # Audit rows waiting for the next group commit, and the task that writes them.
-        self._audit_queue: list[tuple[AuditRecord, asyncio.Future[None]]] = []
+        self._audit_queue: list[tuple[AuditRecord, asyncio.Future[None], bool]] = []
         self._audit_writer: asyncio.Task[None] | None = None
+        # Rows the disk had no room for, oldest first, written before any newer row.
+        self.deferred_audit: list[AuditRecord] = []
+        self._audit_retry: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
 
     @classmethod
     async def open(cls, path: Path) -> KeyringStore:
@@ -277,7 +295,13 @@ class KeyringStore:
         return cls(db, await Database.open(path))
 
     async def close(self) -> None:
+        self._closing.set()
+        if self._audit_retry is not None:
+            await asyncio.gather(self._audit_retry, return_exceptions=True)
         await self.flush_audit()
+        if self.deferred_audit:
+            # Nothing more can be done for them: say how many, where an operator will look.
+            log.error("keyring.audit_lost_at_close", rows=len(self.deferred_audit))
         await self.reader.close()
         await self.db.close()
 
@@ -612,7 +636,7 @@ class KeyringStore:
 
     # ---- the audit ---------------------------------------------------------------------------
 
-    async def append_audit(self, record: AuditRecord) -> None:
+    async def append_audit(self, record: AuditRecord, *, read: bool = False) -> None:
         """Store one audit row; return once it is committed (synchronous=FULL: on disk).
 
         A group commit: rows that arrive while a commit is under way are written
@@ -620,29 +644,79 @@ class KeyringStore:
         is committed, so no reply leaves before its audit row, but concurrent calls
         share one transaction and one fsync instead of queueing for one each (under
         load that queue was most of a data-key call's time).
+
+        On a full disk the row is kept in memory to be written when space returns; a
+        `read` then returns as if written, anything else raises InsufficientStorage.
         """
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._audit_queue.append((record, done))
-        if self._audit_writer is None or self._audit_writer.done():
-            self._audit_writer = asyncio.create_task(self._write_audit())
+        self._audit_queue.append((record, done, read))
+        self._start_audit_writer()
         await done
 
+    def _start_audit_writer(self) -> None:
+        if self._audit_writer is None or self._audit_writer.done():
+            self._audit_writer = asyncio.create_task(self._write_audit())
+
     async def _write_audit(self) -> None:
-        while self._audit_queue:
+        while self._audit_queue or self.deferred_audit:
             batch, self._audit_queue = self._audit_queue, []
+            earlier = list(self.deferred_audit)
             try:
                 async with self.transaction() as conn:
-                    await conn.executemany(_INSERT_AUDIT, [_audit_row(r) for r, _ in batch])
+                    rows = [_audit_row(r) for r in earlier] + [_audit_row(r) for r, _, _ in batch]
+                    await conn.executemany(_INSERT_AUDIT, rows)
             except BaseException as exc:
-                for _, done in batch:
+                if isinstance(exc, Exception) and disk_full(exc):
+                    # Rows that queued meanwhile would meet the same full disk: keep them too.
+                    batch, self._audit_queue = batch + self._audit_queue, []
+                    self._defer(batch)
+                    return
+                for _, done, _ in batch:
                     if not done.done():
                         done.set_exception(Internal(f"The keyring's audit is unwritable: {exc!r}"))
                 if not isinstance(exc, Exception):
                     raise
+                if not batch:
+                    return  # only deferred rows, failing for another reason: the retry's
                 continue
-            for _, done in batch:
+            if earlier:
+                del self.deferred_audit[: len(earlier)]
+                log.warning("keyring.audit_deferred_written", rows=len(earlier))
+            for _, done, _ in batch:
                 if not done.done():  # its caller may have gone; the row is written anyway
                     done.set_result(None)
+
+    def _defer(self, batch: list[tuple[AuditRecord, asyncio.Future[None], bool]]) -> None:
+        """Keep rows the disk had no room for; answer reads, refuse the rest (and past the
+        bound, everything: a row is never dropped, its call is refused instead)."""
+        for record, done, read in batch:
+            kept = len(self.deferred_audit) < MAX_DEFERRED_AUDIT
+            if kept:
+                self.deferred_audit.append(record)
+            if done.done():
+                continue
+            if kept and read:
+                done.set_result(None)
+            else:
+                done.set_exception(
+                    InsufficientStorage(
+                        "The keyring's disk is full: its audit cannot be written, so it refuses"
+                        " this call. Free space on the keyring's state folder; nothing is"
+                        " pruned to make room."
+                    )
+                )
+        log.warning("keyring.audit_deferred", rows=len(self.deferred_audit))
+        if self._audit_retry is None or self._audit_retry.done():
+            self._audit_retry = asyncio.create_task(self._retry_deferred())
+
+    async def _retry_deferred(self) -> None:
+        """Write the deferred rows once the disk has room again (a loop that never dies)."""
+        while self.deferred_audit:
+            if await wait_for_event(self._closing, AUDIT_RETRY_SECONDS):
+                return
+            self._start_audit_writer()
+            assert self._audit_writer is not None
+            await asyncio.gather(self._audit_writer, return_exceptions=True)
 
     async def flush_audit(self) -> None:
         """Wait for the audit rows already queued (before closing the database)."""

@@ -63,6 +63,7 @@ from slipway.contracts.log_shipper import (
 from slipway.contracts.logs import LINES_ALL, ROUTER_ALL
 from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
 from slipway.contracts.subjects import Service
+from slipway.libs import diskwatch
 from slipway.libs.bus import context
 from slipway.libs.errors import InvalidRequest
 from slipway.libs.service import Key, ServiceApp
@@ -125,6 +126,7 @@ def create_service(settings: LogShipperSettings) -> ServiceApp:
     _platform_events(service)
     _host_events(service, f"host-{settings.host_id}")
     service.snapshot_sources = snapshot.sources(settings)
+    diskwatch.watch(service, diskwatch.state_folders(settings, "log-shipper"))
     return service
 
 

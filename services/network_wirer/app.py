@@ -34,6 +34,7 @@ from slipway.contracts.logs import RouterAccess, router_subject
 from slipway.contracts.router import DOMAIN_ADDED, DOMAIN_REMOVED, DomainAdded, DomainRemoved
 from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
 from slipway.contracts.subjects import Service
+from slipway.libs import diskwatch
 from slipway.libs.bus import Bus
 from slipway.libs.haproxy import AccessRecord, HAProxyServer, LogReceiver
 from slipway.libs.service import Key, ServiceApp
@@ -207,6 +208,7 @@ def create_service(settings: WirerSettings) -> ServiceApp:
             await wirer.networks.remove(event.app_id)
 
     service.snapshot_sources = snapshot.sources(settings)
+    diskwatch.watch(service, diskwatch.state_folders(settings, "network-wirer", "haproxy"))
     return service
 
 

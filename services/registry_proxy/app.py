@@ -22,6 +22,7 @@ from aiohttp import web
 
 from slipway.contracts.registry import ImagePushed
 from slipway.contracts.subjects import Service
+from slipway.libs import diskwatch
 from slipway.libs.service import ServiceApp
 from slipway.services.registry_proxy import handlers, snapshot
 from slipway.services.registry_proxy.announcer import Announcer
@@ -101,4 +102,5 @@ def create_service(settings: RegistryProxySettings) -> ServiceApp:
 
     handlers.register(service)
     service.snapshot_sources = snapshot.sources(service, settings)
+    diskwatch.watch(service, diskwatch.state_folders(settings, "registry-proxy", "registry"))
     return service

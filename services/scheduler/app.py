@@ -17,6 +17,7 @@ from slipway.contracts import scheduler as sc
 from slipway.contracts.oneoff import ONEOFF_RUN, OneOffStarted, RunOneOff
 from slipway.contracts.registry import CREDENTIALS_ISSUE, IssueCredentials
 from slipway.contracts.subjects import Service
+from slipway.libs import diskwatch
 from slipway.libs.bus import context
 from slipway.libs.errors import SlipwayError, Unavailable
 from slipway.libs.service import Key, ServiceApp
@@ -64,6 +65,7 @@ def create_service(settings: SchedulerSettings) -> ServiceApp:
     recovery.install(service, runner, lambda: service[SCHEDULER])
     verifydb.install(service, lambda: service[SCHEDULER])
     service.snapshot_sources = snapshot.sources(settings)
+    diskwatch.watch(service, diskwatch.state_folders(settings, "scheduler"), docker=True)
     return service
 
 

@@ -56,7 +56,7 @@ from slipway.services.gateway.api.config import read_config, update_config
 from slipway.services.gateway.core import store
 from slipway.services.gateway.core.state import GATEWAY, Gateway
 from slipway.services.gateway.core.store import new_uuid, timestamp
-from slipway.services.gateway.http import views
+from slipway.services.gateway.http import diskpressure, views
 from slipway.services.gateway.http.auth import Action, actor, app_for
 from slipway.services.gateway.http.errors import InvalidParams
 from slipway.services.gateway.http.routing import Routes, read_body, reply
@@ -402,6 +402,7 @@ async def _live(gw: Gateway, app: store.App) -> list[Addon]:
 async def create(request: web.Request) -> web.Response:
     app = await app_for(request, Action.DEPLOY, "create add-ons")
     body = await read_body(request, CreateAddon)
+    diskpressure.refuse_new_work(request, "create an add-on")
     addon = await create_addon(request.app[GATEWAY], actor(request), app, body)
     return reply(addon_view(addon, app), status=202)
 

@@ -46,7 +46,7 @@ from slipway.services.gateway.core import store
 from slipway.services.gateway.core.state import GATEWAY, Gateway
 from slipway.services.gateway.core.store import new_uuid, timestamp
 from slipway.services.gateway.git import sources
-from slipway.services.gateway.http import views
+from slipway.services.gateway.http import diskpressure, views
 from slipway.services.gateway.http.auth import Action, actor, app_for
 from slipway.services.gateway.http.errors import InvalidParams
 from slipway.services.gateway.http.routing import Routes, read_body, reply
@@ -364,6 +364,7 @@ async def create(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     app = await app_for(request, Action.DEPLOY, "deploy it")
     body = await read_body(request, CreateBuild)
+    diskpressure.refuse_new_work(request, "start a build")
     source, source_id = await _source_of(gw, app, body.source_blob)
     build = await start_build(
         gw, app, actor(request), source, buildpacks=_buildpack_names(body), source_id=source_id

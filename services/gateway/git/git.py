@@ -35,11 +35,13 @@ from typing import IO
 import structlog
 from aiohttp import web
 
+from slipway.libs.errors import InsufficientStorage
 from slipway.services.gateway.core import store
 from slipway.services.gateway.core.state import REQUEST_ID
 from slipway.services.gateway.git import gitrepo
 from slipway.services.gateway.git.passthrough import raw
 from slipway.services.gateway.git.pushes import STATE, PushState
+from slipway.services.gateway.http import diskpressure
 from slipway.services.gateway.http.auth import ALLOWED, Action, Role, disabled_at, token_hash
 from slipway.services.gateway.http.routing import Routes
 from slipway.services.gateway.outbox.changes import Actor
@@ -66,6 +68,15 @@ class Refusal(Exception):
         return web.Response(
             status=self.status, text=self.message + "\n", content_type="text/plain", headers=headers
         )
+
+
+def refuse_push_when_full(request: web.Request) -> None:
+    """A push starts a build: refused above the disk's high-water mark, with git showing
+    the reason as a `remote:` line (git prints a text/plain error body that way)."""
+    try:
+        diskpressure.refuse_new_work(request, "push (a push starts a build)")
+    except InsufficientStorage as exc:
+        raise Refusal(507, exc.message) from None
 
 
 def basic_token(header: str | None) -> str:
@@ -138,6 +149,8 @@ async def info_refs(request: web.Request) -> web.Response:
         if service not in SERVICES:
             raise Refusal(403, "Only git's smart HTTP protocol is served (git 1.6.6 or later).")
         app, _ = await authorize(request, SERVICES[service])
+        if service == "git-receive-pack":
+            refuse_push_when_full(request)
         repo = gitrepo.repo_path(state.gw.settings, app.id)
         if not (repo / "HEAD").exists():
             if service == "git-upload-pack":
@@ -256,6 +269,7 @@ async def receive_pack(request: web.Request) -> web.StreamResponse:
     settings = state.gw.settings
     try:
         app, who = await authorize(request, Action.DEPLOY)
+        refuse_push_when_full(request)
         spool, head = await spool_body(
             request, settings.git_push_max_bytes, str(gitrepo.run_dir(settings))
         )

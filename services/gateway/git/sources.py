@@ -50,7 +50,7 @@ from slipway.services.gateway.core import store
 from slipway.services.gateway.core.state import GATEWAY, Gateway
 from slipway.services.gateway.core.store import new_uuid, timestamp
 from slipway.services.gateway.git.passthrough import raw
-from slipway.services.gateway.http import views
+from slipway.services.gateway.http import diskpressure, views
 from slipway.services.gateway.http.auth import Action, app_for, principal
 from slipway.services.gateway.http.errors import (
     ApiError,
@@ -396,6 +396,7 @@ async def create(request: web.Request) -> web.Response:
     user = principal(request).user
     if user.default_team_id is None:
         raise InvalidParams("You have no default team: use POST /apps/{app}/sources.")
+    diskpressure.refuse_new_work(request, "store a new source")
     source = await new_source(gw, user.default_team_id, "", user.id)
     return reply(_view(gw, source), 201)
 
@@ -409,6 +410,7 @@ async def create(request: web.Request) -> web.Response:
 async def create_for_app(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     app = await app_for(request, Action.DEPLOY, "deploy it")
+    diskpressure.refuse_new_work(request, "store a new source")
     source = await new_source(gw, app.team_id, app.id, principal(request).user.id)
     return reply(_view(gw, source), 201)
 

@@ -10,8 +10,10 @@
 
 The shared kinds of `slipway.libs.errors` (raised here or answered by another
 service over the bus) map by class: NotFound → 404 not_found, Forbidden → 403,
-Unauthorized → 401, Conflict → 409, Gone → 410, Unavailable → 503, any
-other InvalidRequest → 422 invalid_params, anything else → 500.
+Unauthorized → 401, Conflict → 409, Gone → 410, Unavailable → 503,
+InsufficientStorage → 507 insufficient_storage (a disk full or above the high-water
+mark: the message names it), any other InvalidRequest → 422 invalid_params,
+anything else → 500.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ _BY_KIND: tuple[tuple[type[errors.SlipwayError], int, str], ...] = (
     (errors.Gone, 410, "gone"),
     (errors.InvalidRequest, 422, "invalid_params"),
     (errors.Unavailable, 503, "unavailable"),
+    (errors.InsufficientStorage, 507, "insufficient_storage"),
 )
 
 
@@ -102,4 +105,5 @@ HTTP_IDS: dict[int, str] = {
     422: "invalid_params",
     429: "rate_limit",
     503: "unavailable",
+    507: "insufficient_storage",
 }

@@ -28,6 +28,7 @@ import datetime
 import hashlib
 import secrets
 import time
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -52,11 +53,12 @@ from slipway.contracts.log_shipper import (
 )
 from slipway.contracts.logs import LogSource
 from slipway.libs import egress
-from slipway.libs.errors import NotFound
+from slipway.libs.errors import NotFound, disk_full
 from slipway.services.gateway.core import store
 from slipway.services.gateway.core.state import GATEWAY, Gateway
 from slipway.services.gateway.core.store import new_uuid, timestamp
 from slipway.services.gateway.git.passthrough import raw
+from slipway.services.gateway.http import diskpressure
 from slipway.services.gateway.http.auth import Action, actor, app_for
 from slipway.services.gateway.http.errors import InvalidParams
 from slipway.services.gateway.http.routing import Routes, read_body, reply
@@ -167,30 +169,55 @@ async def create_session(request: web.Request) -> web.Response:
     token = secrets.token_urlsafe(32)
     session_id, at, now = new_uuid(), timestamp(), time.time()
     user = actor(request)
-    async with change(gw, user) as tx:
-        await tx.conn.execute("DELETE FROM log_sessions WHERE expires_at < ?", (now,))
-        await tx.conn.execute(
-            "INSERT INTO log_sessions (id, token_hash, app_id, user_id, dyno, source, lines,"
-            " tail, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                session_id,
-                _hash(token),
-                app.id,
-                user.user_id,
-                body.dyno,
-                body.source,
-                100 if body.lines is None else body.lines,
-                int(body.tail),
-                at,
-                now + SESSION_TTL,
-            ),
+    row: dict[str, Any] = {
+        "id": session_id,
+        "token_hash": _hash(token),
+        "app_id": app.id,
+        "user_id": user.user_id,
+        "dyno": body.dyno,
+        "source": body.source,
+        "lines": 100 if body.lines is None else body.lines,
+        "tail": int(body.tail),
+        "created_at": at,
+        "expires_at": now + SESSION_TTL,
+    }
+    details = {
+        "tail": str(body.tail).lower(),
+        "dyno": body.dyno or "",
+        "source": body.source or "",
+    }
+
+    async def record(late: bool = False) -> None:
+        async with change(gw, user) as tx:
+            await tx.conn.execute("DELETE FROM log_sessions WHERE expires_at < ?", (time.time(),))
+            await tx.conn.execute(
+                "INSERT INTO log_sessions (id, token_hash, app_id, user_id, dyno, source, lines,"
+                " tail, created_at, expires_at) VALUES (:id, :token_hash, :app_id, :user_id,"
+                " :dyno, :source, :lines, :tail, :created_at, :expires_at)",
+                row,
+            )
+            # Written late (the disk was full): the entry says when it really happened.
+            extra = {"requested_at": at} if late else {}
+            tx.audit(
+                app.team_id,
+                "logs.session",
+                app_name=app.name,
+                app_id=app.id,
+                details={**details, **extra},
+            )
+
+    try:
+        await record()
+    except Exception as exc:
+        deferred = diskpressure.deferred_writes(request)
+        if deferred is None or not disk_full(exc):
+            raise
+        # Reading logs must work at 100 % disk: the session lives in memory, and its row
+        # and audit entry are written when space returns (never dropped: past the bound
+        # the session is refused instead).
+        deferred.defer(
+            lambda: record(late=True), session=(row["token_hash"], {**row, "team_id": app.team_id})
         )
-        details = {
-            "tail": str(body.tail).lower(),
-            "dyno": body.dyno or "",
-            "source": body.source or "",
-        }
-        tx.audit(app.team_id, "logs.session", app_name=app.name, app_id=app.id, details=details)
     url = f"{gw.api_url}/log-sessions/{token}"
     return reply(LogSession(id=session_id, logplex_url=url, created_at=at, updated_at=at), 201)
 
@@ -205,7 +232,11 @@ async def create_session(request: web.Request) -> web.Response:
 @raw  # answers text, and event streams to clients that ask (`Accept` is not the API's)
 async def stream_session(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    row = await store._one(gw.reader, _SESSIONS_SQL, (_hash(request.match_info["token"]),))
+    key = _hash(request.match_info["token"])
+    row = await store._one(gw.reader, _SESSIONS_SQL, (key,))
+    deferred = diskpressure.deferred_writes(request)
+    if row is None and deferred is not None:
+        row = deferred.sessions.get(key)  # made while the disk was full, not written yet
     if row is None:
         raise NotFound("Unknown log session: create one with `slipway logs`.")
     if row["expires_at"] < time.time():

@@ -33,9 +33,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
+import structlog
 from aiohttp import web
 
-from slipway.libs.errors import Forbidden, Unauthorized
+from slipway.libs.errors import Forbidden, Unauthorized, disk_full
 from slipway.services.gateway.core import store
 from slipway.services.gateway.core.state import GATEWAY, Gateway
 from slipway.services.gateway.http import views
@@ -44,6 +45,7 @@ from slipway.services.gateway.http.routing import Routes, read_body, reply
 from slipway.services.gateway.outbox.changes import Change, change
 
 routes = Routes("web-sessions")
+log = structlog.get_logger("slipway.gateway.web.sessions")
 
 COOKIE = "slipway_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -129,10 +131,17 @@ async def authenticate(request: web.Request, cookie: str, now: float) -> Princip
         raise Unauthorized(f"Your dashboard session {reason}: sign in again.")
     found = await _token_principal(gw, row["token_id"], now)
     if now - row["last_seen"] >= TOUCH_EVERY:
-        async with gw.db.transaction() as conn:
-            await conn.execute(
-                "UPDATE web_sessions SET last_seen = ? WHERE id_hash = ?", (now, key)
-            )
+        try:
+            async with gw.db.transaction() as conn:
+                await conn.execute(
+                    "UPDATE web_sessions SET last_seen = ? WHERE id_hash = ?", (now, key)
+                )
+        except Exception as exc:
+            # A read must not need a write: on a full disk the session is not refreshed
+            # (it may end idle sooner), and the request it came with is still answered.
+            if not disk_full(exc):
+                raise
+            log.warning("web_session.touch_skipped", reason="disk full")
     request[SESSION] = WebSession(key, csrf_token(cookie), row["expires_at"])
     return found
 
