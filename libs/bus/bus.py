@@ -54,6 +54,7 @@ from slipway.libs.errors import (
     Unavailable,
     disk_full,
 )
+from slipway.libs.metrics import BusMetrics, bounded_code
 
 log = structlog.get_logger("slipway.bus")
 
@@ -129,6 +130,8 @@ class Bus:
         self._consumers: list[Any] = []
         self._stopping = False
         self._served = itertools.count(1)
+        # Set by the ServiceApp when its metrics are on (libs/metrics.py); None costs nothing.
+        self.metrics: BusMetrics | None = None
 
     @classmethod
     async def connect(
@@ -188,6 +191,22 @@ class Bus:
 
     async def call(self, rpc: Rpc[ReqT, RepT], request: ReqT, *, timeout: float = 5.0) -> RepT:
         """Send `request` to `rpc`'s service; return its typed reply or raise a RemoteError."""
+        metrics = self.metrics
+        if metrics is None:
+            return await self._call(rpc, request, timeout)
+        started = time.perf_counter()
+        outcome = "failed"  # neither a reply nor an error of ours: a bug or a cancellation
+        try:
+            reply = await self._call(rpc, request, timeout)
+            outcome = "ok"
+            return reply
+        except SlipwayError as exc:
+            outcome = bounded_code(exc.code)
+            raise
+        finally:
+            metrics.rpc("made", "rpc", _verb(rpc), outcome, time.perf_counter() - started)
+
+    async def _call(self, rpc: Rpc[ReqT, RepT], request: ReqT, timeout: float) -> RepT:
         if rpc.fanout:
             raise TypeError(f"every instance answers {rpc.name}: use gather()")
         if type(request) is not rpc.request:
@@ -257,6 +276,7 @@ class Bus:
             raise TypeError(
                 f"{rpc.name} takes {rpc.request.__name__}, not {type(request).__name__}"
             )
+        started = time.perf_counter()
         rid = context.request_id()
         headers = {context.REQUEST_ID_HEADER: rid} if rid else None
         inbox = self.nc.new_inbox()
@@ -295,6 +315,10 @@ class Bus:
             with contextlib.suppress(nats.errors.Error):
                 await subscription.unsubscribe()
         found.missing = waiting or set()
+        if self.metrics is not None:
+            first = next(iter(found.errors.values()), None)
+            outcome = "ok" if first is None else bounded_code(first.code)
+            self.metrics.rpc("made", "fanout", _verb(rpc), outcome, time.perf_counter() - started)
         return found
 
     async def serve(
@@ -414,6 +438,9 @@ class Bus:
         stats.processing_time_ns += elapsed
         outcome = reply.code if isinstance(reply, ErrorReply) else "ok"
         log.info("rpc", endpoint=rpc.name, outcome=outcome, duration_ms=round(elapsed / 1e6, 3))
+        if self.metrics is not None:
+            kind = "fanout" if rpc.fanout else "rpc"
+            self.metrics.rpc("served", kind, _verb(rpc), bounded_code(outcome), elapsed / 1e9)
 
     def _local_request_id(self) -> str:
         # For requests that arrive without an id: unique per instance, and far cheaper
@@ -532,6 +559,10 @@ class Bus:
         """Let `stop_taking_work` and `wait_idle` reach a consumer started on this bus."""
         self._consumers.append(consumer)
 
+    def consumers(self) -> list[Consumer]:
+        """The durable consumers started on this bus (their lag is a metric)."""
+        return [consumer for consumer in self._consumers if isinstance(consumer, Consumer)]
+
     async def stop_taking_work(self) -> None:
         """Stop receiving requests and commands; work already received goes on."""
         self._stopping = True
@@ -580,3 +611,8 @@ async def _chunks(subscription: Subscription) -> AsyncIterator[bytes]:
             yield msg.data
     finally:
         await subscription.unsubscribe()
+
+
+def _verb(rpc: Rpc[Any, Any]) -> str:
+    # The metrics' label: contract names repeat across services (snapshot.export).
+    return f"{rpc.service}.{rpc.name}"

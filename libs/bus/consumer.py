@@ -197,15 +197,18 @@ class Consumer:
         route = self.routes.get(msg.subject)
         if route is None:
             await self._dead_letter(msg, delivery, "no handler for this subject")
+            self._count("unknown", "dead_letter")
             return
         try:
             message = route.decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
             await self._dead_letter(msg, delivery, f"malformed payload: {exc}")
+            self._count(route.subject, "dead_letter")
             return
         if delivery.num_delivered > self.max_deliver:
             # Delivered again after the process died on what was its last try.
             await self._dead_letter(msg, delivery, "delivery limit reached")
+            self._count(route.subject, "dead_letter")
             return
         logcontext.bind(message_type=type(message).__name__)
         keepalive = asyncio.create_task(self._keep_alive(msg))
@@ -216,21 +219,30 @@ class Consumer:
             if delivery.num_delivered >= self.max_deliver:
                 log.exception("message.failed", durable=self.durable)
                 await self._dead_letter(msg, delivery, f"handler failed: {exc!r}")
+                self._count(route.subject, "dead_letter")
             else:
                 delay = self.backoff[min(delivery.num_delivered - 1, len(self.backoff) - 1)]
                 log.warning(
                     "message.retry", durable=self.durable, error=repr(exc), retry_in_s=delay
                 )
                 await self._settle(msg.nak(delay=delay))
+                self._count(route.subject, "retry")
             return
         keepalive.cancel()
         await self._settle(msg.ack())
+        self._count(route.subject, "ok")
         log.info(
             "message",
             durable=self.durable,
             outcome="ok",
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+
+    def _count(self, kind: str, outcome: str) -> None:
+        # `kind` is a route's subject (the catalog's, never a message's own) or "unknown".
+        metrics = getattr(self.bus, "metrics", None)
+        if metrics is not None:
+            metrics.handled.labels(kind, outcome).inc()
 
     async def _keep_alive(self, msg: Msg) -> None:
         # Long handlers (builds, deploys) tell the server they are still working.

@@ -34,6 +34,7 @@ from slipway.contracts.base import CommandSpec, EventSpec, Message, Rpc
 from slipway.contracts.subjects import Service
 from slipway.libs import logcontext
 from slipway.libs.bus import Bus, Route, route
+from slipway.libs.metrics import Metrics, MetricsServer, socket_path
 from slipway.libs.service.discovery import Discovery
 from slipway.libs.service.logging import configure_logging
 from slipway.libs.service.private import private_umask
@@ -88,6 +89,8 @@ class ServiceApp:
         # What this service exports for platform snapshots (libs/service/snapshots.py);
         # None: it holds nothing worth one, and serves no snapshot RPCs.
         self.snapshot_sources: SourcesFactory | None = None
+        # This process's own registry (libs/metrics.py): handlers and resources add to it.
+        self.metrics = Metrics(service, enabled=self.settings.metrics == "on")
 
     # ---- registration --------------------------------------------------------------------
 
@@ -135,6 +138,10 @@ class ServiceApp:
     def __setitem__(self, key: Key[T], value: T) -> None:
         self._state[key] = value
 
+    def get(self, key: Key[T], default: T | None = None) -> T | None:
+        """The state under `key`, or `default` before a resource has set it."""
+        return self._state.get(key, default)
+
     @property
     def bus(self) -> Bus:
         if self._bus is None:
@@ -166,6 +173,7 @@ class ServiceApp:
         try:
             await bus.ensure_streams()
             async with AsyncExitStack() as resources:
+                await resources.enter_async_context(self._serve_metrics(bus))
                 for fn in self._cleanup:
                     await resources.enter_async_context(asynccontextmanager(fn)(self))
                 await self._serve(bus)
@@ -184,6 +192,31 @@ class ServiceApp:
         finally:
             await bus.close()
             log.info("service.stopped")
+
+    @asynccontextmanager
+    async def _serve_metrics(self, bus: Bus) -> AsyncIterator[None]:
+        """Instrument the bus and serve /metrics, first up and last down."""
+        settings = self.settings
+        if not self.metrics.enabled:
+            yield
+            return
+        bus.metrics = self.metrics.bus
+        self.metrics.lag_of = bus
+        self.metrics.watch_disk(self.service, settings.home_path / self.service)
+        if hasattr(settings, "docker_url"):  # a service that runs containers
+            self.metrics.watch_docker_root(settings.docker_url)
+        server = MetricsServer(
+            self.metrics,
+            socket_path(settings.home_path, self.service, settings.instance),
+            port=settings.metrics_port,
+            host=settings.metrics_host,
+        )
+        where = await server.start()
+        log.info("metrics.serving", at=where)
+        try:
+            yield
+        finally:
+            await server.stop()
 
     async def _serve(self, bus: Bus) -> None:
         if self.snapshot_sources is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 
@@ -39,6 +39,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # and add-ons.
     disk_interval: Annotated[float, msgspec.Meta(gt=0)] = 10.0
     disk_high_water: Annotated[float, msgspec.Meta(gt=0, le=100)] = 90.0
+    # Metrics (libs/metrics.py): on a 0600 unix socket in the state folder; "off" also takes
+    # them off the request paths. A TCP port is opt-in (0: none), on loopback unless the
+    # operator names another address.
+    metrics: Literal["on", "off"] = "on"
+    metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 0
+    metrics_host: str = "127.0.0.1"
 
     @property
     def scoped(self) -> Scope:

@@ -31,6 +31,7 @@ from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database
 from slipway.services.backup import snapshot, store
 from slipway.services.backup.archive import Archive
+from slipway.services.backup.backupmetrics import BackupAges
 from slipway.services.backup.sealing import Sealer
 from slipway.services.backup.service import BackupService
 from slipway.services.backup.settings import BackupSettings
@@ -48,10 +49,13 @@ def create_service(settings: BackupSettings) -> ServiceApp:
         description="Slipway's backups: sealed continuous archiving, base backups, restores",
     )
     service.responder = settings.host_id
+    ages = BackupAges(service.metrics.registry) if service.metrics.enabled else None
 
     @service.cleanup_ctx
     async def backups(service: ServiceApp) -> AsyncIterator[None]:
         db = await Database.open(settings.db_path(), store.MIGRATIONS)
+        if ages is not None:
+            service.metrics.on_scrape(lambda: ages.refresh(db))
         archive = Archive(settings, store.Catalog(db), Sealer(service.bus))
         backups = BackupService(settings, archive)
         service[BACKUPS] = backups

@@ -38,6 +38,7 @@ from slipway.libs.service import Key, ServiceApp
 from slipway.services.builder import snapshot
 from slipway.services.builder.appdata import destroy_app, purge_cache
 from slipway.services.builder.build import Builder, output_binding
+from slipway.services.builder.buildmetrics import BuildMetrics
 from slipway.services.builder.container import ensure_network, remove_leftovers
 from slipway.services.builder.dockerfile.steps import remove_build_images
 from slipway.services.builder.firewall import BuildFirewall
@@ -81,6 +82,8 @@ def create_service(settings: BuilderSettings) -> ServiceApp:
             service[BUILDER] = Builder(
                 settings, service.bus, docker, store, destroyed=await store.destroyed()
             )
+            if service.metrics.enabled:
+                service[BUILDER].metrics = BuildMetrics(service.metrics.registry)
             yield
         finally:
             await store.close()

@@ -31,6 +31,7 @@ from slipway.contracts.keyring import Purpose
 from slipway.libs.bus import Bus
 from slipway.libs.crypto import Binding, envelope
 from slipway.libs.errors import SlipwayError
+from slipway.services.builder.buildmetrics import BuildMetrics
 from slipway.services.builder.compile import compile_app
 from slipway.services.builder.errors import BuildError
 from slipway.services.builder.image import build_dockerfile, image_labels, publish
@@ -71,6 +72,7 @@ class Builder:
     # Apps destroyed (tombstones, kept in memory too so that the check and the start of
     # a build happen with no await between them: a destroy cannot slip in unseen).
     destroyed: set[str] = field(default_factory=set)
+    metrics: BuildMetrics | None = None  # None when the service's metrics are off
 
     async def handle(self, cmd: BuildRequested) -> None:
         """Run the build `cmd` asks for (once), then announce its outcome."""
@@ -93,6 +95,9 @@ class Builder:
             await self.announce(cmd, await self._cancelled(cmd, out))
             return
         self.running[cmd.build_id] = out
+        started = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.started.inc()
         task = asyncio.ensure_future(self._build_and_record(cmd, out))
         self.tasks[cmd.build_id] = (cmd.app_id, task)
         try:
@@ -105,6 +110,8 @@ class Builder:
         finally:
             self.running.pop(cmd.build_id, None)
             self.tasks.pop(cmd.build_id, None)
+        if self.metrics is not None:
+            self.metrics.finish(record.status, time.monotonic() - started)
         await self.announce(cmd, record)
 
     async def cancel_builds(self, app_id: str) -> int:

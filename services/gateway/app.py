@@ -38,6 +38,7 @@ from slipway.contracts.gateway import (
 from slipway.contracts.scheduler import DEPLOY_FINISHED, DeployFinished
 from slipway.contracts.subjects import Service
 from slipway.libs import diskwatch
+from slipway.libs.metrics import instrument
 from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database, InlineReader
 from slipway.services.gateway.addons import (
@@ -185,6 +186,7 @@ def create_service(settings: GatewaySettings) -> ServiceApp:
         gw = service[STATE]
         service[WEB] = build_web_app(gw)
         service[WEB][diskpressure.PRESSURE] = service[diskpressure.TRACKER]
+        instrument(service[WEB], service.metrics)  # slipway_http_* in the context middleware
         runner = web.AppRunner(
             service[WEB], access_log=None, shutdown_timeout=settings.shutdown_grace
         )

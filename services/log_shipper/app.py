@@ -70,6 +70,7 @@ from slipway.libs.service import Key, ServiceApp
 from slipway.libs.storage import Database
 from slipway.services.log_shipper import platform, snapshot, store
 from slipway.services.log_shipper.history import RawLine
+from slipway.services.log_shipper.linecounts import LineCollector
 from slipway.services.log_shipper.settings import LogShipperSettings
 from slipway.services.log_shipper.shipper import Shipper
 
@@ -85,6 +86,8 @@ def create_service(settings: LogShipperSettings) -> ServiceApp:
     )
     # Reads are fan-out RPCs: each log-shipper answers for its own host's history.
     service.responder = settings.host_id
+    if service.metrics.enabled:
+        service.metrics.registry.register(LineCollector(lambda: service.get(SHIPPER)))
 
     @service.cleanup_ctx
     async def shipper(service: ServiceApp) -> AsyncIterator[None]:

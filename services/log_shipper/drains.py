@@ -284,11 +284,14 @@ class Drains:
         self.tls = ssl_context(settings.drain_ca_file)
         self.workers: dict[str, DrainWorker] = {}
         self._by_app: dict[str, list[DrainWorker]] = {}
+        self.lost = 0  # lines any drain's full buffer dropped, ever (a metric; never reset)
 
     def offer(self, app_id: str, entries: Sequence[LogEntry]) -> None:
         """Hand new lines of an app to each of its drains (cheap when it has none)."""
         for worker in self._by_app.get(app_id, ()):
+            before = worker.dropped  # reset only by its shipping task, never during offer
             worker.offer(entries)
+            self.lost += worker.dropped - before
 
     def add(self, target: DrainTarget) -> None:
         """Start shipping to a drain (nothing happens if it already runs)."""

@@ -12,6 +12,7 @@ opened into memory only, by every log-shipper, to ship.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 import uuid
@@ -82,6 +83,9 @@ class Shipper:
         self._teams: dict[str, str] = {}
         self._orphans: dict[str, list[RawLine]] = {}
         self._asked: dict[str, float] = {}
+        # Lines taken in by origin and dropped by reason, read by the metrics (linecounts.py).
+        self.lines_in: collections.Counter[str] = collections.Counter()
+        self.lines_dropped: collections.Counter[str] = collections.Counter()
 
     async def start(self) -> None:
         """Start the loops: sealing, tail, dyno registry and socket, metrics, sweeps, drains."""
@@ -132,6 +136,7 @@ class Shipper:
 
     def _dyno_lines(self, dyno: Dyno, lines: list[RawLine]) -> None:
         """Lines a dyno's init sent: its team comes from its labels, not from a lookup."""
+        self.lines_in["dyno"] += len(lines)
         self.history.add(dyno.app_id, dyno.team_id, lines)
 
     async def _sweep(self) -> None:
@@ -150,6 +155,7 @@ class Shipper:
     async def on_lines(self, data: bytes) -> None:
         """LogLines from the router, builder or platform, on `lines_subject`."""
         message = _LINES.decode(data)
+        self.lines_in["platform"] += len(message.lines)
         by_app: dict[str, list[RawLine]] = {}
         for line in message.lines:
             by_app.setdefault(line.app_id, []).append(platform.from_log_line(line))
@@ -159,6 +165,7 @@ class Shipper:
     async def on_access(self, data: bytes) -> None:
         """One router access record, as Heroku's `heroku[router]` line."""
         access = _ACCESS.decode(data)
+        self.lines_in["router"] += 1
         self.series.request(
             access.app_id, access.timestamp, access.status, access.connect_ms + access.service_ms
         )
@@ -174,6 +181,7 @@ class Shipper:
             room = MAX_ORPHAN_LINES - sum(len(v) for v in self._orphans.values())
             if room < len(lines):
                 log.warning("lines.unknown_app_dropped", app_id=app_id, lines=len(lines) - room)
+                self.lines_dropped["unknown_app"] += len(lines) - max(room, 0)
             waiting.extend(lines[: max(room, 0)])
             return
         self.history.add(app_id, team, lines)

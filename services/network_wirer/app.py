@@ -45,6 +45,7 @@ from slipway.services.network_wirer.haproxy.access import AccessJoiner
 from slipway.services.network_wirer.haproxy.reconcile import Reconciler
 from slipway.services.network_wirer.networks import Isolation, Networks
 from slipway.services.network_wirer.pages import load as load_pages
+from slipway.services.network_wirer.routermetrics import RouterMetrics
 from slipway.services.network_wirer.routes import AppRoute, hostname_of
 from slipway.services.network_wirer.settings import WirerSettings
 from slipway.services.network_wirer.tls import RouterCertificates
@@ -64,9 +65,12 @@ class AccessPublisher:
     without bound: these lines are also in nobody's storage until the log-shipper's.
     """
 
-    def __init__(self, bus: Bus, joiner: AccessJoiner) -> None:
+    def __init__(
+        self, bus: Bus, joiner: AccessJoiner, metrics: RouterMetrics | None = None
+    ) -> None:
         self.bus = bus
         self.joiner = joiner
+        self.metrics = metrics
         self.dropped = 0
         self._queue: asyncio.Queue[RouterAccess] = asyncio.Queue(ACCESS_BACKLOG)
         self._task: asyncio.Task[None] | None = None
@@ -75,6 +79,8 @@ class AccessPublisher:
         access = self.joiner.record(record)
         if access is None:
             return
+        if self.metrics is not None:
+            self.metrics.observe(access)
         try:
             self._queue.put_nowait(access)
         except asyncio.QueueFull:
@@ -118,6 +124,7 @@ def create_service(settings: WirerSettings) -> ServiceApp:
         description="Slipway's network-wirer: app networks, router routes, access lines",
     )
     state = settings.state_dir("network-wirer")
+    router_metrics = RouterMetrics(service.metrics.registry) if service.metrics.enabled else None
     ca = RouterCA.load_or_create(state, caddy_storage=legacy_caddy_storage(settings.home_path))
 
     @service.cleanup_ctx
@@ -132,7 +139,7 @@ def create_service(settings: WirerSettings) -> ServiceApp:
         )
         certificates.ensure_default()  # before HAProxy first loads our configuration
         joiner = AccessJoiner()
-        publisher = AccessPublisher(service.bus, joiner)
+        publisher = AccessPublisher(service.bus, joiner, router_metrics)
         receiver = LogReceiver(options.paths.log_socket, publisher.on_record)
         await receiver.start()
         publisher.start()
@@ -206,6 +213,8 @@ def create_service(settings: WirerSettings) -> ServiceApp:
         await wirer.refresh()
         if wirer.networks is not None:
             await wirer.networks.remove(event.app_id)
+        if router_metrics is not None:
+            router_metrics.forget(event.app_id)  # after the refresh: no more records for it
 
     service.snapshot_sources = snapshot.sources(settings)
     diskwatch.watch(service, diskwatch.state_folders(settings, "network-wirer", "haproxy"))

@@ -22,6 +22,7 @@ from slipway.libs.bus import context
 from slipway.libs.errors import SlipwayError, Unavailable
 from slipway.libs.service import Key, ServiceApp
 from slipway.services.scheduler import addons, containers, recovery, snapshot, verifydb
+from slipway.services.scheduler.dynometrics import DynoCollector
 from slipway.services.scheduler.errors import Conflict, NotFound
 from slipway.services.scheduler.hosts import Engine, connect, probe
 from slipway.services.scheduler.oneoff import OneOffs, OneOffSettings, Placement
@@ -66,6 +67,11 @@ def create_service(settings: SchedulerSettings) -> ServiceApp:
     verifydb.install(service, lambda: service[SCHEDULER])
     service.snapshot_sources = snapshot.sources(settings)
     diskwatch.watch(service, diskwatch.state_folders(settings, "scheduler"), docker=True)
+    if service.metrics.enabled:
+        # The runtime exists once the `scheduler` resource is up; before, nothing to count.
+        runtime = lambda: getattr(service.get(SCHEDULER), "rt", None)  # noqa: E731
+        service.metrics.registry.register(DynoCollector(runtime))
+        service.metrics.watch_docker_root(None)  # the local engine's; remote hosts: their own
     return service
 
 

@@ -86,6 +86,7 @@ class Runtime:
         self.dynos: dict[str, Tracked] = {}
         self.creating: set[str] = set()  # container names being created right now
         self.one_offs: set[str] = set()  # release-phase containers running right now
+        self.restarts = 0  # crashed dynos restarted since this process started (a metric)
         self._network_locks: dict[tuple[str, str], asyncio.Lock] = {}
         # State changes are stored and published in order by one worker, off the dynos'
         # critical path (a JetStream ack and an fsync each).
@@ -352,6 +353,7 @@ class Runtime:
         tracked.busy = True
         tracked.next_restart = None
         tracked.restart_count += 1
+        self.restarts += 1
         try:
             await self._set_state(tracked, "starting", "Restarting")
             await self._start_container(tracked)

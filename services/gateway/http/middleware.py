@@ -26,6 +26,7 @@ from aiohttp.typedefs import Handler, Middleware
 from slipway.libs import logcontext
 from slipway.libs.bus import context as bus_context
 from slipway.libs.errors import SlipwayError
+from slipway.libs.metrics import HTTP_METRICS
 from slipway.services.gateway.core.state import REQUEST_ID
 from slipway.services.gateway.http.auth import PRINCIPAL, authenticate
 from slipway.services.gateway.http.errors import (
@@ -81,17 +82,21 @@ async def context(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
     response.headers["Request-Id"] = rid
     user = request.get(PRINCIPAL)
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource else None  # the template, never the path
+    elapsed = time.perf_counter() - started
     log.info(
         "http",
         method=request.method,
         path=request.path,
-        route=request.match_info.route.resource.canonical
-        if request.match_info.route.resource
-        else None,
+        route=route,
         status=response.status,
         user=user.user.email if user else None,
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        duration_ms=round(elapsed * 1000, 3),
     )
+    http_metrics = request.app.get(HTTP_METRICS)
+    if http_metrics is not None:
+        http_metrics.observe(request.method, route, response.status, elapsed)
     logcontext.reset(bound)
     return response
 
