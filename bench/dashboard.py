@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `tests.*` below, as pytest finds it
 
 from tests.conftest import new_scope, remove_scope_objects  # noqa: E402
-from tests.e2e.supervised import free_port, start, stop  # noqa: E402
+from tests.e2e.supervised import own_env, start, stop  # noqa: E402
 
 ACCEPT = "application/vnd.heroku+json; version=3"
 TARGET_MS = 300.0
@@ -181,24 +180,13 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="slipway-bench-dashboard-"))
     scope = new_scope()
-    router_port = free_port()
-    env = {
-        **os.environ,
-        "SLIPWAY_NATS_PORT": str(free_port()),
-        "SLIPWAY_API_PORT": str(free_port()),
-        "SLIPWAY_REGISTRY_PORT": str(free_port()),
-        "SLIPWAY_ROUTER_HTTP_PORT": str(router_port),
-        "SLIPWAY_ROUTER_PORT": str(router_port),
-        "SLIPWAY_ROUTER_HTTPS_PORT": str(free_port()),
-        "SLIPWAY_SCOPE": scope.name,
-        "SLIPWAY_BUILD_NETWORK": scope.build_network,
-        "SLIPWAY_LOG_FORMAT": "json",
-        "SLIPWAY_METRICS_INTERVAL": "2",
-        "SLIPWAY_API_RATE_LIMIT": str(10**9),
-        "HOME": str(work),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": os.devnull,
-    }
+    env = own_env(
+        work / "var",
+        work,
+        scope,
+        SLIPWAY_METRICS_INTERVAL="2",
+        SLIPWAY_API_RATE_LIMIT=str(10**9),  # the limiter runs but never refuses the bench
+    )
     print(f"starting a platform in {work} ...", flush=True)
     platform = start(work / "var", env)
     app = "bench-00"

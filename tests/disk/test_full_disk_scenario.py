@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sqlite3
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import pytest
 
 from tests.conftest import new_scope
 from tests.disk.loopfs import LoopFs, available
-from tests.e2e.supervised import Platform, free_port, start, stop, wait_for
+from tests.e2e.supervised import Platform, as_admin, own_env, start, stop, wait_for
 from tests.e2e.test_walkthrough import remove_docker_leftovers
 
 pytestmark = [
@@ -45,39 +44,13 @@ ACCEPT = "application/vnd.heroku+json; version=3"
 def platform(tmp_path: Path) -> Iterator[tuple[Platform, LoopFs]]:
     """A supervised platform whose whole SLIPWAY_HOME (JetStream's store too) is the loop fs."""
     scope = new_scope()
-    router_port = free_port()
-    ports = {
-        "SLIPWAY_NATS_PORT": free_port(),
-        "SLIPWAY_API_PORT": free_port(),
-        "SLIPWAY_REGISTRY_PORT": free_port(),
-        "SLIPWAY_ROUTER_HTTP_PORT": router_port,
-        "SLIPWAY_ROUTER_PORT": router_port,
-        "SLIPWAY_ROUTER_HTTPS_PORT": free_port(),
-    }
     with LoopFs(tmp_path / "disk", megabytes=256) as fs:
         home = fs.mount / "var"
-        env = {
-            **os.environ,
-            **{name: str(port) for name, port in ports.items()},
-            "SLIPWAY_HOME": str(home),
-            "SLIPWAY_SCOPE": scope.name,
-            "SLIPWAY_LOG_FORMAT": "json",
-            "SLIPWAY_DISK_INTERVAL": "0.5",
-            "SLIPWAY_BUILD_NETWORK": scope.build_network,
-            "SLIPWAY_CONFIG_DIR": str(tmp_path / "cli"),
-            "HOME": str(tmp_path),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-            "GIT_TERMINAL_PROMPT": "0",
-        }
+        env = own_env(home, tmp_path, scope, SLIPWAY_DISK_INTERVAL="0.5", GIT_TERMINAL_PROMPT="0")
         platform = start(home, env)
         platform.home = tmp_path  # where the CLI and git run, off the loop fs
         try:
-            bootstrap = json.loads((home / "gateway" / "bootstrap.json").read_text())
-            platform.env |= {
-                "SLIPWAY_API_URL": bootstrap["api_url"],
-                "SLIPWAY_API_KEY": bootstrap["token"],
-            }
+            as_admin(platform, home)
             yield platform, fs
         finally:
             fs.free()  # room for a clean stop

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+
+from slipway.contracts.scope import Scope
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -87,6 +90,41 @@ def answered(platform: Platform, host: str) -> str | None:
 
 def with_text(text: str, *needles: str) -> str | None:
     return text if all(needle in text for needle in needles) else None
+
+
+def own_env(var: Path, cli_home: Path, scope: Scope, **extra: str) -> dict[str, str]:
+    """A platform's environment of its own: free ports, `scope`'s names, its state in `var`,
+    the CLI's config and git's HOME under `cli_home` (no user git config), then `extra`."""
+    router_port = str(free_port())
+    return {
+        **os.environ,
+        "SLIPWAY_NATS_PORT": str(free_port()),
+        "SLIPWAY_API_PORT": str(free_port()),
+        "SLIPWAY_REGISTRY_PORT": str(free_port()),
+        "SLIPWAY_ROUTER_HTTP_PORT": router_port,
+        "SLIPWAY_ROUTER_PORT": router_port,
+        "SLIPWAY_ROUTER_HTTPS_PORT": str(free_port()),
+        "SLIPWAY_HOME": str(var),
+        "SLIPWAY_SCOPE": scope.name,
+        "SLIPWAY_BUILD_NETWORK": scope.build_network,
+        "SLIPWAY_LOG_FORMAT": "json",
+        "SLIPWAY_CONFIG_DIR": str(cli_home / "cli"),
+        "HOME": str(cli_home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        **extra,
+    }
+
+
+def as_admin(platform: Platform, var: Path) -> None:
+    """Point the platform's CLI environment at its API with the bootstrap admin's token."""
+    bootstrap = json.loads((var / "gateway" / "bootstrap.json").read_text())
+    platform.api_url = bootstrap["api_url"]
+    platform.env |= {
+        "SLIPWAY_API_URL": bootstrap["api_url"],
+        "SLIPWAY_API_KEY": bootstrap["token"],
+        "ADMIN_EMAIL": bootstrap["email"],
+    }
 
 
 def start(home: Path, env: dict[str, str], started: Path | None = None) -> Platform:
