@@ -92,7 +92,10 @@ function header() {
   who.append(h("span", { class: "email" }, session.email || ""), out, everywhere);
 }
 
+let signingOut = false; // a poll answered 401 meanwhile must not replace the reason given
+
 async function signOut(path, said) {
+  signingOut = true;
   try {
     await api("DELETE", path, undefined, { quiet: true });
   } catch {
@@ -100,6 +103,7 @@ async function signOut(path, said) {
   }
   after = "#/apps";
   toSignIn(said);
+  signingOut = false;
 }
 
 function route() {
@@ -159,11 +163,15 @@ setInterval(() => {
   }
 }, 10000);
 
-onSignedOut((message) => toSignIn(message));
+onSignedOut((message) => {
+  if (!signingOut) toSignIn(message);
+});
 
 async function boot() {
   try {
-    setSession(await api("GET", "/account/web-sessions/current", undefined, { quiet: true }));
+    // Bounded: a check that never answers must not leave the page on "Loading…".
+    const signal = AbortSignal.timeout(10000);
+    setSession(await api("GET", "/account/web-sessions/current", undefined, { quiet: true, signal }));
   } catch {
     clearSession();
   }
