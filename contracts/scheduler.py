@@ -67,6 +67,7 @@ class DynoChanged(Event, tag="dyno.changed.v1", frozen=True, kw_only=True):
     dyno: Dyno
     previous_state: DynoState | None = None
     # Heroku-style reason: "Process exited with status 1", "Error R10 (Boot timeout)", "Scaled down"
+    # (several lines, newline-separated, when Heroku says several: R15, SIGKILL, exit status)
     reason: str = ""
 
 
@@ -222,3 +223,15 @@ DYNOS_STOP: Rpc[StopDyno, DynoList] = Rpc(
     DynoList,
     callers=only(Service.GATEWAY),
 )
+
+
+# ---- memory quota errors (issue 20) -------------------------------------------------------
+
+# A dyno's quota is its size's memory (`DynoSize.memory_mb`): the container gets it as its
+# memory reservation, and a hard limit this many times larger (Heroku restarts a dyno at
+# twice its quota), so it can go over its quota (R14) before the kernel kills it (R15).
+MEMORY_HARD_LIMIT_FACTOR = 2
+# Heroku's words, said as `heroku[<dyno>]` lines: R14 by the log-shipper, which samples the
+# dyno's memory; R15 by the scheduler, which sees the container die killed by the kernel.
+R14_TEXT = "Error R14 (Memory quota exceeded)"
+R15_TEXT = "Error R15 (Memory quota vastly exceeded)"

@@ -61,7 +61,7 @@ from slipway.contracts.log_shipper import (
     SeriesSamples,
 )
 from slipway.contracts.logs import LINES_ALL, ROUTER_ALL
-from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
+from slipway.contracts.scheduler import DYNO_CHANGED, R15_TEXT, DynoChanged
 from slipway.contracts.subjects import Service
 from slipway.libs import diskwatch
 from slipway.libs.bus import context
@@ -71,6 +71,7 @@ from slipway.libs.storage import Database
 from slipway.services.log_shipper import platform, snapshot, store
 from slipway.services.log_shipper.history import RawLine
 from slipway.services.log_shipper.linecounts import LineCollector
+from slipway.services.log_shipper.memoryerrors import MemoryErrorCollector
 from slipway.services.log_shipper.settings import LogShipperSettings
 from slipway.services.log_shipper.shipper import Shipper
 
@@ -88,6 +89,7 @@ def create_service(settings: LogShipperSettings) -> ServiceApp:
     service.responder = settings.host_id
     if service.metrics.enabled:
         service.metrics.registry.register(LineCollector(lambda: service.get(SHIPPER)))
+        service.metrics.registry.register(MemoryErrorCollector(lambda: service.get(SHIPPER)))
 
     @service.cleanup_ctx
     async def shipper(service: ServiceApp) -> AsyncIterator[None]:
@@ -218,7 +220,11 @@ def _host_events(service: ServiceApp, purpose: str) -> None:
     @service.event(purpose, DYNO_CHANGED)
     async def dyno_of_host(event: DynoChanged) -> None:
         # Every log-shipper reads every change; the registry keeps its own host's dynos.
-        await service[SHIPPER].registry.apply(event.dyno)
+        shipper = service[SHIPPER]
+        await shipper.registry.apply(event.dyno)
+        if event.dyno.host_id == shipper.settings.host_id and event.reason.startswith(R15_TEXT):
+            # Counted by the dyno's own host, as its R14s are (metrics.py).
+            shipper.metrics.memory_errors[(event.dyno.app_id, "R15")] += 1
 
     @service.event(purpose, DRAIN_CHANGED)
     async def drain_changed(event: DrainChanged) -> None:

@@ -14,8 +14,17 @@ the Docker socket (whoever holds it is root on the host):
   between them (/proc/stat: user to softirq), times the online CPUs, in percent;
   the first sample of a dyno reads twice, a second apart, as Docker does;
 - memory in use: usage minus inactive file pages (`total_inactive_file` in
-  cgroup v1, `inactive_file` in v2), rss and cache from memory.stat, the quota
-  from the cgroup's limit (the host's memory when unlimited).
+  cgroup v1, `inactive_file` in v2), rss and cache from memory.stat;
+- the quota: the cgroup's soft limit (v1 `memory.soft_limit_in_bytes`, v2
+  `memory.low`), which the scheduler sets to the size's memory while the hard
+  limit is twice that (containers.py); a container without one (made before the
+  reservation existed) has its hard limit as quota, the host's memory when unlimited.
+
+R14, as Heroku: a sample whose rss (Heroku counts rss and swap, not cache; dynos
+have no swap) is over the quota is followed by `Process running mem=600M(117.2%)`
+and `Error R14 (Memory quota exceeded)`, so at most once per sample per dyno.
+R15 is the scheduler's to say (it sees the kernel's kill); both are counted per
+app for `slipway_dyno_memory_errors_total` (memoryerrors.py).
 
 cgroup v1 (`/sys/fs/cgroup/{cpuacct,memory}/docker/<id>/`, cgroupfs driver) and
 v2 (`/sys/fs/cgroup/system.slice/docker-<id>.scope/` with systemd, or
@@ -29,6 +38,7 @@ minute bucket (series.py), which answers `METRICS_SERIES_GET`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
 import os
 import time
@@ -38,10 +48,11 @@ from pathlib import Path
 import structlog
 
 from slipway.contracts.log_shipper import DynoSample
+from slipway.contracts.scheduler import R14_TEXT
 from slipway.libs.waits import wait_for_event
 from slipway.services.log_shipper import formats
 from slipway.services.log_shipper.dynos import Dyno, DynoRegistry
-from slipway.services.log_shipper.history import History
+from slipway.services.log_shipper.history import History, RawLine
 from slipway.services.log_shipper.series import Series
 
 log = structlog.get_logger("slipway.log_shipper.metrics")
@@ -71,6 +82,7 @@ class Reading:
     usage: int
     stats: dict[str, int]
     limit: int
+    reservation: int = 0  # the soft limit, the dyno's quota (0: none set)
 
 
 def find_cgroup(container_id: str, root: Path = CGROUP_ROOT) -> Cgroup | None:
@@ -125,14 +137,18 @@ def read(cgroup: Cgroup) -> Reading:
         usage = int((cgroup.memory / "memory.current").read_text())
         raw_limit = (cgroup.memory / "memory.max").read_text().strip()
         limit = 0 if raw_limit == "max" else int(raw_limit)
+        reservation = _soft_limit(cgroup.memory / "memory.low")
     else:
         cpu_ns = int((cgroup.cpu / "cpuacct.usage").read_text())
         usage = int((cgroup.memory / "memory.usage_in_bytes").read_text())
         limit = int((cgroup.memory / "memory.limit_in_bytes").read_text())
+        reservation = _soft_limit(cgroup.memory / "memory.soft_limit_in_bytes")
     stats = _stat_file(cgroup.memory / "memory.stat")
     total = host_memory()
     if limit == 0 or (total and limit > total):
         limit = total
+    if reservation >= limit:  # unset (v1 says "unlimited" with a huge number) or no lower
+        reservation = 0
     return Reading(
         cpu_ns=cpu_ns,
         system_ns=system_cpu_ns(Path("/proc/stat").read_text()),
@@ -140,7 +156,17 @@ def read(cgroup: Cgroup) -> Reading:
         usage=usage,
         stats=stats,
         limit=limit,
+        reservation=reservation,
     )
+
+
+def _soft_limit(path: Path) -> int:
+    """A soft limit in bytes (0: unset, or a kernel without the file)."""
+    try:
+        raw = path.read_text().strip()
+    except FileNotFoundError:
+        return 0
+    return int(raw) if raw.isdigit() else 0
 
 
 def cpu_percent(before: Reading, now: Reading) -> float:
@@ -162,7 +188,15 @@ def memory(reading: Reading) -> tuple[float, float, float, float]:
         inactive = stats.get("inactive_file", 0)
         rss, cache = stats.get("anon", 0), stats.get("file", 0)
     used = reading.usage - inactive if inactive < reading.usage else reading.usage
-    return used / MB, rss / MB, cache / MB, reading.limit / MB
+    quota = reading.reservation or reading.limit
+    return used / MB, rss / MB, cache / MB, quota / MB
+
+
+def r14_lines(rss: float, quota: float) -> list[str]:
+    """Heroku's R14 pair when `rss` (MB) is over `quota` (MB); none otherwise."""
+    if quota <= 0 or rss <= quota:
+        return []
+    return [f"Process running mem={rss:.0f}M({rss / quota * 100:.1f}%)", R14_TEXT]
 
 
 async def measure(
@@ -204,6 +238,13 @@ class Metrics:
         self.latest: dict[str, tuple[str, DynoSample]] = {}  # container id -> (app id, sample)
         self._load: dict[str, float] = {}
         self._previous: dict[str, Reading] = {}
+        # (app id, "R14" or "R15") -> occurrences on this host since start, for the alerts.
+        self.memory_errors: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    def forget(self, app_id: str) -> None:
+        """The app was destroyed: its error counts leave the metrics (no series per dead app)."""
+        for key in [k for k in self.memory_errors if k[0] == app_id]:
+            del self.memory_errors[key]
 
     def for_app(self, app_id: str) -> list[DynoSample]:
         """The latest sample of each dyno of an app, by dyno name."""
@@ -284,5 +325,10 @@ class Metrics:
                 "sample#restarts": str(dyno.restarts),
             }
         )
-        self.history.add(dyno.app_id, dyno.team_id, [(sample.at, "heroku", dyno.dyno, text, False)])
+        lines: list[RawLine] = [(sample.at, "heroku", dyno.dyno, text, False)]
+        over = r14_lines(rss, quota)
+        if over:
+            self.memory_errors[(dyno.app_id, "R14")] += 1
+            lines += [(sample.at, "heroku", dyno.dyno, line, False) for line in over]
+        self.history.add(dyno.app_id, dyno.team_id, lines)
         return sample

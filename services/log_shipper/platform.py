@@ -2,6 +2,7 @@
 
     heroku[web.1]: Process exited with status 1
     heroku[web.1]: State changed from up to crashed
+    heroku[worker.1]: Error R15 (Memory quota vastly exceeded)   (a reason of several lines)
     app[api]: Release v5 created by user alice@example.com
     app[api]: Scaled to web@2:standard-1x worker@1:standard-1x by user alice@example.com
 
@@ -23,8 +24,10 @@ def dyno_lines(event: DynoChanged) -> list[RawLine]:
     dyno = event.dyno
     at = event.occurred_at
     lines: list[RawLine] = []
-    if event.reason:
-        lines.append((at, "heroku", dyno.name, event.reason, False))
+    # A reason of several lines (R15, then SIGKILL, then the exit status) is several lines.
+    for said in event.reason.splitlines():
+        if said:
+            lines.append((at, "heroku", dyno.name, said, False))
     if event.previous_state is None and dyno.state == "starting":
         command = f" with command `{dyno.command}`" if dyno.command else ""
         lines.append((at, "heroku", dyno.name, f"Starting process{command}", False))

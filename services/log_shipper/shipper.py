@@ -326,6 +326,7 @@ class Shipper:
         await self.drains.remove_app(app_id)
         self.history.forget(app_id)
         self.series.forget(app_id)
+        self.metrics.forget(app_id)
         async with self.db.transaction() as conn:
             await store.drop_app(conn, app_id)
         self._teams.pop(app_id, None)

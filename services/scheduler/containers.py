@@ -1,10 +1,18 @@
 """The hardened container a dyno runs in, and the Docker calls that make and end one.
 
 Every dyno container (DESIGN.md §5): all capabilities dropped, no-new-privileges,
-read-only root with a tmpfs /tmp, user 10000:10000, memory (swap equal: none
-extra), CPU weight and pids by dyno size, no Docker socket and no host namespaces
+read-only root with a tmpfs /tmp, user 10000:10000, memory, CPU weight and pids by
+dyno size, no Docker socket and no host namespaces
 (no host mode is asked), the app's own network, and `$PORT` published only on the
 host's private address, on a port Docker picks.
+
+Memory as Heroku meters it: the size's memory is the dyno's quota, set as the
+container's reservation (`MemoryReservation`, the cgroup's soft limit, which the
+log-shipper reads as `sample#memory_quota` and checks for R14); the hard limit
+(`Memory`) is `MEMORY_HARD_LIMIT_FACTOR` times it, swap equal (none extra), so a
+dyno can go over its quota and the kernel kills it only past the hard limit, which
+the scheduler reports as R15 (Docker's `State.OOMKilled`). A hard limit equal to the
+quota would hide every R14: usage could never show above it.
 
 It starts through the dyno init (`dynoinit/`, contracts/dynoinit.py), bind-mounted
 read-only at `/.slipway/init`, which runs the image's own entrypoint and command.
@@ -145,15 +153,18 @@ def container_config(
     init: str,
     log_dir: str,
     tty: bool = False,
+    quota_mb: int = 0,
 ) -> dict[str, Any]:
     """The Docker create body of one dyno (`publish`: web dynos get a host port).
 
     `argv` is what the init runs (`command_line`); `init` the init binary on the host;
     `log_dir` the host's folder of the log-shipper's socket (not mounted with `tty`: the
-    output of an attached one-off goes to its terminal only).
+    output of an attached one-off goes to its terminal only); `quota_mb` a memory quota
+    in place of the size's (0: the size's; tests make small dynos with it).
     """
     size = spec.dyno_size
-    memory = size.memory_mb * 1024 * 1024
+    quota = (quota_mb or size.memory_mb) * 1024 * 1024
+    memory = quota * sc.MEMORY_HARD_LIMIT_FACTOR
     port_key = f"{port}/tcp"
     host_config: dict[str, Any] = {
         "CapDrop": ["ALL"],
@@ -161,6 +172,7 @@ def container_config(
         "ReadonlyRootfs": True,
         "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmp_size}"},  # noqa: S108 (in the container)
         "Memory": memory,
+        "MemoryReservation": quota,
         "MemorySwap": memory,
         "PidsLimit": size.pids_limit,
         "CpuShares": size.cpu_shares,

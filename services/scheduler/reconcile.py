@@ -436,7 +436,7 @@ class Scheduler:
         if tracked.state in ("up", "starting") and found.state != "running":
             match = _EXITED.search(found.status)
             code = match.group(1) if match else "unknown"
-            await self.rt.crashed(tracked, f"Process exited with status {code}")
+            await self.rt.crashed(tracked, await self.rt.exit_reason(tracked, code))
         elif tracked.state == "crashed" and (tracked.next_restart or 0) <= now:
             tracked.busy = True
             self.spawn(self.rt.restart_crashed(tracked))

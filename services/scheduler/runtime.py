@@ -23,7 +23,7 @@ from slipway.contracts.base import encode
 from slipway.contracts.keyring import Purpose
 from slipway.contracts.logs import LogLine, LogLines, lines_subject
 from slipway.contracts.registry import CREDENTIALS_ISSUE, Credentials, IssueCredentials
-from slipway.contracts.scheduler import DYNO_CHANGED, Dyno, DynoChanged, DynoState
+from slipway.contracts.scheduler import DYNO_CHANGED, R15_TEXT, Dyno, DynoChanged, DynoState
 from slipway.libs import healthpath
 from slipway.libs.bus import Bus
 from slipway.libs.crypto import Binding, envelope
@@ -253,6 +253,7 @@ class Runtime:
             scope=self.settings.scoped,
             init=self.settings.init_path(),
             log_dir=self.settings.log_dir(engine.id),
+            quota_mb=self.settings.dyno_memory_mb,
         )
 
     async def create(
@@ -334,11 +335,29 @@ class Runtime:
         if result.ok:
             await self._set_state(tracked, "up", "Process running")
         else:
+            reason = result.reason
             if result.exit_code is None:
                 await self._kill(tracked)
-            await self.crashed(tracked, result.reason)
+            else:
+                reason = await self.exit_reason(tracked, result.exit_code)
+            await self.crashed(tracked, reason)
         tracked.busy = False
         return result
+
+    async def exit_reason(self, tracked: Tracked, code: int | str) -> str:
+        """Why the dyno's process exited, Heroku's way: R15 first when the kernel killed it
+        over its hard memory limit (Docker's `State.OOMKilled`), then the exit status."""
+        exited = f"Process exited with status {code}"
+        engine = self.engines.get(tracked.spec.host_id)
+        if engine is None:
+            return exited
+        try:
+            info = await engine.docker.containers.container(tracked.container_id).show()
+        except aiodocker.DockerError:  # removed meanwhile: the exit status is all there is
+            return exited
+        if not (info.get("State") or {}).get("OOMKilled"):
+            return exited
+        return "\n".join((R15_TEXT, "Stopping process with SIGKILL", exited))
 
     async def crashed(self, tracked: Tracked, reason: str) -> None:
         """Mark a dyno crashed and schedule its restart with backoff."""

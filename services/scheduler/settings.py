@@ -54,6 +54,10 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
     # The release phase (Procfile `release:`) is killed after this long.
     release_phase_timeout: float = 600.0
     tmp_size: str = "64m"
+    # Every dyno's memory quota in MB in place of its size's (its hard limit follows at
+    # `MEMORY_HARD_LIMIT_FACTOR` times it); 0: the size's. For tests, whose memory hogs
+    # must stay small: placement and `ps` keep counting the size's memory.
+    dyno_memory_mb: int = 0
     # The dyno init on every Docker host, mounted read-only at /.slipway/init in every
     # dyno; "": `built_init()`. A remote host needs the same file at the same path.
     dyno_init: str = ""

@@ -69,7 +69,8 @@ def test_the_config_is_hardened_and_runs_the_init_with_platform_values_only() ->
     )
     host = config["HostConfig"]
     assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
-    assert host["ReadonlyRootfs"] and host["Memory"] == host["MemorySwap"] == 1024 << 20
+    assert host["ReadonlyRootfs"] and host["MemoryReservation"] == 1024 << 20  # the quota
+    assert host["Memory"] == host["MemorySwap"] == 2048 << 20  # R15 past twice it, no swap
     assert host["PortBindings"] == {"5000/tcp": [{"HostIp": "10.0.0.2", "HostPort": ""}]}
     assert host["LogConfig"]["Type"] == "none"
     assert host["Mounts"] == [

@@ -94,7 +94,8 @@ async def test_every_dyno_container_is_hardened(cluster: Cluster) -> None:
         assert host["SecurityOpt"] == ["no-new-privileges"]
         assert host["ReadonlyRootfs"] is True and "/tmp" in host["Tmpfs"]
         assert info["Config"]["User"] == "10000:10000"
-        assert host["Memory"] == 512 * 1024 * 1024 == host["MemorySwap"]
+        assert host["MemoryReservation"] == 512 * 1024 * 1024  # the quota; hard cap twice it
+        assert host["Memory"] == 1024 * 1024 * 1024 == host["MemorySwap"]
         assert host["PidsLimit"] == 512 and host["CpuShares"] == 1024
         assert host["LogConfig"]["Type"] == "none"  # output is relayed by the init, never on disk
         assert host["Privileged"] is False
