@@ -14,6 +14,8 @@ host, and never another app's bridge.
 
 from __future__ import annotations
 
+import msgspec
+
 from slipway.contracts import subjects
 from slipway.contracts.base import Event, EventSpec, Message, Rpc, only
 from slipway.contracts.subjects import Service
@@ -74,4 +76,89 @@ ROUTER_ADDON_CERT_ISSUE: Rpc[IssueAddonCertificate, AddonCertificate] = Rpc(
     IssueAddonCertificate,
     AddonCertificate,
     callers=only(Service.SCHEDULER),
+)
+
+
+# ---- uptime (#20 item 4): network-wirer probes every routed app through its router ------
+
+
+class GetUptime(Message, tag="router.uptime.get.v1", frozen=True, kw_only=True):
+    """An app's availability and incidents, as this router's probes saw them."""
+
+    app_id: str
+    incidents: int = 20  # the newest ones; network-wirer caps it at 100
+
+
+class UptimeWindow(msgspec.Struct, frozen=True, kw_only=True):
+    """Probes over one window ending now, counted by the hour (the window starts at the
+    hour that holds its start)."""
+
+    name: str  # "24h", "7d", "30d"
+    seconds: int
+    probes: int  # probes counted
+    up: int  # of them, answered by a dyno (any status)
+    dyno_errors: int = 0  # of `up`, answered by the dyno with a 5xx status
+    availability: float | None = None  # percent up; None: no probe in the window
+
+
+class UptimeIncident(msgspec.Struct, frozen=True, kw_only=True):
+    """A stretch of probes the app did not answer: the router did, with an error code."""
+
+    started_at: float  # seconds since the epoch: the first failed probe
+    ended_at: float | None = None  # the first answered probe after it; None: still down
+    codes: list[str] = []  # Heroku error codes seen, first first ("H10", "H12"; "H99": none)
+
+
+class Uptime(Message, tag="router.uptime.v1", frozen=True, kw_only=True):
+    app_id: str
+    probe_interval: float  # seconds between two probes of one app (0: probes are off)
+    windows: list[UptimeWindow]
+    incidents: list[UptimeIncident]  # newest first
+    last_probe_at: float | None = None
+
+
+# The gateway reads it for `GET /apps/{app}/uptime` (after its own access check).
+UPTIME_GET: Rpc[GetUptime, Uptime] = Rpc(
+    Service.NETWORK_WIRER,
+    "uptime.get",
+    subjects.rpc(Service.NETWORK_WIRER, "uptime.get"),
+    GetUptime,
+    Uptime,
+    callers=only(Service.GATEWAY),
+)
+
+
+# ---- per-app router metrics (#20 item 1): a customer's metrics drain scrapes them ------------
+
+
+class GetRouterMetrics(Message, tag="router.metrics.get.v1", frozen=True, kw_only=True):
+    """One app's router counters, since this network-wirer started."""
+
+    app_id: str
+
+
+class AppRouterMetrics(Message, tag="router.metrics.v1", frozen=True, kw_only=True):
+    """The app's `slipway_router_*` series as numbers only: no path, host or address.
+
+    `bucket_bounds` are the histogram's finite upper bounds in seconds (JSON has no
+    infinity) and `bucket_counts` the cumulative counts under each, as Prometheus keeps
+    them, plus one last for +Inf: the number of answers.
+    """
+
+    app_id: str
+    responses: dict[str, int] = {}  # status class ("2xx", ..., "other") → answers
+    bucket_bounds: list[float] = []
+    bucket_counts: list[int] = []
+    seconds_sum: float = 0.0
+    enabled: bool = True  # False: this network-wirer keeps no metrics (SLIPWAY_METRICS off)
+
+
+# The gateway reads it for `GET /apps/{app}/metrics/openmetrics` (after its own access check).
+ROUTER_METRICS_GET: Rpc[GetRouterMetrics, AppRouterMetrics] = Rpc(
+    Service.NETWORK_WIRER,
+    "router.metrics.get",
+    subjects.rpc(Service.NETWORK_WIRER, "router.metrics.get"),
+    GetRouterMetrics,
+    AppRouterMetrics,
+    callers=only(Service.GATEWAY),
 )

@@ -39,8 +39,13 @@ ACCESS_LOG_FORMAT = " ".join(
         "%B",
         "%ts",  # termination state: who ended the session, and at which step
         "%[ssl_fc]",
+        # A digest of the request's X-Slipway-Probe header ("-" without one): network-wirer's
+        # uptime probes are told apart by it (config.py captures it and strips the header).
+        "%[var(txn.probe)]",
     ]
 )
+ACCESS_FIELDS = 18
+OLDER_FIELDS = 17  # lines of a HAProxy still running a configuration from before the probe
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class AccessRecord:
     bytes: int
     termination: str
     tls: bool
+    probe: str = ""  # the marker's digest, as HAProxy logged it ("": no marker)
 
 
 def _unb64(text: str) -> str:
@@ -82,7 +88,7 @@ def parse_access(datagram: bytes) -> AccessRecord | None:
     if start < 0:
         return None
     fields = text[start:].split(" ")
-    if len(fields) != 17:
+    if len(fields) not in (ACCESS_FIELDS, OLDER_FIELDS):
         return None
     try:
         return AccessRecord(
@@ -102,6 +108,7 @@ def parse_access(datagram: bytes) -> AccessRecord | None:
             bytes=int(fields[14]),
             termination=fields[15],
             tls=fields[16] == "1",
+            probe=fields[17] if len(fields) == ACCESS_FIELDS and fields[17] != "-" else "",
         )
     except ValueError:
         return None

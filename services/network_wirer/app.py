@@ -17,6 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
+import msgspec
 import structlog
 
 from slipway.contracts.base import encode
@@ -31,7 +32,18 @@ from slipway.contracts.gateway import (
     MaintenanceChanged,
 )
 from slipway.contracts.logs import RouterAccess, router_subject
-from slipway.contracts.router import DOMAIN_ADDED, DOMAIN_REMOVED, DomainAdded, DomainRemoved
+from slipway.contracts.router import (
+    DOMAIN_ADDED,
+    DOMAIN_REMOVED,
+    ROUTER_METRICS_GET,
+    UPTIME_GET,
+    AppRouterMetrics,
+    DomainAdded,
+    DomainRemoved,
+    GetRouterMetrics,
+    GetUptime,
+    Uptime,
+)
 from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
 from slipway.contracts.subjects import Service
 from slipway.libs import diskwatch
@@ -49,11 +61,16 @@ from slipway.services.network_wirer.routermetrics import RouterMetrics
 from slipway.services.network_wirer.routes import AppRoute, hostname_of
 from slipway.services.network_wirer.settings import WirerSettings
 from slipway.services.network_wirer.tls import RouterCertificates
+from slipway.services.network_wirer.uptime import Prober, marker_digest, new_marker, probe_host
+from slipway.services.network_wirer.uptime import stop as stop_probes
+from slipway.services.network_wirer.uptimestore import UptimeStore
 from slipway.services.network_wirer.wirer import Wirer
 
 log = structlog.get_logger("slipway.network_wirer")
 
 WIRER = Key("wirer", Wirer)
+UPTIME = Key("uptime", UptimeStore)
+PROBER = Key("prober", Prober)
 ACCESS_BACKLOG = 10_000  # access lines waiting for NATS; beyond, dropped and counted
 
 
@@ -104,6 +121,11 @@ class AccessPublisher:
                 await self._task
 
 
+def routes_known(wirer: Wirer) -> list[AppRoute] | None:
+    """The routes of the last reconcile, None until both the gateway and the scheduler answered."""
+    return wirer.snapshot.routes if wirer.snapshot.complete else None
+
+
 def custom_domains(routes: Iterable[AppRoute], base_domain: str) -> list[str]:
     """The hosts ACME should serve: every app's hosts but `<app>.<base domain>`."""
     return sorted(
@@ -126,6 +148,7 @@ def create_service(settings: WirerSettings) -> ServiceApp:
     state = settings.state_dir("network-wirer")
     router_metrics = RouterMetrics(service.metrics.registry) if service.metrics.enabled else None
     ca = RouterCA.load_or_create(state, caddy_storage=legacy_caddy_storage(settings.home_path))
+    marker = new_marker()  # this process's uptime probes: in memory only (uptime.py)
 
     @service.cleanup_ctx
     async def wirer(service: ServiceApp) -> AsyncIterator[None]:
@@ -138,7 +161,7 @@ def create_service(settings: WirerSettings) -> ServiceApp:
             acme_serves_domains=settings.router_tls_issuer == "acme",
         )
         certificates.ensure_default()  # before HAProxy first loads our configuration
-        joiner = AccessJoiner()
+        joiner = AccessJoiner(probe_digest=marker_digest(marker))
         publisher = AccessPublisher(service.bus, joiner, router_metrics)
         receiver = LogReceiver(options.paths.log_socket, publisher.on_record)
         await receiver.start()
@@ -179,6 +202,47 @@ def create_service(settings: WirerSettings) -> ServiceApp:
             if networks is not None:
                 await networks.close()
 
+    @service.cleanup_ctx
+    async def uptime(service: ServiceApp) -> AsyncIterator[None]:
+        store = await UptimeStore.open(state / snapshot.UPTIME_DB)
+        service[UPTIME] = store
+        task = None
+        if settings.probe_interval > 0 and settings.router_http_port > 0:
+            host = probe_host(settings.router_listen_host)
+            prober = Prober(
+                store,
+                lambda: routes_known(service[WIRER]),
+                marker=marker,
+                base_domain=settings.base_domain,
+                router_url=f"http://{host}:{settings.router_http_port}",
+                interval=settings.probe_interval,
+                # The router answers H12 itself after its upstream timeout: wait for that.
+                timeout=settings.router_upstream_timeout + settings.router_connect_timeout + 5,
+            )
+            service[PROBER] = prober
+            task = asyncio.create_task(prober.run(), name="network-wirer:uptime")
+        try:
+            yield
+        finally:
+            if task is not None:
+                await stop_probes(task)
+            await store.close()
+
+    @service.rpc(UPTIME_GET)
+    async def uptime_get(request: GetUptime) -> Uptime:
+        answer = await service[UPTIME].uptime(
+            request.app_id, incidents=request.incidents, interval=settings.probe_interval
+        )
+        prober = service.get(PROBER)
+        last = prober.last_round_at if prober is not None else None
+        return msgspec.structs.replace(answer, last_probe_at=last)
+
+    @service.rpc(ROUTER_METRICS_GET)
+    async def router_metrics_get(request: GetRouterMetrics) -> AppRouterMetrics:
+        if router_metrics is None:
+            return AppRouterMetrics(app_id=request.app_id, enabled=False)
+        return router_metrics.snapshot(request.app_id)
+
     certs.install(service, ca)
     routes = f"routes-{settings.router_id}"  # ConsumerSpec.durable_purpose, per router
 
@@ -215,6 +279,7 @@ def create_service(settings: WirerSettings) -> ServiceApp:
             await wirer.networks.remove(event.app_id)
         if router_metrics is not None:
             router_metrics.forget(event.app_id)  # after the refresh: no more records for it
+        await service[UPTIME].forget(event.app_id)
 
     service.snapshot_sources = snapshot.sources(settings)
     diskwatch.watch(service, diskwatch.state_folders(settings, "network-wirer", "haproxy"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from slipway.contracts.logs import RouterAccess
+from slipway.contracts.router import AppRouterMetrics
 
 # Time from the router's connect to the dyno's answer: milliseconds (a static page) to
 # the router's 30 s timeout (H12).
@@ -52,3 +53,30 @@ class RouterMetrics:
         for status_class in classes:
             self.responses.remove(app_id, status_class)
         self.seconds.remove(app_id)
+
+    def snapshot(self, app_id: str) -> AppRouterMetrics:
+        """The app's counters as numbers, for the gateway's per-app scrape endpoint."""
+        responses: dict[str, int] = {}
+        bounds: list[float] = []
+        counts: list[int] = []
+        total = 0.0
+        # collect() is the library's own reading of the series: no private fields.
+        for family in (*self.responses.collect(), *self.seconds.collect()):
+            for sample in family.samples:
+                if sample.labels.get("app_id") != app_id:
+                    continue
+                if sample.name == "slipway_router_responses_total":
+                    responses[sample.labels["status_class"]] = int(sample.value)
+                elif sample.name == "slipway_router_response_seconds_bucket":
+                    if sample.labels["le"] != "+Inf":
+                        bounds.append(float(sample.labels["le"]))
+                    counts.append(int(sample.value))
+                elif sample.name == "slipway_router_response_seconds_sum":
+                    total = sample.value
+        return AppRouterMetrics(
+            app_id=app_id,
+            responses=responses,
+            bucket_bounds=bounds,
+            bucket_counts=counts,
+            seconds_sum=total,
+        )

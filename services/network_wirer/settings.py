@@ -41,6 +41,8 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
     # `python -m slipway.libs.haproxy` uses (SLIPWAY_HAPROXY_DATA); "" = $SLIPWAY_HOME/haproxy
     haproxy_data: str = ""
     reconcile_interval: float = 5.0
+    # Seconds between two uptime probes of each app through the router (uptime.py); 0: none.
+    probe_interval: float = 30.0
     docker_hosts: str = "unix:///var/run/docker.sock"  # comma-separated Docker endpoints
     manage_networks: bool = True
     # Each app network takes a /24 from here on each host (libs/appnet.py); "": the

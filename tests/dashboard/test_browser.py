@@ -50,7 +50,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """The supervised platform with `hello` created and python-hello pushed to it."""
     home = tmp_path_factory.mktemp("dashboard")
     scope = new_scope()
-    env = own_env(home / "var", home, scope, SLIPWAY_METRICS_INTERVAL="2")
+    # Probes every 2 s (not 30): the overview's uptime panel has figures within the tests.
+    env = own_env(
+        home / "var", home, scope, SLIPWAY_METRICS_INTERVAL="2", SLIPWAY_PROBE_INTERVAL="2"
+    )
     platform = start(home / "var", env)
     try:
         as_admin(platform, home / "var")
@@ -286,6 +289,11 @@ def test_scale_web_to_two(platform: Platform, chromium: Browser) -> None:
     assert web_dynos_up(platform, APP, 2)
     # CPU and memory come from the log-shipper's samples (every 2 s here).
     wait(driver, 30).until(lambda d: "MB" in d.find_element(By.ID, "dyno-table").text)
+    # The uptime panel: three windows, the day's a percentage once the router probed the app.
+    day = '#uptime .uptime-figure[data-period="24h"]'
+    wait(driver, 60).until(lambda d: "%" in d.find_element(By.CSS_SELECTOR, day).text)
+    figures = driver.find_elements(By.CSS_SELECTOR, "#uptime .uptime-figure")
+    assert [f.get_attribute("data-period") for f in figures] == ["24h", "7d", "30d"]
     screenshot(driver, "04-overview")
     driver.set_window_size(390, 844)
     time.sleep(0.3)  # a resize has no event to wait for; the layout settles in a frame

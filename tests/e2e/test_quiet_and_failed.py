@@ -5,7 +5,8 @@ fixture: its own ports, home and scope). examples/python-hello runs gunicorn wit
 access log on stdout, so every request that reaches the app is a line of `slipway logs`.
 
 - Idle behind the router for three of its former health intervals, the app's log gets
-  no request line; one request of ours then appears in it exactly once.
+  no request line but the platform's uptime probe (#20 item 4: `GET /` every 30 s, told
+  apart by its User-Agent); one request of ours then appears in it exactly once.
 - A config change that makes the web process exit at boot (gunicorn refuses an unknown
   option in `GUNICORN_CMD_ARGS`) leaves web=2 of the previous release answering every
   request through the router; the release is listed `failed`, the previous one stays
@@ -23,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from slipway.services.network_wirer.uptime import USER_AGENT
 from tests.e2e.supervised import Platform, answered, wait_for, with_text
 from tests.e2e.test_walkthrough import LoadLoop, platform, push, web_dynos_up
 
@@ -36,9 +38,11 @@ FORMER_HEALTH_INTERVAL = 5.0  # seconds between the router's HTTP checks before 
 
 
 def access_lines(platform: Platform) -> list[str]:
-    """The app's own access log lines (gunicorn's `"GET /path HTTP/1.1" 200 ...`)."""
+    """The app's own access log lines (gunicorn's `"GET /path HTTP/1.1" 200 ...`), less the
+    uptime probe's (gunicorn's default format ends with the User-Agent)."""
     logs = platform.cli("logs", "-a", APP, "-n", "1500", "--source", "app")
-    return [line for line in logs.splitlines() if '"GET ' in line or '"HEAD ' in line]
+    requests = [line for line in logs.splitlines() if '"GET ' in line or '"HEAD ' in line]
+    return [line for line in requests if USER_AGENT not in line]
 
 
 def logged(platform: Platform, path: str) -> list[str] | None:

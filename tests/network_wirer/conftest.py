@@ -220,6 +220,7 @@ async def wirer(
         haproxy_data=str(haproxy_server.paths.data_dir),
         router_check_interval=1.0,
         reconcile_interval=60.0,  # events drive the tests; the periodic test lowers it
+        probe_interval=0.0,  # uptime probes would reach the dynos; test_uptime.py turns them on
         manage_networks=False,
         isolation=False,
         shutdown_grace=5.0,

@@ -287,4 +287,16 @@ MIGRATIONS = [
         used_at REAL
     )
     """,
+    # Metrics drains (services/gateway/api/metricsdrains.py): a scrape credential per row,
+    # stored only as its SHA-256; it goes with its app.
+    """
+    CREATE TABLE metrics_drains (
+        id TEXT PRIMARY KEY,
+        app_id TEXT NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX metrics_drains_app ON metrics_drains(app_id)
+    """,
 ]

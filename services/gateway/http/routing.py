@@ -39,6 +39,9 @@ class Endpoint:
     public: bool = False  # answered without a token
     extension: bool = False  # Slipway's own, not part of Heroku's API
     page: bool = False  # the dashboard's HTML and assets: not JSON, not in the API document
+    # Not public, but checks its own credentials (a metrics drain's scrape token or an API
+    # token): the authentication middleware leaves the Authorization header to it.
+    own_auth: bool = False
 
 
 class Routes:
@@ -60,6 +63,7 @@ class Routes:
         public: bool = False,
         extension: bool = False,
         page: bool = False,
+        own_auth: bool = False,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.endpoints.append(
@@ -75,6 +79,7 @@ class Routes:
                     public,
                     extension,
                     page,
+                    own_auth,
                 )
             )
             return handler

@@ -7,6 +7,7 @@ termination flags the Heroku error code (the table is in config.py's docstring).
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable
 
 from slipway.contracts.logs import RouterAccess
@@ -44,19 +45,36 @@ def error_code(record: AccessRecord) -> str:
 
 
 class AccessJoiner:
-    """Turns HAProxy's access records into RouterAccess records (pure: no I/O)."""
+    """Turns HAProxy's access records into RouterAccess records (pure: no I/O).
 
-    def __init__(self) -> None:
+    `probe_digest` is what HAProxy logs for network-wirer's own uptime probes (the
+    base64 SHA-256 of the secret marker, uptime.py): those requests are nobody's traffic,
+    so they make no access line and no router metric. A request whose marker is wrong
+    is an ordinary request, logged as any other.
+    """
+
+    def __init__(self, probe_digest: str = "") -> None:
         self._hosts: dict[str, str] = {}
+        self.probe_digest = probe_digest
+        self.probes_dropped = 0
 
     def update(self, routes: Iterable[AppRoute]) -> None:
         """Learn which app each hostname belongs to."""
         self._hosts = apps_by_host(routes)
 
+    def is_probe(self, record: AccessRecord) -> bool:
+        """Whether `record` is one of this process's uptime probes."""
+        if not self.probe_digest or not record.probe:
+            return False
+        return hmac.compare_digest(record.probe.encode(), self.probe_digest.encode())
+
     def record(self, record: AccessRecord) -> RouterAccess | None:
         """The app's access line for `record`, None when no app owns its host."""
         app_id = self._hosts.get(record.host)
         if app_id is None:
+            return None
+        if self.is_probe(record):
+            self.probes_dropped += 1
             return None
         code = error_code(record)
         status = record.status

@@ -11,6 +11,8 @@ How a request is routed:
 2. `X-Request-Id` is kept when the client sent exactly one that is 20 to 200 characters of
    `[A-Za-z0-9+=/-]` (a UUID qualifies), else replaced by a fresh UUID; it is echoed on
    every response, the router's own pages included.
+   `X-Slipway-Probe` (network-wirer's uptime probe, uptime.py) is logged as its SHA-256
+   only and removed: no dyno ever sees it.
 3. `X-Forwarded-For` (the client's address: no proxy in front is trusted), `-Proto`,
    `-Port` (the public port) are set, `Via: 1.1 slipway` is added.
 4. The state answers, or the backend does:
@@ -52,6 +54,10 @@ VIA = "1.1 slipway"
 HSTS_FLAG = "hsts"  # the map value's third field: the app feature `hsts` is on
 HSTS_HEADER = "max-age=31536000"  # a year, the usual; no includeSubDomains: hosts are shared
 ERROR_HEADER = "X-Router-Error"
+# network-wirer's uptime probe (uptime.py) carries a secret in this header; the router logs
+# only its SHA-256 (so a line can be recognised, and the secret is never written anywhere)
+# and removes the header, so the dyno never sees the secret and a customer cannot learn it.
+PROBE_HEADER = "X-Slipway-Probe"
 # Heroku's rule for a client's request id (its router documentation).
 REQUEST_ID_PATTERN = "^[A-Za-z0-9+=/-]{20,200}$"
 # An ACME HTTP-01 request (RFC 8555 8.3: the token is base64url); the router answers it
@@ -252,6 +258,9 @@ def _frontend(name: str, bind: str, scheme: str, port: int, options: HAProxyOpti
         " { req.fhdr_cnt(x-request-id) eq 1 }"
         f" {{ req.fhdr(x-request-id) -m reg {REQUEST_ID_PATTERN} }}",
         "    http-request set-var(txn.rid) req.fhdr(x-request-id)",
+        f"    http-request set-var(txn.probe) req.fhdr({PROBE_HEADER.lower()},1),sha2(256),base64"
+        f" if {{ req.fhdr_cnt({PROBE_HEADER.lower()}) gt 0 }}",
+        f"    http-request del-header {PROBE_HEADER.lower()}",
         # HTTP-01 validation always comes over plain HTTP (RFC 8555 8.3).
         *(_acme_lines(options) if scheme == "http" else []),
         "    http-request set-header X-Forwarded-For %[src]",

@@ -4,6 +4,7 @@
 import { api, seg } from "../api.js";
 import { ago, busy, clear, fmt, h, section, table } from "../dom.js";
 import { appFrame, every } from "./frame.js";
+import { uptimePanel } from "./uptime.js";
 
 function formationRows(frame, formation, errors, refresh) {
   return formation.map((f) => {
@@ -82,6 +83,7 @@ export async function render(main, ctx, name) {
   const formationBody = h("div", { id: "formation" });
   const dynosBody = h("div", { id: "dynos" });
   const domainsBody = h("div", { id: "domains" });
+  const uptime = uptimePanel(frame.path, signal);
 
   async function loadDynos() {
     const [dynos, metrics] = await Promise.all([
@@ -131,11 +133,16 @@ export async function render(main, ctx, name) {
     section("Formation", errors, formationBody),
     section("Dynos", dynosBody),
     section("Domains", domainsBody),
+    section("Uptime", uptime.body),
   );
+  // Uptime is network-wirer's: the page renders without it when it does not answer.
+  uptime.load().catch(() => {});
   await Promise.all([loadFormation(), loadDynos(), loadDomains().catch(() => {})]);
   // bench/dashboard.py times the first render from the navigation's start to this mark.
   performance.mark("overview-rendered");
   // Every 5 s: dynos change state within seconds; two requests a round stay well inside the
   // API rate limit (the page stops when the person idles out or leaves).
   every(5, ctx, loadDynos);
+  // Probes come every 30 s: a refresh at that pace shows each round without a burst of reads.
+  every(30, ctx, uptime.load);
 }
