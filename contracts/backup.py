@@ -462,3 +462,44 @@ async def ask(
         f"no backup service answered {rpc.name}: the host holding the database's backups"
         " is not reachable (or no backup service runs)"
     )
+
+
+# ---- health: what the monitor asks each host's backup service --------------------------------
+#
+#   monitor BACKUP_HEALTH (fan-out) -> every backup service answers for the databases it runs:
+#   the facts (last capture, the last scheduled slot, WAL progress, last verification); the
+#   monitor judges (overdue after its grace, WAL silent, a verification that failed).
+
+
+class GetBackupHealth(Message, tag="backup.health.get.v1", frozen=True, kw_only=True):
+    pass
+
+
+class DatabaseHealth(msgspec.Struct, frozen=True, kw_only=True):
+    addon_id: str
+    addon_name: str
+    app_id: str
+    host_id: str
+    schedule_enabled: bool
+    last_slot_at: float  # the latest scheduled capture time at or before now (epoch s)
+    last_backup_started_at: float | None = None  # the newest completed base backup
+    last_backup_finished_at: float | None = None
+    wal_stored_at: float | None = None  # the last WAL the archive stored
+    last_verification: str = ""  # "passed", "failed", "" never
+    last_verified_at: float | None = None
+
+
+class BackupHealth(Message, tag="backup.health.v1", frozen=True, kw_only=True):
+    host_id: str
+    databases: list[DatabaseHealth] = []
+
+
+BACKUP_HEALTH: Rpc[GetBackupHealth, BackupHealth] = Rpc(
+    Service.BACKUP,
+    "health",
+    subjects.rpc(Service.BACKUP, "health"),
+    GetBackupHealth,
+    BackupHealth,
+    fanout=True,
+    callers=only(Service.MONITOR),
+)

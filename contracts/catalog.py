@@ -20,11 +20,13 @@ from slipway.contracts import (
     keyring,
     log_shipper,
     logs,
+    monitor,
     oneoff,
     registry,
     router,
     scheduler,
     snapshot,
+    webhooks,
 )
 from slipway.contracts.base import CommandSpec, ConsumerSpec, EventSpec, LiveSpec, Rpc
 from slipway.contracts.subjects import Service
@@ -38,11 +40,13 @@ _MODULES: tuple[ModuleType, ...] = (
     keyring,
     log_shipper,
     logs,
+    monitor,
     oneoff,
     registry,
     router,
     scheduler,
     snapshot,
+    webhooks,
 )
 
 S = Service
@@ -81,7 +85,12 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
     ConsumerSpec(
         S.LOG_SHIPPER,
         "platform",
-        (scheduler.DYNO_CHANGED, gateway.RELEASE_CREATED, gateway.FORMATION_CHANGED),
+        (
+            scheduler.DYNO_CHANGED,
+            gateway.RELEASE_CREATED,
+            gateway.FORMATION_CHANGED,
+            monitor.ALERT_CHANGED,
+        ),
     ),
     # Each Docker host's log-shipper keeps its own copy of app and drain state.
     ConsumerSpec(
@@ -110,8 +119,21 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
         ),
         per_instance=True,
     ),
+    # The monitor counts each app's crashed dynos (its alert rules).
+    ConsumerSpec(S.MONITOR, "dynos", (scheduler.DYNO_CHANGED, gateway.APP_DESTROYED)),
     # Each builder has its own engine and build cache to clean up.
     ConsumerSpec(S.BUILDER, "apps", (gateway.APP_DESTROYED,), per_instance=True),
+    # App webhooks: what happened to an app, delivered to its subscribers.
+    ConsumerSpec(
+        S.MONITOR,
+        "webhooks",
+        (
+            gateway.RELEASE_CREATED,
+            builder.BUILD_FINISHED,
+            scheduler.DYNO_CHANGED,
+            gateway.APP_DESTROYED,
+        ),
+    ),
 )
 
 # The instances a per-instance consumer is provisioned for when nobody says otherwise:

@@ -7,8 +7,8 @@ worth something only while it is fresh). The gateway keeps the latest of each an
 refuses new builds, sources and add-ons while one is above `SLIPWAY_DISK_HIGH_WATER`.
 
 When a folder crosses the mark (up or back down) the gateway publishes
-`slipway.evt.disk.pressure.changed` (`DiskPressureChanged`): the platform alerts
-consume it.
+`slipway.evt.disk.pressure.changed` (`DiskPressureChanged`). The monitor hears the same
+readings and raises its alert earlier (`SLIPWAY_MONITOR_DISK_ALERT`, 85 %).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class DiskPressureChanged(Event, tag="disk.pressure.changed.v1", frozen=True, kw
 
 _ALL = only(*Service)
 
-READINGS = LiveSpec("disk", writers=_ALL, readers=only(Service.GATEWAY))
+READINGS = LiveSpec("disk", writers=_ALL, readers=only(Service.GATEWAY, Service.MONITOR))
 DISK_PRESSURE_CHANGED: EventSpec[DiskPressureChanged] = EventSpec(
     subjects.evt("disk", "pressure.changed"), DiskPressureChanged, only(Service.GATEWAY)
 )

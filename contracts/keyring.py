@@ -265,7 +265,9 @@ DATAKEY_GENERATE: Rpc[GenerateDataKey, DataKey] = Rpc(
     subjects.rpc(Service.KEYRING, "datakey.generate"),
     GenerateDataKey,
     DataKey,
-    callers=only(Service.GATEWAY, Service.BUILDER, Service.LOG_SHIPPER, Service.BACKUP),
+    callers=only(
+        Service.GATEWAY, Service.BUILDER, Service.LOG_SHIPPER, Service.BACKUP, Service.MONITOR
+    ),
 )
 DATAKEY_DECRYPT: Rpc[DecryptDataKey, PlainDataKey] = Rpc(
     Service.KEYRING,
@@ -274,7 +276,12 @@ DATAKEY_DECRYPT: Rpc[DecryptDataKey, PlainDataKey] = Rpc(
     DecryptDataKey,
     PlainDataKey,
     callers=only(
-        Service.GATEWAY, Service.SCHEDULER, Service.BUILDER, Service.LOG_SHIPPER, Service.BACKUP
+        Service.GATEWAY,
+        Service.SCHEDULER,
+        Service.BUILDER,
+        Service.LOG_SHIPPER,
+        Service.BACKUP,
+        Service.MONITOR,
     ),
 )
 DATAKEY_RENEW: Rpc[RenewDataKey, RenewedDataKey] = Rpc(

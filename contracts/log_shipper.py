@@ -345,7 +345,7 @@ METRICS_SERIES_GET: Rpc[GetMetricSeries, SeriesSamples] = Rpc(
     GetMetricSeries,
     SeriesSamples,
     fanout=True,
-    callers=only(Service.GATEWAY),
+    callers=only(Service.GATEWAY, Service.MONITOR),
 )
 DRAIN_CHANGED: EventSpec[DrainChanged] = EventSpec(
     subjects.evt("logshipper", "drain.changed"), DrainChanged, publishers=only(Service.LOG_SHIPPER)

@@ -189,7 +189,7 @@ HOSTS_LIST: Rpc[ListHosts, HostList] = Rpc(
     subjects.rpc(Service.SCHEDULER, "hosts.list"),
     ListHosts,
     HostList,
-    callers=only(Service.GATEWAY, OPERATOR),
+    callers=only(Service.GATEWAY, Service.MONITOR, OPERATOR),
 )
 HOSTS_DRAIN: Rpc[HostRef, HostAnswer] = Rpc(
     Service.SCHEDULER,

@@ -45,6 +45,7 @@ EXPORTERS: tuple[Service, ...] = (
     Service.NETWORK_WIRER,
     Service.LOG_SHIPPER,
     Service.BACKUP,
+    Service.MONITOR,
 )
 SnapshotState = Literal["running", "completed", "failed"]
 

@@ -29,6 +29,7 @@ class Service(StrEnum):
     NETWORK_WIRER = "network-wirer"
     LOG_SHIPPER = "log-shipper"
     BACKUP = "backup"
+    MONITOR = "monitor"
 
 
 # NATS users that are not services. The operator (scripts, the health check, tests)

@@ -44,6 +44,7 @@ from slipway.contracts.catalog import DEFAULT_INSTANCES, Catalog, catalog
 from slipway.contracts.subjects import OPERATOR, PROVISIONER, Service
 
 __all__ = [
+    "MONITOR",
     "OPERATOR",
     "PROVISIONER",
     "SNAPSHOT_READER",
@@ -68,6 +69,12 @@ STREAMS = (subjects.STREAM_CMD, subjects.STREAM_EVT, subjects.STREAM_DLQ)
 SNAPSHOT_READER = Service.BACKUP
 SNAPSHOT_STREAMS = (subjects.STREAM_CMD, subjects.STREAM_EVT)
 SNAPSHOT_READS = ("STREAM.INFO", "CONSUMER.LIST", "STREAM.MSG.GET")
+
+# The monitor watches everyone and changes nothing: it asks every instance the discovery
+# questions (whose answers come back into its own inbox) and reads each stream's and each
+# declared consumer's position (lag). Nothing that creates, deletes, fetches or acks.
+MONITOR = Service.MONITOR
+MONITOR_DISCOVERY = ("PING", "STATS")
 
 Instances = Mapping[str, Iterable[str | None]]
 
@@ -120,6 +127,8 @@ def permissions(
     _jetstream_permissions(perms, service, cat, instances)
     if service == SNAPSHOT_READER:
         perms.add(publish=snapshot_read_subjects())
+    if service == MONITOR:
+        perms.add(publish=monitor_read_subjects())
     _discovery_permissions(perms, service)
     return perms
 
@@ -127,6 +136,24 @@ def permissions(
 def snapshot_read_subjects() -> list[str]:
     """The read-only JetStream API calls of SNAPSHOT_READER (see SNAPSHOT_READS)."""
     return [f"{_JS_API}.{verb}.{stream}" for stream in SNAPSHOT_STREAMS for verb in SNAPSHOT_READS]
+
+
+def monitor_read_subjects() -> list[str]:
+    """What the monitor may ask: discovery of every service, stream and consumer positions.
+
+    Every consumer of the platform's streams, not only the declared durables: per-instance
+    consumers are named for hosts and routers the monitor learns at run time, and a
+    consumer left behind (a removed host's) is exactly the lag worth seeing. Read-only
+    calls: their answers are positions and counts, never a message.
+    """
+    reads = [subjects.srv_subjects(verb, "x", "x")[0] for verb in MONITOR_DISCOVERY]
+    for stream in STREAMS:
+        reads += [
+            f"{_JS_API}.STREAM.INFO.{stream}",
+            f"{_JS_API}.CONSUMER.NAMES.{stream}",
+            f"{_JS_API}.CONSUMER.INFO.{stream}.*",
+        ]
+    return reads
 
 
 def _rpc_permissions(perms: Permissions, service: str, cat: Catalog) -> None:
@@ -163,7 +190,9 @@ def _discovery_permissions(perms: Permissions, service: str) -> None:
     for verb in subjects.SRV_VERBS:
         every, named, _ = subjects.srv_subjects(verb, service, "x")
         srv += [every, named, f"{named}.*"]
-    perms.add(publish=[f"{subjects.inbox_prefix(OPERATOR)}.>"], subscribe=srv)
+    # Answers go to the operator (health checks, `nats micro ls`) and the monitor.
+    answer_to = [f"{subjects.inbox_prefix(who)}.>" for who in (OPERATOR, MONITOR)]
+    perms.add(publish=answer_to, subscribe=srv)
 
 
 def provisioner_permissions(

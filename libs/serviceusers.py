@@ -29,6 +29,9 @@ The backup service reaches each database through a socket in the database's run
 folder, never through Docker; the scheduler (told the account's name through
 SLIPWAY_BACKUP_USER) makes those folders the backup account's.
 
+The monitor reads the bus and measures its own folder, nothing else (it learns the other
+folders' use from their services' readings).
+
 The builder, scheduler and network-wirer keep root: each talks to the Docker Engine API,
 and whoever holds the Docker socket is root on the host (the builder also writes iptables
 rules). So does the router (HAProxy): network-wirer drives it through sockets in a
@@ -63,6 +66,7 @@ OWN_USER_SERVICES: frozenset[str] = frozenset(
         Service.REGISTRY_PROXY,
         Service.LOG_SHIPPER,
         Service.BACKUP,
+        Service.MONITOR,
     }
 )
 USER_PREFIX = "slipway-"

@@ -11,6 +11,7 @@ import importlib
 TOPICS = (
     "auth",
     "apps",
+    "uptime",
     "config_vars",
     "releases",
     "ps",
@@ -30,6 +31,9 @@ TOPICS = (
     "pgschedule",
     "keys",
     "logs",
+    "metricsdrains",
+    "webhooks",
+    "alerts",
     "builds",
     "admin",
     "snapshots",

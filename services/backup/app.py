@@ -139,6 +139,11 @@ def _rpcs(service: ServiceApp, host_id: str) -> None:
             return None
         return await service[BACKUPS].schedule(req)
 
+    @service.rpc(bc.BACKUP_HEALTH)
+    async def health(req: bc.GetBackupHealth) -> bc.BackupHealth:
+        context.require_caller(bc.BACKUP_HEALTH)
+        return await service[BACKUPS].health()
+
     @service.rpc(bc.BACKUP_SCHEDULE_SET)
     async def set_schedule(req: bc.SetBackupSchedule) -> bc.Schedule | None:
         context.require_caller(bc.BACKUP_SCHEDULE_SET)

@@ -27,7 +27,7 @@ from slipway.services.backup.errors import NotFound
 from slipway.services.backup.imported import Importer
 from slipway.services.backup.restore import Stager
 from slipway.services.backup.retention import Retention
-from slipway.services.backup.schedules import Schedules
+from slipway.services.backup.schedules import Schedules, last_slot
 from slipway.services.backup.settings import BackupSettings
 from slipway.services.backup.store import (
     BackupRow,
@@ -281,6 +281,39 @@ class BackupService:
     async def schedule(self, req: bc.GetBackupSchedule) -> bc.Schedule:
         db = await self._db(req.addon_id, req.app_id)
         return bc.Schedule(schedule=await self.schedules.view(db, self.retention, time.time()))
+
+    async def health(self) -> bc.BackupHealth:
+        """The facts about this host's databases the monitor judges (contracts/backup.py)."""
+        now = time.time()
+        found = []
+        for db in await self.catalog.databases(host_id=self.settings.host_id, state="provisioned"):
+            slot = await self.schedules.slot(db.addon_id)
+            latest = await self.catalog.latest_completed(db.addon_id)
+            verified = await self._last_verification(db.addon_id)
+            wal = await self.catalog.wal_position(db.addon_id)
+            found.append(
+                bc.DatabaseHealth(
+                    addon_id=db.addon_id,
+                    addon_name=db.addon_name,
+                    app_id=db.app_id,
+                    host_id=db.host_id,
+                    schedule_enabled=slot.enabled,
+                    last_slot_at=last_slot(now, slot.hour, slot.timezone),
+                    last_backup_started_at=latest.started_at if latest else None,
+                    last_backup_finished_at=latest.finished_at if latest else None,
+                    wal_stored_at=wal[2] if wal else None,
+                    last_verification=verified[0] if verified else "",
+                    last_verified_at=verified[1] if verified else None,
+                )
+            )
+        return bc.BackupHealth(host_id=self.settings.host_id, databases=found)
+
+    async def _last_verification(self, addon_id: str) -> tuple[str, float] | None:
+        newest = None
+        for row in await self.catalog.backups(addon_id):
+            if row.verified_at is not None and (newest is None or row.verified_at > newest[1]):
+                newest = (row.verified, row.verified_at)
+        return newest
 
     async def set_schedule(self, req: bc.SetBackupSchedule) -> bc.Schedule:
         db = await self._db(req.addon_id, req.app_id)

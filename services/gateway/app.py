@@ -53,6 +53,7 @@ from slipway.services.gateway.addons import (
 )
 from slipway.services.gateway.api import (
     account,
+    alerts,
     apps,
     catalog,
     collaborators,
@@ -63,12 +64,15 @@ from slipway.services.gateway.api import (
     hosts,
     logsettings,
     masterkey,
+    metricsdrains,
     notoffered,
     releases,
     snapshots,
     sni,
     teams,
     tokens,
+    uptime,
+    webhooks,
 )
 from slipway.services.gateway.audit import audit
 from slipway.services.gateway.audit.checkpoints import Checkpointer
@@ -93,6 +97,9 @@ RESOURCES = (
     oneoff,
     logs,
     series,
+    uptime,
+    alerts,
+    metricsdrains,
     logsettings,
     domains,
     dynos,
@@ -106,6 +113,7 @@ RESOURCES = (
     catalog,
     sni,
     notoffered,
+    webhooks,
     backups,
     backupkeys,
     backupschedule,
@@ -121,7 +129,7 @@ WEB = Key("web", web.Application)  # the served aiohttp app (tests enumerate its
 
 def build_web_app(gw: Gateway) -> web.Application:
     """The aiohttp application serving the API, bound to the gateway's state."""
-    public = {e.handler for e in ENDPOINTS if e.public}
+    public = {e.handler for e in ENDPOINTS if e.public or e.own_auth}
     app = web.Application(
         client_max_size=gw.settings.max_body_bytes,
         middlewares=[
@@ -129,7 +137,8 @@ def build_web_app(gw: Gateway) -> web.Application:
             diskpressure.disk_full_errors,  # a full disk answers 507, not 500
             ratelimit.rate_limit,  # git and source blobs count too
             passthrough.passthrough,  # git and source blobs: their own checks
-            middleware.version({e.handler for e in ENDPOINTS if e.page}),
+            # A Prometheus scraper's Accept names its exposition formats, not the API's.
+            middleware.version({e.handler for e in ENDPOINTS if e.page} | {metricsdrains.scrape}),
             middleware.body_limit(gw.settings.max_body_bytes),
             middleware.authentication(public),
             ranges.middleware(

@@ -62,6 +62,7 @@ class Grant(NamedTuple):
 G, Op, P = Grant, Operation, Purpose
 GATEWAY, SCHEDULER, BUILDER = Service.GATEWAY, Service.SCHEDULER, Service.BUILDER
 LOG_SHIPPER, BACKUP = Service.LOG_SHIPPER, Service.BACKUP
+MONITOR = Service.MONITOR
 
 # fmt: off
 TABLE: tuple[Grant, ...] = (
@@ -79,6 +80,9 @@ TABLE: tuple[Grant, ...] = (
     G(LOG_SHIPPER,  Op.GENERATE,         P.LOGS),
     G(LOG_SHIPPER,  Op.DECRYPT,          P.LOGS),
     G(LOG_SHIPPER,  Op.REWRAP,           P.LOGS),
+    # Webhook URLs, secrets and Authorization values, sealed by the monitor like drain URLs.
+    G(MONITOR,      Op.GENERATE,         P.LOGS),
+    G(MONITOR,      Op.DECRYPT,          P.LOGS),
     # Backups of add-ons and of the platform.
     G(BACKUP,       Op.GENERATE,         P.BACKUP),
     G(BACKUP,       Op.DECRYPT,          P.BACKUP),

@@ -61,6 +61,7 @@ from slipway.contracts.log_shipper import (
     SeriesSamples,
 )
 from slipway.contracts.logs import LINES_ALL, ROUTER_ALL
+from slipway.contracts.monitor import ALERT_CHANGED, AlertChanged
 from slipway.contracts.scheduler import DYNO_CHANGED, R15_TEXT, DynoChanged
 from slipway.contracts.subjects import Service
 from slipway.libs import diskwatch
@@ -202,6 +203,13 @@ def _platform_events(service: ServiceApp) -> None:
     async def formation_changed(event: FormationChanged) -> None:
         lines = platform.formation_lines(event)
         await store_lines(event.event_id, event.app_id, event.team_id, lines)
+
+    @service.event("platform", ALERT_CHANGED)
+    async def alert_changed(event: AlertChanged) -> None:
+        alert = event.alert
+        if alert.scope == "app":  # the platform's are the operator's (the monitor's log)
+            lines = platform.alert_lines(event)
+            await store_lines(event.event_id, alert.app_id, alert.team_id, lines)
 
 
 def _host_events(service: ServiceApp, purpose: str) -> None:

@@ -5,6 +5,7 @@
     heroku[worker.1]: Error R15 (Memory quota vastly exceeded)   (a reason of several lines)
     app[api]: Release v5 created by user alice@example.com
     app[api]: Scaled to web@2:standard-1x worker@1:standard-1x by user alice@example.com
+    heroku[alert]: WARNING 12.5 % of requests answered 5xx over the last 5 min (threshold 5 %)
 
 Build output is not copied into the app's log: like Heroku, it is read through
 the build (`slipway builds:output`); the builder may send its own summary lines
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from slipway.contracts.gateway import FormationChanged, ReleaseCreated
 from slipway.contracts.logs import LogLine
+from slipway.contracts.monitor import AlertChanged
 from slipway.contracts.scheduler import DynoChanged
 from slipway.services.log_shipper.history import RawLine
 
@@ -35,6 +37,16 @@ def dyno_lines(event: DynoChanged) -> list[RawLine]:
         text = f"State changed from {event.previous_state} to {dyno.state}"
         lines.append((at, "heroku", dyno.name, text, False))
     return lines
+
+
+def alert_lines(event: AlertChanged) -> list[RawLine]:
+    """`heroku[alert]: WARNING p95 response time 812 ms over the last 5 min (threshold 500 ms)`."""
+    alert = event.alert
+    if alert.state == "firing":
+        text = f"{alert.severity.upper()} {alert.summary}"
+    else:
+        text = f"RESOLVED {alert.summary}"
+    return [(event.occurred_at, "heroku", "alert", text, False)]
 
 
 def release_lines(event: ReleaseCreated) -> list[RawLine]:

@@ -28,7 +28,8 @@ SUBSET = HERE / "heroku-platform-api-schema.json"
 
 # The resources Slipway answers with (`definitions.<name>` in Heroku's schema).
 RESOURCES = (
-    "account", "add-on", "add-on-attachment", "app", "app-feature", "build",
+    "account", "add-on", "add-on-attachment", "app", "app-feature", "app-webhook",
+    "app-webhook-delivery", "app-webhook-event", "build",
     "collaborator", "config-var", "domain", "dyno", "formation", "log-drain",
     "log-session", "rate-limit", "region", "release", "sni-endpoint", "stack",
     "team-app-collaborator",

@@ -390,7 +390,7 @@ async def test_unknown_paths_answer_in_herokus_shape(stack: Stack) -> None:
     """A path Slipway does not serve is a 404 in Heroku's error shape, for every client."""
     alice, _ = await two_users(stack)
     for each in clients(alice):
-        refused(await each.get("/apps/hello/webhooks"), 404, "not_found")
+        refused(await each.get("/apps/hello/no-such-resource"), 404, "not_found")
 
 
 async def test_every_app_route_hides_another_teams_app(stack: Stack) -> None:
@@ -449,12 +449,10 @@ async def test_new_lists_page_as_heroku_specifies(stack: Stack) -> None:
 
 
 async def test_resources_not_offered_say_what_to_do_instead(stack: Stack) -> None:
-    """Webhooks, pipelines, spaces, slugs, app setups...: 404 naming Slipway's way."""
+    """Pipelines, spaces, slugs, app setups...: 404 naming Slipway's way."""
     alice, bob = await two_users(stack)
     client = cli(alice)
     for method, path, words in (
-        ("GET", "/apps/hello/webhooks", ("slipway audit", "drains:add")),
-        ("POST", "/apps/hello/webhooks", ("slipway audit",)),
         ("PUT", "/apps/hello/buildpack-installations", ("/builds",)),
         ("POST", "/apps/hello/slugs", ("OCI images",)),
         ("POST", "/apps/hello/acm", ("domains:add",)),
@@ -466,6 +464,6 @@ async def test_resources_not_offered_say_what_to_do_instead(stack: Stack) -> Non
         answer = await client.request(method, path, {} if method != "GET" else None)
         refused(answer, 404, "not_found", *words)
     # Under another team's app it is the app that does not exist, as everywhere.
-    assert (await cli(bob).get("/apps/hello/webhooks")).body == (
+    assert (await cli(bob).get("/apps/hello/buildpack-installations")).body == (
         await cli(bob).get("/apps/hello")
     ).body

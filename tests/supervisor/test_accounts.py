@@ -36,6 +36,7 @@ def test_only_services_that_need_neither_root_nor_docker_get_their_own_users() -
         "scheduler": None,
         "gateway": "slipway-gateway",
         "backup": "slipway-backup",
+        "monitor": "slipway-monitor",
     }
     assert {spec.user for spec in service_specs(discover_services())} == {None}
     # The scheduler makes each database's run folder the backup account's.

@@ -17,11 +17,6 @@ from slipway.services.gateway.http.routing import Handler, Routes
 
 routes = Routes("not-offered")
 
-WEBHOOKS = (
-    "App webhooks are not offered: follow what happens to an app with `slipway audit`"
-    " (its tamper-evident action log), `slipway logs --tail`, or a log drain"
-    " (`slipway drains:add`)."
-)
 BUILDPACKS = (
     "Buildpacks are not stored per app: a build detects them, or names them itself"
     ' (POST /apps/{app}/builds with {"buildpacks": [{"url": ...}]}).'
@@ -55,8 +50,6 @@ INVITATIONS = (
 
 # path, methods, message: Heroku's paths as its schema spells them.
 NOT_OFFERED: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("/apps/{app}/webhooks", ("GET", "POST"), WEBHOOKS),
-    ("/apps/{app}/webhooks/{webhook}", ("GET", "PATCH", "DELETE"), WEBHOOKS),
     ("/apps/{app}/buildpack-installations", ("GET", "PUT"), BUILDPACKS),
     ("/apps/{app}/slugs", ("POST",), SLUGS),
     ("/apps/{app}/slugs/{slug}", ("GET",), SLUGS),

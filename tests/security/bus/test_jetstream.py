@@ -30,6 +30,28 @@ def _admin_subjects() -> set[str]:
     return found
 
 
+def _matches(subject: str, grant: str) -> bool:
+    """Whether a NATS permission subject (`*` a token, `>` the rest) covers `subject`."""
+    have, want = subject.split("."), grant.split(".")
+    for index, token in enumerate(want):
+        if token == ">":
+            return len(have) > index
+        if index >= len(have) or (token != "*" and token != have[index]):
+            return False
+    return len(have) == len(want)
+
+
+def _granted_reads(service: str, attempts: set[str]) -> set[str]:
+    """The attempts a service's declared read-only grant allows (test_*_grants.py check them)."""
+    if service == natsauth.SNAPSHOT_READER:
+        grants = natsauth.snapshot_read_subjects()
+    elif service == natsauth.MONITOR:
+        grants = natsauth.monitor_read_subjects()
+    else:
+        return set()
+    return {a for a in attempts if any(_matches(a, g) for g in grants)}
+
+
 def _foreign_consumer_subjects(service: str) -> set[str]:
     """Fetching from, acking, creating or deleting the durable consumers of other services."""
     found = set()
@@ -58,9 +80,9 @@ async def test_stream_create_delete_purge_and_direct_reads_are_refused(
     await operator.nc.jetstream().publish(APP_CREATED.subject, b"{}")
     client = await connect_as(service)
     attempts = _admin_subjects()
-    if service == natsauth.SNAPSHOT_READER:
-        # Its read-only snapshot grant; test_snapshot_grants.py holds it to that.
-        attempts -= set(natsauth.snapshot_read_subjects())
+    # A read-only grant (the backup's snapshots, the monitor's positions) is held to being
+    # read-only by test_snapshot_grants.py and test_monitor_grants.py.
+    attempts -= _granted_reads(service, attempts)
     for subject in sorted(attempts):
         await client.nc.publish(subject, b"{}", reply=client.nc.new_inbox())
 
@@ -79,6 +101,7 @@ async def test_another_services_consumer_cannot_be_read_acked_or_changed(
     """Pulling from, acking, creating or deleting another service's durable is refused."""
     client = await connect_as(service)
     attempts = _foreign_consumer_subjects(service)
+    attempts -= _granted_reads(service, attempts)
     for subject in sorted(attempts):
         await client.nc.publish(subject, b"{}", reply=client.nc.new_inbox())
 

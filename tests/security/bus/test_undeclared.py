@@ -41,9 +41,11 @@ def _may_publish(service: str) -> set[str]:
     allowed |= {cmd.subject for cmd in cat.commands if service in cmd.senders}
     allowed |= {evt.subject for evt in cat.events if service in evt.publishers}
     allowed |= {live.subject("x1") for live in cat.lives if service in live.writers}
-    # Answers go to the inboxes of those who may ask it something, and discovery's.
+    # Answers go to the inboxes of those who may ask it something, and discovery's (the
+    # operator's tools and the monitor).
     askers = {c for rpc in cat.rpcs if rpc.service == service for c in rpc.callers}
-    allowed |= {f"{subjects.inbox_prefix(c)}.x1.y" for c in askers | {OPERATOR}}
+    askers |= {OPERATOR, Service.MONITOR}
+    allowed |= {f"{subjects.inbox_prefix(c)}.x1.y" for c in askers}
     consumes = any(c.service == service for c in cat.commands) or any(
         c.service == service for c in cat.consumers
     )

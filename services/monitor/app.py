@@ -1,0 +1,144 @@
+"""The monitor process: every `monitor_interval` seconds, look, judge, alert.
+
+Resources, set up in this order and torn down in reverse: the database, the disk
+readings subscription, then the pass loop. The last pass's status answers
+`MONITOR_STATUS` at once (a fresh look when none is younger than an interval), so
+`slipway admin:status` from cron costs the platform nothing extra.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+import structlog
+from nats.aio.msg import Msg
+
+from slipway.contracts import disk
+from slipway.contracts.gateway import APP_DESTROYED, AppDestroyed
+from slipway.contracts.monitor import PlatformStatus
+from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
+from slipway.contracts.subjects import Service
+from slipway.libs import diskwatch
+from slipway.libs.service import Key, ServiceApp
+from slipway.libs.waits import wait_for_event
+from slipway.services.monitor import handlers, snapshot, webhooks
+from slipway.services.monitor.alerts import Alerter
+from slipway.services.monitor.apps import app_conditions
+from slipway.services.monitor.health import Judge
+from slipway.services.monitor.settings import MonitorSettings
+from slipway.services.monitor.status import DiskReadings, Looker
+from slipway.services.monitor.store import MonitorStore
+
+log = structlog.get_logger("slipway.monitor")
+
+STORE = Key("monitor-store", MonitorStore)
+
+
+class Monitor:
+    """The pass loop and the latest status."""
+
+    def __init__(
+        self, settings: MonitorSettings, store: MonitorStore, looker: Looker, alerter: Alerter
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.looker = looker
+        self.alerter = alerter
+        expected = [s.strip() for s in settings.monitor_expect.split(",") if s.strip()]
+        self.judge = Judge(settings, tuple(expected or (str(s) for s in Service)))
+        self.latest: PlatformStatus | None = None
+        self._lock = asyncio.Lock()
+
+    async def run_pass(self) -> PlatformStatus:
+        """One look at everything, judged; alerts fired, resolved and told."""
+        async with self._lock:
+            seen = await self.looker.look()
+            status, conditions = self.judge.judge(seen)
+            unread = dict(seen.unread)
+            apps = await app_conditions(self.looker.bus, self.store, unread)
+            if seen.disks == [] and "disks" not in unread:
+                # Readings arrive every disk interval: none yet is not "no disk is full".
+                unread["disks"] = "no readings yet"
+            await self.alerter.sync(conditions, apps, set(unread))
+            firing = [a for a in (await self.store.firing()).values() if a.scope == "platform"]
+            self.latest = status = msgspec.structs.replace(status, alerts=firing)
+            return status
+
+    async def status(self) -> PlatformStatus:
+        latest = self.latest
+        # The loop's last pass, unless the loop is stuck or has not finished one yet.
+        if latest is None or time.time() - latest.at > 3 * self.settings.monitor_interval:
+            return await self.run_pass()
+        return latest
+
+    async def loop(self, stopping: asyncio.Event) -> None:
+        """Passes until stopped; a failing pass is logged and the next one comes anyway."""
+        retention = self.settings.monitor_alert_retention_days * 86400
+        while True:
+            try:
+                await self.run_pass()
+                await self.store.forget_resolved(time.time() - retention)
+                await self.store.forget_crashes(time.time() - 2 * 3600)  # windows are <= 1 h
+            except Exception:
+                log.exception("monitor.pass_failed")
+            if await wait_for_event(stopping, self.settings.monitor_interval):
+                return
+
+
+MONITOR = Key("monitor", Monitor)
+
+
+def create_service(settings: MonitorSettings) -> ServiceApp:
+    """The monitor as a runnable service."""
+    service = ServiceApp(
+        Service.MONITOR,
+        settings=settings,
+        description="Slipway's monitor: platform status, alert rules and alerts",
+    )
+    # First: the alerter below tells the webhooks that include `alert`.
+    webhooks.register(service, settings)
+
+    @service.cleanup_ctx
+    async def core(service: ServiceApp) -> AsyncIterator[None]:
+        store = service[STORE] = await MonitorStore.open(settings.db_path())
+        disks = DiskReadings()
+
+        async def on_readings(msg: Msg) -> None:
+            disks.record(msg.data)
+
+        subscription = await service.bus.nc.subscribe(disk.READINGS.filter, cb=on_readings)
+        looker = Looker(service.bus, disks, discovery_wait=settings.monitor_discovery_wait)
+        alerter = Alerter(store, service.bus, notify=service[webhooks.WEBHOOKS].notify)
+        monitor = Monitor(settings, store, looker, alerter)
+        service[MONITOR] = monitor
+        task = asyncio.create_task(monitor.loop(service.stopping), name="monitor-passes")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await subscription.unsubscribe()
+            await store.close()
+
+    @service.event("dynos", DYNO_CHANGED)
+    async def dyno_changed(event: DynoChanged) -> None:
+        dyno = event.dyno
+        if dyno.state == "crashed" and event.previous_state != "crashed":
+            at = dyno.updated_at or event.occurred_at
+            await service[STORE].crashed(
+                event.event_id, dyno.app_id, dyno.name, dyno.release_version, at
+            )
+
+    @service.event("dynos", APP_DESTROYED)
+    async def app_destroyed(event: AppDestroyed) -> None:
+        await service[STORE].app_destroyed(event.event_id, event.app_id)
+
+    handlers.register(service)
+    service.snapshot_sources = snapshot.sources(settings)
+    diskwatch.watch(service, diskwatch.state_folders(settings, "monitor"))
+    return service

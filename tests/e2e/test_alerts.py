@@ -1,0 +1,189 @@
+"""Alerts on a whole platform, from real causes, to a real webhook receiver.
+
+Issue #20 item 2: an app rule fires when the app's dynos crash (a release whose web
+process cannot start) and a platform alert fires when a service stops answering (its
+process paused with SIGSTOP: alive to the supervisor, silent on the bus, the way a hung
+service looks); each reaches a webhook receiver with a valid HMAC signature, the app's
+in the app's log as `heroku[alert]`, and each resolves once its cause is gone.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from tests.conftest import new_scope
+from tests.e2e.supervised import (
+    Platform,
+    answered,
+    as_admin,
+    own_env,
+    start,
+    stop,
+    wait_for,
+    with_text,
+)
+from tests.e2e.test_walkthrough import push, remove_docker_leftovers
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+APP = "alerty"
+SECRET = "alert-secret-" + "x" * 20
+
+
+class Receiver(ThreadingHTTPServer):
+    """Records every POST whose signature checks out; others are counted as forged."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.posts: list[dict[str, Any]] = []
+        self.bad_signatures = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hooks"
+
+    def alerts(self, kind: str, action: str) -> list[dict[str, Any]]:
+        return [
+            p
+            for p in self.posts
+            if p.get("action") == action and p.get("data", {}).get("kind") == kind
+        ]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        sent = self.headers.get("Heroku-Webhook-Hmac-SHA256", "")
+        expected = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest())
+        if hmac.compare_digest(sent.encode(), expected):
+            self.server.posts.append(json.loads(body))
+        else:
+            self.server.bad_signatures += 1
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    home = tmp_path_factory.mktemp("alerts")
+    scope = new_scope()
+    env = own_env(
+        home / "var",
+        home,
+        scope,
+        SLIPWAY_MONITOR_INTERVAL="1",
+        SLIPWAY_MONITOR_DISCOVERY_WAIT="0.5",
+        # The receiver is on loopback: this operator allows it, over plain HTTP.
+        SLIPWAY_EGRESS_ALLOW="127.0.0.1/32",
+        SLIPWAY_WEBHOOK_ALLOW_HTTP="1",
+        SLIPWAY_WEBHOOK_BACKOFF="1",
+    )
+    platform = start(home / "var", env)
+    try:
+        as_admin(platform, home / "var")
+        yield platform
+    finally:
+        stop(platform.process)
+        remove_docker_leftovers(scope)
+
+
+def _child_pid(platform: Platform, name: str) -> int:
+    pidfile = platform.home / "var" / "run" / f"{name}.pid"
+    return int(pidfile.read_text().split()[0])
+
+
+@pytest.mark.timeout(900)
+def test_a_crashing_app_and_a_silent_service_reach_their_webhooks_and_resolve(
+    platform: Platform, receiver: Receiver
+) -> None:
+    """crashed_dynos fires and resolves for the app; service_down for the paused builder."""
+    platform.cli("apps:create", APP)
+    push(platform, APP, "python-hello")
+    wait_for(lambda: answered(platform, f"{APP}.localhost"), 90, "the app via the router")
+    platform.cli("webhooks:add", "-a", APP, "-u", receiver.url, "-i", "alert", "-s", SECRET)
+    platform.cli("admin:webhooks:add", "-u", receiver.url, "-i", "alert", "-s", SECRET)
+    added = platform.cli("alerts:add", "crashed_dynos", "0", "--window", "1", "-a", APP)
+    assert "crashed_dynos above 0" in added, added
+
+    # ---- the app: a release whose web process cannot start ----------------------------------
+    platform.cli("config:set", "-a", APP, "GUNICORN_CMD_ARGS=--no-such-option", timeout=300)
+    fired = wait_for(
+        lambda: receiver.alerts("crashed_dynos", "fire"), 120, "the app alert at the webhook"
+    )[0]
+    assert fired["data"]["app_name"] == APP and fired["data"]["scope"] == "app"
+    assert "dyno crash" in fired["data"]["summary"]
+    logged = wait_for(
+        lambda: with_text(platform.cli("logs", "-a", APP, "-n", "300"), "heroku[alert]"),
+        30,
+        "the alert line in the app's log",
+    )
+    assert "heroku[alert]: WARNING" in logged and "dyno crash" in logged, logged
+    # The failed release's dynos are removed and the old release does not crash: a minute
+    # later the window holds no crash, and the alert resolves.
+    wait_for(lambda: receiver.alerts("crashed_dynos", "resolve"), 180, "the app alert resolved")
+    listed = json.loads(platform.cli("alerts", "-a", APP, "--json"))
+    assert [a["state"] for a in listed["alerts"]] == ["resolved"], listed
+
+    # ---- the platform: the builder stops answering ----------------------------------------
+    pid = _child_pid(platform, "builder")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        down = wait_for(
+            lambda: receiver.alerts("service_down", "fire"), 60, "service_down at the webhook"
+        )[0]
+        assert down["data"]["key"] == "service_down:builder", down
+        assert down["data"]["severity"] == "critical" and down["data"]["scope"] == "platform"
+        status = platform_status(platform)
+        assert status["health"] == "red" and "builder" in status["missing"], status
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: receiver.alerts("service_down", "resolve"), 60, "service_down resolved")
+    assert receiver.bad_signatures == 0
+    # Every delivery above went to both webhooks only when it should: the app's alert to the
+    # app's webhook alone, the platform's to the operator's alone (one post each).
+    assert len(receiver.alerts("crashed_dynos", "fire")) == 1
+    assert len(receiver.alerts("service_down", "fire")) == 1
+
+
+def platform_status(platform: Platform) -> dict[str, Any]:
+    """`slipway admin:status --json` (exit 1 when red: read its output either way)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "slipway.cli.main", "admin:status", "--json"],
+        capture_output=True,
+        text=True,
+        env=platform.env,
+        cwd=platform.home,
+        timeout=60,
+        check=False,
+    )
+    status: dict[str, Any] = json.loads(done.stdout)
+    assert done.returncode == (1 if status["health"] == "red" else 0), done.stderr
+    return status
