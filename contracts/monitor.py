@@ -3,7 +3,8 @@
 The monitor is the one service that looks at everything and changes nothing: it asks
 every instance `$SRV.PING`/`$SRV.STATS`, reads the consumers' positions (read-only
 JetStream API calls, `natsauth.MONITOR_READS`), hears every service's disk readings,
-asks the scheduler for its hosts and the log-shipper for the apps' minute series, and
+asks the scheduler for its hosts, every router (network-wirer) for its certificates and
+the log-shipper for the apps' minute series, and
 from those keeps the platform's status (`slipway admin:status`) and raises alerts.
 
     gateway  MONITOR_STATUS            -> PlatformStatus (GET /admin/status)
@@ -102,6 +103,19 @@ class BackupStatus(msgspec.Struct, frozen=True, kw_only=True):
     health: Health = "green"
 
 
+class CertificateStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """One certificate a router serves, as network-wirer's ROUTER_CERTS_LIST reports it."""
+
+    hostnames: list[str]
+    app_id: str = ""  # "" for the router's default certificate
+    app_name: str = ""
+    issuer: str = "internal"  # "internal" (the router's CA) or "acme"
+    router_id: str = ""
+    not_after: float  # epoch seconds
+    days_left: float  # negative once expired
+    health: Health = "green"
+
+
 class GetStatus(Message, tag="monitor.status.get.v1", frozen=True, kw_only=True):
     pass
 
@@ -118,6 +132,8 @@ class PlatformStatus(Message, tag="monitor.status.v1", frozen=True, kw_only=True
     disks: list[DiskStatus] = []
     backups: list[BackupStatus] = []
     alerts: list[Alert] = []  # firing platform alerts
+    # The routers' certificates, the soonest to expire first (at most the monitor's bound).
+    certificates: list[CertificateStatus] = []
     problems: list[str] = []  # what made it yellow or red, one line each
 
 
@@ -139,7 +155,9 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
     id: str
     key: str
     scope: AlertScope
-    kind: str  # "disk", "service_down", "consumer_lag", "backup_overdue", ..., or a RuleMetric
+    # "disk", "service_down", "consumer_lag", "backup_overdue", "certificate_expiring", ...,
+    # or a RuleMetric
+    kind: str
     severity: Severity
     state: AlertState
     summary: str  # one line a human reads: what, where, how much

@@ -162,3 +162,41 @@ ROUTER_METRICS_GET: Rpc[GetRouterMetrics, AppRouterMetrics] = Rpc(
     AppRouterMetrics,
     callers=only(Service.GATEWAY),
 )
+
+
+# ---- the router's certificates (#20 item 2): the monitor warns before one expires ----------
+
+
+class ListRouterCertificates(Message, tag="router.certs.list.v1", frozen=True, kw_only=True):
+    """The certificates this router serves for apps, the soonest to expire first."""
+
+    limit: int = 500  # network-wirer answers 1 to 1,000: a reply stays far below NATS's 1 MB
+
+
+class RouterCertificate(msgspec.Struct, frozen=True, kw_only=True):
+    """One certificate HAProxy holds: its names, whose it is, who issued it, its expiry."""
+
+    hostnames: list[str]  # the app's hosts it serves, its custom domains first
+    app_id: str = ""  # "" for the router's default certificate
+    app_name: str = ""
+    issuer: str = "internal"  # "internal" (the router's CA) or "acme"
+    not_after: float  # seconds since the epoch
+
+
+class RouterCertificateList(Message, tag="router.certs.v1", frozen=True, kw_only=True):
+    router_id: str  # the network-wirer instance (one router) that holds them
+    certificates: list[RouterCertificate] = []  # not_after ascending, at most `limit`
+    total: int = 0  # how many it holds in all
+
+
+# Fan-out: every network-wirer drives one router and holds that router's certificates, so
+# the monitor gathers every router's answer (contracts/backup.py's BACKUP_HEALTH does too).
+ROUTER_CERTS_LIST: Rpc[ListRouterCertificates, RouterCertificateList] = Rpc(
+    Service.NETWORK_WIRER,
+    "certs.list",
+    subjects.rpc(Service.NETWORK_WIRER, "certs.list"),
+    ListRouterCertificates,
+    RouterCertificateList,
+    fanout=True,
+    callers=only(Service.MONITOR),
+)

@@ -283,7 +283,47 @@ def render_status(body: Mapping[str, Any]) -> str:
         if disks
         else "No readings yet."
     )
+    lines += ["", output.header("Certificates")]
+    lines.append(_certificates(body.get("certificates", [])))
     return "\n".join(lines)
+
+
+CERTIFICATES_SHOWN = 10  # the soonest to end; a router may serve thousands
+
+
+def _certificates(found: list[Mapping[str, Any]]) -> str:
+    """The routers' certificates the soonest to end first (the monitor sends them so)."""
+    if not found:
+        return "No router reported certificates."
+    rows = []
+    for c in found[:CERTIFICATES_SHOWN]:
+        left = float(c.get("days_left", 0))
+        names = [str(n) for n in c.get("hostnames", [])]
+        rows.append(
+            {
+                "health": _mark(c.get("health")),
+                "host": names[0] + (f" (+{len(names) - 1})" if len(names) > 1 else "")
+                if names
+                else "-",
+                "app": str(c.get("app_name") or "(default)"),
+                "issuer": str(c.get("issuer", "")),
+                "ends": "expired" if left < 0 else f"in {output.duration(int(left * 86400))}",
+                "router": str(c.get("router_id", "")),
+            }
+        )
+    table = output.table(
+        rows,
+        [
+            ("health", ""),
+            ("host", "Hostname"),
+            ("app", "App"),
+            ("issuer", "Issuer"),
+            ("ends", "Expires"),
+            ("router", "Router"),
+        ],
+    )
+    more = len(found) - CERTIFICATES_SHOWN
+    return table + (f"\n{more} more, all ending later." if more > 0 else "")
 
 
 @command(

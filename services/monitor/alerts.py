@@ -133,4 +133,5 @@ def _source_of(alert: Alert) -> str:
         "disk": "disks",
         "backup_overdue": "backups",
         "backup_verification_failed": "backups",
+        "certificate_expiring": "certificates",
     }.get(alert.kind, alert.kind)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from slipway.contracts.monitor import (
     BackupStatus,
+    CertificateStatus,
     ConsumerStatus,
     DiskStatus,
     Health,
@@ -29,6 +30,8 @@ from slipway.services.monitor.status import Seen, started_at
 
 RESTART_WINDOW = 600.0  # seconds: restarts counted over the last ten minutes
 RESTARTS_ALERT = 3  # this many in the window: the service is crash-looping
+CERT_CRITICAL_DAYS = 3.0  # a certificate this close to its end (or past it) is critical
+DAY = 86400.0
 
 _RANK: dict[Health, int] = {"green": 0, "yellow": 1, "red": 2}
 
@@ -67,6 +70,7 @@ class Judge:
         consumers = self._consumers(seen, conditions)
         disks = self._disks(seen, conditions)
         backups = self._backups(seen, conditions)
+        certificates = self._certificates(seen, conditions)
         for source, why in sorted(seen.unread.items()):
             problems.append(f"could not read {source}: {why}")
         problems += [c.summary for c in conditions]
@@ -76,6 +80,7 @@ class Judge:
             *(c.health for c in consumers),
             *(d.health for d in disks),
             *(b.health for b in backups),
+            *(c.health for c in certificates),
             "red" if missing else "green",
             "yellow" if seen.unread else "green",
         )
@@ -88,6 +93,7 @@ class Judge:
             consumers=consumers,
             disks=disks,
             backups=backups,
+            certificates=certificates,
             problems=problems,
         )
         return status, conditions
@@ -321,3 +327,64 @@ class Judge:
                 )
             )
         return found
+
+    # ---- certificates ---------------------------------------------------------------------------
+
+    def _certificates(self, seen: Seen, conditions: list[Condition]) -> list[CertificateStatus]:
+        """Each router's certificates; one ending within `monitor_cert_warn_days` is a
+        warning, within CERT_CRITICAL_DAYS (or past its end) critical."""
+        found = []
+        warn = self.settings.monitor_cert_warn_days
+        alerted: set[str] = set()
+        ordered = sorted(seen.certificates, key=lambda rc: (rc[1].not_after, rc[1].hostnames))
+        for router_id, cert in ordered:
+            days = (cert.not_after - seen.at) / DAY
+            health: Health = "green"
+            if days < warn:
+                health = "red" if days < CERT_CRITICAL_DAYS else "yellow"
+                first = cert.hostnames[0] if cert.hostnames else "?"
+                # Every router holds its own copy of an app's certificate: one alert per
+                # name, about the copy that ends first (the order above).
+                if first not in alerted:
+                    alerted.add(first)
+                    conditions.append(
+                        Condition(
+                            key=f"certificate:{first}",
+                            kind="certificate_expiring",
+                            severity="critical" if health == "red" else "warning",
+                            summary=_expiry_summary(cert.hostnames, cert.app_name, router_id,
+                                                    cert.not_after, days),
+                            source="certificates",
+                            value=round(days, 2),
+                            threshold=warn,
+                        )
+                    )  # fmt: skip
+            found.append(
+                CertificateStatus(
+                    hostnames=cert.hostnames,
+                    app_id=cert.app_id,
+                    app_name=cert.app_name,
+                    issuer=cert.issuer,
+                    router_id=router_id,
+                    not_after=cert.not_after,
+                    days_left=round(days, 2),
+                    health=health,
+                )
+            )
+        return found
+
+
+def _expiry_summary(
+    hostnames: list[str], app_name: str, router_id: str, not_after: float, days: float
+) -> str:
+    """'certificate for www.example.com (app shop) expires in 5 days (2026-12-08)'."""
+    names = ", ".join(hostnames[:3]) + (
+        f" and {len(hostnames) - 3} more" if len(hostnames) > 3 else ""
+    )
+    whose = f"app {app_name}" if app_name else f"router {router_id}'s default"
+    date = time.strftime("%Y-%m-%d", time.gmtime(not_after))
+    if days < 0:
+        return f"certificate for {names} ({whose}) expired on {date}"
+    whole = int(days)
+    when = "in under a day" if whole == 0 else f"in {whole} day{'s' if whole != 1 else ''}"
+    return f"certificate for {names} ({whose}) expires {when} ({date})"

@@ -38,6 +38,10 @@ class MonitorSettings(Settings, frozen=True, kw_only=True):
     monitor_backup_grace: Positive = 3600.0
     # A host the scheduler has not heard from for this long is not answering.
     monitor_host_silence: Positive = 120.0
+    # A router's certificate ending within this many days is an alert (critical within 3):
+    # the router's CA renews its own with half of their life left (15 days of 30), ACME's
+    # 30 days ahead, so one that gets this close is one whose renewal is failing.
+    monitor_cert_warn_days: Positive = 14.0
     # The services expected to answer (comma-separated); "": every service of the platform.
     monitor_expect: str = ""
     # Alerts resolved longer ago than this are forgotten.

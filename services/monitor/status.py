@@ -22,6 +22,11 @@ import structlog
 
 from slipway.contracts import backup as bc
 from slipway.contracts import disk, subjects
+from slipway.contracts.router import (
+    ROUTER_CERTS_LIST,
+    ListRouterCertificates,
+    RouterCertificate,
+)
 from slipway.contracts.scheduler import HOSTS_LIST, HostInfo, ListHosts
 from slipway.libs.bus import Bus
 from slipway.libs.natsauth import STREAMS
@@ -30,6 +35,7 @@ log = structlog.get_logger("slipway.monitor.status")
 
 _JS_API = "$JS.API"
 CALL_TIMEOUT = 2.0  # a source slower than this is unread this pass, not a stalled pass
+CERTIFICATES_PER_ROUTER = 500  # the soonest to expire: the ones an alert can be about
 _readings = msgspec.json.Decoder(disk.DiskReadings)
 
 
@@ -63,6 +69,7 @@ class Seen:
     hosts: list[HostInfo] = field(default_factory=list)
     disks: list[tuple[disk.DiskReadings, disk.DiskReading]] = field(default_factory=list)
     backups: list[bc.DatabaseHealth] = field(default_factory=list)
+    certificates: list[tuple[str, RouterCertificate]] = field(default_factory=list)  # router
     unread: dict[str, str] = field(default_factory=dict)  # source -> why
 
 
@@ -106,6 +113,7 @@ class Looker:
             "consumers": self._consumers(seen),
             "hosts": self._hosts(seen),
             "backups": self._backups(seen),
+            "certificates": self._certificates(seen),
         }
         results = await asyncio.gather(*sources.values(), return_exceptions=True)
         for name, result in zip(sources, results, strict=True):
@@ -199,6 +207,21 @@ class Looker:
             raise RuntimeError("; ".join(f"{k}: {v}" for k, v in gathered.errors.items()))
         for answer in gathered.replies.values():
             seen.backups += answer.databases
+
+    async def _certificates(self, seen: Seen) -> None:
+        gathered = await self.bus.gather(
+            ROUTER_CERTS_LIST,
+            ListRouterCertificates(limit=CERTIFICATES_PER_ROUTER),
+            timeout=CALL_TIMEOUT,
+        )
+        if gathered.errors:
+            raise RuntimeError("; ".join(f"{k}: {v}" for k, v in gathered.errors.items()))
+        if not gathered.replies:
+            # No router answered: that is not "no certificate expires" (service_down says
+            # why network-wirer is silent); an alert already firing stays.
+            raise RuntimeError("no router answered")
+        for answer in gathered.replies.values():
+            seen.certificates += [(answer.router_id, c) for c in answer.certificates]
 
 
 def started_at(text: str) -> float | None:

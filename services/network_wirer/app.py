@@ -35,6 +35,7 @@ from slipway.contracts.logs import RouterAccess, router_subject
 from slipway.contracts.router import (
     DOMAIN_ADDED,
     DOMAIN_REMOVED,
+    ROUTER_CERTS_LIST,
     ROUTER_METRICS_GET,
     UPTIME_GET,
     AppRouterMetrics,
@@ -42,15 +43,17 @@ from slipway.contracts.router import (
     DomainRemoved,
     GetRouterMetrics,
     GetUptime,
+    ListRouterCertificates,
+    RouterCertificateList,
     Uptime,
 )
 from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
 from slipway.contracts.subjects import Service
 from slipway.libs import diskwatch
-from slipway.libs.bus import Bus
+from slipway.libs.bus import Bus, context
 from slipway.libs.haproxy import AccessRecord, HAProxyServer, LogReceiver
 from slipway.libs.service import Key, ServiceApp
-from slipway.services.network_wirer import certs, snapshot
+from slipway.services.network_wirer import certs, inventory, snapshot
 from slipway.services.network_wirer.acme import AcmeManager, AcmeSettings
 from slipway.services.network_wirer.ca import RouterCA, legacy_caddy_storage
 from slipway.services.network_wirer.haproxy.access import AccessJoiner
@@ -71,6 +74,7 @@ log = structlog.get_logger("slipway.network_wirer")
 WIRER = Key("wirer", Wirer)
 UPTIME = Key("uptime", UptimeStore)
 PROBER = Key("prober", Prober)
+ACME = Key("acme", AcmeManager)
 ACCESS_BACKLOG = 10_000  # access lines waiting for NATS; beyond, dropped and counted
 
 
@@ -159,6 +163,7 @@ def create_service(settings: WirerSettings) -> ServiceApp:
             options,
             settings.base_domain,
             acme_serves_domains=settings.router_tls_issuer == "acme",
+            valid=settings.router_cert_valid,
         )
         certificates.ensure_default()  # before HAProxy first loads our configuration
         joiner = AccessJoiner(probe_digest=marker_digest(marker))
@@ -188,7 +193,8 @@ def create_service(settings: WirerSettings) -> ServiceApp:
         tasks = [asyncio.create_task(wirer.run(), name="network-wirer:reconcile")]
         await wirer.refresh()  # the first full pass, before any event is taken
         if settings.router_tls_issuer == "acme":
-            tasks.append(asyncio.create_task(_acme(settings, state, reconciler, wirer)))
+            manager = service[ACME] = _acme_manager(settings, state, reconciler)
+            tasks.append(asyncio.create_task(_acme(settings, manager, wirer)))
         try:
             yield
         finally:
@@ -243,6 +249,21 @@ def create_service(settings: WirerSettings) -> ServiceApp:
             return AppRouterMetrics(app_id=request.app_id, enabled=False)
         return router_metrics.snapshot(request.app_id)
 
+    @service.rpc(ROUTER_CERTS_LIST)
+    async def certs_list(request: ListRouterCertificates) -> RouterCertificateList:
+        context.require_caller(ROUTER_CERTS_LIST)
+        wirer = service[WIRER]
+        manager = service.get(ACME)
+        found = inventory.served(
+            wirer.snapshot.routes,
+            wirer.certificates,
+            manager.expiry if manager is not None else None,
+        )
+        limit = min(max(request.limit, 1), inventory.MAX_LIMIT)
+        return RouterCertificateList(
+            router_id=settings.router_id, certificates=found[:limit], total=len(found)
+        )
+
     certs.install(service, ca)
     routes = f"routes-{settings.router_id}"  # ConsumerSpec.durable_purpose, per router
 
@@ -286,10 +307,9 @@ def create_service(settings: WirerSettings) -> ServiceApp:
     return service
 
 
-async def _acme(settings: WirerSettings, state: Path, reconciler: Reconciler, wirer: Wirer) -> None:
-    """Certificates for custom domains from the ACME directory, renewed as they come due."""
+def _acme_manager(settings: WirerSettings, state: Path, reconciler: Reconciler) -> AcmeManager:
     bundle = Path(settings.router_acme_ca_bundle) if settings.router_acme_ca_bundle else None
-    manager = AcmeManager(
+    return AcmeManager(
         AcmeSettings(
             directory_url=settings.router_acme_directory,
             state_dir=state,
@@ -298,5 +318,9 @@ async def _acme(settings: WirerSettings, state: Path, reconciler: Reconciler, wi
         ),
         reconciler,
     )
+
+
+async def _acme(settings: WirerSettings, manager: AcmeManager, wirer: Wirer) -> None:
+    """Certificates for custom domains from the ACME directory, renewed as they come due."""
     await manager.reinstall()
     await manager.run(lambda: custom_domains(wirer.snapshot.routes, settings.base_domain))

@@ -4,7 +4,7 @@ custom domains until (or unless) ACME issues theirs, with no Caddy involved.
     ca = RouterCA.load_or_create(state_dir, caddy_storage=legacy_caddy_storage(home))
     leaf = ca.issue(["myapp.localhost"])        # chain + key, for install_certificate
     cert = ca.sign(csr.public_key(), ["postgresql-x"])  # a key kept elsewhere (certs.py)
-    if needs_renewal(leaf.certificate, now): …  # a third of its life left
+    if needs_renewal(leaf.certificate, now): …  # half of its life left
 
 The root is ECDSA P-256: what every browser and libpq (OpenSSL) accept, and what Caddy's
 internal CA already is. It is made at the first start, its key 0600 in a 0700 folder of
@@ -14,9 +14,10 @@ router changes: the PostgreSQL add-ons' server certificates (certs.py) and the r
 customers were told to trust. Once adopted the copy is the CA; Caddy's storage is never
 read again.
 
-Leaves are short-lived (30 days, renewed with a third left), signed by the root directly,
-their names checked as plain DNS names: at least two labels, a wildcard only above two
-(`*.apps.example.com`, never `*.localhost`, which clients refuse).
+Leaves are short-lived (`LEAF_VALID`, 30 days, unless SLIPWAY_ROUTER_CERT_DAYS says
+otherwise; renewed with half of it left), signed by the root directly, their names checked as
+plain DNS names: at least two labels, a wildcard only above two (`*.apps.example.com`,
+never `*.localhost`, which clients refuse).
 """
 
 from __future__ import annotations
@@ -119,9 +120,12 @@ class Leaf:
 
 
 def needs_renewal(certificate: x509.Certificate, now: datetime.datetime) -> bool:
-    """True once a third of the certificate's life is left (or it has expired)."""
+    """True once half of the certificate's life is left (or it has expired).
+
+    Half, not a third: the monitor warns of a certificate ending within 14 days, so a 30-day
+    leaf is renewed at 15 days left and only one whose renewal fails ever reaches the mark."""
     life = certificate.not_valid_after_utc - certificate.not_valid_before_utc
-    return certificate.not_valid_after_utc - now < life / 3
+    return certificate.not_valid_after_utc - now < life / 2
 
 
 @dataclass(frozen=True)

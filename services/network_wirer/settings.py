@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
+from typing import Annotated
+
+import msgspec
 
 from slipway.libs.haproxy import RouterPorts
 from slipway.libs.service import Settings
@@ -31,6 +35,10 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
     # it accepts again. 0: no checks; a refused connection is still retried on another dyno.
     router_check_interval: float = 5.0
     router_tls_issuer: str = "internal"  # "acme": custom domains get certificates by ACME
+    # The life of each certificate the router's own CA issues (renewed with half of it left).
+    # At most a year: browsers refuse longer-lived server certificates from public CAs, and a
+    # private one gains nothing by more.
+    router_cert_days: Annotated[int, msgspec.Meta(ge=1, le=365)] = 30
     router_acme_email: str = ""
     router_acme_directory: str = ""  # the CA's ACME directory URL (required for "acme")
     router_acme_ca_bundle: str = ""  # verifies the directory's TLS; "": the system's bundle
@@ -53,6 +61,10 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
     @property
     def haproxy_dir(self) -> Path:
         return Path(self.haproxy_data or Path(self.home) / "haproxy").resolve()
+
+    @property
+    def router_cert_valid(self) -> datetime.timedelta:
+        return datetime.timedelta(days=self.router_cert_days)
 
     @property
     def ports(self) -> RouterPorts:

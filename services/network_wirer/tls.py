@@ -12,10 +12,11 @@ through its runtime API: issued, renewed and removed without a reload.
   listed in the crt-list, where HAProxy reads the names that select it from the
   certificate itself.
 
-Leaves live 30 days and are renewed with a third left; an app's certificate is issued
-again when its hosts change and removed with the app. A pass issues at most `BATCH`
-certificates so that routing never waits on TLS (a new app's HTTPS follows its HTTP by a
-pass or two); `Progress.remaining` tells the wirer to run another pass soon.
+Leaves live `SLIPWAY_ROUTER_CERT_DAYS` (30) and are renewed with half of that left; an
+app's certificate is issued again when its hosts change and removed with the app. A pass
+issues at most `BATCH` certificates so that routing never waits on TLS (a new app's HTTPS
+follows its HTTP by a pass or two); `Progress.remaining` tells the wirer to run another
+pass soon.
 """
 
 from __future__ import annotations
@@ -102,8 +103,10 @@ class RouterCertificates:
         base_domain: str,
         *,
         acme_serves_domains: bool = False,
+        valid: datetime.timedelta = LEAF_VALID,
     ) -> None:
         self.ca = ca
+        self.valid = valid  # each leaf's life; renewed with half of it left
         self.options = options
         self.base_domain = base_domain.lower()
         self.acme_serves_domains = acme_serves_domains
@@ -129,10 +132,17 @@ class RouterCertificates:
             certificate = x509.load_pem_x509_certificate(path.read_bytes())
             if not needs_renewal(certificate, self._now()):
                 return None
-        leaf = self.ca.issue(self.defaults)
+        leaf = self.ca.issue(self.defaults, valid=self.valid)
         write_private(path, leaf.pem.encode())
         log.info("tls.default_issued", names=self.defaults)
         return leaf
+
+    def default(self) -> Held | None:
+        """What the default certificate's file holds now (None: missing or unreadable)."""
+        try:
+            return _held(self.options.default_certificate.read_bytes())
+        except (FileNotFoundError, ValueError, x509.ExtensionNotFound):
+            return None
 
     async def renew_default(self, runtime: Runtime) -> None:
         """`ensure_default`, and a new one replaces the old in HAProxy's memory at once."""
@@ -186,13 +196,13 @@ class RouterCertificates:
             for name, names in sorted(wanted.items())
             if name not in self.held
             or self.held[name].names != names
-            or self.held[name].not_after - now < LEAF_VALID / 3  # ca.needs_renewal's rule
+            or self.held[name].not_after - now < self.valid / 2  # ca.needs_renewal's rule
         ]
         gone = sorted(set(self.held) - set(wanted))
         progress.remaining = max(len(due) - BATCH, 0)
         issued: dict[str, Leaf] = {}
         for name in due[:BATCH]:
-            leaf = self.ca.issue(wanted[name])
+            leaf = self.ca.issue(wanted[name], valid=self.valid)
             write_private(self.folder / name, leaf.pem.encode())
             issued[name] = leaf
         crt_list = self.options.crt_list

@@ -7,6 +7,7 @@ import time
 import msgspec
 
 from slipway.contracts.backup import DatabaseHealth
+from slipway.contracts.router import RouterCertificate
 from slipway.contracts.scheduler import HostInfo
 from slipway.services.monitor.health import Judge
 from slipway.services.monitor.settings import MonitorSettings
@@ -115,3 +116,87 @@ def test_an_unread_source_makes_the_status_yellow_and_says_why() -> None:
     )  # fmt: skip
     assert status.health == "yellow"
     assert status.problems == ["could not read hosts: no scheduler instance is serving hosts.list"]
+
+
+DAY = 86400.0
+
+
+def certificate(host: str, days: float, app: str = "shop") -> tuple[str, RouterCertificate]:
+    """A certificate of router "local" for `host` (and the app's own host), `days` from NOW."""
+    return "local", RouterCertificate(
+        hostnames=[host, f"{app}.localhost"],
+        app_id="app-1",
+        app_name=app,
+        not_after=NOW + days * DAY,
+    )
+
+
+def certificate_pass(*certificates: tuple[str, RouterCertificate]) -> Seen:
+    return Seen(
+        at=NOW,
+        instances=[instance("keyring"), instance("builder")],
+        certificates=list(certificates),
+    )
+
+
+def test_a_certificate_ending_in_20_days_is_no_alert() -> None:
+    """Past the 14-day mark: green, listed, no condition."""
+    status, conditions = judge().judge(certificate_pass(certificate("www.example.com", 20)))
+    assert conditions == []
+    assert status.health == "green"
+    [listed] = status.certificates
+    assert (listed.hostnames[0], listed.health, listed.days_left) == (
+        "www.example.com",
+        "green",
+        20,
+    )
+
+
+def test_a_certificate_ending_in_5_days_is_a_warning() -> None:
+    """Within monitor_cert_warn_days (14): certificate_expiring, warning, the date in its line."""
+    status, conditions = judge().judge(certificate_pass(certificate("www.example.com", 5.01)))
+    [condition] = conditions
+    assert (condition.key, condition.kind, condition.severity, condition.source) == (
+        "certificate:www.example.com",
+        "certificate_expiring",
+        "warning",
+        "certificates",
+    )
+    date = time.strftime("%Y-%m-%d", time.gmtime(NOW + 5.01 * DAY))
+    assert condition.summary == (
+        f"certificate for www.example.com, shop.localhost (app shop) expires in 5 days ({date})"
+    )
+    assert status.health == "yellow"
+    assert status.certificates[0].health == "yellow"
+
+
+def test_a_certificate_ending_in_1_day_or_expired_is_critical() -> None:
+    """Within 3 days: critical and red; one already past its end says it expired."""
+    status, conditions = judge().judge(
+        certificate_pass(certificate("a.example.com", 1), certificate("b.example.com", -2, "old"))
+    )
+    assert [(c.key, c.severity) for c in conditions] == [
+        ("certificate:b.example.com", "critical"),
+        ("certificate:a.example.com", "critical"),
+    ]
+    assert "expired on" in conditions[0].summary
+    assert "expires in 1 day (" in conditions[1].summary
+    assert status.health == "red"
+
+
+def test_the_warning_mark_is_the_operators_setting() -> None:
+    """monitor_cert_warn_days=30: a certificate 20 days from its end is a warning too."""
+    _, conditions = judge(monitor_cert_warn_days=30).judge(
+        certificate_pass(certificate("www.example.com", 20))
+    )
+    assert [c.severity for c in conditions] == ["warning"]
+
+
+def test_two_routers_holding_one_name_make_one_alert_about_the_sooner() -> None:
+    """Each router has its own copy: one condition per name, the copy ending first."""
+    late = certificate("www.example.com", 10)
+    soon = ("edge", msgspec.structs.replace(late[1], not_after=NOW + 2 * DAY))
+    status, conditions = judge().judge(certificate_pass(late, soon))
+    [condition] = conditions
+    assert condition.severity == "critical" and "expires in 2 days" in condition.summary
+    assert [c.router_id for c in status.certificates] == ["edge", "local"]

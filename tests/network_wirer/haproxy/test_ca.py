@@ -102,15 +102,16 @@ async def test_leaf_served_by_haproxy_verifies_against_the_root(
     assert haproxy.reconciler.reloads == 0
 
 
-def test_leaves_are_short_lived_and_renewed_with_a_third_left(tmp_path: Path) -> None:
-    """30 days, never beyond the root; due for renewal once fewer than 10 days remain."""
+def test_leaves_are_short_lived_and_renewed_with_half_left(tmp_path: Path) -> None:
+    """30 days, never beyond the root; due for renewal once fewer than 15 days remain (the
+    monitor warns from 14: a renewed certificate never reaches its mark)."""
     ca = RouterCA.load_or_create(tmp_path, now=NOW)
     leaf = ca.issue(["Shop.Example.COM", "*.apps.example.com"], now=NOW).certificate
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["*.apps.example.com", "shop.example.com"]
     assert leaf.not_valid_after_utc - NOW == datetime.timedelta(days=30)
-    assert not needs_renewal(leaf, NOW + datetime.timedelta(days=19))
-    assert needs_renewal(leaf, NOW + datetime.timedelta(days=21))
+    assert not needs_renewal(leaf, NOW + datetime.timedelta(days=14))
+    assert needs_renewal(leaf, NOW + datetime.timedelta(days=16))
 
 
 @pytest.mark.parametrize(
