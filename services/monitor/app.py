@@ -23,6 +23,7 @@ from slipway.contracts.monitor import PlatformStatus
 from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
 from slipway.contracts.subjects import Service
 from slipway.libs import diskwatch
+from slipway.libs.errors import disk_full
 from slipway.libs.service import Key, ServiceApp
 from slipway.libs.waits import wait_for_event
 from slipway.services.monitor import handlers, snapshot, webhooks
@@ -36,6 +37,9 @@ from slipway.services.monitor.store import MonitorStore
 log = structlog.get_logger("slipway.monitor")
 
 STORE = Key("monitor-store", MonitorStore)
+_UNRECORDED = (
+    "the monitor's disk is full: alerts can be neither recorded nor delivered until space is freed"
+)
 
 
 class Monitor:
@@ -63,7 +67,20 @@ class Monitor:
             if seen.disks == [] and "disks" not in unread:
                 # Readings arrive every disk interval: none yet is not "no disk is full".
                 unread["disks"] = "no readings yet"
-            await self.alerter.sync(conditions, apps, set(unread))
+            try:
+                await self.alerter.sync(conditions, apps, set(unread))
+            except Exception as exc:
+                if not disk_full(exc):
+                    raise
+                # The monitor's own disk is full (its state folder shares it with the rest):
+                # alerts cannot be recorded, so none can be told, but the status screen is a
+                # read and must still answer, saying what it could not do.
+                log.warning("monitor.alerts_unrecorded", error=repr(exc))
+                status = msgspec.structs.replace(
+                    status,
+                    health="red",
+                    problems=[*status.problems, _UNRECORDED],
+                )
             firing = [a for a in (await self.store.firing()).values() if a.scope == "platform"]
             self.latest = status = msgspec.structs.replace(status, alerts=firing)
             return status

@@ -9,17 +9,12 @@ in the app's log as `heroku[alert]`, and each resolves once its cause is gone.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -36,6 +31,7 @@ from tests.e2e.supervised import (
     with_text,
 )
 from tests.e2e.test_walkthrough import push, remove_docker_leftovers
+from tests.e2e.webhookreceiver import Receiver, receiving
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,52 +39,10 @@ APP = "alerty"
 SECRET = "alert-secret-" + "x" * 20
 
 
-class Receiver(ThreadingHTTPServer):
-    """Records every POST whose signature checks out; others are counted as forged."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.posts: list[dict[str, Any]] = []
-        self.bad_signatures = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hooks"
-
-    def alerts(self, kind: str, action: str) -> list[dict[str, Any]]:
-        return [
-            p
-            for p in self.posts
-            if p.get("action") == action and p.get("data", {}).get("kind") == kind
-        ]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: Receiver
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        sent = self.headers.get("Heroku-Webhook-Hmac-SHA256", "")
-        expected = base64.b64encode(hmac.new(SECRET.encode(), body, hashlib.sha256).digest())
-        if hmac.compare_digest(sent.encode(), expected):
-            self.server.posts.append(json.loads(body))
-        else:
-            self.server.bad_signatures += 1
-        self.send_response(204)
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with receiving(SECRET) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
