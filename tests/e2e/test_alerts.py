@@ -141,3 +141,30 @@ def platform_status(platform: Platform) -> dict[str, Any]:
     status: dict[str, Any] = json.loads(done.stdout)
     assert done.returncode == (1 if status["health"] == "red" else 0), done.stderr
     return status
+
+
+@pytest.mark.timeout(600)
+def test_a_slow_app_fires_its_p95_rule_and_resolves_once_fast_again(
+    platform: Platform, receiver: Receiver
+) -> None:
+    """Answers made 400 ms slow: p95_ms > 200 fires to the app's webhook; made fast, it resolves."""
+    app, host = "slowpoke", "slowpoke.localhost"
+    platform.cli("apps:create", app)
+    push(platform, app, "python-hello")
+    wait_for(lambda: answered(platform, host), 90, "the app via the router")
+    platform.cli("webhooks:add", "-a", app, "-u", receiver.url, "-i", "alert", "-s", SECRET)
+    platform.cli("config:set", "-a", app, "HELLO_DELAY_MS=400", timeout=300)
+    platform.cli("alerts:add", "p95_ms", "200", "--window", "1", "-a", app)
+
+    def fired_under_load(action: str) -> list[dict[str, Any]]:
+        for _ in range(3):  # the traffic the rule measures: a few requests per check
+            platform.get(host)
+        return [a for a in receiver.alerts("p95_ms", action) if a["data"]["app_name"] == app]
+
+    fired = wait_for(lambda: fired_under_load("fire"), 180, "the p95 alert at the webhook")[0]
+    assert fired["data"]["value"] > 200 and fired["data"]["threshold"] == 200, fired
+    assert "p95 response time" in fired["data"]["summary"], fired
+    # Fast again: once the window holds only fast answers, the alert resolves.
+    platform.cli("config:unset", "-a", app, "HELLO_DELAY_MS", timeout=300)
+    wait_for(lambda: fired_under_load("resolve"), 240, "the p95 alert resolved")
+    assert receiver.bad_signatures == 0
