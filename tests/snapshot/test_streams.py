@@ -32,6 +32,7 @@ GC = subjects.durable(Service.REGISTRY_PROXY, "gc")
 LOGS = subjects.durable(Service.LOG_SHIPPER, "platform")
 BUILDER = subjects.durable(Service.BUILDER, "cmd")
 GATEWAY_BUILDS = subjects.durable(Service.GATEWAY, "builds")
+WEBHOOKS = subjects.durable(Service.MONITOR, "webhooks")
 
 
 @pytest.fixture
@@ -82,6 +83,7 @@ async def _platform_in_flight(nc: NatsClient) -> None:
         )
     await _take(js, subjects.STREAM_CMD, BUILDER, 1, acked=1)  # c1 done
     await _take(js, subjects.STREAM_EVT, GATEWAY_BUILDS, 1, acked=1)  # b1 done
+    await _take(js, subjects.STREAM_EVT, WEBHOOKS, 6, acked=6)  # b1's other reader, done too
     await _take(js, subjects.STREAM_EVT, SCHEDULER, 3, acked=2)  # r3 delivered, not acked
     await _take(js, subjects.STREAM_EVT, GC, 5, acked=5)  # all of them done
 
