@@ -198,6 +198,9 @@ async def test_a_dyno_past_twice_its_quota_logs_r15_and_is_restarted(
         lines = await app_log(cluster, app)
         texts = [e.text for e in lines if e.source == "heroku" and e.dyno == "worker.1"]
         assert sc.R15_TEXT in texts, texts
+        # The record's restart count moves before the "Restarting" line reaches the
+        # app's log (two paths), so wait for both.
+        assert "Restarting" in texts[texts.index(sc.R15_TEXT) :], texts
         (dyno,) = await cluster.dynos(app)
         assert dyno.restart_count >= 1, dyno
         return lines
