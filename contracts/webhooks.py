@@ -33,7 +33,7 @@ AttemptStatus = Literal["scheduled", "succeeded", "failed"]
 PLATFORM = ""
 
 # The entities Slipway delivers (Heroku's names, plus its own `alert`: an app's or the
-# platform's alert fired or resolved, actions "fire" and "resolve").
+# platform's alert fired, escalated or resolved: actions "fire", "escalate", "resolve").
 INCLUDES: tuple[str, ...] = ("api:build", "api:release", "dyno", "alert")
 # What the operator's webhooks can subscribe to: the platform has no builds or releases.
 PLATFORM_INCLUDES: tuple[str, ...] = ("alert",)

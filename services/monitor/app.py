@@ -12,18 +12,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import structlog
 from nats.aio.msg import Msg
 
 from slipway.contracts import disk
-from slipway.contracts.gateway import APP_DESTROYED, AppDestroyed
+from slipway.contracts.gateway import APP_DESTROYED, TEAM_SHREDDED, AppDestroyed, TeamShredded
 from slipway.contracts.monitor import PlatformStatus
 from slipway.contracts.scheduler import DYNO_CHANGED, DynoChanged
 from slipway.contracts.subjects import Service
 from slipway.libs import diskwatch
-from slipway.libs.errors import disk_full
 from slipway.libs.service import Key, ServiceApp
 from slipway.libs.waits import wait_for_event
 from slipway.services.monitor import handlers, snapshot, webhooks
@@ -37,9 +37,13 @@ from slipway.services.monitor.store import MonitorStore
 log = structlog.get_logger("slipway.monitor")
 
 STORE = Key("monitor-store", MonitorStore)
-_UNRECORDED = (
-    "the monitor's disk is full: alerts can be neither recorded nor delivered until space is freed"
-)
+
+
+def _unrecorded(held: int) -> str:
+    return (
+        f"the monitor's disk is full: {held} alert change(s) told from memory, recorded once"
+        " space is freed"
+    )
 
 
 class Monitor:
@@ -58,7 +62,7 @@ class Monitor:
         self._lock = asyncio.Lock()
 
     async def run_pass(self) -> PlatformStatus:
-        """One look at everything, judged; alerts fired, resolved and told."""
+        """One look at everything, judged; alerts fired, escalated, resolved (told by `loop`)."""
         async with self._lock:
             seen = await self.looker.look()
             status, conditions = self.judge.judge(seen)
@@ -67,21 +71,16 @@ class Monitor:
             if seen.disks == [] and "disks" not in unread:
                 # Readings arrive every disk interval: none yet is not "no disk is full".
                 unread["disks"] = "no readings yet"
-            try:
-                await self.alerter.sync(conditions, apps, set(unread))
-            except Exception as exc:
-                if not disk_full(exc):
-                    raise
+            await self.alerter.sync(conditions, apps, set(unread))
+            if self.alerter.held:
                 # The monitor's own disk is full (its state folder shares it with the rest):
-                # alerts cannot be recorded, so none can be told, but the status screen is a
-                # read and must still answer, saying what it could not do.
-                log.warning("monitor.alerts_unrecorded", error=repr(exc))
+                # the alerts are told from memory, and the screen says why they are not kept.
                 status = msgspec.structs.replace(
                     status,
                     health="red",
-                    problems=[*status.problems, _UNRECORDED],
+                    problems=[*status.problems, _unrecorded(self.alerter.held)],
                 )
-            firing = [a for a in (await self.store.firing()).values() if a.scope == "platform"]
+            firing = [a for a in (await self.alerter.firing()).values() if a.scope == "platform"]
             self.latest = status = msgspec.structs.replace(status, alerts=firing)
             return status
 
@@ -98,6 +97,9 @@ class Monitor:
         while True:
             try:
                 await self.run_pass()
+                # Outside the pass's lock: telling may wait on a bus or a keyring that is
+                # down, and the status screen must not wait with it.
+                await self.alerter.announce()
                 await self.store.forget_resolved(time.time() - retention)
                 await self.store.forget_crashes(time.time() - 2 * 3600)  # windows are <= 1 h
             except Exception:
@@ -129,7 +131,14 @@ def create_service(settings: MonitorSettings) -> ServiceApp:
 
         subscription = await service.bus.nc.subscribe(disk.READINGS.filter, cb=on_readings)
         looker = Looker(service.bus, disks, discovery_wait=settings.monitor_discovery_wait)
-        alerter = Alerter(store, service.bus, notify=service[webhooks.WEBHOOKS].notify)
+        hooks = service[webhooks.WEBHOOKS]
+
+        async def notify(
+            app_id: str, include: str, action: str, data: dict[str, Any], event_id: str
+        ) -> None:
+            await hooks.notify(app_id, include, action, data, event_id=event_id)
+
+        alerter = Alerter(store, service.bus, notify=notify)
         monitor = Monitor(settings, store, looker, alerter)
         service[MONITOR] = monitor
         task = asyncio.create_task(monitor.loop(service.stopping), name="monitor-passes")
@@ -154,6 +163,10 @@ def create_service(settings: MonitorSettings) -> ServiceApp:
     @service.event("dynos", APP_DESTROYED)
     async def app_destroyed(event: AppDestroyed) -> None:
         await service[STORE].app_destroyed(event.event_id, event.app_id)
+
+    @service.event("dynos", TEAM_SHREDDED)
+    async def team_shredded(event: TeamShredded) -> None:
+        await service[STORE].team_shredded(event.event_id, event.team_id)
 
     handlers.register(service)
     service.snapshot_sources = snapshot.sources(settings)

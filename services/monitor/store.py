@@ -63,6 +63,8 @@ MIGRATIONS = (
     );
     CREATE INDEX crashes_app ON crashes (app_id, at);
     """,
+    # The severity last told: an alert that escalates while firing is told again.
+    "ALTER TABLE alerts ADD COLUMN told_severity TEXT NOT NULL DEFAULT '';",
 )
 
 _ALERT_COLUMNS = (
@@ -179,19 +181,29 @@ class MonitorStore:
         )
         return {row["key"]: _alert(row) for row in rows}
 
-    async def fire(self, alert: Alert) -> bool:
-        """Record a new firing alert; False when one with its key is firing already."""
+    async def put(self, alert: Alert, *, told: bool = False) -> None:
+        """Record `alert` as it is now: a new one, or a change of one (by its id).
+
+        `told`: this state was told already (while the disk was full), do not tell it again.
+        """
+        announced = alert.state if told else ""
+        told_severity = alert.severity if told else ""
         async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                f"INSERT OR IGNORE INTO alerts ({_ALERT_COLUMNS})"  # noqa: S608 (constant)
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            await conn.execute(
+                f"INSERT INTO alerts ({_ALERT_COLUMNS}, announced, told_severity)"  # noqa: S608
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET"
+                " severity=excluded.severity, state=excluded.state, summary=excluded.summary,"
+                " value=excluded.value, threshold=excluded.threshold,"
+                " resolved_at=excluded.resolved_at,"
+                " announced=CASE WHEN ? THEN excluded.announced ELSE announced END,"
+                " told_severity=CASE WHEN ? THEN excluded.told_severity ELSE told_severity END",
                 (
                     alert.id,
                     alert.key,
                     alert.scope,
                     alert.kind,
                     alert.severity,
-                    "firing",
+                    alert.state,
                     alert.summary,
                     alert.app_id,
                     alert.app_name,
@@ -200,30 +212,31 @@ class MonitorStore:
                     alert.value,
                     alert.threshold,
                     alert.started_at,
-                    None,
+                    alert.resolved_at,
+                    announced,
+                    told_severity,
+                    int(told),
+                    int(told),
                 ),
             )
-            return cursor.rowcount == 1
 
-    async def resolve(self, alert_id: str, at: float) -> bool:
-        async with self.db.transaction() as conn:
-            cursor = await conn.execute(
-                "UPDATE alerts SET state='resolved', resolved_at=? WHERE id=? AND state='firing'",
-                (at, alert_id),
-            )
-            return cursor.rowcount == 1
-
-    async def unannounced(self) -> list[Alert]:
-        """Alerts whose last change has not been told yet, oldest first."""
+    async def unannounced(self) -> list[tuple[Alert, str]]:
+        """Alerts whose last change has not been told yet, oldest first, with the severity
+        told before ("" when none was): a firing alert told at a lower one escalated."""
         rows = await self.db.fetchall(
-            f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE announced != state"  # noqa: S608
+            f"SELECT {_ALERT_COLUMNS}, told_severity FROM alerts"  # noqa: S608 (constant)
+            " WHERE announced != state"
+            " OR (state='firing' AND told_severity NOT IN ('', severity))"
             " ORDER BY COALESCE(resolved_at, started_at)"
         )
-        return [_alert(r) for r in rows]
+        return [(_alert(r), r["told_severity"]) for r in rows]
 
     async def announced(self, alert: Alert) -> None:
         async with self.db.transaction() as conn:
-            await conn.execute("UPDATE alerts SET announced=? WHERE id=?", (alert.state, alert.id))
+            await conn.execute(
+                "UPDATE alerts SET announced=?, told_severity=? WHERE id=?",
+                (alert.state, alert.severity, alert.id),
+            )
 
     async def alerts(self, *, app_id: str, limit: int) -> list[Alert]:
         """An app's alerts ("": the platform's), firing first, then the newest."""
@@ -274,3 +287,11 @@ class MonitorStore:
                 " WHERE app_id=? AND state='firing'",
                 (time.time(), app_id),
             )
+
+    async def team_shredded(self, event_id: str, team_id: str) -> None:
+        """The team's key was destroyed: its rules and alerts (summaries name its apps) go."""
+        async with self.db.transaction() as conn:
+            if not await claim(conn, event_id):
+                return
+            await conn.execute("DELETE FROM rules WHERE team_id=?", (team_id,))
+            await conn.execute("DELETE FROM alerts WHERE team_id=? AND scope='app'", (team_id,))

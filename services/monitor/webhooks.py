@@ -12,7 +12,7 @@ Entities delivered (Heroku's `include` names, plus Slipway's own):
     api:build    update   a build finished, succeeded or failed (BUILD_FINISHED)
     dyno         create / update / destroy   a dyno started, changed state, went away
                           (DYNO_CHANGED)
-    alert        fire / resolve   an app's or the platform's alert (the monitor's evaluator)
+    alert        fire / escalate / resolve   an app's or the platform's alert (the monitor)
 
 A webhook's URL, signing secret and Authorization value are sealed together at rest
 (libs/crypto/envelope, purpose LOGS, bound to team/app/"webhook"/id) and opened into
@@ -40,7 +40,7 @@ import secrets
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Annotated, Any
 
 import msgspec
@@ -51,11 +51,19 @@ from slipway.contracts import webhooks as wh
 from slipway.contracts.keyring import Purpose
 from slipway.libs import egress
 from slipway.libs.crypto import Binding, envelope
-from slipway.libs.errors import InvalidRequest, NotFound
+from slipway.libs.errors import InvalidRequest, NotFound, disk_full
 from slipway.libs.service import Key, ServiceApp, Settings, load_settings
 from slipway.libs.storage import Database, claim
 from slipway.services.monitor import webhookstore as store
-from slipway.services.monitor.delivery import DeliveryLoop, Policy, Target, iso
+from slipway.services.monitor.delivery import (
+    DeliveryLoop,
+    Policy,
+    Target,
+    attempt,
+    backoff_delay,
+    iso,
+    render,
+)
 from slipway.services.monitor.settings import MonitorSettings
 from slipway.services.monitor.webhookentities import (
     PLATFORM_ACTOR,
@@ -117,6 +125,17 @@ class Webhooks:
         self.loop = DeliveryLoop(db, self.policy, self._target)
         # Opened targets, by webhook id: plaintext in memory only, dropped on change.
         self._targets: dict[str, Target] = {}
+        # Events sent from memory while the disk was full (notify), and their sends.
+        self._sent_unrecorded: set[str] = set()
+        self._unrecorded: set[asyncio.Task[None]] = set()
+
+    async def stop(self) -> None:
+        """Stop the delivery loop's attempts and any sends from memory."""
+        tasks = list(self._unrecorded)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.loop.stop()
 
     # ---- events -------------------------------------------------------------------------
 
@@ -156,12 +175,76 @@ class Webhooks:
             created_at=now,
         )
         row.payload["id"] = row.id
-        async with self.db.transaction() as conn:
-            if event_id and not await claim(conn, event_id):
-                return
-            pairs = [(str(uuid.uuid4()), h.id) for h in hooks]
-            await store.add_event(conn, row, pairs)
+        if event_id and event_id in self._sent_unrecorded:
+            return
+        pairs = [(str(uuid.uuid4()), h.id) for h in hooks]
+        try:
+            async with self.db.transaction() as conn:
+                if event_id and not await claim(conn, event_id):
+                    return
+                await store.add_event(conn, row, pairs)
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            # The monitor's disk is full: the event cannot be recorded, yet an alert about
+            # that very disk is what the receivers most need. Send it from memory instead:
+            # retried with backoff while this process lives, listed in no delivery history.
+            log.warning("webhooks.unrecorded", event_id=row.id, include=include, hooks=len(hooks))
+            if event_id:
+                self._sent_unrecorded.add(event_id)
+            for delivery_id, hook in zip((d for d, _ in pairs), hooks, strict=True):
+                self._spawn(self._send_unrecorded(row, hook, delivery_id))
+            return
         self.loop.wake()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name="webhooks:unrecorded")
+        self._unrecorded.add(task)
+        task.add_done_callback(self._unrecorded.discard)
+
+    async def _send_unrecorded(
+        self, event: store.EventRow, hook: store.WebhookRow, delivery_id: str
+    ) -> None:
+        """Deliver one event to one webhook with nothing written to disk (see notify)."""
+        now = time.time()
+        row = store.DeliveryRow(
+            id=delivery_id,
+            app_id=event.app_id,
+            webhook_id=hook.id,
+            event_id=event.id,
+            status="pending",
+            num_attempts=0,
+            next_attempt_at=now,
+            last_attempt=None,
+            created_at=now,
+            updated_at=now,
+            include=event.include,
+            level=hook.level,
+        )
+        for failures in range(1, self.policy.max_attempts + 1):
+            try:
+                target = await self._target(hook.app_id, hook.id)
+            except Exception as exc:  # the keyring is not answering: wait, not counted
+                log.warning("webhooks.target_unopened", delivery=delivery_id, error=repr(exc))
+                target, outcome = None, None
+            else:
+                if target is None:
+                    return  # the webhook was removed meanwhile
+                sent_at = time.time()
+                body = render(event, row, str(uuid.uuid4()), sent_at)
+                outcome = await attempt(target, body, delivery_id, self.policy, sent_at)
+                log.info(
+                    "webhooks.unrecorded_attempt",
+                    delivery=delivery_id,
+                    webhook=hook.id,
+                    ok=outcome.ok,
+                    code=outcome.code,
+                    error_class=outcome.error_class,
+                    attempts=failures,
+                )
+                if outcome.ok or hook.level == "notify":
+                    return
+            await asyncio.sleep(backoff_delay(self.policy, failures))
 
     async def drop_app(self, app_id: str, event_id: str = "") -> None:
         """The app was destroyed: its webhooks, events and deliveries go."""
@@ -171,6 +254,15 @@ class Webhooks:
             if event_id and not await claim(conn, event_id):
                 return
             await store.drop_app(conn, app_id)
+
+    async def drop_team(self, team_id: str, event_id: str = "") -> None:
+        """The team's key was destroyed: its apps' webhooks, events and deliveries go."""
+        for hook in await store.webhooks_of_team(self.db, team_id):
+            self._targets.pop(hook.id, None)
+        async with self.db.transaction() as conn:
+            if event_id and not await claim(conn, event_id):
+                return
+            await store.drop_team(conn, team_id)
 
     # ---- subscriptions --------------------------------------------------------------------
 
@@ -476,7 +568,7 @@ def register(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await made.loop.stop()
+            await made.stop()
             await db.close()
 
     service.rpc(wh.WEBHOOK_CREATE)(lambda r: hooks().create(r))
@@ -515,6 +607,10 @@ def register(
     @service.event(CONSUMER, gateway.APP_DESTROYED)
     async def app_destroyed(evt: gateway.AppDestroyed) -> None:
         await hooks().drop_app(evt.app_id, evt.event_id)
+
+    @service.event(CONSUMER, gateway.TEAM_SHREDDED)
+    async def team_shredded(evt: gateway.TeamShredded) -> None:
+        await hooks().drop_team(evt.team_id, evt.event_id)
 
 
 async def _sweep(made: Webhooks, stopping: asyncio.Event) -> None:

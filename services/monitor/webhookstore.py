@@ -133,6 +133,14 @@ async def webhooks(db: Database, app_id: str | None = None) -> list[WebhookRow]:
     return [_webhook(r) for r in rows]
 
 
+async def webhooks_of_team(db: Database, team_id: str) -> list[WebhookRow]:
+    """A team's apps' webhooks (the operator's, app_id "", are no team's)."""
+    rows = await db.fetchall(
+        "SELECT * FROM webhooks WHERE team_id = ? AND app_id != ''", (team_id,)
+    )
+    return [_webhook(r) for r in rows]
+
+
 async def webhook(db: Database, app_id: str, webhook_id: str) -> WebhookRow | None:
     row = await db.fetchone(
         "SELECT * FROM webhooks WHERE app_id = ? AND id = ?", (app_id, webhook_id)
@@ -167,6 +175,15 @@ async def drop_app(conn: aiosqlite.Connection, app_id: str) -> None:
     await conn.execute("DELETE FROM deliveries WHERE app_id = ?", (app_id,))
     await conn.execute("DELETE FROM events WHERE app_id = ?", (app_id,))
     await conn.execute("DELETE FROM webhooks WHERE app_id = ?", (app_id,))
+
+
+async def drop_team(conn: aiosqlite.Connection, team_id: str) -> None:
+    """Forget a team's webhooks, their events and deliveries (the team's key was destroyed:
+    the sealed targets cannot be opened again, and the events' plain payloads must go)."""
+    apps = "SELECT DISTINCT app_id FROM webhooks WHERE team_id = ? AND app_id != ''"
+    await conn.execute(f"DELETE FROM deliveries WHERE app_id IN ({apps})", (team_id,))  # noqa: S608
+    await conn.execute(f"DELETE FROM events WHERE app_id IN ({apps})", (team_id,))  # noqa: S608
+    await conn.execute("DELETE FROM webhooks WHERE team_id = ? AND app_id != ''", (team_id,))
 
 
 async def add_event(
