@@ -26,6 +26,9 @@ class DiskReading(Message, tag="disk.reading.v1", frozen=True, kw_only=True):
     total_bytes: int
     free_bytes: int  # available to unprivileged writers (statvfs f_bavail)
     used_percent: float  # df's Use%: used / (used + available)
+    # Which file system holds the folder ("<host name>:<device>"): folders sharing one fill
+    # up together and make one alert. "" from a service that does not say.
+    filesystem: str = ""
 
 
 class DiskReadings(Message, tag="disk.readings.v1", frozen=True, kw_only=True):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -45,6 +46,7 @@ DOCKER_ROOT = "Docker's data root"
 def measure(label: str, path: Path | str) -> disk.DiskReading:
     """One folder's file system now; OSError when it cannot be read."""
     st = os.statvfs(path)
+    device = os.stat(path).st_dev
     total = st.f_blocks * st.f_frsize
     used = (st.f_blocks - st.f_bfree) * st.f_frsize
     available = st.f_bavail * st.f_frsize
@@ -57,6 +59,7 @@ def measure(label: str, path: Path | str) -> disk.DiskReading:
         total_bytes=total,
         free_bytes=available,
         used_percent=round(percent, 2),
+        filesystem=f"{socket.gethostname()}:{device}",
     )
 
 

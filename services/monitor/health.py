@@ -240,6 +240,8 @@ class Judge:
 
     def _disks(self, seen: Seen, conditions: list[Condition]) -> list[DiskStatus]:
         found: dict[str, DiskStatus] = {}
+        # Folders on one file system fill up together: one alert for them all.
+        systems: dict[str, str] = {}  # found's key -> its file system's
         mark = self.settings.monitor_disk_alert
         for readings, reading in seen.disks:
             health: Health = "green"
@@ -261,20 +263,33 @@ class Judge:
             key = f"{readings.instance}:{reading.path}"
             if key not in found or _RANK[health] > _RANK[found[key].health]:
                 found[key] = status
-        for status in found.values():
+                systems[key] = reading.filesystem or key
+        full: dict[str, list[DiskStatus]] = {}
+        for key, status in found.items():
             if status.used_percent >= mark:
-                conditions.append(
-                    Condition(
-                        key=f"disk:{status.instance}:{status.path}",
-                        kind="disk",
-                        severity="critical" if status.health == "red" else "warning",
-                        summary=f"{status.label} {status.path} ({status.service}) is"
-                        f" {status.used_percent:.0f} % full",
-                        source="disks",
-                        value=status.used_percent,
-                        threshold=mark,
-                    )
+                full.setdefault(systems[key], []).append(status)
+        for system, folders in full.items():
+            folders.sort(key=lambda d: (d.path, d.service))
+            worst = max(folders, key=lambda d: d.used_percent)
+            first = folders[0]
+            paths = {d.path for d in folders}
+            what = f"{first.label} {first.path} ({first.service})"
+            if len(paths) > 1:
+                more = len(paths) - 1
+                what += f" and {more} more folder{'s' if more > 1 else ''} on its file system are"
+            else:
+                what += " is"
+            conditions.append(
+                Condition(
+                    key=f"disk:{system}",
+                    kind="disk",
+                    severity="critical" if worst.health == "red" else "warning",
+                    summary=f"{what} {worst.used_percent:.0f} % full",
+                    source="disks",
+                    value=worst.used_percent,
+                    threshold=mark,
                 )
+            )
         return sorted(found.values(), key=lambda d: (d.path, d.service))
 
     def _backups(self, seen: Seen, conditions: list[Condition]) -> list[BackupStatus]:

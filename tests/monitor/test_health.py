@@ -6,6 +6,7 @@ import time
 
 import msgspec
 
+from slipway.contracts import disk
 from slipway.contracts.backup import DatabaseHealth
 from slipway.contracts.router import RouterCertificate
 from slipway.contracts.scheduler import HostInfo
@@ -200,3 +201,48 @@ def test_two_routers_holding_one_name_make_one_alert_about_the_sooner() -> None:
     [condition] = conditions
     assert condition.severity == "critical" and "expires in 2 days" in condition.summary
     assert [c.router_id for c in status.certificates] == ["edge", "local"]
+
+
+def _reading(
+    service: str, path: str, percent: float, filesystem: str
+) -> tuple[disk.DiskReadings, disk.DiskReading]:
+    reading = disk.DiskReading(
+        label="state folder",
+        path=path,
+        total_bytes=100,
+        free_bytes=int(100 - percent),
+        used_percent=percent,
+        filesystem=filesystem,
+    )
+    readings = disk.DiskReadings(
+        service=service, instance=f"{service}-1", interval=5.0, readings=[reading], at=NOW
+    )
+    return readings, reading
+
+
+def test_folders_of_one_file_system_make_one_disk_alert() -> None:
+    """Nine state folders on one full file system are one alert, not nine; another file
+    system past the mark is its own; each folder keeps its row on the status screen."""
+    seen = Seen(
+        at=NOW,
+        instances=[instance("keyring"), instance("builder")],
+        disks=[
+            _reading("keyring", "/srv/var/keyring", 87.0, "h1:2049"),
+            _reading("builder", "/srv/var/builder", 87.5, "h1:2049"),
+            _reading("gateway", "/srv/var/gateway", 87.2, "h1:2049"),
+            _reading("builder", "/var/lib/docker", 91.0, "h1:2050"),
+            _reading("monitor", "/srv/other", 10.0, "h1:2051"),
+        ],
+    )
+    status, conditions = judge().judge(seen)
+    assert len(status.disks) == 5
+    by_key = {c.key: c for c in conditions if c.kind == "disk"}
+    assert set(by_key) == {"disk:h1:2049", "disk:h1:2050"}
+    shared = by_key["disk:h1:2049"]
+    assert (shared.severity, shared.value) == ("warning", 87.5)
+    assert shared.summary == (
+        "state folder /srv/var/builder (builder) and 2 more folders on its file system are"
+        " 88 % full"
+    )
+    assert by_key["disk:h1:2050"].severity == "critical"  # past the 90 % high-water mark
+    assert by_key["disk:h1:2050"].summary == "state folder /var/lib/docker (builder) is 91 % full"

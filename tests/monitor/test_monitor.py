@@ -183,7 +183,8 @@ async def test_a_consumer_left_behind_is_an_alert(
 async def test_a_disk_past_the_alert_mark_is_an_alert_and_resolves_below_it(
     hardened: NatsServer, run: Run, alerts: Alerts, tmp_path: Path
 ) -> None:
-    """A service's reading at 88 % fires a disk warning; the next reading at 40 % resolves it."""
+    """A service's reading at 88 % fires a disk warning; at 95 % (past the high-water mark)
+    the same alert escalates to critical, told once more; at 40 % it resolves."""
     await run(monitor_app(hardened, tmp_path / "home"))
     keyring = await nats.connect(hardened.url, user="keyring", password=hardened.users["keyring"])
 
@@ -210,10 +211,31 @@ async def test_a_disk_past_the_alert_mark_is_an_alert_and_resolves_below_it(
         assert fired.severity == "warning" and fired.threshold == 85.0
         assert "88 % full" in fired.summary
 
+        async def escalated_at(percent: float) -> Alert:
+            await publish(percent)
+            return alerts.with_key("disk:k1:/srv/slipway/keyring", "firing")
+
+        async def critical() -> Alert:
+            alert = await escalated_at(95.0)
+            assert alert.severity == "critical", alert
+            return alert
+
+        worse = await assert_eventually(critical, timeout=20)
+        assert (worse.id, worse.value) == (fired.id, 95.0) and "95 % full" in worse.summary
+        # Told once per change: a fire and an escalation, however many passes saw 95 %.
+        await publish(95.0)
+        await asyncio.sleep(1.0)  # a few passes (0.3 s each)
+        told = [a for a in alerts.seen if a.key == fired.key]
+        assert [(a.state, a.severity) for a in told] == [
+            ("firing", "warning"),
+            ("firing", "critical"),
+        ]
+
         async def resolved_at(percent: float) -> Alert:
             await publish(percent)
             return alerts.with_key("disk:k1:/srv/slipway/keyring", "resolved")
 
-        await assert_eventually(lambda: resolved_at(40.0), timeout=20)
+        resolved = await assert_eventually(lambda: resolved_at(40.0), timeout=20)
+        assert (resolved.id, resolved.severity) == (fired.id, "critical")
     finally:
         await keyring.close()
