@@ -119,11 +119,17 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
         ),
         per_instance=True,
     ),
-    # The monitor counts each app's crashed dynos (its alert rules).
-    ConsumerSpec(S.MONITOR, "dynos", (scheduler.DYNO_CHANGED, gateway.APP_DESTROYED)),
+    # The monitor counts each app's crashed dynos (its alert rules); a destroyed app's or
+    # shredded team's rules and alerts go.
+    ConsumerSpec(
+        S.MONITOR,
+        "dynos",
+        (scheduler.DYNO_CHANGED, gateway.APP_DESTROYED, gateway.TEAM_SHREDDED),
+    ),
     # Each builder has its own engine and build cache to clean up.
     ConsumerSpec(S.BUILDER, "apps", (gateway.APP_DESTROYED,), per_instance=True),
-    # App webhooks: what happened to an app, delivered to its subscribers.
+    # App webhooks: what happened to an app, delivered to its subscribers; a shredded
+    # team's webhooks, events and alerts are forgotten.
     ConsumerSpec(
         S.MONITOR,
         "webhooks",
@@ -132,6 +138,7 @@ CONSUMERS: tuple[ConsumerSpec, ...] = (
             builder.BUILD_FINISHED,
             scheduler.DYNO_CHANGED,
             gateway.APP_DESTROYED,
+            gateway.TEAM_SHREDDED,
         ),
     ),
 )

@@ -10,10 +10,11 @@ import sqlite3
 import uuid
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from slipway.contracts import webhooks as wh
-from slipway.contracts.gateway import RELEASE_CREATED, ReleaseCreated
+from slipway.contracts.gateway import RELEASE_CREATED, TEAM_SHREDDED, ReleaseCreated, TeamShredded
 from slipway.contracts.subjects import Service
 from slipway.libs.bus import Bus
 from slipway.libs.errors import RemoteError
@@ -345,3 +346,42 @@ async def test_a_sealed_target_moved_to_another_webhook_does_not_open(
     assert [h.url for h in listed.webhooks] == ["https://unsealable.invalid/"]
     ref = wh.WebhookRef(app_id=theirs, id=victim.webhook.id)
     await gateway_bus.call(wh.WEBHOOK_DELETE, ref)
+
+
+async def test_a_shredded_teams_webhooks_and_events_are_forgotten(
+    monitors: Monitors, receiver: Receiver, gateway_bus: Bus, nats_server: NatsServer
+) -> None:
+    """TEAM_SHREDDED: the team's webhooks, their events (plain payloads) and deliveries
+    go; another team's webhook and the operator's stay."""
+    monitor = await monitors.start()
+    mine, theirs = str(uuid.uuid4()), str(uuid.uuid4())
+    await gateway_bus.call(wh.WEBHOOK_CREATE, _create(mine, receiver.url()))
+    other = _create(theirs, receiver.url())
+    other = wh.CreateWebhook(**{**msgspec.structs.asdict(other), "team_id": str(uuid.uuid4())})
+    await gateway_bus.call(wh.WEBHOOK_CREATE, other)
+    operator = wh.CreateWebhook(
+        **{**msgspec.structs.asdict(_create("", receiver.url())), "team_id": ""}
+    )
+    await gateway_bus.call(wh.WEBHOOK_CREATE, operator)
+    await hooks_of(monitor).notify(mine, "alert", "fire", {"summary": "the team's app"})
+    await assert_eventually(lambda: _one(receiver), timeout=15)
+    events = await gateway_bus.call(wh.WEBHOOK_EVENTS_LIST, wh.ListForApp(app_id=mine))
+    assert len(events.events) == 1
+
+    shredded = TeamShredded(team_id=TEAM, name="t", actor="owner@example.com")
+    gateway = await Bus.connect(nats_server.url, Service.GATEWAY)
+    try:
+        await gateway.publish(TEAM_SHREDDED, shredded)
+    finally:
+        await gateway.close()
+
+    async def forgotten() -> None:
+        hooks = await gateway_bus.call(wh.WEBHOOK_LIST, wh.ListForApp(app_id=mine))
+        assert hooks.webhooks == []
+
+    await assert_eventually(forgotten, timeout=15)
+    events = await gateway_bus.call(wh.WEBHOOK_EVENTS_LIST, wh.ListForApp(app_id=mine))
+    assert events.events == [] and await _deliveries(gateway_bus, mine) == []
+    for app_id in (theirs, ""):
+        kept = await gateway_bus.call(wh.WEBHOOK_LIST, wh.ListForApp(app_id=app_id))
+        assert len(kept.webhooks) == 1, app_id
