@@ -481,7 +481,9 @@ class DatabaseHealth(msgspec.Struct, frozen=True, kw_only=True):
     app_id: str
     host_id: str
     schedule_enabled: bool
-    last_slot_at: float  # the latest scheduled capture time at or before now (epoch s)
+    # The latest scheduled capture time at or before now (epoch s), or the database's
+    # creation when later: a slot before it existed is not one it missed.
+    last_slot_at: float
     last_backup_started_at: float | None = None  # the newest completed base backup
     last_backup_finished_at: float | None = None
     wal_stored_at: float | None = None  # the last WAL the archive stored

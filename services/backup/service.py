@@ -291,6 +291,10 @@ class BackupService:
             latest = await self.catalog.latest_completed(db.addon_id)
             verified = await self._last_verification(db.addon_id)
             wal = await self.catalog.wal_position(db.addon_id)
+            # A slot that passed before the database existed is none of its own: its first
+            # capture is due from its creation (the schedule loop takes it at once), so a
+            # database just provisioned is not reported late for yesterday's slot.
+            since = max(last_slot(now, slot.hour, slot.timezone), await self._created(db))
             found.append(
                 bc.DatabaseHealth(
                     addon_id=db.addon_id,
@@ -298,7 +302,7 @@ class BackupService:
                     app_id=db.app_id,
                     host_id=db.host_id,
                     schedule_enabled=slot.enabled,
-                    last_slot_at=last_slot(now, slot.hour, slot.timezone),
+                    last_slot_at=since,
                     last_backup_started_at=latest.started_at if latest else None,
                     last_backup_finished_at=latest.finished_at if latest else None,
                     wal_stored_at=wal[2] if wal else None,
@@ -307,6 +311,12 @@ class BackupService:
                 )
             )
         return bc.BackupHealth(host_id=self.settings.host_id, databases=found)
+
+    async def _created(self, db: DatabaseRow) -> float:
+        row = await self.catalog.db.fetchone(
+            "SELECT created_at FROM databases WHERE addon_id=?", (db.addon_id,)
+        )
+        return float(row[0]) if row else 0.0
 
     async def _last_verification(self, addon_id: str) -> tuple[str, float] | None:
         newest = None
