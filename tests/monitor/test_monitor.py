@@ -18,7 +18,8 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from slipway.contracts import disk
+from slipway.contracts import disk, subjects
+from slipway.contracts import webhooks as wh
 from slipway.contracts.base import encode
 from slipway.contracts.gateway import APP_DESTROYED, AppDestroyed
 from slipway.contracts.monitor import (
@@ -32,11 +33,23 @@ from slipway.contracts.subjects import OPERATOR, Service
 from slipway.libs.bus import Bus
 from slipway.libs.natsserver import NatsServer
 from slipway.libs.service import ServiceApp, Settings
+from slipway.services.keyring.app import create_service as create_keyring
+from slipway.services.keyring.settings import KeyringSettings
 from slipway.services.monitor.app import create_service
 from slipway.services.monitor.settings import MonitorSettings
 from tests.conftest import assert_eventually
+from tests.webhooks.conftest import (  # noqa: F401 - fixtures
+    LOOPBACK_ALLOWED,
+    Post,
+    Receiver,
+    certificate,
+    receiver,
+    signed_by,
+)
 
 pytestmark = pytest.mark.integration
+
+SECRET = "the-operators-webhook-secret"
 
 Run = Callable[[ServiceApp], Awaitable[ServiceApp]]
 
@@ -162,22 +175,84 @@ async def gateway_bus(server: NatsServer) -> Bus:
 
 
 async def test_a_consumer_left_behind_is_an_alert(
-    hardened: NatsServer, run: Run, alerts: Alerts, tmp_path: Path
+    hardened: NatsServer,
+    run: Run,
+    alerts: Alerts,
+    tmp_path: Path,
+    receiver: Receiver,  # noqa: F811 - a fixture
+    certificate: tuple[Path, Path],  # noqa: F811 - a fixture
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Events nobody consumes (registry-proxy is not running) pile up: consumer_lag fires."""
+    """Events pile up before a consumer nobody reads (registry-proxy paused: not running):
+    consumer_lag fires and reaches the operator's webhook signed; the consumer catches up
+    (acknowledges them as registry-proxy): it resolves, signed too."""
+    await run(
+        create_keyring(
+            msgspec.convert(
+                {**_creds(hardened, str(Service.KEYRING)), "home": str(tmp_path / "kr")},
+                KeyringSettings,
+            )
+        )
+    )
+    monkeypatch.setenv("SLIPWAY_EGRESS_ALLOW", LOOPBACK_ALLOWED)
+    monkeypatch.setenv("SLIPWAY_WEBHOOK_CA_FILE", str(certificate[0]))
+    monkeypatch.setenv("SLIPWAY_WEBHOOK_BACKOFF", "0.2")
     await run(monitor_app(hardened, tmp_path / "home", monitor_lag_alert=3))
     gateway = await gateway_bus(hardened)
+    proxy = await nats.connect(
+        hardened.url,
+        user="registry-proxy",
+        password=hardened.users["registry-proxy"],
+        inbox_prefix=subjects.inbox_prefix(Service.REGISTRY_PROXY),  # its grant's inbox
+    )
+    key = "consumer_lag:EVT:registry-proxy-gc"
     try:
+        await gateway.call(
+            wh.WEBHOOK_CREATE,
+            wh.CreateWebhook(
+                app_id="",
+                team_id="",
+                url=receiver.url(),
+                include=["alert"],
+                level="sync",
+                secret=SECRET,
+            ),
+        )
         for n in range(4):
             await gateway.publish(
                 APP_DESTROYED, AppDestroyed(app_id=f"a{n}", name=f"a{n}", team_id="t", actor="test")
             )
-        fired = await assert_eventually(
-            lambda: alerts.with_key("consumer_lag:EVT:registry-proxy", "firing"), timeout=20
-        )
+        fired = await assert_eventually(lambda: alerts.with_key(key, "firing"), timeout=20)
         assert fired.value is not None and fired.value >= 3  # the mark, or more
+        told = await assert_eventually(lambda: _posted(receiver, key, "fire"), timeout=20)
+        assert signed_by(SECRET, told) and told.json()["data"]["id"] == fired.id
+
+        # The consumer reads again: everything it was given is acknowledged.
+        js = proxy.jetstream()
+        reader = await js.pull_subscribe_bind(
+            durable=subjects.durable(Service.REGISTRY_PROXY, "gc"), stream=subjects.STREAM_EVT
+        )
+        caught_up = 0
+        while caught_up < 4:
+            for msg in await reader.fetch(4, timeout=5):
+                await msg.ack()
+                caught_up += 1
+        await assert_eventually(lambda: alerts.with_key(key, "resolved"), timeout=20)
+        closing = await assert_eventually(lambda: _posted(receiver, key, "resolve"), timeout=20)
+        assert signed_by(SECRET, closing) and closing.json()["data"]["id"] == fired.id
     finally:
+        await proxy.close()
         await gateway.close()
+
+
+def _posted(found: Receiver, key: str, action: str) -> Post:
+    posts = [
+        p
+        for p in list(found.posts)
+        if p.json().get("action") == action and p.json()["data"].get("key") == key
+    ]
+    assert posts, [(p.json().get("action"), p.json()["data"].get("key")) for p in found.posts]
+    return posts[0]
 
 
 async def test_a_disk_past_the_alert_mark_is_an_alert_and_resolves_below_it(
