@@ -48,12 +48,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats as nats_client
 import structlog
 
 import slipway.services
+from slipway.contracts import subjects
 from slipway.contracts.backup import addon_run_root
 from slipway.contracts.subjects import Service
 from slipway.libs import serviceusers
+from slipway.libs.bus.provision import prune_undeclared
 from slipway.libs.bus.tls import TLS_DIR_ENV
 from slipway.libs.natsauth import OPERATOR
 from slipway.libs.natsserver import NatsServer
@@ -280,7 +283,7 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.started = asyncio.Event()
         if nats is not None:
-            nats.before_provision = self._replay_restored_streams
+            nats.before_provision = self._before_provision
 
     @property
     def logs_dir(self) -> Path:
@@ -478,6 +481,37 @@ class Supervisor:
         assert nats.process is not None
         _write_child_pidfile(self.run_dir / f"{NATS_NAME}.pid", nats.process.pid)
         log.info("nats.started", url=nats.url, pid=nats.process.pid, data=str(nats.data_dir))
+
+    async def _before_provision(self) -> None:
+        await self._replay_restored_streams()
+        await self._prune_undeclared_consumers()
+
+    async def _prune_undeclared_consumers(self) -> None:
+        """Delete durable consumers an upgrade renamed or dropped (libs/bus/provision.py),
+        as the operator; a failure is logged and the start goes on (they only lag)."""
+        assert self.nats is not None
+        try:
+            nc = await nats_client.connect(
+                self.nats.url,
+                user=OPERATOR,
+                password=self.nats.users.get(OPERATOR),
+                tls=self.nats.client_tls(OPERATOR),
+                inbox_prefix=subjects.inbox_prefix(OPERATOR),
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+            )
+        except Exception as exc:
+            log.warning("nats.prune_skipped", error=repr(exc))
+            return
+        try:
+            gone = await prune_undeclared(nc.jetstream(timeout=10.0), self.nats.instances)
+        except Exception as exc:
+            log.warning("nats.prune_failed", error=repr(exc))
+        else:
+            for stream, name in gone:
+                log.info("nats.consumer_pruned", stream=stream, consumer=name)
+        finally:
+            await nc.close()
 
     async def _replay_restored_streams(self) -> None:
         """Replay `<home>/nats/streams.jsonl` (a restore put it there) before provisioning.

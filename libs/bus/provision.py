@@ -131,6 +131,54 @@ async def provision(
         await js.add_consumer(stream, await keeping_position(js, stream, config))
 
 
+def undeclared(
+    found: Iterable[tuple[str, str]],
+    instances: Mapping[str, Iterable[str | None]] | None = None,
+) -> list[tuple[str, str]]:
+    """Of the (stream, durable) `found` on the CMD and EVT streams, the platform's own that
+    the catalog no longer declares (pure).
+
+    A consumer renamed or dropped by an upgrade is left behind by the server: nobody reads
+    it, its lag only grows, and the monitor would report it as a consumer left behind.
+    Kept: every declared name; every name a per-instance consumer could take (another
+    host's, whether or not `instances` knows it); any name not of a service's (someone
+    else's tool on the same server).
+    """
+    declared = {(stream, c.durable_name) for stream, c in declared_consumers(instances)}
+    per_instance = tuple(
+        subjects.durable(Service(spec.service), spec.purpose) + "-"
+        for spec in catalog().consumers
+        if spec.per_instance
+    )
+    ours = tuple(f"{service}-" for service in Service)
+    return [
+        (stream, name)
+        for stream, name in found
+        if stream in (subjects.STREAM_CMD, subjects.STREAM_EVT)
+        and (stream, name) not in declared
+        and not name.startswith(per_instance)
+        and name.startswith(ours)
+    ]
+
+
+async def prune_undeclared(
+    js: JetStreamContext, instances: Mapping[str, Iterable[str | None]] | None = None
+) -> list[tuple[str, str]]:
+    """Delete the platform's durable consumers the catalog no longer declares (`undeclared`);
+    the (stream, durable) deleted. Needs the operator: the provisioner may not delete."""
+    found: list[tuple[str, str]] = []
+    for stream in (subjects.STREAM_CMD, subjects.STREAM_EVT):
+        try:
+            infos = await js.consumers_info(stream)
+        except nats.js.errors.NotFoundError:
+            continue
+        found += [(stream, i.config.durable_name) for i in infos if i.config.durable_name]
+    gone = undeclared(found, instances)
+    for stream, name in gone:
+        await js.delete_consumer(stream, name)
+    return gone
+
+
 async def keeping_position(
     js: JetStreamContext, stream: str, config: api.ConsumerConfig
 ) -> api.ConsumerConfig:
