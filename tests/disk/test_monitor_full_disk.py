@@ -204,7 +204,7 @@ async def test_an_alert_first_seen_on_a_full_disk_is_delivered_from_memory(
         # The monitor's own state folder is on that disk: its disk alert, critical at
         # 100 %, cannot be recorded either, and is delivered the same way.
         async def disk_told() -> dict[str, Any]:
-            found = [
+            found: list[dict[str, Any]] = [
                 p.json()["data"]
                 for p in list(receiver.posts)
                 if p.json().get("action") == "fire"
