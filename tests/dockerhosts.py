@@ -8,6 +8,10 @@
         hosts[0].load_images(["slipway/stack-run:bookworm"])
         hosts[0].stop_engine() / hosts[0].start_engine()   # a host failure and its return
 
+    with extra_docker_hosts(1, own_etc=True, tls=True) as hosts:
+        hosts[0].tcp_endpoint  # "tcp://10.213.<n>.2:2376", TLS both ways (hosts[0].client_tls())
+        hosts[0].trust_registry("10.213.<n>.1:5000", ca_pem)  # its own /etc/docker/certs.d
+
 Why a namespace each: a second dockerd in the root namespace deletes the first one's
 `docker0` bridge, and `ip netns exec` loses the cgroup mounts dockerd needs, so the
 daemon is started with `nsenter --net` only. The root side of each veth pair is
@@ -29,6 +33,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slipway.libs.bus import tls as bus_tls
+
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=check, capture_output=True, text=True)
@@ -48,6 +54,56 @@ class DockerHost:
     root: Path
     process: subprocess.Popen[bytes] | None = None
     _log: list[Path] = field(default_factory=list)
+    # Its own /etc/docker (`etc_docker`, bound over it in a private mount namespace), so
+    # the registry CAs it trusts (certs.d) are the test's alone, as on a separate machine.
+    own_etc: bool = False
+    # Also listen on tcp://<address>:2376 with TLS, verifying clients (`--tlsverify`):
+    # a remote host as the scheduler reaches one. The test CA, the engine's server
+    # certificate and one client certificate are in `tls_dir` (libs/bus/tls.py's layout).
+    tls: bool = False
+
+    @property
+    def etc_docker(self) -> Path:
+        return self.root / "etc-docker"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def tcp_endpoint(self) -> str:
+        return f"tcp://{self.address}:2376"
+
+    def client_tls(self) -> tuple[str, str, str]:
+        """(CA, certificate, key) paths of a client the engine accepts."""
+        folder = self.tls_dir
+        return str(folder / "ca.pem"), str(folder / "client.pem"), str(folder / "client.key")
+
+    def _tls_flags(self) -> list[str]:
+        if not self.tls:
+            return []
+        server = bus_tls.issue(self.tls_dir, "server", server_hosts=[self.address])
+        bus_tls.issue(self.tls_dir, "client")
+        return [
+            "-H",
+            self.tcp_endpoint,
+            "--tlsverify",
+            "--tlscacert",
+            str(server.ca),
+            "--tlscert",
+            str(server.cert),
+            "--tlskey",
+            str(server.key),
+        ]
+
+    def trust_registry(self, address: str, ca_pem: bytes) -> None:
+        """Trust `ca_pem` for the registry at `address` (host:port), as an operator would:
+        `/etc/docker/certs.d/<host:port>/ca.crt`, read by the engine at each pull."""
+        if not self.own_etc:
+            raise RuntimeError(f"{self.name} shares the machine's /etc/docker: start it own_etc")
+        folder = self.etc_docker / "certs.d" / address
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ca.crt").write_bytes(ca_pem)
 
     @property
     def socket_path(self) -> Path:
@@ -80,10 +136,26 @@ class DockerHost:
     def start_engine(self, timeout: float = 60.0) -> None:
         """Start (or restart) the dockerd and wait until it answers."""
         log = (self.root / "dockerd.log").open("ab")
+        private_etc: list[str] = []
+        if self.own_etc:
+            self.etc_docker.mkdir(exist_ok=True)
+            # unshare copies the mount table (cgroups included, unlike `ip netns exec`);
+            # each exec keeps the pid, so the pid stays the daemon's own.
+            private_etc = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                'mount --bind "$0" /etc/docker && exec "$@"',
+                str(self.etc_docker),
+            ]
         self.process = subprocess.Popen(
             [
                 "nsenter",
                 f"--net=/var/run/netns/{self.name}",
+                *private_etc,
                 "dockerd",
                 "--data-root",
                 str(self.root / "data"),
@@ -93,6 +165,7 @@ class DockerHost:
                 str(self.root / "dockerd.pid"),
                 "-H",
                 self.socket,
+                *self._tls_flags(),
                 "--bridge",
                 "none",
             ],
@@ -151,8 +224,11 @@ class DockerHost:
 
 
 @contextlib.contextmanager
-def extra_docker_hosts(count: int, images: list[str] | None = None) -> Iterator[list[DockerHost]]:
-    """Start `count` extra engines (with `images` loaded); tear all down on exit."""
+def extra_docker_hosts(
+    count: int, images: list[str] | None = None, *, own_etc: bool = False, tls: bool = False
+) -> Iterator[list[DockerHost]]:
+    """Start `count` extra engines (with `images` loaded; `own_etc`: each with its own
+    /etc/docker; `tls`: each also on tcp+TLS); tear all down on exit."""
     token = uuid.uuid4().hex[:6]
     used = _used_subnets()
     free = [n for n in range(10, 250) if n not in used]
@@ -163,6 +239,8 @@ def extra_docker_hosts(count: int, images: list[str] | None = None) -> Iterator[
             name=f"slw{token}{i}",
             index=free[start + i],
             root=Path(f"/tmp/slw{token}{i}"),
+            own_etc=own_etc,
+            tls=tls,
         )
         for i in range(count)
     ]

@@ -5,8 +5,9 @@ Resources are set up in this order and torn down in reverse:
 1. `core`: the database, the signing key, Distribution (started and answering),
    the outbox relay and the garbage collector (which runs a collection a previous
    run still owed);
-2. `http`: the proxy's aiohttp server on `registry_host:registry_port`; the address
-   written into credentials is known once it is bound.
+2. `http`: the proxy's aiohttp server on `registry_host:registry_port` (HTTPS with
+   `registry_tls_cert`/`_key`); the address written into credentials is known once
+   it is bound.
 
 On SIGTERM the service stops taking RPCs and events, the proxy stops accepting
 connections and lets requests in flight (a layer upload) finish within
@@ -36,6 +37,11 @@ from slipway.services.registry_proxy.state import STATE, RegistryProxy
 from slipway.services.registry_proxy.store import Store
 
 log = structlog.get_logger("slipway.registry_proxy")
+
+
+def _loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host == "localhost" or host.startswith("127.") or host == "::1"
 
 
 def create_service(settings: RegistryProxySettings) -> ServiceApp:
@@ -84,17 +90,29 @@ def create_service(settings: RegistryProxySettings) -> ServiceApp:
     @service.cleanup_ctx
     async def http(service: ServiceApp) -> AsyncIterator[None]:
         proxy = service[STATE].proxy
+        tls = settings.ssl_context()  # a half-set or unreadable pair stops the start here
         await proxy.open()
         runner = web.AppRunner(
             proxy.web_app(), access_log=None, shutdown_timeout=settings.shutdown_grace
         )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, settings.registry_host, settings.registry_port)
+            site = web.TCPSite(
+                runner, settings.registry_host, settings.registry_port, ssl_context=tls
+            )
             await site.start()
             host, port = runner.addresses[0][:2]
             proxy.registry = settings.advertised(port)
-            log.info("registry.listening", address=f"{host}:{port}", registry=proxy.registry)
+            log.info(
+                "registry.listening",
+                address=f"{host}:{port}",
+                registry=proxy.registry,
+                tls=tls is not None,
+            )
+            if tls is None and not _loopback(proxy.registry):
+                # Engines elsewhere would need --insecure-registry, and pulls (credentials
+                # included) would cross the network in the clear.
+                log.warning("registry.plain_http", registry=proxy.registry, fix="set TLS")
             yield
         finally:
             await runner.cleanup()

@@ -3,16 +3,19 @@
 SLIPWAY_REGISTRY_HOST=127.0.0.1 SLIPWAY_REGISTRY_PORT=5000 python -m slipway.services.registry_proxy
 
 Engines on this machine reach the proxy on 127.0.0.1, which Docker treats as an
-insecure (plain HTTP) registry without configuration. Engines in another network
-namespace need an address they can route to (`SLIPWAY_REGISTRY_HOST`), that
-address in `SLIPWAY_REGISTRY_ADVERTISE`, and `--insecure-registry <host:port>` in
-their dockerd flags (see README.md).
+insecure (plain HTTP) registry without configuration. Engines on other hosts (or in
+another network namespace) need an address they can route to (`SLIPWAY_REGISTRY_HOST`,
+or 0.0.0.0), that address in `SLIPWAY_REGISTRY_ADVERTISE` (`host`, the bound port is
+added, or `host:port`), and TLS: `SLIPWAY_REGISTRY_TLS_CERT` / `_KEY`, a server
+certificate for that address from the platform CA, which each engine trusts in
+`/etc/docker/certs.d/<host:port>/ca.crt`; no engine needs `--insecure-registry`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import ssl
 import tempfile
 from pathlib import Path
 from typing import Annotated
@@ -31,8 +34,15 @@ class RegistryProxySettings(Settings, frozen=True, kw_only=True):
 
     registry_host: str = "127.0.0.1"
     registry_port: int = 5000  # 0 picks a free port (tests)
-    # host:port written into credentials; empty: registry_host and the bound port.
+    # host:port written into credentials; a host alone gets the bound port; empty:
+    # registry_host and the bound port.
     registry_advertise: str = ""
+    # The proxy's server certificate (PEM, its chain after it) and key: HTTPS instead of
+    # plain HTTP, so engines elsewhere pull without `--insecure-registry`. Both or none;
+    # none: `registry-proxy/tls/registry.pem` and `.key` if both are there (where
+    # `certificate.py` writes them), else plain HTTP.
+    registry_tls_cert: str = ""
+    registry_tls_key: str = ""
     registry_credential_ttl_s: int = 900  # when the caller asks for 0
     registry_credential_max_ttl_s: int = 3600
     # The rollback window (SLIPWAY_ROLLBACK_WINDOW): the images the last N releases of an
@@ -54,8 +64,11 @@ class RegistryProxySettings(Settings, frozen=True, kw_only=True):
 
     def advertised(self, port: int) -> str:
         """The host:port credentials name, for a proxy bound to `port`."""
-        if self.registry_advertise:
-            return self.registry_advertise
+        advertise = self.registry_advertise
+        if advertise:
+            # "10.0.0.5" or "[fd00::5]": no port of its own, so the one bound is added.
+            bare = ":" not in advertise or advertise.endswith("]")
+            return f"{advertise}:{port}" if bare else advertise
         try:
             everywhere = ipaddress.ip_address(self.registry_host).is_unspecified
         except ValueError:
@@ -67,12 +80,38 @@ class RegistryProxySettings(Settings, frozen=True, kw_only=True):
             )
         return f"{self.registry_host}:{port}"
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server side of TLS, from `registry_tls_cert`/`_key`; None: plain HTTP."""
+        cert, key = self.registry_tls_cert, self.registry_tls_key
+        if not cert and not key:
+            folder = self.tls_dir()
+            if not (folder / "registry.pem").is_file() or not (folder / "registry.key").is_file():
+                return None
+            cert, key = str(folder / "registry.pem"), str(folder / "registry.key")
+        if not (cert and key):
+            raise RegistryProxyError(
+                "set both SLIPWAY_REGISTRY_TLS_CERT and SLIPWAY_REGISTRY_TLS_KEY, or neither"
+            )
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise RegistryProxyError(
+                f"the registry's TLS certificate {cert} or key {key} cannot be used: {exc}"
+            ) from None
+        return context
+
     def proxy_dir(self) -> Path:
         """registry-proxy's own state: database, signing key, Distribution's config."""
         return self.state_dir("registry-proxy")
 
     def db_path(self) -> Path:
         return self.proxy_dir() / "registry-proxy.db"
+
+    def tls_dir(self) -> Path:
+        """Where `certificate.py` puts the registry's certificate, key and CA by default."""
+        return self.proxy_dir() / "tls"
 
     def signing_key_path(self) -> Path:
         return self.proxy_dir() / "signing.key"

@@ -33,11 +33,19 @@ def connect(row: HostRow, timeout: float) -> aiodocker.Docker:
     if endpoint.startswith("tcp://"):
         if not (row.tls_ca and row.tls_cert and row.tls_key):
             raise InvalidRequest("A tcp:// engine needs tls_ca, tls_cert and tls_key.")
-        context = ssl.create_default_context(cafile=row.tls_ca)
-        context.load_cert_chain(row.tls_cert, row.tls_key)
+        try:
+            context = ssl.create_default_context(cafile=row.tls_ca)
+            context.load_cert_chain(row.tls_cert, row.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            # Paths on the scheduler's machine, given by an admin: say which pair failed.
+            raise InvalidRequest(
+                f"The TLS files of {endpoint} cannot be used (CA {row.tls_ca}, certificate"
+                f" {row.tls_cert}, key {row.tls_key}): {exc.strerror or exc}."
+            ) from None
         url = "https://" + endpoint.removeprefix("tcp://")
-        connector = aiohttp.TCPConnector(ssl=context)
-        return aiodocker.Docker(url=url, connector=connector, timeout=client_timeout)
+        # aiodocker makes (and so closes) the connector itself; one passed in would be
+        # the caller's to close, and every probe and engine close would leak it.
+        return aiodocker.Docker(url=url, ssl_context=context, timeout=client_timeout)
     raise InvalidRequest(f"Unsupported engine endpoint {endpoint!r}: use unix:// or tcp://.")
 
 
