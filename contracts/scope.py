@@ -99,7 +99,7 @@ class Scope:
 
     @property
     def pool(self) -> str:
-        """Where app networks take their /24 unless SLIPWAY_APP_NETWORK_POOL says otherwise."""
+        """Where app networks take their subnets unless SLIPWAY_APP_NETWORK_POOL says otherwise."""
         return SCOPED_POOL if self.name else DEFAULT_POOL
 
     @property

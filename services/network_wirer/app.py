@@ -176,7 +176,11 @@ def create_service(settings: WirerSettings) -> ServiceApp:
             ports = [settings.router_http_port, settings.router_https_port]
             isolation = Isolation(ports, settings.scoped) if settings.isolation else None
             networks = Networks(
-                settings.docker_urls, isolation, settings.scoped, settings.app_network_pool
+                settings.docker_urls,
+                isolation,
+                settings.scoped,
+                settings.app_network_pool,
+                settings.app_subnet_prefix,
             )
         reconciler = Reconciler(server, options, load_pages())
         wirer = Wirer(
@@ -269,8 +273,13 @@ def create_service(settings: WirerSettings) -> ServiceApp:
 
     @service.event(routes, DYNO_CHANGED)
     async def dyno_changed(event: DynoChanged) -> None:
+        wirer = service[WIRER]
         if event.dyno.process_type == "web":
-            await service[WIRER].refresh()
+            await wirer.refresh()
+        elif wirer.networks is not None and event.dyno.state == "starting":
+            # Its app's network may be new: firewalled now, not at the next periodic pass
+            # (a known app's bridge is in the chain already; a brand-new app's is not).
+            await wirer.networks.sync_isolation()
 
     @service.event(routes, MAINTENANCE_CHANGED)
     async def maintenance_changed(event: MaintenanceChanged) -> None:

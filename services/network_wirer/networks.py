@@ -1,9 +1,11 @@
 """Per-app Docker networks on every host, and the firewall that keeps dynos in their lane.
 
-Each app has its network on each Docker host (`slipway-app-<app id>` in the
-default scope, labelled `org.slipway.app=<id>` and `org.slipway.managed=<scope>`;
-contracts/scope.py): dynos of the app share the bridge (ICC on), apps sit on
-different bridges, and Docker's own isolation chains drop traffic between bridges.
+Each app has its network on each Docker host where it has containers
+(`slipway-app-<app id>` in the default scope, labelled `org.slipway.app=<id>` and
+`org.slipway.managed=<scope>`; contracts/scope.py), made with its first container
+there and removed with its last by the scheduler (libs/appnet.py): dynos of the app
+share the bridge (ICC on), apps sit on different bridges, and Docker's own isolation
+chains drop traffic between bridges.
 
 What Docker does not stop is a dyno reaching the *host*: its bridge gateway
 address or any other address of the machine, where the platform's services
@@ -13,7 +15,8 @@ that arrives on an app bridge, except to the router's public ports (dynos may
 call any app through its public URL, as on Heroku). Replies to connections the
 host opened (health checks, the router's proxying) pass as ESTABLISHED. The
 chain is rebuilt atomically (`iptables-restore --noflush`) from the networks
-of this scope that exist, and stays in place when network-wirer stops. Only this
+of this scope that exist and the apps that do (`Networks`), and stays in place
+when network-wirer stops. Only this
 scope's networks, chain and jump are ever listed, rebuilt or removed: another
 installation on the machine (the test suite beside `scripts/up`) keeps its own.
 """
@@ -21,6 +24,7 @@ installation on the machine (the test suite beside `scripts/up`) keeps its own.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Iterable, Sequence
 
 import aiodocker
@@ -92,7 +96,14 @@ class Isolation:
 
 
 class Networks:
-    """One scope's app networks on each Docker host."""
+    """One scope's app networks on each Docker host: verified, firewalled, never made here.
+
+    The scheduler makes an app's network with the app's first container on a host and
+    removes it with the last (libs/appnet.py). The chain holds the bridges of the
+    networks that exist and of every app the gateway knows, with or without a network:
+    bridge names follow from app ids, so the network the scheduler makes for an app's
+    next dyno is already firewalled when it appears, not at this service's next pass.
+    """
 
     def __init__(
         self,
@@ -100,11 +111,15 @@ class Networks:
         isolation: Isolation | None,
         scope: Scope,
         pool: str = "",
+        prefix: int = appnet.DEFAULT_SUBNET_PREFIX,
     ) -> None:
         self.hosts = [aiodocker.Docker(url=url) for url in docker_urls]
         self.isolation = isolation
         self.scope = scope
-        self.pool = pool or scope.pool
+        self.pool = appnet.parse_pool(pool or scope.pool, prefix)
+        self.prefix = prefix
+        self._known: frozenset[str] = frozenset()  # app ids of the last sync
+        self._firewall = asyncio.Lock()  # one listing-and-apply at a time: the last one wins
 
     async def close(self) -> None:
         for docker in self.hosts:
@@ -115,44 +130,57 @@ class Networks:
         wanted = [self.scope.managed_label, LABEL_APP]
         return await docker.networks.list(filters={"label": wanted})
 
-    async def ensure(self, app_ids: Iterable[str]) -> None:
-        """Create each app's network where missing; warn about ones made with other flags."""
-        wanted = set(app_ids)
+    async def sync(self, app_ids: Iterable[str]) -> None:
+        """Verify every app network that exists and firewall it and every known app's bridge."""
+        self._known = frozenset(app_ids)
         for docker in self.hosts:
-            existing = {str(n["Name"]): n for n in await self._app_networks(docker)}
-            for app_id in sorted(wanted):
-                network = existing.get(self.scope.network(app_id))
-                if network is None:
-                    await self._create(docker, app_id)
-                else:
-                    _verify(network, app_id)
+            for network in await self._app_networks(docker):
+                labels = network.get("Labels") or {}
+                assert isinstance(labels, dict)
+                _verify(network, str(labels.get(LABEL_APP, "")), self.pool, self.prefix)
         await self.sync_isolation()
 
-    async def _create(self, docker: aiodocker.Docker, app_id: str) -> None:
-        await appnet.ensure_app_network(docker, app_id, scope=self.scope, pool=self.pool)
-
     async def remove(self, app_id: str) -> None:
-        """Remove an app's network on every host (an app being destroyed)."""
+        """Remove a destroyed app's network on every host where no container of it is left."""
+        self._known = self._known - {app_id}
         for docker in self.hosts:
             try:
-                network = await docker.networks.get(self.scope.network(app_id))
-                await network.delete()
-                log.info("network.removed", app_id=app_id)
+                # Containers left (the scheduler removes them): its release, or the next
+                # event, removes the network; Docker would refuse while one runs anyway.
+                if not await appnet.app_containers(docker, app_id, self.scope):
+                    await appnet.remove_app_network(docker, app_id, self.scope)
             except aiodocker.DockerError as exc:
-                # 404: gone already; 403/409: dynos still attached, the next pass retries.
-                if exc.status != 404:
-                    log.warning("network.remove_failed", app_id=app_id, error=str(exc))
+                log.warning("network.remove_failed", app_id=app_id, error=str(exc))
         await self.sync_isolation()
 
     async def sync_isolation(self) -> None:
         """Firewall every app bridge on this machine (only the local engine has our iptables)."""
         if self.isolation is None or not self.hosts:
             return
-        networks = await self._app_networks(self.hosts[0])
-        await self.isolation.apply(bridge_of(n) for n in networks)
+        async with self._firewall:
+            networks = await self._app_networks(self.hosts[0])
+            bridges = {bridge_of(n) for n in networks}
+            bridges |= {self.scope.bridge(app_id) for app_id in self._known}
+            await self.isolation.apply(bridges)
 
 
-def _verify(network: dict[str, object], app_id: str) -> None:
+def _verify(
+    network: dict[str, object], app_id: str, pool: ipaddress.IPv4Network, prefix: int
+) -> None:
+    """Warn about an app network made with other flags, or a subnet off the settings.
+
+    A network of another size or outside the pool (made before a settings change) still
+    works; it takes the new size when its app next comes back to the host.
+    """
+    subnets = appnet.used_subnets([network])
+    if not any(s.prefixlen == prefix and s.subnet_of(pool) for s in subnets):
+        log.warning(
+            "network.unexpected_subnet",
+            app_id=app_id,
+            subnets=sorted(str(s) for s in subnets),
+            pool=str(pool),
+            prefix=prefix,
+        )
     options = network.get("Options") or {}
     assert isinstance(options, dict)
     labels = network.get("Labels") or {}

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import msgspec
 
+from slipway.libs import appnet
 from slipway.libs.haproxy import RouterPorts
 from slipway.libs.service import Settings
 from slipway.services.network_wirer.haproxy.config import HAProxyOptions
@@ -53,10 +54,17 @@ class WirerSettings(Settings, frozen=True, kw_only=True):
     probe_interval: float = 30.0
     docker_hosts: str = "unix:///var/run/docker.sock"  # comma-separated Docker endpoints
     manage_networks: bool = True
-    # Each app network takes a /24 from here on each host (libs/appnet.py); "": the
-    # scope's pool (10.210.0.0/16 in the default scope, contracts/scope.py).
+    # The scheduler makes and removes app networks (libs/appnet.py); these two say what a
+    # network-wirer expects of them and must equal the scheduler's: each takes a
+    # /<app_subnet_prefix> from the pool ("": the scope's, 10.210.0.0/16 by default).
     app_network_pool: str = ""
+    app_subnet_prefix: Annotated[
+        int, msgspec.Meta(ge=appnet.MIN_SUBNET_PREFIX, le=appnet.MAX_SUBNET_PREFIX)
+    ] = appnet.DEFAULT_SUBNET_PREFIX
     isolation: bool = True  # iptables rules (needs root)
+
+    def __post_init__(self) -> None:
+        appnet.parse_pool(self.app_network_pool or self.scoped.pool, self.app_subnet_prefix)
 
     @property
     def haproxy_dir(self) -> Path:

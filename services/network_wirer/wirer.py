@@ -137,7 +137,7 @@ class Wirer:
             self._again_soon()
         if self.networks is not None:
             try:
-                await self.networks.ensure(app.app_id for app in snap.apps)
+                await self.networks.sync(app.app_id for app in snap.apps)
             except Exception as exc:  # routing must not wait on Docker or iptables
                 log.warning("networks.failed", error=repr(exc))
 

@@ -59,7 +59,7 @@ from slipway.contracts.base import Ok
 from slipway.libs.bus import Bus, context
 from slipway.libs.errors import SlipwayError, Unavailable
 from slipway.libs.service import ServiceApp
-from slipway.services.scheduler import addontls, containers
+from slipway.services.scheduler import addontls
 from slipway.services.scheduler.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
@@ -443,24 +443,22 @@ class Addons:
             restoring = want.restore is not None
             if want.restore is not None:
                 await self._stage(want, want.restore, engine.id, run_dir)
-            await containers.ensure_network(
-                engine.docker, want.app_id, scope, settings.app_network_pool
-            )
             volume = volume_name(sched, want.addon_id)
             own = labels(sched, want)
             await engine.docker.volumes.create({"Name": volume, "Labels": own})  # type: ignore[no-untyped-call]
             _, gid = settings.run_owner()
-            config = container_config(
-                want,
-                scope.network(want.app_id),
-                volume,
-                own,
-                run_dir=run_dir,
-                run_gid=gid,
-                tls_dir=addontls.tls_dir_of(settings, engine.id, want.addon_id),
-            )
             name = scope.container(f"{want.app_name[:30]}-{want.addon_name}")
-            container = await engine.docker.containers.create(config, name=name)
+            async with sched.rt.network_held(engine, want.app_id) as network:
+                config = container_config(
+                    want,
+                    network,
+                    volume,
+                    own,
+                    run_dir=run_dir,
+                    run_gid=gid,
+                    tls_dir=addontls.tls_dir_of(settings, engine.id, want.addon_id),
+                )
+                container = await engine.docker.containers.create(config, name=name)
             await container.start()
         if restoring:
             await self._recover(container, want, run_dir)
@@ -565,6 +563,7 @@ class Addons:
         async with self._lock(want.addon_id):
             for engine, raw in await self._find(want.addon_id):
                 await _remove(engine, raw)
+                await self._sched().rt.release_network(engine, want.app_id)
             await self._remove_volumes(f"{ac.LABEL_ADDON}={want.addon_id}")
             await asyncio.to_thread(remove_run_dirs, self._sched().settings, want.addon_id)
             await asyncio.to_thread(addontls.remove_tls_dirs, self._sched().settings, want.addon_id)
@@ -585,7 +584,7 @@ class Addons:
                     addon_ids.add((item._container.get("Labels") or {}).get(ac.LABEL_ADDON, ""))
                     await _remove(engine, item._container)
                 # The dynos' side may have found the network still in use by the database.
-                await containers.remove_network(engine.docker, app_id, sched.settings.scoped)
+                await sched.rt.release_network(engine, app_id)
         await self._remove_volumes(f"{sc.LABEL_APP}={app_id}")
         for addon_id in addon_ids - {""}:
             await asyncio.to_thread(remove_run_dirs, sched.settings, addon_id)

@@ -90,8 +90,10 @@ def _oneoff_rpcs(service: ServiceApp) -> None:
                 dyno_log_dir=str(settings.log_root()),
                 scope=settings.scoped,
                 app_network_pool=settings.app_network_pool,
+                app_subnet_prefix=settings.app_subnet_prefix,
                 stop_grace=settings.stop_grace,
             ),
+            networks=_sched(service).rt.networks,
         )
         service[ONE_OFFS] = runs
         for engine in _sched(service).rt.engines.values():
@@ -197,6 +199,14 @@ def _dyno_rpcs(service: ServiceApp) -> None:
             for t in rt.dynos.values()
             if (request.app_id is None or t.spec.app_id == request.app_id)
             and (not request.web_only or t.spec.process_type == "web")
+        ]
+        # Dynos no host would start (starts.py): listed `crashed`, without a container.
+        named = {(d.app_id, d.name) for d in found}
+        found += [
+            record.contract()
+            for record in _sched(service).starts.unstarted(request.app_id)
+            if (record.spec.app_id, record.spec.name) not in named
+            and (not request.web_only or record.spec.process_type == "web")
         ]
         found.sort(key=lambda d: (d.app_name, d.process_type, int(d.name.rsplit(".", 1)[1])))
         return sc.DynoList(dynos=found)

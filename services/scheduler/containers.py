@@ -26,7 +26,6 @@ at `/.slipway/log`.
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -224,18 +223,6 @@ async def ensure_network(
 ) -> None:
     """Create the app's network if missing, as network-wirer would (`libs.appnet`)."""
     await appnet.ensure_app_network(docker, app_id, scope=scope, pool=pool)
-
-
-async def _networks_named(docker: aiodocker.Docker, name: str) -> list[dict[str, Any]]:
-    listed = await docker.networks.list(filters={"name": [name]})
-    return [n for n in listed if n.get("Name") == name]  # the filter matches substrings
-
-
-async def remove_network(docker: aiodocker.Docker, app_id: str, scope: Scope) -> None:
-    """Remove an app's network once it has no containers left (ignores 'in use' / missing)."""
-    for found in await _networks_named(docker, scope.network(app_id)):
-        with contextlib.suppress(aiodocker.DockerError):
-            await (await docker.networks.get(found["Id"])).delete()
 
 
 def has_registry_host(image: str) -> bool:

@@ -28,6 +28,7 @@ from slipway.contracts.gateway import AppDesired
 from slipway.services.scheduler import containers, model
 from slipway.services.scheduler.containers import DynoSpec
 from slipway.services.scheduler.runtime import Runtime, Tracked
+from slipway.services.scheduler.starts import START, StartRefused, StartWatch
 
 log = structlog.get_logger("slipway.scheduler.deploy")
 
@@ -51,6 +52,9 @@ class Outcome(msgspec.Struct, kw_only=True):
     failed: str | None = None
     started: int = 0
     stopped: int = 0
+    # A replacement its host refused is planned again elsewhere: the deploy goes on in
+    # a later pass, so it is neither done nor failed yet.
+    pending: bool = False
 
 
 def spec_for(app: AppDesired, dyno: model.Dyno, image: str) -> DynoSpec:
@@ -74,9 +78,17 @@ def spec_for(app: AppDesired, dyno: model.Dyno, image: str) -> DynoSpec:
 
 
 async def execute(
-    rt: Runtime, app: AppDesired | None, plan: model.Plan, env: dict[str, str]
+    rt: Runtime,
+    app: AppDesired | None,
+    plan: model.Plan,
+    env: dict[str, str],
+    watch: StartWatch | None = None,
 ) -> Outcome:
-    """Carry out `plan` for one app (None: the app is gone, only stops remain)."""
+    """Carry out `plan` for one app (None: the app is gone, only stops remain).
+
+    `watch` hears of every fresh start's fate, so a dyno a host cannot start moves on
+    (starts.py); without it a failed fresh start is only logged.
+    """
     index: dict[model.Dyno, list[Tracked]] = defaultdict(list)
     for tracked in list(rt.dynos.values()):
         if not (tracked.busy and tracked.state == "down"):
@@ -102,11 +114,25 @@ async def execute(
             rolls[start.dyno.process_type].append(start)
 
     async def start_fresh(start: model.Start) -> None:
+        spec = spec_for(app, start.dyno, image)
+        if watch is not None:
+            await watch.starting(spec)
         try:
-            tracked = await rt.create(spec_for(app, start.dyno, image), env)
-        except aiodocker.DockerError as exc:
-            log.warning("dyno.create_failed", dyno=start.dyno.name, error=exc.message)
+            tracked = await rt.create(spec, env)
+        except Exception as exc:  # pull, network or create refused on this host
+            if watch is None:
+                log.warning("dyno.create_failed", dyno=start.dyno.name, error=repr(exc))
+            else:
+                await watch.failed(spec, exc)
             return
+        if watch is not None:
+            if tracked.state == "crashed" and tracked.container_id in rt.dynos:
+                # The engine made the container but would not start it: a fault of the
+                # host as much as a refused pull, so it counts the same and is removed.
+                await rt.stop(tracked, "Could not start", drain=False)
+                await watch.failed(spec, StartRefused(START, "start refused"))
+                return
+            watch.started(spec)
         outcome.started += 1
         if tracked.state == "starting":
             await rt.await_health(tracked)
@@ -118,8 +144,12 @@ async def execute(
             olds = [t for t in (take(d) for d in start.replaces) if t is not None]
             if start.stop_first:
                 await asyncio.gather(*(rt.stop(t, "Making room for its replacement") for t in olds))
-            reason = await _replace(rt, spec_for(app, start.dyno, image), env)
+            spec = spec_for(app, start.dyno, image)
+            reason, refused = await _replace(rt, spec, env)
             if reason is not None:
+                if refused is not None and watch is not None and await watch.moved(spec, refused):
+                    outcome.pending = True
+                    return  # planned again without that host; the old dynos keep serving
                 if start.reason is model.StartReason.NEW_RELEASE:
                     outcome.failed = f"{start.dyno.name}: {reason}"
                 continue
@@ -133,24 +163,27 @@ async def execute(
     return outcome
 
 
-async def _replace(rt: Runtime, spec: DynoSpec, env: dict[str, str]) -> str | None:
-    """Start one replacement and wait until healthy; None when up, else why not (removed)."""
+async def _replace(
+    rt: Runtime, spec: DynoSpec, env: dict[str, str]
+) -> tuple[str | None, BaseException | None]:
+    """Start one replacement and wait until healthy: (None, None) when up, else why not
+    (removed), and what its host refused when it never ran (pull, create, start)."""
     try:
         tracked = await rt.create(spec, env)
     except aiodocker.DockerError as exc:
-        return f"could not create its container: {exc.message}"
+        return f"could not create its container: {exc.message}", exc
     except Exception as exc:  # e.g. no pull credential for its image: fails this release
         detail = getattr(exc, "message", None) or repr(exc)
-        return f"could not create its container: {detail}"
+        return f"could not create its container: {detail}", exc
     if tracked.state != "starting":
         await rt.stop(tracked, "Deploy failed", drain=False)
-        return "its container could not start"
+        return "its container could not start", StartRefused(START, "start refused")
     result = await rt.await_health(tracked)
     if result.ok:
-        return None
+        return None, None
     # No await between the health verdict and `stop`: the monitor cannot restart it first.
     await rt.stop(tracked, "Deploy failed", drain=False)
-    return result.reason
+    return result.reason, None
 
 
 async def release_phase(
@@ -170,13 +203,13 @@ async def release_phase(
         host_id=host_id,
     )
     engine = rt.engines[host_id]
-    await rt.ensure_network(engine, app.app_id)
-    config = await rt.container_config(spec, engine, publish=False)
     frame = containers.env_frame(spec, env, rt.settings.port)
     name = containers.container_name(spec, rt.settings.scoped)
     rt.creating.add(name)
     try:
-        container = await engine.docker.containers.create(config, name=name)
+        async with rt.network_held(engine, app.app_id):
+            config = await rt.container_config(spec, engine, publish=False)
+            container = await engine.docker.containers.create(config, name=name)
         rt.one_offs.add(container.id)
     finally:
         rt.creating.discard(name)
@@ -193,3 +226,4 @@ async def release_phase(
         with contextlib.suppress(aiodocker.DockerError):
             await container.delete(force=True)
         rt.one_offs.discard(container.id)
+        await rt.release_network(engine, app.app_id)  # a first release: no dyno there yet

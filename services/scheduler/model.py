@@ -71,6 +71,9 @@ class DesiredFormation(msgspec.Struct, frozen=True, kw_only=True):
     app: str
     release: int
     processes: dict[str, ProcessSpec]
+    # Hosts that refused to start this app's dynos lately (starts.py): its new dynos go
+    # elsewhere while another host has room, and back to one of these only when none has.
+    avoid: frozenset[str] = frozenset()
 
 
 class ClusterState(msgspec.Struct, frozen=True, kw_only=True):

@@ -39,6 +39,7 @@ from slipway.contracts import scheduler as sc
 from slipway.contracts.base import encode
 from slipway.contracts.oneoff import RunOneOff, TtyFrame
 from slipway.contracts.scope import Scope
+from slipway.libs import appnet
 from slipway.libs.bus import Bus
 from slipway.services.scheduler import containers
 from slipway.services.scheduler.containers import DynoSpec
@@ -68,9 +69,11 @@ class OneOffSettings:
     # mounted, and a detached one-off's output goes nowhere; the service always sets it).
     dyno_init: str = field(default_factory=lambda: str(built_init()))
     dyno_log_dir: str = ""
-    # The installation's scope and app network pool (contracts/scope.py; "": its own).
+    # The installation's scope and app network pool (contracts/scope.py; "": its own),
+    # and the size of each app's subnet (libs/appnet.py).
     scope: Scope = field(default_factory=Scope)
     app_network_pool: str = ""
+    app_subnet_prefix: int = appnet.DEFAULT_SUBNET_PREFIX
     # How long an attached one-off waits for its client before it is removed unstarted.
     attach_timeout: float = 60.0
     # SIGTERM, then SIGKILL after this long, when the time to live is over.
@@ -81,6 +84,7 @@ class OneOffSettings:
 class _Session:
     dyno: sc.Dyno
     container: aiodocker.containers.DockerContainer
+    where: Placement  # its engine: the app's network there is released after it
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     size: tuple[int, int] | None = None  # the client's (rows, cols), applied once started
     started: bool = False
@@ -94,9 +98,15 @@ class _Session:
 class OneOffs:
     """The one-offs this scheduler started, each with its relay and its deadline timer."""
 
-    def __init__(self, bus: Bus, settings: OneOffSettings) -> None:
+    def __init__(
+        self, bus: Bus, settings: OneOffSettings, networks: appnet.AppNetworks | None = None
+    ) -> None:
         self.bus = bus
         self.settings = settings
+        # The scheduler passes its runtime's: one set of network locks for every creator.
+        self.networks = networks or appnet.AppNetworks(
+            settings.scope, settings.app_network_pool, settings.app_subnet_prefix
+        )
         self.sessions: dict[str, _Session] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -115,15 +125,13 @@ class OneOffs:
             command=request.command,
             host_id=where.host_id,
         )
-        await containers.ensure_network(
-            where.docker, request.app_id, self.settings.scope, self.settings.app_network_pool
-        )
-        config = await self._config(request, spec, where)
         extra = {"TERM": TERM} if request.attach and request.tty else {}
         frame = containers.env_frame(spec, {**env, **request.env}, self.settings.port, extra)
-        container = await where.docker.containers.create(
-            config, name=containers.container_name(spec, self.settings.scope)
-        )
+        async with self.networks.held(where.docker, where.host_id, request.app_id):
+            config = await self._config(request, spec, where)
+            container = await where.docker.containers.create(
+                config, name=containers.container_name(spec, self.settings.scope)
+            )
         dyno = sc.Dyno(
             app_id=request.app_id,
             app_name=request.app_name,
@@ -139,7 +147,7 @@ class OneOffs:
             one_off=True,
             updated_at=time.time(),
         )
-        session = _Session(dyno=dyno, container=container, frame=frame)
+        session = _Session(dyno=dyno, container=container, where=where, frame=frame)
         self.sessions[container.id] = session
         self._spawn(session, self._expire(session, time.time() + request.time_to_live))
         if request.attach:
@@ -340,6 +348,12 @@ class OneOffs:
         self.sessions.pop(session.container.id, None)
         with contextlib.suppress(aiodocker.DockerError):
             await session.container.delete(force=True)
+        try:  # the app's last container on this host: its network goes too
+            await self.networks.release(
+                session.where.docker, session.where.host_id, session.dyno.app_id
+            )
+        except Exception as exc:  # a silent engine: the scheduler's sweep removes it later
+            log.warning("oneoff.network_not_released", dyno=session.dyno.name, error=repr(exc))
         if session.announced:
             session.announced = False
             down = msgspec.structs.replace(session.dyno, state="down", updated_at=time.time())
@@ -382,7 +396,7 @@ class OneOffs:
                 container_id=container.id,
                 one_off=True,
             )
-            session = _Session(dyno=dyno, container=container)
+            session = _Session(dyno=dyno, container=container, where=where)
             session.announced = labels.get(oneoff.LABEL_ATTACHED) == "false"
             self.sessions[container.id] = session
             self._spawn(session, self._expire(session, deadline))

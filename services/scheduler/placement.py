@@ -7,6 +7,9 @@ The rules, strongest first:
 
 - Only up hosts receive dynos. A host holds what fits its memory (and its CPU shares
   and dyno count where those are limited), counted in the plan's end state.
+- Avoided hosts (a formation's `avoid`: they refused to start the app's dynos lately)
+  take none of its new dynos while another host has room; when none has, a dyno goes
+  back to one of them rather than nowhere (the executor then retries with backoff).
 - Spread: a dyno goes to an eligible host with the fewest dynos of its app and process
   type, so one host's loss takes as few copies as possible.
 - Best fit: among those, the host with the least free memory that still fits (ties:
@@ -69,7 +72,13 @@ GroupKey = tuple[str, str]  # (app, process type)
 def plan(state: ClusterState, desired: Iterable[DesiredFormation]) -> Plan:
     """The starts and stops that turn `state` into `desired`, and the dynos that fit nowhere."""
     capacity = _Capacity(state.hosts, state.dynos)
+    desired = list(desired)
     wanted, apps = _wanted(desired)
+    avoid = {
+        f.app: frozenset(capacity.rank[h] for h in f.avoid if h in capacity.rank)
+        for f in desired
+        if f.avoid
+    }
     placed: dict[GroupKey, list[Dyno]] = {}
     for dyno in state.dynos:
         if dyno.app in apps:
@@ -90,7 +99,7 @@ def plan(state: ClusterState, desired: Iterable[DesiredFormation]) -> Plan:
                 capacity.give_back(dyno)
     groups.sort(key=lambda g: (-g.spec.size.memory_mb, g.key))
     for group in groups:
-        _fill(group, capacity, out)
+        _fill(group, capacity, out, avoid.get(group.key[0], frozenset()))
     return out.plan()
 
 
@@ -207,22 +216,25 @@ class _Capacity:
             if self._indexed(rank):
                 insort(self._index, self._key(rank))
 
-    def best(self, size: DynoSize, counts: dict[int, int]) -> int | None:
+    def best(
+        self, size: DynoSize, counts: dict[int, int], avoid: frozenset[int] = frozenset()
+    ) -> int | None:
         """The host for one more dyno of the group with `counts` (rank → dynos), or None.
 
         Hosts without the group come first (spread); the group's own hosts are skipped
-        if they were not excluded.
+        if they were not excluded; hosts in `avoid` are never chosen.
         """
         index, n, free_cpu, cpu = self._index, self._n, self.free_cpu, size.cpu_shares
         for position in range(bisect_left(index, size.memory_mb * n), len(index)):
             rank = index[position] % n
-            if rank not in counts and free_cpu[rank] >= cpu:
+            if rank not in counts and free_cpu[rank] >= cpu and rank not in avoid:
                 return rank
         # Every host that fits already runs the group: the fewest, the fullest, then id.
         best: tuple[int, int, int] | None = None
         for rank, count in counts.items():
             if (
-                self.up[rank]
+                rank not in avoid
+                and self.up[rank]
                 and self.free_slots[rank] > 0
                 and self.free_mem[rank] >= size.memory_mb
                 and free_cpu[rank] >= cpu
@@ -393,7 +405,7 @@ def _indices_to_fill(
     return chosen
 
 
-def _fill(group: _Group, capacity: _Capacity, out: _Builder) -> None:
+def _fill(group: _Group, capacity: _Capacity, out: _Builder, avoid: frozenset[int]) -> None:
     """Place the group's missing dynos, replacements first; stop predecessors once placed."""
     app, process_type = group.key
     size, counts, release = group.spec.size, group.counts, group.release
@@ -404,17 +416,25 @@ def _fill(group: _Group, capacity: _Capacity, out: _Builder) -> None:
         for rank in counts:
             capacity.exclude(rank)
 
+    def best() -> int | None:
+        rank = capacity.best(size, counts, avoid)
+        if rank is None and avoid:
+            # No other host has room: an avoided one is better than none (it may work
+            # again; the executor's backoff keeps the retries apart).
+            rank = capacity.best(size, counts)
+        return rank
+
     def place(index: int, lent: tuple[Dyno, ...]) -> tuple[Dyno, bool] | None:
         # First beside the predecessor (both run for a moment during a rolling deploy).
         # Failing that, a predecessor on an up host lends its room to its own
         # replacement, which then starts only after it stops: a full cluster can still
         # roll out a release of same-sized dynos.
-        rank = capacity.best(size, counts)
+        rank = best()
         stop_first = False
         if rank is None and lent:
             for dyno in lent:
                 capacity.give_back(dyno)
-            rank = capacity.best(size, counts)
+            rank = best()
             if rank is None:
                 for dyno in lent:
                     capacity.take_back(dyno)

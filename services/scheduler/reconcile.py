@@ -35,12 +35,13 @@ from slipway.contracts.gateway import DYNO_SIZES, AppDesired
 from slipway.libs import appimages
 from slipway.libs.bus import Bus
 from slipway.libs.errors import SlipwayError, Unavailable
-from slipway.services.scheduler import containers, deploy, model
+from slipway.services.scheduler import containers, deploy, model, starts
 from slipway.services.scheduler.errors import EngineUnavailable
 from slipway.services.scheduler.hosts import Container, Engine, connect, probe
 from slipway.services.scheduler.placement import plan
 from slipway.services.scheduler.runtime import Runtime, Tracked
 from slipway.services.scheduler.settings import SchedulerSettings
+from slipway.services.scheduler.starts import StartTrouble, StartWatch
 from slipway.services.scheduler.store import AppRow, HostRow, SchedulerStore
 
 log = structlog.get_logger("slipway.scheduler")
@@ -58,6 +59,14 @@ class Scheduler:
         self.store = store
         self.bus = bus
         self.rt = Runtime(settings, store, bus)
+        # Dynos hosts refused to start: moved after a few tries, listed meanwhile.
+        self.starts = StartTrouble(
+            move_after=settings.move_after_start_failures,
+            cooloff=settings.refused_host_cooloff,
+            backoff_base=settings.backoff_base,
+            backoff_cap=settings.backoff_cap,
+        )
+        self.watch = StartWatch(self.starts, bus, self.rt.say, self._elsewhere, self.kick)
         self.synced = False  # the desired state of every app is known (gateway answered)
         self._locks: dict[str, asyncio.Lock] = {}
         self._dirty: set[str] = set()
@@ -202,6 +211,9 @@ class Scheduler:
             formation = model.DesiredFormation(app=app_id, release=0, processes={})
         else:
             formation = _formation(target)
+        now = time.monotonic()
+        await self._forget_unstarted(formation)
+        formation = msgspec.structs.replace(formation, avoid=self.starts.avoided(app_id, now))
         # Never plan from a half-read listing (a poll adopting containers host by host).
         async with self._picture:
             hosts = tuple(self._host_model(engine) for engine in self.rt.engines.values())
@@ -209,15 +221,41 @@ class Scheduler:
             planned = plan(model.ClusterState(hosts=hosts, dynos=dynos), [formation])
         for item in planned.unplaceable:
             log.warning("dyno.unplaceable", app=app_id, dyno=item.name, detail=item.detail)
+        planned = self._hold_back(app_id, planned, now)
         env: dict[str, str] = {}
         if target is not None and planned.starts:
             try:
                 env = await self.rt.config_env(target)
             except Exception as exc:
                 return await self._config_unreadable(row, target, exc)
-        outcome = await deploy.execute(self.rt, target, planned, env)
+        outcome = await deploy.execute(self.rt, target, planned, env, self.watch)
         await self._settle(app_id, row, target, outcome)
         return outcome
+
+    async def _forget_unstarted(self, formation: model.DesiredFormation) -> None:
+        """Drop the records of dynos that never started and are no longer wanted (scaled
+        down, app gone: published `down`) or that run now (adopted: nothing to say)."""
+        wanted = starts.names(formation)
+        running = {t.spec.name for t in self.rt.of_app(formation.app)}
+        dropped = self.starts.keep(formation.app, wanted - running)
+        await self.watch.dropped([r for r in dropped if r.spec.name not in wanted])
+        if not wanted:
+            self.starts.forget_app(formation.app)
+
+    def _hold_back(self, app_id: str, planned: model.Plan, now: float) -> model.Plan:
+        """The plan without the starts still in their backoff; reconciled again when due."""
+        planned, due = starts.hold_back(self.starts, app_id, planned, now)
+        if due is not None:
+            asyncio.get_running_loop().call_later(due, self.kick, app_id)
+        return planned
+
+    def _elsewhere(self, spec: containers.DynoSpec) -> bool:
+        """Whether an up host other than the dyno's, and not avoided for its app, exists."""
+        avoided = self.starts.avoided(spec.app_id, time.monotonic())
+        return any(
+            e.id != spec.host_id and e.id not in avoided and self.is_up(e)
+            for e in self.rt.engines.values()
+        )
 
     async def _config_unreadable(
         self, row: AppRow | None, target: AppDesired, exc: Exception
@@ -317,6 +355,8 @@ class Scheduler:
             await self._fail(target, outcome.failed, phase="boot")
             self.kick(app_id)  # bring back any old dyno the roll had stopped first
             return
+        if outcome.pending:
+            return  # a replacement goes to another host in the next pass: not done yet
         if row is not None and target is not None and target.release_version is not None:
             serving = row.serving.release_version if row.serving else None
             if target == row.desired and serving != target.release_version:
@@ -326,7 +366,7 @@ class Scheduler:
                 await self.store.set_serving(app_id, target)  # a formation change
         if (row is None or row.destroyed) and not self.rt.of_app(app_id):
             for engine in self.rt.engines.values():
-                await containers.remove_network(engine.docker, app_id, self.settings.scoped)
+                await self.rt.release_network(engine, app_id)
             # Only a destroyed app's images: an app merely unknown here may be new.
             if row is not None and not await self._remove_images(app_id):
                 return  # kept: the next full pass tries again

@@ -24,10 +24,10 @@ from slipway.contracts.keyring import Purpose
 from slipway.contracts.logs import LogLine, LogLines, lines_subject
 from slipway.contracts.registry import CREDENTIALS_ISSUE, Credentials, IssueCredentials
 from slipway.contracts.scheduler import DYNO_CHANGED, R15_TEXT, Dyno, DynoChanged, DynoState
-from slipway.libs import healthpath
+from slipway.libs import appnet, healthpath
 from slipway.libs.bus import Bus
 from slipway.libs.crypto import Binding, envelope
-from slipway.services.scheduler import containers, health, model
+from slipway.services.scheduler import containers, health, model, starts
 from slipway.services.scheduler.containers import DynoSpec
 from slipway.services.scheduler.hosts import Engine
 from slipway.services.scheduler.settings import SchedulerSettings
@@ -87,7 +87,12 @@ class Runtime:
         self.creating: set[str] = set()  # container names being created right now
         self.one_offs: set[str] = set()  # release-phase containers running right now
         self.restarts = 0  # crashed dynos restarted since this process started (a metric)
-        self._network_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # Every app container this process creates is made inside `networks.held`, and
+        # each removal releases the network: an app's network on a host lives exactly
+        # while the app has containers there (libs/appnet.py).
+        self.networks = appnet.AppNetworks(
+            settings.scoped, settings.app_network_pool, settings.app_subnet_prefix
+        )
         # State changes are stored and published in order by one worker, off the dynos'
         # critical path (a JetStream ack and an fsync each).
         # An entry without a dyno deletes the container's row.
@@ -95,13 +100,19 @@ class Runtime:
             asyncio.Queue()
         )
         self._writer: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        """Start the worker that stores and publishes state changes."""
+        """Start the worker that stores and publishes state changes, and the network sweep."""
         self._writer = asyncio.create_task(self._write_changes())
+        self._sweeper = asyncio.create_task(self._sweep_networks(), name="scheduler:networks")
 
     async def close(self) -> None:
-        """Write out the state changes still queued, then stop the worker."""
+        """Write out the state changes still queued, then stop the workers."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
         if self._writer is not None:
             try:
                 await asyncio.wait_for(self._outbox.join(), 5.0)
@@ -228,13 +239,28 @@ class Runtime:
                 )
         await containers.ensure_image(engine.docker, spec.image, credentials)
 
-    async def ensure_network(self, engine: Engine, app_id: str) -> None:
-        """The app's network on `engine`, made once even when dynos start together."""
-        lock = self._network_locks.setdefault((engine.id, app_id), asyncio.Lock())
-        async with lock:
-            await containers.ensure_network(
-                engine.docker, app_id, self.settings.scoped, self.settings.app_network_pool
-            )
+    def network_held(
+        self, engine: Engine, app_id: str
+    ) -> contextlib.AbstractAsyncContextManager[str]:
+        """The app's network on `engine`, kept while a container is created in this block."""
+        return self.networks.held(engine.docker, engine.id, app_id)
+
+    async def release_network(self, engine: Engine, app_id: str) -> None:
+        """Remove the app's network on `engine` if no container of the app is left there."""
+        try:
+            await self.networks.release(engine.docker, engine.id, app_id)
+        except Exception as exc:  # a silent engine: the sweep tries again
+            log.warning("network.release_failed", app=app_id, host=engine.id, error=repr(exc))
+
+    async def _sweep_networks(self) -> None:
+        """Every reconcile interval, remove the app networks no container uses any more."""
+        while True:
+            await asyncio.sleep(self.settings.reconcile_interval)
+            for engine in list(self.engines.values()):
+                try:
+                    await self.networks.sweep(engine.docker, engine.id)
+                except Exception as exc:  # a silent engine: the next sweep tries again
+                    log.warning("network.sweep_failed", host=engine.id, error=repr(exc))
 
     # ---- operations ----------------------------------------------------------------------
 
@@ -261,14 +287,19 @@ class Runtime:
     ) -> Tracked:
         """Create and start one dyno container; it is tracked as `starting`."""
         engine = self.engines[spec.host_id]
-        await self._pull(engine, spec)
-        await self.ensure_network(engine, spec.app_id)
+        try:
+            await self._pull(engine, spec)
+        except Exception as exc:
+            # Told apart from the create: the user learns which step failed (starts.py).
+            detail = getattr(exc, "message", None) or repr(exc)
+            raise starts.StartRefused(starts.PULL, detail) from exc
         web = spec.process_type == "web"
-        config = await self.container_config(spec, engine, publish=web)
         name = containers.container_name(spec, self.settings.scoped)
         self.creating.add(name)
         try:
-            container = await engine.docker.containers.create(config, name=name)
+            async with self.network_held(engine, spec.app_id):
+                config = await self.container_config(spec, engine, publish=web)
+                container = await engine.docker.containers.create(config, name=name)
             tracked = Tracked(container_id=container.id, spec=spec, state="starting", busy=True)
             declared = env.get(HEALTH_PATH_VAR) if web else None
             tracked.health_path = declared if declared and healthpath.is_valid(declared) else None
@@ -437,6 +468,8 @@ class Runtime:
             # Never left half-stopped: a `down` dyno nobody tracks would block its name.
             self.forget(tracked)
             self._outbox.put_nowait((tracked, None, None, ""))
+        if engine is not None:
+            await self.release_network(engine, tracked.spec.app_id)  # the app's last one here?
 
     def forget(self, tracked: Tracked) -> None:
         self.dynos.pop(tracked.container_id, None)

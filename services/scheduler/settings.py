@@ -7,8 +7,12 @@ import grp
 import hashlib
 import pwd
 from pathlib import Path
+from typing import Annotated
+
+import msgspec
 
 from slipway.contracts import backup, dynoinit
+from slipway.libs import appnet
 from slipway.libs.service import Settings
 
 INIT_DIR = Path("/usr/local/lib/slipway")
@@ -43,6 +47,11 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
     backoff_cap: float = 300.0
     # ... and the count starts again once a dyno stayed up this long.
     healthy_reset: float = 600.0
+    # A dyno whose start a host refused this many times in a row (pull, create, start)
+    # goes to another host; that host takes none of the app's new dynos for
+    # `refused_host_cooloff` seconds unless no other host has room (starts.py).
+    move_after_start_failures: int = 3
+    refused_host_cooloff: float = 600.0
     # How often each engine is listed (crashes, lost hosts) and everything reconciled.
     poll_interval: float = 1.0
     reconcile_interval: float = 15.0
@@ -65,9 +74,14 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
     # socket), mounted read-only at /.slipway/log; "": <home>/run/dynolog. The
     # log-shipper reads the same setting (SLIPWAY_DYNO_LOG_DIR).
     dyno_log_dir: str = ""
-    # Each app network takes a /24 from here on each host (libs/appnet.py); "": the
-    # scope's pool (10.210.0.0/16 in the default scope, contracts/scope.py).
+    # Each app network takes a /<app_subnet_prefix> from here on each host where the app
+    # has containers (libs/appnet.py); "": the scope's pool (10.210.0.0/16 in the default
+    # scope, contracts/scope.py). A /16 holds 2,048 /27s: 2,048 apps with dynos per host.
     app_network_pool: str = ""
+    # 27: 29 addresses per app and host, more dynos of one app than a host runs.
+    app_subnet_prefix: Annotated[
+        int, msgspec.Meta(ge=appnet.MIN_SUBNET_PREFIX, le=appnet.MAX_SUBNET_PREFIX)
+    ] = appnet.DEFAULT_SUBNET_PREFIX
     # The add-ons' run folders (`<dir>/<host id>/<addon id>`, mounted at /run/slipway in
     # each database: its second socket, archive/, restore/); "": <home>/run/addons. The
     # backup service reads the same setting (SLIPWAY_ADDON_RUN_DIR).
@@ -80,6 +94,10 @@ class SchedulerSettings(Settings, frozen=True, kw_only=True):
     # How long a restored database may take to replay its WAL before it counts as failed.
     restore_timeout: float = 3600.0
     # `scope` (every Settings has it) picks the containers it labels, lists and adopts.
+
+    def __post_init__(self) -> None:
+        # A pool without room for one subnet would fail at the first dyno: refused at start.
+        appnet.parse_pool(self.app_network_pool or self.scoped.pool, self.app_subnet_prefix)
 
     def init_path(self) -> str:
         """The host path of the dyno init."""

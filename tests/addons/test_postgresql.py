@@ -125,7 +125,9 @@ async def test_create_attach_connect_destroy(backup_stack: BackupStack) -> None:
             left = await docker.containers.list(
                 all=True, filters={"label": [f"org.slipway.app={app['id']}", LABEL_ADDON]}
             )
+            networks = [n["Name"] for n in await docker.networks.list()]
         assert left == []
+        assert network not in networks  # the database was the app's last container here
         assert await volumes_of(app["id"]) == []
         assert (await alice.get(f"/addons/{addon['id']}")).status == 404
 

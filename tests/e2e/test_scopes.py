@@ -89,10 +89,11 @@ async def test_same_app_in_two_scopes_gets_two_networks_chains_and_pools(
     wirer_a, wirer_b = wirer_networks(a), wirer_networks(b)
     async with aiodocker.Docker(url=LOCAL) as docker:
         try:
-            await wirer_a.ensure([app_id])
-            # B's network is made by B's scheduler first, as when a dyno is placed first.
+            # Each network is made by its scope's scheduler (with the app's first dyno).
+            await containers.ensure_network(docker, app_id, a)
+            await wirer_a.sync([app_id])
             await containers.ensure_network(docker, app_id, b)
-            await wirer_b.ensure([app_id])
+            await wirer_b.sync([app_id])
             net_a, net_b = await network_of(docker, a, app_id), await network_of(docker, b, app_id)
             assert net_a["Id"] != net_b["Id"] and bridge_of(net_a) != bridge_of(net_b)
             for scope, net in ((a, net_a), (b, net_b)):

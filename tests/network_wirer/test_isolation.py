@@ -19,6 +19,7 @@ import pytest
 
 from slipway.contracts.gateway import APP_DESTROYED, AppDestroyed
 from slipway.contracts.scope import Scope
+from slipway.libs import appnet
 from slipway.libs.haproxy import HAProxyServer, RouterPorts
 from slipway.libs.natsserver import NatsServer
 from tests.conftest import assert_eventually
@@ -102,6 +103,12 @@ async def test_dyno_reaches_only_the_router(
             manage_networks=True,
             isolation=True,
         )
+        # network-wirer makes no network; the scheduler makes each with the app's first
+        # dyno, after this wirer's last pass: the chain holds known apps' bridges already.
+        names = [n["Name"] for n in await docker.networks.list()]
+        assert scope.network(a.app_id) not in names and scope.network(b.app_id) not in names
+        for app in (a, b):
+            await appnet.ensure_app_network(docker, app.app_id, scope=scope)
         dyno_a = await dynos.start(a, network=scope.network(a.app_id))
         dyno_b = await dynos.start(b, network=scope.network(b.app_id))
         network_a = await docker.networks.get(scope.network(a.app_id))
