@@ -22,7 +22,6 @@ import aiodocker
 import msgspec
 import pytest
 
-from slipway.contracts import webhooks as wh
 from slipway.contracts.monitor import MONITOR_STATUS, BackupStatus, GetStatus, PlatformStatus
 from slipway.contracts.subjects import Service
 from slipway.libs.bus import Bus
@@ -39,9 +38,13 @@ from tests.webhooks.conftest import (  # noqa: F401 - fixtures
     LOOPBACK_ALLOWED,
     Post,
     Receiver,
+    add_operator_webhook,
+    alert_posts,
     certificate,
+    first_alert_post,
     receiver,
     signed_by,
+    webhook_env,
 )
 
 pytestmark = [
@@ -101,14 +104,12 @@ async def running_monitor(backups: BackupStack, grace: float) -> AsyncIterator[S
 
 
 @pytest.fixture
-def webhook_env(
+def webhooks_from_env(
     certificate: tuple[Path, Path],  # noqa: F811 - a fixture
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The monitor's webhooks read their settings from the environment, as in production."""
-    monkeypatch.setenv("SLIPWAY_EGRESS_ALLOW", LOOPBACK_ALLOWED)
-    monkeypatch.setenv("SLIPWAY_WEBHOOK_CA_FILE", str(certificate[0]))
-    monkeypatch.setenv("SLIPWAY_WEBHOOK_BACKOFF", "0.2")
+    webhook_env(monkeypatch, certificate[0])
 
 
 async def _backups(owner: Api, app: str, addon: str) -> list[dict[str, Any]]:
@@ -129,23 +130,6 @@ async def _database(app_id: str, action: str) -> None:
         await (container.stop() if action == "stop" else container.start())
 
 
-def _alert_posts(found: Receiver, key: str, action: str) -> list[Post]:
-    return [
-        p
-        for p in found.posts
-        if p.json().get("resource") == "alert"
-        and p.json()["data"].get("key") == key
-        and p.json().get("action") == action
-    ]
-
-
-async def _one_post(found: Receiver, key: str, action: str) -> Post:
-    """The first POST telling `action` of the alert `key` (AssertionError while none)."""
-    posts = _alert_posts(found, key, action)
-    assert posts, [(p.json().get("action"), p.json()["data"].get("key")) for p in found.posts]
-    return posts[0]
-
-
 def _backup_status(status: PlatformStatus, addon_id: str) -> BackupStatus:
     found = [b for b in status.backups if b.addon_id == addon_id]
     assert len(found) == 1, status.backups
@@ -154,7 +138,7 @@ def _backup_status(status: PlatformStatus, addon_id: str) -> BackupStatus:
 
 async def test_a_database_down_at_its_slot_fires_a_signed_backup_overdue_webhook(
     scheduled_backups: BackupStack,
-    webhook_env: None,
+    webhooks_from_env: None,
     receiver: Receiver,  # noqa: F811 - a fixture
     bus_factory: Callable[[str], Awaitable[Bus]],
 ) -> None:
@@ -180,17 +164,7 @@ async def test_a_database_down_at_its_slot_fires_a_signed_backup_overdue_webhook
     assert first["kind"] == "scheduled"
 
     async with running_monitor(scheduled_backups, GRACE):
-        created = await gateway.call(
-            wh.WEBHOOK_CREATE,
-            wh.CreateWebhook(
-                app_id="",
-                team_id="",
-                url=receiver.url(),
-                include=["alert"],
-                level="sync",
-                secret=SECRET,
-            ),
-        )
+        created = await add_operator_webhook(gateway, receiver.url(), SECRET)
         assert created.webhook.app_id == ""  # the operator's: platform alerts
 
         # Before the outage the monitor sees the database backed up: green, nothing sent.
@@ -203,7 +177,7 @@ async def test_a_database_down_at_its_slot_fires_a_signed_backup_overdue_webhook
 
         status = await assert_eventually(lambda: judged(False), timeout=30, interval=0.5)
         assert key not in {a.key for a in status.alerts}
-        assert not _alert_posts(receiver, key, "fire")
+        assert not alert_posts(receiver, key, "fire")
 
         # The real cause: the database goes down, and the backup service's stream says so.
         await _database(app["id"], "stop")
@@ -239,7 +213,7 @@ async def test_a_database_down_at_its_slot_fires_a_signed_backup_overdue_webhook
             False,
         )
 
-        post = await assert_eventually(lambda: _one_post(receiver, key, "fire"), timeout=60)
+        post = await assert_eventually(lambda: first_alert_post(receiver, key, "fire"), timeout=60)
         assert signed_by(SECRET, post)
         assert not signed_by("another secret", post)
         alert = post.json()["data"]
@@ -277,11 +251,13 @@ async def test_a_database_down_at_its_slot_fires_a_signed_backup_overdue_webhook
         assert second["kind"] == "scheduled"
         assert dt.datetime.fromisoformat(second["created_at"]) >= slot
 
-        post = await assert_eventually(lambda: _one_post(receiver, key, "resolve"), timeout=60)
+        post = await assert_eventually(
+            lambda: first_alert_post(receiver, key, "resolve"), timeout=60
+        )
         assert signed_by(SECRET, post)
         assert post.json()["data"]["state"] == "resolved"
         assert post.json()["data"]["resolved_at"] is not None
-        assert len(_alert_posts(receiver, key, "fire")) == 1  # one alert, not one per pass
+        assert len(alert_posts(receiver, key, "fire")) == 1  # one alert, not one per pass
 
         status = await assert_eventually(lambda: judged(False), timeout=30, interval=0.5)
         assert key not in {a.key for a in status.alerts}  # the firing ones

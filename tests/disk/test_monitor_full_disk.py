@@ -23,7 +23,6 @@ from typing import Any
 import msgspec
 import pytest
 
-from slipway.contracts import webhooks as wh
 from slipway.contracts.monitor import MONITOR_STATUS, GetStatus, PlatformStatus
 from slipway.contracts.subjects import Service
 from slipway.libs.bus import Bus
@@ -40,9 +39,12 @@ from tests.webhooks.conftest import (  # noqa: F401 - fixtures
     LOOPBACK_ALLOWED,
     Post,
     Receiver,
+    add_operator_webhook,
+    alert_posts,
     certificate,
     receiver,
     signed_by,
+    webhook_env,
 )
 
 pytestmark = [
@@ -103,16 +105,6 @@ def builder(server: NatsServer, home: Path) -> ServiceApp:
     return ServiceApp(Service.BUILDER, settings=msgspec.convert(values, Settings))
 
 
-def posts(found: Receiver, action: str) -> list[Post]:
-    return [
-        p
-        for p in list(found.posts)
-        if p.json().get("resource") == "alert"
-        and p.json().get("action") == action
-        and p.json()["data"].get("key") == KEY
-    ]
-
-
 async def test_an_alert_first_seen_on_a_full_disk_is_delivered_from_memory(
     hardened: NatsServer,
     loopfs: LoopFs,
@@ -130,9 +122,7 @@ async def test_an_alert_first_seen_on_a_full_disk_is_delivered_from_memory(
             KeyringSettings(**_creds(hardened, Service.KEYRING), home=str(tmp_path / "kr"))
         )
     )
-    monkeypatch.setenv("SLIPWAY_EGRESS_ALLOW", LOOPBACK_ALLOWED)
-    monkeypatch.setenv("SLIPWAY_WEBHOOK_CA_FILE", str(certificate[0]))
-    monkeypatch.setenv("SLIPWAY_WEBHOOK_BACKOFF", "0.2")
+    webhook_env(monkeypatch, certificate[0])
     settings = msgspec.convert(
         {
             **_creds(hardened, Service.MONITOR),
@@ -152,17 +142,7 @@ async def test_an_alert_first_seen_on_a_full_disk_is_delivered_from_memory(
         hardened.url, Service.GATEWAY, user="gateway", password=hardened.users["gateway"]
     )
     try:
-        await gateway.call(
-            wh.WEBHOOK_CREATE,
-            wh.CreateWebhook(
-                app_id="",
-                team_id="",
-                url=receiver.url(),
-                include=["alert"],
-                level="sync",
-                secret=SECRET,
-            ),
-        )
+        await add_operator_webhook(gateway, receiver.url(), SECRET)
 
         async def status() -> PlatformStatus:
             return await gateway.call(MONITOR_STATUS, GetStatus())
@@ -179,7 +159,7 @@ async def test_an_alert_first_seen_on_a_full_disk_is_delivered_from_memory(
         await services.stop(first)
 
         async def fired() -> Post:
-            found = posts(receiver, "fire")
+            found = alert_posts(receiver, KEY, "fire")
             assert found, [p.json().get("data", {}).get("key") for p in receiver.posts]
             return found[0]
 
@@ -229,7 +209,7 @@ async def test_an_alert_first_seen_on_a_full_disk_is_delivered_from_memory(
         await services.start(builder(hardened, tmp_path / "b2"))
 
         async def resolved() -> Post:
-            found = posts(receiver, "resolve")
+            found = alert_posts(receiver, KEY, "resolve")
             assert found
             return found[0]
 
@@ -237,7 +217,12 @@ async def test_an_alert_first_seen_on_a_full_disk_is_delivered_from_memory(
         assert signed_by(SECRET, closing)
         assert closing.json()["data"]["id"] == alert["id"]
         # Told once each: the fire from memory was not repeated once it could be stored.
-        assert len({p.headers["Heroku-Webhook-Id"] for p in posts(receiver, "fire")}) == 1
-        assert len({p.headers["Heroku-Webhook-Id"] for p in posts(receiver, "resolve")}) == 1
+        assert (
+            len({p.headers["Heroku-Webhook-Id"] for p in alert_posts(receiver, KEY, "fire")}) == 1
+        )
+        assert (
+            len({p.headers["Heroku-Webhook-Id"] for p in alert_posts(receiver, KEY, "resolve")})
+            == 1
+        )
     finally:
         await gateway.close()

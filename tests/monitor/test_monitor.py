@@ -19,7 +19,6 @@ import pytest
 from nats.aio.msg import Msg
 
 from slipway.contracts import disk, subjects
-from slipway.contracts import webhooks as wh
 from slipway.contracts.base import encode
 from slipway.contracts.gateway import APP_DESTROYED, AppDestroyed
 from slipway.contracts.monitor import (
@@ -42,9 +41,13 @@ from tests.webhooks.conftest import (  # noqa: F401 - fixtures
     LOOPBACK_ALLOWED,
     Post,
     Receiver,
+    add_operator_webhook,
+    alert_posts,
     certificate,
+    first_alert_post,
     receiver,
     signed_by,
+    webhook_env,
 )
 
 pytestmark = pytest.mark.integration
@@ -194,9 +197,7 @@ async def test_a_consumer_left_behind_is_an_alert(
             )
         )
     )
-    monkeypatch.setenv("SLIPWAY_EGRESS_ALLOW", LOOPBACK_ALLOWED)
-    monkeypatch.setenv("SLIPWAY_WEBHOOK_CA_FILE", str(certificate[0]))
-    monkeypatch.setenv("SLIPWAY_WEBHOOK_BACKOFF", "0.2")
+    webhook_env(monkeypatch, certificate[0])
     await run(monitor_app(hardened, tmp_path / "home", monitor_lag_alert=3))
     gateway = await gateway_bus(hardened)
     proxy = await nats.connect(
@@ -207,24 +208,14 @@ async def test_a_consumer_left_behind_is_an_alert(
     )
     key = "consumer_lag:EVT:registry-proxy-gc"
     try:
-        await gateway.call(
-            wh.WEBHOOK_CREATE,
-            wh.CreateWebhook(
-                app_id="",
-                team_id="",
-                url=receiver.url(),
-                include=["alert"],
-                level="sync",
-                secret=SECRET,
-            ),
-        )
+        await add_operator_webhook(gateway, receiver.url(), SECRET)
         for n in range(4):
             await gateway.publish(
                 APP_DESTROYED, AppDestroyed(app_id=f"a{n}", name=f"a{n}", team_id="t", actor="test")
             )
         fired = await assert_eventually(lambda: alerts.with_key(key, "firing"), timeout=20)
         assert fired.value is not None and fired.value >= 3  # the mark, or more
-        told = await assert_eventually(lambda: _posted(receiver, key, "fire"), timeout=20)
+        told = await assert_eventually(lambda: first_alert_post(receiver, key, "fire"), timeout=20)
         assert signed_by(SECRET, told) and told.json()["data"]["id"] == fired.id
 
         # The consumer reads again: everything it was given is acknowledged.
@@ -238,21 +229,13 @@ async def test_a_consumer_left_behind_is_an_alert(
                 await msg.ack()
                 caught_up += 1
         await assert_eventually(lambda: alerts.with_key(key, "resolved"), timeout=20)
-        closing = await assert_eventually(lambda: _posted(receiver, key, "resolve"), timeout=20)
+        closing = await assert_eventually(
+            lambda: first_alert_post(receiver, key, "resolve"), timeout=20
+        )
         assert signed_by(SECRET, closing) and closing.json()["data"]["id"] == fired.id
     finally:
         await proxy.close()
         await gateway.close()
-
-
-def _posted(found: Receiver, key: str, action: str) -> Post:
-    posts = [
-        p
-        for p in list(found.posts)
-        if p.json().get("action") == action and p.json()["data"].get("key") == key
-    ]
-    assert posts, [(p.json().get("action"), p.json()["data"].get("key")) for p in found.posts]
-    return posts[0]
 
 
 async def test_a_disk_past_the_alert_mark_is_an_alert_and_resolves_below_it(

@@ -23,7 +23,6 @@ import msgspec
 import pytest
 from cryptography import x509
 
-from slipway.contracts import webhooks as wh
 from slipway.contracts.gateway import DESIRED_GET, AppDesired, DesiredState, GetDesired
 from slipway.contracts.monitor import MONITOR_STATUS, GetStatus
 from slipway.contracts.router import ROUTER_CERTS_LIST, ListRouterCertificates
@@ -47,9 +46,12 @@ from tests.webhooks.conftest import (  # noqa: F401 - fixtures
     LOOPBACK_ALLOWED,
     Post,
     Receiver,
+    add_operator_webhook,
+    alert_posts,
     certificate,
     receiver,
     signed_by,
+    webhook_env,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -112,14 +114,6 @@ async def _served_not_after(port: int, context: ssl.SSLContext) -> datetime.date
     return x509.load_der_x509_certificate(der).not_valid_after_utc
 
 
-def _alert_posts(found: Receiver, key: str) -> list[Post]:
-    return [
-        p
-        for p in found.posts
-        if p.json().get("resource") == "alert" and p.json()["data"].get("key") == key
-    ]
-
-
 async def test_a_12_day_certificate_fires_a_signed_certificate_expiring_webhook(
     hardened: NatsServer,
     haproxy_server: HAProxyServer,
@@ -157,9 +151,7 @@ async def test_a_12_day_certificate_fires_a_signed_certificate_expiring_webhook(
     await scheduler.serve(DYNOS_LIST, dynos)
 
     # The monitor's webhooks read their settings from the environment, as in production.
-    monkeypatch.setenv("SLIPWAY_EGRESS_ALLOW", LOOPBACK_ALLOWED)
-    monkeypatch.setenv("SLIPWAY_WEBHOOK_CA_FILE", str(certificate[0]))
-    monkeypatch.setenv("SLIPWAY_WEBHOOK_BACKOFF", "0.2")
+    webhook_env(monkeypatch, certificate[0])
     monitor_settings = msgspec.convert(
         {
             **_creds(hardened, Service.MONITOR),
@@ -174,17 +166,7 @@ async def test_a_12_day_certificate_fires_a_signed_certificate_expiring_webhook(
     )
     assert monitor_settings.monitor_cert_warn_days == 14  # the default under test
     await start(create_monitor(monitor_settings))
-    created = await gateway.call(
-        wh.WEBHOOK_CREATE,
-        wh.CreateWebhook(
-            app_id="",
-            team_id="",
-            url=receiver.url(),
-            include=["alert"],
-            level="sync",
-            secret=SECRET,
-        ),
-    )
+    created = await add_operator_webhook(gateway, receiver.url(), SECRET)
     assert created.webhook.app_id == ""
 
     wirer = RunningWirer(
@@ -230,7 +212,7 @@ async def test_a_12_day_certificate_fires_a_signed_certificate_expiring_webhook(
         key = f"certificate:{DOMAIN}"
 
         async def delivered() -> Post:
-            posts = _alert_posts(receiver, key)
+            posts = alert_posts(receiver, key)
             assert posts, [p.json()["data"].get("key") for p in receiver.posts]
             return posts[0]
 

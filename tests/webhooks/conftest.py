@@ -21,6 +21,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from slipway.contracts import webhooks as wh
 from slipway.contracts.subjects import Service
 from slipway.libs.bus import Bus
 from slipway.libs.natsserver import NatsServer
@@ -158,3 +159,41 @@ async def gateway_bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
 
 def hooks_of(service: ServiceApp) -> Webhooks:
     return service[WEBHOOKS]
+
+
+def webhook_env(monkeypatch: pytest.MonkeyPatch, ca_file: Path) -> None:
+    """The environment a monitor service's webhooks read (as in production) for a
+    receiver on loopback with the test's certificate, retrying quickly."""
+    monkeypatch.setenv("SLIPWAY_EGRESS_ALLOW", LOOPBACK_ALLOWED)
+    monkeypatch.setenv("SLIPWAY_WEBHOOK_CA_FILE", str(ca_file))
+    monkeypatch.setenv("SLIPWAY_WEBHOOK_BACKOFF", "0.2")
+
+
+async def add_operator_webhook(bus: Bus, url: str, secret: str) -> wh.WebhookCreated:
+    """The operator's webhook for platform alerts (app "", no team), as the gateway adds it."""
+    return await bus.call(
+        wh.WEBHOOK_CREATE,
+        wh.CreateWebhook(
+            app_id="", team_id="", url=url, include=["alert"], level="sync", secret=secret
+        ),
+    )
+
+
+def alert_posts(found: Receiver, key: str, action: str = "fire") -> list[Post]:
+    """The receiver's alert deliveries about `key` with `action` (fire, escalate, resolve)."""
+    return [
+        p
+        for p in list(found.posts)  # a copy: the server appends meanwhile
+        if p.json().get("resource") == "alert"
+        and p.json().get("action") == action
+        and p.json()["data"].get("key") == key
+    ]
+
+
+def first_alert_post(found: Receiver, key: str, action: str = "fire") -> Post:
+    """The first delivery of `action` about the alert `key` (AssertionError while none:
+    for assert_eventually)."""
+    posts = alert_posts(found, key, action)
+    seen = [(p.json().get("action"), p.json().get("data", {}).get("key")) for p in found.posts]
+    assert posts, seen
+    return posts[0]
