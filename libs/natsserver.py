@@ -31,7 +31,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from slipway.libs.bus import tls as bus_tls
@@ -222,6 +222,63 @@ class NatsServer:
         """Stop and start again on the same port and data directory."""
         self.stop()
         return self.start()
+
+
+def cluster_node_config(
+    name: str,
+    peers: Sequence[str],
+    *,
+    users: Mapping[str, str],
+    route_password: str,
+    store_dir: str,
+    tls_dir: str,
+    cluster_name: str = "slipway",
+    client_port: int = 4222,
+    route_port: int = 6222,
+    monitor_port: int = 8222,
+    instances: Mapping[str, Iterable[str | None]] | None = None,
+) -> str:
+    """The configuration of node `name` of a nats-server cluster reached by host names
+    (compose/: `nats-1`, `nats-2`, `nats-3` on one Docker network).
+
+    As `NatsServer` hardened with TLS: a user per service with its generated permissions,
+    clients must present a certificate from the platform CA (`tls_dir` holds ca.pem and
+    the servers' server.pem/server.key), JetStream with `sync_interval: always`. Routes
+    between the nodes are TLS too, both sides verified (route.pem/route.key, issued for
+    serving and for clients, naming every node), and carry a route password. Each node
+    advertises its host name, so clients that learn the others from it can reconnect to
+    them with TLS and the names in the certificate.
+    """
+    if name not in peers:
+        raise ValueError(f"node {name!r} is not among the peers {list(peers)}")
+    routes = [
+        f"nats-route://route:{route_password}@{peer}:{route_port}" for peer in peers if peer != name
+    ]
+    ca, cert, key, route_cert, route_key = (
+        json.dumps(f"{tls_dir}/{file}")
+        for file in ("ca.pem", "server.pem", "server.key", "route.pem", "route.key")
+    )
+    return (
+        f"server_name: {json.dumps(name)}\n"
+        f"listen: 0.0.0.0:{client_port}\n"
+        f"client_advertise: {json.dumps(f'{name}:{client_port}')}\n"
+        # Health checks only (/healthz): the monitoring port is not published.
+        f"http: 127.0.0.1:{monitor_port}\n"
+        "max_payload: 8MB\n"
+        f"jetstream {{\n  store_dir: {json.dumps(store_dir)}\n  sync_interval: always\n}}\n"
+        f"{authorization_block(dict(users), instances)}"
+        f"tls {{\n  cert_file: {cert}\n  key_file: {key}\n  ca_file: {ca}\n"
+        "  verify: true\n  timeout: 2\n}\n"
+        "cluster {\n"
+        f"  name: {json.dumps(cluster_name)}\n"
+        f"  listen: 0.0.0.0:{route_port}\n"
+        f"  advertise: {json.dumps(f'{name}:{route_port}')}\n"
+        f"  authorization {{\n    user: route\n    password: {json.dumps(route_password)}\n  }}\n"
+        f"  tls {{\n    cert_file: {route_cert}\n    key_file: {route_key}\n    ca_file: {ca}\n"
+        "    verify: true\n    timeout: 2\n  }\n"
+        f"  routes: {json.dumps(routes)}\n"
+        "}\n"
+    )
 
 
 def _accepts(host: str, port: int) -> bool:

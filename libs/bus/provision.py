@@ -29,15 +29,22 @@ from nats.js import JetStreamContext, api
 from slipway.contracts import subjects
 from slipway.contracts.catalog import DEFAULT_INSTANCES, catalog
 from slipway.contracts.subjects import PROVISIONER, Service
+from slipway.libs.bus.tls import identity_from_env as tls_identity_from_env
 
 # How long a handler may hold a message before the server redelivers it; the consumer's
 # keep-alive (`in_progress`) runs at a third of it.
 ACK_WAIT = 30.0
 
 
-def stream_configs(evt_max_age: float = 30 * 86400) -> list[api.StreamConfig]:
-    """The CMD (work queue), EVT and DLQ streams, stored on disk."""
-    return [
+def stream_configs(evt_max_age: float = 30 * 86400, *, replicas: int = 1) -> list[api.StreamConfig]:
+    """The CMD (work queue), EVT and DLQ streams, stored on disk on `replicas` servers.
+
+    More than one replica needs a clustered nats-server (compose/ runs three): a stream
+    then survives the loss of a minority of its servers.
+    """
+    if replicas < 1:
+        raise ValueError(f"a stream needs at least one replica, not {replicas}")
+    configs = [
         api.StreamConfig(
             name=subjects.STREAM_CMD,
             subjects=[subjects.CMD_ALL],
@@ -62,6 +69,9 @@ def stream_configs(evt_max_age: float = 30 * 86400) -> list[api.StreamConfig]:
             duplicate_window=120.0,
         ),
     ]
+    if replicas == 1:
+        return configs  # as before replicas were a setting: the server's default of one
+    return [dataclasses.replace(config, num_replicas=replicas) for config in configs]
 
 
 def consumer_config(
@@ -85,9 +95,11 @@ def consumer_config(
     return config
 
 
-async def ensure_streams(js: JetStreamContext, *, evt_max_age: float = 30 * 86400) -> None:
+async def ensure_streams(
+    js: JetStreamContext, *, evt_max_age: float = 30 * 86400, replicas: int = 1
+) -> None:
     """Create the CMD, EVT and DLQ streams, or update them to this config."""
-    for config in stream_configs(evt_max_age):
+    for config in stream_configs(evt_max_age, replicas=replicas):
         assert config.name is not None
         try:
             await js.stream_info(config.name)
@@ -123,10 +135,16 @@ def declared_consumers(
 
 
 async def provision(
-    js: JetStreamContext, instances: Mapping[str, Iterable[str | None]] | None = None
+    js: JetStreamContext,
+    instances: Mapping[str, Iterable[str | None]] | None = None,
+    *,
+    replicas: int = 1,
 ) -> None:
-    """Create the streams and every declared consumer; safe to run at every start."""
-    await ensure_streams(js)
+    """Create the streams and every declared consumer; safe to run at every start.
+
+    Consumers take their stream's replica count (the server's default for a durable).
+    """
+    await ensure_streams(js, replicas=replicas)
     for stream, config in declared_consumers(instances):
         await js.add_consumer(stream, await keeping_position(js, stream, config))
 
@@ -210,6 +228,7 @@ async def provision_at(
     instances: Mapping[str, Iterable[str | None]] | None = None,
     tls: ssl.SSLContext | None = None,
     before: Callable[[], Awaitable[None]] | None = None,
+    replicas: int = 1,
 ) -> None:
     """Connect as `user` (the provisioner), provision, disconnect; `before` runs first."""
     if before is not None:
@@ -225,7 +244,7 @@ async def provision_at(
         max_reconnect_attempts=1,
     )
     try:
-        await provision(nc.jetstream(timeout=10.0), instances)
+        await provision(nc.jetstream(timeout=10.0), instances, replicas=replicas)
     finally:
         await nc.close()
 
@@ -237,8 +256,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--user", default=os.environ.get("SLIPWAY_NATS_USER", PROVISIONER))
     parser.add_argument("--password", default=os.environ.get("SLIPWAY_NATS_PASSWORD"))
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=os.environ.get("SLIPWAY_STREAM_REPLICAS", "1"),  # a string: parsed as given
+        help="servers each stream is stored on: 3 in a 3-node cluster ($SLIPWAY_STREAM_REPLICAS)",
+    )
     args = parser.parse_args(argv)
-    asyncio.run(provision_at(args.url, user=args.user, password=args.password))
+    if args.replicas < 1:
+        parser.error(f"--replicas must be at least 1, not {args.replicas}")
+    # Over TLS when $SLIPWAY_NATS_TLS_DIR holds this user's certificate, as services connect.
+    identity = tls_identity_from_env(args.user)
+    asyncio.run(
+        provision_at(
+            args.url,
+            user=args.user,
+            password=args.password,
+            tls=identity.client_context() if identity is not None else None,
+            replicas=args.replicas,
+        )
+    )
     print("streams and consumers provisioned", flush=True)
     return 0
 
