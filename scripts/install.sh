@@ -8,8 +8,9 @@
 # dyno and HAProxy) and its load generator. pebble: the ACME test server (and its DNS, pebble-challtestsrv) that
 # tests/network_wirer/haproxy/test_acme.py issues from; tests only, the platform never runs it.
 # chromium + chromium-driver: the dashboard's browser tests (tests/dashboard) drive headless Chromium.
+# docker-compose: the platform as containers (compose/, scripts/compose-up, tests/compose).
 DEBIAN_PACKAGES=(docker.io docker-registry haproxy git debootstrap python3-venv age nginx wrk pebble
-    chromium chromium-driver)
+    chromium chromium-driver docker-compose)
 # The Debian packages of these would start their own copies (the registry on :5000, HAProxy
 # on its /etc config, nginx on :80); Slipway runs them itself, configured its
 # own way (nginx only inside bench/router.py), so the packaged ones stay off.
