@@ -55,10 +55,19 @@ def change_id(alert: Alert) -> str:
 
 
 class Alerter:
-    def __init__(self, store: MonitorStore, bus: Bus, notify: Notify | None = None) -> None:
+    def __init__(
+        self,
+        store: MonitorStore,
+        bus: Bus,
+        notify: Notify | None = None,
+        bus_full: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.store = store
         self.bus = bus
         self.notify = notify
+        # Whether the bus's store is past the high-water mark: its events then wait (see
+        # announce), as the gateway's own writes do.
+        self.bus_full = bus_full
         # Changes the store could not take (its disk is full), by alert id, oldest first;
         # with whether the change escalated an alert already told.
         self._held: dict[str, tuple[Alert, bool]] = {}
@@ -193,9 +202,12 @@ class Alerter:
         The webhooks are told first and independently of the bus: after a full disk
         JetStream may refuse every event until nats-server restarts (tests/disk/
         test_jetstream_full.py), and the webhooks must not wait for that. Once the bus has
-        refused in this pass it is not asked again until the next one.
+        refused in this pass it is not asked again until the next one. Past the high-water
+        mark of the bus's own disk the events are not even offered: a JetStream write that
+        meets a full disk leaves the stream refusing every later write until nats-server
+        restarts, and the platform's other writers have stopped at that mark already.
         """
-        bus = [True]
+        bus = [not self.bus_full()]
         for alert, told_severity in await self.store.unannounced():
             escalated = alert.state == "firing" and told_severity not in ("", alert.severity)
             if not await self._tell_once(alert, escalated, bus):

@@ -138,7 +138,12 @@ def create_service(settings: MonitorSettings) -> ServiceApp:
         ) -> None:
             await hooks.notify(app_id, include, action, data, event_id=event_id)
 
-        alerter = Alerter(store, service.bus, notify=notify)
+        alerter = Alerter(
+            store,
+            service.bus,
+            notify=notify,
+            bus_full=lambda: disks.bus_store_above(settings.disk_high_water, time.time()),
+        )
         monitor = Monitor(settings, store, looker, alerter)
         service[MONITOR] = monitor
         task = asyncio.create_task(monitor.loop(service.stopping), name="monitor-passes")

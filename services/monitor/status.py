@@ -73,6 +73,10 @@ class Seen:
     unread: dict[str, str] = field(default_factory=dict)  # source -> why
 
 
+# The label the gateway gives JetStream's folder in its readings (services/gateway/app.py).
+BUS_STORE_LABEL = "bus store"
+
+
 class DiskReadings:
     """The latest readings of every service instance, as they publish them."""
 
@@ -86,6 +90,14 @@ class DiskReadings:
             log.warning("monitor.bad_disk_readings", error=str(exc))
             return
         self.latest[(readings.service, readings.instance)] = readings
+
+    def bus_store_above(self, mark: float, now: float) -> bool:
+        """Whether the bus's store (JetStream's folder, as the gateway watches it) is past
+        `mark` percent in a fresh reading."""
+        return any(
+            r.label.startswith(BUS_STORE_LABEL) and r.used_percent >= mark
+            for _, r in self.fresh(now)
+        )
 
     def fresh(self, now: float) -> list[tuple[disk.DiskReadings, disk.DiskReading]]:
         """Each folder's reading, from instances heard within three of their intervals."""
