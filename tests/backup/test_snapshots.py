@@ -301,8 +301,13 @@ async def test_old_snapshots_expire_and_manifests_chain(
         assert done.state == "completed", done.error
         ids.append(done.id)
     assert ids == sorted(ids)
-    assert [s.id for s in await snap.listing()] == [ids[2], ids[1]]
-    assert not snap.folder(ids[0]).exists()
+
+    # Expiry follows the third snapshot's completion (recorded first): wait for it.
+    async def expired() -> None:
+        assert [s.id for s in await snap.listing()] == [ids[2], ids[1]]
+        assert not snap.folder(ids[0]).exists()
+
+    await assert_eventually(expired, timeout=10.0)
     second = (snap.folder(ids[1]) / mf.MANIFEST).read_bytes()
     third = mf.decode((snap.folder(ids[2]) / mf.MANIFEST).read_bytes())
     assert (third.previous, third.previous_sha256) == (ids[1], hashlib.sha256(second).hexdigest())
