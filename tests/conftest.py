@@ -158,3 +158,12 @@ async def assert_eventually(
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def hardened(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server with one user per service, its streams and consumers provisioned."""
+    server = NatsServer(tmp_path / "nats", hardened=True)
+    server.start()
+    yield server
+    server.stop()

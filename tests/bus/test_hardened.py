@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import nats
@@ -20,15 +19,6 @@ from slipway.libs.natsserver import NatsServer
 from tests.conftest import assert_eventually
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def hardened(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server with one user per service, provisioned."""
-    server = NatsServer(tmp_path / "nats", hardened=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def connect(server: NatsServer, service: str) -> Bus:

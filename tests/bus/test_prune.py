@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import nats
 import pytest
 from nats.js import api
@@ -32,14 +29,6 @@ def test_only_the_platforms_own_undeclared_names_are_chosen() -> None:
         ("EVT", "network-wirer-routes"),
         ("EVT", "gateway-retired-purpose"),
     ]
-
-
-@pytest.fixture
-def hardened(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats", hardened=True)
-    server.start()  # streams and every declared consumer, by the provisioner
-    yield server
-    server.stop()
 
 
 async def test_an_orphan_consumer_is_deleted_and_the_rest_kept(hardened: NatsServer) -> None:

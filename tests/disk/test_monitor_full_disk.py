@@ -57,14 +57,6 @@ KEY = "service_down:builder"
 
 
 @pytest.fixture
-def hardened(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats", hardened=True)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def loopfs(tmp_path: Path) -> Iterator[LoopFs]:
     with LoopFs(tmp_path, megabytes=32) as fs:
         yield fs

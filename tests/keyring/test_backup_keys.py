@@ -45,7 +45,6 @@ from tests.keyring.conftest import BusFactory, RunningKeyring, settings_for, sta
 from tests.security.bus.conftest import (  # noqa: F401 - fixtures
     Connect,
     connect_as,
-    hardened,
     lowered,
 )
 

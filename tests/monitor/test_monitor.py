@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import msgspec
@@ -55,14 +55,6 @@ pytestmark = pytest.mark.integration
 SECRET = "the-operators-webhook-secret"
 
 Run = Callable[[ServiceApp], Awaitable[ServiceApp]]
-
-
-@pytest.fixture
-def hardened(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats", hardened=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import datetime
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -59,14 +59,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DOMAIN = "www.shop-example.test"
 SECRET = "a-webhook-secret-of-the-operator"
 CERT_DAYS = 12  # renewed with 6 days left (half), an alert from 14: fires at issue
-
-
-@pytest.fixture
-def hardened(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats", hardened=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _creds(server: NatsServer, who: Service) -> dict[str, Any]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import nats
 import pytest
@@ -54,15 +53,6 @@ class Client:
 
 
 Connect = Callable[[str], Awaitable[Client]]
-
-
-@pytest.fixture
-def hardened(tmp_path: Path) -> Iterator[NatsServer]:
-    """A nats-server with one user per service, provisioned at start."""
-    server = NatsServer(tmp_path / "nats", hardened=True)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
