@@ -132,14 +132,13 @@ def extract(
         with tarfile.open(archive, "r:*") as tar:
             members = tar.getmembers()
             check_members(members, max_bytes=max_bytes)
-            # The "data" filter repeats the checks above and also drops modes that a
-            # source has no business carrying (setuid, group/world-writable).
-            tar.extractall(dest, members=members, filter="data")
+            # Then each member is judged again on disk as it is unpacked, where links
+            # unpacked before it count, and loses modes a source has no business carrying
+            # (setuid, group/world-writable): untar.unpack, the same on every Python.
+            untar.unpack(tar, members, dest)
         _open_implicit_folders(dest, members)
         _links_stay_inside(dest)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        if isinstance(exc, tarfile.FilterError):
-            raise SourceRejected(f"source rejected: {exc}") from None
         raise SourceRejected(f"source is not a readable gzipped tarball: {exc}") from None
     _hoist_single_folder(dest)
 

@@ -20,8 +20,10 @@ Only then does `source.extract` unpack, reading the same, now known bounded, fil
 from __future__ import annotations
 
 import bz2
+import copy
 import gzip
 import lzma
+import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,3 +190,68 @@ class _Plain:
 
     def close(self) -> None:
         return None
+
+
+# Pythons with extraction filters (3.11.4+) warn when none is named, and 3.14 applies
+# "data" by default; the judging is done here (`_judged`) on every Python, so the standard
+# library is told to apply none of its own. Debian's 3.11.2 has no such argument.
+_OWN_FILTER: dict[str, Any] = (
+    {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+)
+
+
+def unpack(tar: tarfile.TarFile, members: list[tarfile.TarInfo], dest: Path) -> None:
+    """Unpack `members` of `tar` into `dest`, judging each where it lands, as it lands.
+
+    The same rules as the standard library's "data" filter, written out so that they hold
+    on a Python without it: what a member writes and where a link leads are resolved on
+    disk just before it is unpacked (links unpacked earlier count), so nothing is written
+    or linked outside `dest`; ownership is the builder's, never the archive's; no setuid,
+    setgid, sticky or group/world-write bit survives. Folders keep the mode they are made
+    with (owner only): the archive's folder modes are not applied, as with "data".
+    """
+    root = os.path.realpath(dest)
+    for member in members:
+        judged = _judged(member, root)
+        tar.extract(judged, root, set_attrs=not judged.isdir(), numeric_owner=True, **_OWN_FILTER)
+
+
+def _judged(member: tarfile.TarInfo, root: str) -> tarfile.TarInfo:
+    """A copy of `member` that is safe to unpack under `root` now, or SourceRejected."""
+    name = member.name
+    path = os.path.join(root, name)
+    _inside(root, path, f"{name!r} would be written outside the source")
+    if not member.isdir() and os.path.isdir(path) and not os.path.islink(path):
+        # tarfile cannot put a file or link there; for a link it would then fall back to
+        # unpacking the link's target member there, with that member's own mode and owner.
+        raise SourceRejected(f"source rejected: {name!r} is both a folder and a file or link")
+    if member.issym() or member.islnk():
+        # A symlink's target is relative to its own folder, a hard link's to the root.
+        base = os.path.dirname(name) if member.issym() else ""
+        if os.path.isabs(member.linkname):
+            raise SourceRejected(f"source rejected: link {name!r} points to an absolute path")
+        target = os.path.join(root, base, member.linkname)
+        _inside(root, target, f"link {name!r} points outside the source ({member.linkname!r})")
+        if member.islnk() and not os.path.isfile(target):
+            # Else tarfile unpacks the target member there itself, with its own mode and owner.
+            raise SourceRejected(
+                f"source rejected: hard link {name!r} names no file unpacked before it"
+            )
+    elif not (member.isreg() or member.isdir()):
+        raise SourceRejected(f"source rejected: {name!r} is a device, FIFO or other special file")
+    judged = copy.copy(member)
+    # Owned by whoever unpacks (numeric ids, so the archive's user names are not looked up).
+    judged.uid, judged.gid, judged.uname, judged.gname = os.geteuid(), os.getegid(), "", ""
+    mode = member.mode & 0o755  # no setuid/setgid/sticky, nothing writable by others
+    if member.isreg() or member.islnk():
+        # Executable only if the owner may execute it; always readable and writable by them.
+        mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
+    judged.mode = mode
+    return judged
+
+
+def _inside(root: str, path: str, problem: str) -> None:
+    # realpath follows the links already on disk: that is where a write or a link lands.
+    landed = os.path.realpath(path)
+    if landed != root and not landed.startswith(root + os.sep):
+        raise SourceRejected(f"source rejected: {problem}")
