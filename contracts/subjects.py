@@ -46,8 +46,9 @@ CMD_ALL = f"{ROOT}.cmd.>"
 EVT_ALL = f"{ROOT}.evt.>"
 DLQ_ALL = f"{ROOT}.dlq.>"
 
-# KV buckets.
+# KV buckets, each stored in a stream of its own, `KV_<bucket>`.
 KV_LEASES = "slipway_leases"
+STREAM_LEASES = f"KV_{KV_LEASES}"
 
 # The micro-service discovery protocol (nats.io ADR-32).
 SRV_PREFIX = "$SRV"
@@ -116,6 +117,11 @@ def live(kind: str, ident: str) -> str:
 def live_filter(kind: str) -> str:
     """Every live subject of one kind (one token per id), for a queue-group listener."""
     return f"{ROOT}.live.{_token(kind)}.*"
+
+
+def lease_subject(service: Service) -> str:
+    """Where `service`'s leader lease is written: its key in the `KV_LEASES` bucket."""
+    return f"$KV.{KV_LEASES}.{_token(str(service))}"
 
 
 def inbox_prefix(service: Service | str, instance: str | None = None) -> str:

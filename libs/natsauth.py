@@ -41,6 +41,7 @@ from pathlib import Path
 
 from slipway.contracts import subjects
 from slipway.contracts.catalog import DEFAULT_INSTANCES, Catalog, catalog
+from slipway.contracts.leases import LEASED
 from slipway.contracts.subjects import OPERATOR, PROVISIONER, Service
 
 __all__ = [
@@ -125,12 +126,30 @@ def permissions(
         subscribe=[live.filter for live in cat.lives if service in live.readers],
     )
     _jetstream_permissions(perms, service, cat, instances)
+    if service in LEASED:
+        perms.add(publish=lease_subjects(Service(service)))
     if service == SNAPSHOT_READER:
         perms.add(publish=snapshot_read_subjects())
     if service == MONITOR:
         perms.add(publish=monitor_read_subjects())
     _discovery_permissions(perms, service)
     return perms
+
+
+def lease_subjects(service: Service) -> list[str]:
+    """What a leased service may do with the lease bucket: its own key only.
+
+    Write it (create, renew, release), read it back (direct get of its last value, which
+    is how a candidate tells a released key from a held one) and look up the bucket (its
+    ttl). Another service's key is out of reach: a broken-into keyring cannot depose the
+    scheduler's leader by overwriting its lease, nor stand in for it.
+    """
+    own = subjects.lease_subject(service)
+    return [
+        own,
+        f"{_JS_API}.DIRECT.GET.{subjects.STREAM_LEASES}.{own}",
+        f"{_JS_API}.STREAM.INFO.{subjects.STREAM_LEASES}",
+    ]
 
 
 def snapshot_read_subjects() -> list[str]:
@@ -202,7 +221,7 @@ def provisioner_permissions(
     cat = cat or catalog()
     instances = DEFAULT_INSTANCES if instances is None else instances
     perms = Permissions(subscribe=[f"{subjects.inbox_prefix(PROVISIONER)}.>"])
-    for stream in STREAMS:
+    for stream in (*STREAMS, subjects.STREAM_LEASES):
         perms.add(publish=[f"{_JS_API}.STREAM.{verb}.{stream}" for verb in ("INFO", "CREATE")])
         perms.add(publish=[f"{_JS_API}.STREAM.UPDATE.{stream}"])
     for service in Service:

@@ -28,6 +28,7 @@ from nats.js import JetStreamContext, api
 
 from slipway.contracts import subjects
 from slipway.contracts.catalog import DEFAULT_INSTANCES, catalog
+from slipway.contracts.leases import DEFAULT_LEASE_TTL
 from slipway.contracts.subjects import PROVISIONER, Service
 from slipway.libs.bus.tls import identity_from_env as tls_identity_from_env
 
@@ -95,11 +96,47 @@ def consumer_config(
     return config
 
 
+def lease_ttl_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """The lease ttl the operator chose ($SLIPWAY_LEASE_TTL, seconds), or the default."""
+    env = os.environ if environ is None else environ
+    raw = env.get("SLIPWAY_LEASE_TTL", "").strip()
+    return float(raw) if raw else DEFAULT_LEASE_TTL
+
+
+def lease_bucket_config(ttl: float = DEFAULT_LEASE_TTL, *, replicas: int = 1) -> api.StreamConfig:
+    """The stream behind the `KV_LEASES` bucket (libs/lease.py): one value per key, expiring.
+
+    Its max age is the lease ttl, which services read back from it. Stored on disk like
+    the others, so a lease outlives a restart of the server (its expiry still counts).
+    """
+    if ttl <= 1.0:
+        raise ValueError(f"a lease ttl must exceed one second, not {ttl}")
+    config = api.StreamConfig(
+        name=subjects.STREAM_LEASES,
+        subjects=[f"$KV.{subjects.KV_LEASES}.>"],
+        # What nats-py's KV layer expects of a bucket (create/update/delete by revision).
+        max_msgs_per_subject=1,
+        max_age=ttl,
+        discard=api.DiscardPolicy.NEW,
+        allow_rollup_hdrs=True,
+        deny_delete=True,
+        allow_direct=True,
+        duplicate_window=min(ttl, 120.0),
+        storage=api.StorageType.FILE,
+    )
+    return config if replicas == 1 else dataclasses.replace(config, num_replicas=replicas)
+
+
 async def ensure_streams(
-    js: JetStreamContext, *, evt_max_age: float = 30 * 86400, replicas: int = 1
+    js: JetStreamContext,
+    *,
+    evt_max_age: float = 30 * 86400,
+    replicas: int = 1,
+    lease_ttl: float = DEFAULT_LEASE_TTL,
 ) -> None:
-    """Create the CMD, EVT and DLQ streams, or update them to this config."""
-    for config in stream_configs(evt_max_age, replicas=replicas):
+    """Create the CMD, EVT, DLQ and lease streams, or update them to this config."""
+    configs = stream_configs(evt_max_age, replicas=replicas)
+    for config in [*configs, lease_bucket_config(lease_ttl, replicas=replicas)]:
         assert config.name is not None
         try:
             await js.stream_info(config.name)
@@ -139,12 +176,13 @@ async def provision(
     instances: Mapping[str, Iterable[str | None]] | None = None,
     *,
     replicas: int = 1,
+    lease_ttl: float = DEFAULT_LEASE_TTL,
 ) -> None:
     """Create the streams and every declared consumer; safe to run at every start.
 
     Consumers take their stream's replica count (the server's default for a durable).
     """
-    await ensure_streams(js, replicas=replicas)
+    await ensure_streams(js, replicas=replicas, lease_ttl=lease_ttl)
     for stream, config in declared_consumers(instances):
         await js.add_consumer(stream, await keeping_position(js, stream, config))
 
@@ -229,8 +267,14 @@ async def provision_at(
     tls: ssl.SSLContext | None = None,
     before: Callable[[], Awaitable[None]] | None = None,
     replicas: int = 1,
+    lease_ttl: float | None = None,
 ) -> None:
-    """Connect as `user` (the provisioner), provision, disconnect; `before` runs first."""
+    """Connect as `user` (the provisioner), provision, disconnect; `before` runs first.
+
+    `lease_ttl` None: $SLIPWAY_LEASE_TTL, or the default.
+    """
+    if lease_ttl is None:
+        lease_ttl = lease_ttl_from_env()
     if before is not None:
         await before()
     extra: dict[str, Any] = {"tls": tls} if tls is not None else {}
@@ -244,7 +288,9 @@ async def provision_at(
         max_reconnect_attempts=1,
     )
     try:
-        await provision(nc.jetstream(timeout=10.0), instances, replicas=replicas)
+        await provision(
+            nc.jetstream(timeout=10.0), instances, replicas=replicas, lease_ttl=lease_ttl
+        )
     finally:
         await nc.close()
 
@@ -262,7 +308,15 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("SLIPWAY_STREAM_REPLICAS", "1"),  # a string: parsed as given
         help="servers each stream is stored on: 3 in a 3-node cluster ($SLIPWAY_STREAM_REPLICAS)",
     )
+    parser.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=lease_ttl_from_env(),
+        help="seconds a dead leader's lease lasts before a standby takes over ($SLIPWAY_LEASE_TTL)",
+    )
     args = parser.parse_args(argv)
+    if args.lease_ttl <= 1.0:
+        parser.error(f"--lease-ttl must exceed one second, not {args.lease_ttl}")
     if args.replicas < 1:
         parser.error(f"--replicas must be at least 1, not {args.replicas}")
     # Over TLS when $SLIPWAY_NATS_TLS_DIR holds this user's certificate, as services connect.
@@ -274,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             password=args.password,
             tls=identity.client_context() if identity is not None else None,
             replicas=args.replicas,
+            lease_ttl=args.lease_ttl,
         )
     )
     print("streams and consumers provisioned", flush=True)

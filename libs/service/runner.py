@@ -17,13 +17,23 @@
 On SIGTERM or SIGINT the service stops taking work (RPC subscriptions drained,
 consumers stop fetching), lets in-flight handlers finish (up to `shutdown_grace`
 seconds), tears down its resources in reverse order, drains NATS and exits 0.
+
+A leased service (contracts/leases.py: gateway, keyring, scheduler) may run as several
+instances; each stands by until it holds its service's lease (libs/lease.py) and only
+then sets up its resources and takes work. While standing by it runs only what
+`standby_ctx` registered (the gateway answers its port with 503s, so a load balancer
+checking it sends requests to the leader). A leader that loses its lease stops at once
+and exits with EXIT_LEASE_LOST, to come back as a standby.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Generic, TypeVar
@@ -31,9 +41,11 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from slipway.contracts.base import CommandSpec, EventSpec, Message, Rpc
+from slipway.contracts.leases import LEASED
 from slipway.contracts.subjects import Service
 from slipway.libs import logcontext
 from slipway.libs.bus import Bus, Route, route
+from slipway.libs.lease import Lease, fence, holder_for
 from slipway.libs.metrics import Metrics, MetricsServer, socket_path
 from slipway.libs.service.discovery import Discovery
 from slipway.libs.service.logging import configure_logging
@@ -47,6 +59,11 @@ T = TypeVar("T")
 ReqT = TypeVar("ReqT", bound=Message)
 RepT = TypeVar("RepT", bound=Message)
 CleanupCtx = Callable[["ServiceApp"], AsyncIterator[None]]
+
+# The exit status of a leader that lost its lease (EX_TEMPFAIL): restart it, as a standby.
+EXIT_LEASE_LOST = 75
+# The file in a leased service's state folder its leader holds locked (libs/lease.py).
+LEADER_LOCK = "leader.lock"
 
 
 class Key(Generic[T]):
@@ -70,8 +87,11 @@ class ServiceApp:
         settings: Settings | None = None,
         version: str = "0.1.0",
         description: str = "",
+        leased: bool | None = None,
     ) -> None:
         self.service = service
+        # One active instance, elected by lease (None: as contracts/leases.py declares).
+        self.leased = service in LEASED if leased is None else leased
         self.settings = settings or Settings()
         self.version = version
         self.description = description
@@ -79,6 +99,12 @@ class ServiceApp:
         self._command_routes: list[Route[Any]] = []
         self._event_routes: dict[str, list[Route[Any]]] = {}
         self._cleanup: list[CleanupCtx] = []
+        self._standby: list[CleanupCtx] = []
+        self.lease: Lease | None = None  # held while leading
+        self.exit_code = 0
+        # Under run_service, a leader that lost its lease and has not stopped within its
+        # grace is ended outright: a successor is waiting behind its store's lock.
+        self.hard_exit_on_lease_loss = False
         self._state: dict[Key[Any], Any] = {}
         self.command_options: dict[str, Any] = {}
         self.stopping = asyncio.Event()
@@ -132,6 +158,11 @@ class ServiceApp:
         self._cleanup.append(fn)
         return fn
 
+    def standby_ctx(self, fn: CleanupCtx) -> CleanupCtx:
+        """Register what a leased service runs while it stands by, torn down before it leads."""
+        self._standby.append(fn)
+        return fn
+
     def __getitem__(self, key: Key[T]) -> T:
         return self._state[key]  # type: ignore[no-any-return]
 
@@ -174,6 +205,8 @@ class ServiceApp:
             await bus.ensure_streams()
             async with AsyncExitStack() as resources:
                 await resources.enter_async_context(self._serve_metrics(bus))
+                if self.leased and not await resources.enter_async_context(self._lead(bus)):
+                    return  # stopped while standing by
                 for fn in self._cleanup:
                     await resources.enter_async_context(asynccontextmanager(fn)(self))
                 await self._serve(bus)
@@ -192,6 +225,47 @@ class ServiceApp:
         finally:
             await bus.close()
             log.info("service.stopped")
+
+    @asynccontextmanager
+    async def _lead(self, bus: Bus) -> AsyncIterator[bool]:
+        """Stand by until this instance holds the lease and its store's lock; keep both.
+
+        Yields False if asked to stop first. On the way out the lock is let go and the
+        lease released, so a standby takes over at once rather than after the ttl.
+        """
+        lease = await Lease.bind(bus.js, self.service, holder_for(self.service, bus.instance))
+        async with AsyncExitStack() as standby:
+            for fn in self._standby:
+                await standby.enter_async_context(asynccontextmanager(fn)(self))
+            won = await lease.acquire(until=self.stopping)
+        if not won:
+            yield False
+            return
+        # Renewed from now on: the previous leader may hold the lock a while yet.
+        keeper = asyncio.create_task(lease.keep(self._lease_lost), name="lease-keeper")
+        try:
+            lock = self.settings.home_path / self.service / LEADER_LOCK
+            async with fence(lock, until=self.stopping) as fenced:
+                if fenced:
+                    self.lease = lease
+                    log.info("service.leading", lease_ttl=lease.ttl)
+                yield fenced
+        finally:
+            self.lease = None
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            await lease.release()
+
+    def _lease_lost(self, why: str) -> None:
+        log.error("service.lease_lost", reason=why)
+        self.exit_code = EXIT_LEASE_LOST
+        self.stop()
+        if self.hard_exit_on_lease_loss:
+            deadline = self.settings.shutdown_grace + 5.0
+            timer = threading.Timer(deadline, os._exit, args=(EXIT_LEASE_LOST,))
+            timer.daemon = True
+            timer.start()
 
     @asynccontextmanager
     async def _serve_metrics(self, bus: Bus) -> AsyncIterator[None]:
@@ -230,8 +304,10 @@ class ServiceApp:
 
 
 def run_service(app: ServiceApp) -> None:
-    """The `__main__` of a service: configure logging, run, exit 0 after a graceful stop."""
+    """The `__main__` of a service: configure logging, run, exit 0 after a graceful stop
+    (EXIT_LEASE_LOST after a leader lost its lease)."""
     private_umask()  # before any file is made: state under SLIPWAY_HOME is owner-only
     configure_logging(app.service, fmt=app.settings.log_format, level=app.settings.log_level)
+    app.hard_exit_on_lease_loss = True
     asyncio.run(app.run())
-    sys.exit(0)
+    sys.exit(app.exit_code)

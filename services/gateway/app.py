@@ -82,7 +82,14 @@ from slipway.services.gateway.core.schema import MIGRATIONS
 from slipway.services.gateway.core.settings import GatewaySettings
 from slipway.services.gateway.core.state import GATEWAY, Gateway
 from slipway.services.gateway.git import buildoutput, builds, git, passthrough, pushes, sources
-from slipway.services.gateway.http import diskpressure, middleware, openapi, ranges, ratelimit
+from slipway.services.gateway.http import (
+    diskpressure,
+    leadership,
+    middleware,
+    openapi,
+    ranges,
+    ratelimit,
+)
 from slipway.services.gateway.http.auth import PRINCIPALS, PrincipalCache
 from slipway.services.gateway.http.routing import Endpoint, install
 from slipway.services.gateway.logs import logs, series
@@ -94,6 +101,7 @@ from slipway.services.gateway.web import pages, sessions
 # git's routes match any first path segment: they come last.
 RESOURCES = (
     *(account, sessions, tokens, teams, apps, config, releases, formation, audit, openapi),
+    leadership,
     oneoff,
     logs,
     series,
@@ -160,6 +168,11 @@ def build_web_app(gw: Gateway) -> web.Application:
 def create_service(settings: GatewaySettings) -> ServiceApp:
     """The gateway as a runnable service."""
     service = ServiceApp(Service.GATEWAY, settings=settings, description="Slipway's customer API")
+
+    @service.standby_ctx
+    async def standing_by(service: ServiceApp) -> AsyncIterator[None]:
+        async for _ in leadership.serve_standby(service, settings):
+            yield
 
     @service.cleanup_ctx
     async def state(service: ServiceApp) -> AsyncIterator[None]:

@@ -26,7 +26,10 @@ from slipway.libs.service import ServiceApp, Settings, run_service
 from tests.bus.test_rpc import Echo, Echoed
 
 RPC = Rpc(Service.KEYRING, "slow", subjects.rpc(Service.KEYRING, "slow"), Echo, Echoed)
-app = ServiceApp(Service.KEYRING, settings=Settings(nats_url=sys.argv[1], log_format="json"))
+app = ServiceApp(
+    Service.KEYRING,
+    settings=Settings(nats_url=sys.argv[1], home=sys.argv[2], log_format="json"),
+)
 
 @app.rpc(RPC)
 async def slow(req: Echo) -> Echoed:
@@ -70,6 +73,7 @@ async def test_sigterm_finishes_in_flight_handler_and_exits_zero(
         sys.executable,
         str(script),
         nats_server.url,
+        str(tmp_path / "home"),
         cwd=root,
         env={"PYTHONPATH": root},
         stdout=asyncio.subprocess.PIPE,

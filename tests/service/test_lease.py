@@ -1,0 +1,272 @@
+"""Leader leases: one instance of a leased service leads, the others stand by and take over."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js.kv import KeyValue
+
+from slipway.contracts import subjects
+from slipway.contracts.subjects import KV_LEASES, OPERATOR, Service
+from slipway.libs.lease import Lease, LeaseLost, fence, holder_for
+from slipway.libs.natsserver import NatsServer
+from slipway.libs.service import ServiceApp, Settings
+from slipway.libs.service.runner import EXIT_LEASE_LOST
+from tests.conftest import assert_eventually
+
+pytestmark = pytest.mark.integration
+
+# A leased service that says when it leads and when it stops leading, run as a process.
+LEADER = """
+import asyncio, sys
+from collections.abc import AsyncIterator
+from slipway.contracts.subjects import Service
+from slipway.libs.service import ServiceApp, Settings, run_service
+
+url, user, password, home = sys.argv[1:5]
+app = ServiceApp(Service.KEYRING, settings=Settings(
+    nats_url=url, nats_user=user, nats_password=password, home=home, metrics="off",
+    log_format="json", shutdown_grace=2.0))
+
+@app.cleanup_ctx
+async def leading(app: ServiceApp) -> AsyncIterator[None]:
+    print("leading", flush=True)
+    yield
+    print("no longer leading", flush=True)
+
+run_service(app)
+"""
+
+
+@pytest.fixture
+def short_leases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NatsServer]:
+    """A hardened server whose lease bucket expires a silent leader after two seconds."""
+    monkeypatch.setenv("SLIPWAY_LEASE_TTL", "2")
+    server = NatsServer(tmp_path / "nats", hardened=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+def settings(server: NatsServer, service: Service, home: Path) -> Settings:
+    return Settings(
+        nats_url=server.url,
+        nats_user=str(service),
+        nats_password=server.users[str(service)],
+        home=str(home),
+        metrics="off",
+        shutdown_grace=2.0,
+    )
+
+
+def candidate(server: NatsServer, home: Path, leading: list[str], name: str) -> ServiceApp:
+    """A keyring-like leased service that records in `leading` while it leads."""
+    app = ServiceApp(Service.KEYRING, settings=settings(server, Service.KEYRING, home))
+
+    @app.cleanup_ctx
+    async def lead(app: ServiceApp) -> AsyncIterator[None]:
+        leading.append(name)
+        try:
+            yield
+        finally:
+            leading.remove(name)
+
+    return app
+
+
+async def operator_kv(server: NatsServer) -> tuple[NATS, KeyValue]:
+    nc = await nats.connect(
+        server.url,
+        user=OPERATOR,
+        password=server.users[OPERATOR],
+        inbox_prefix=subjects.inbox_prefix(OPERATOR),
+    )
+    return nc, await nc.jetstream().key_value(KV_LEASES)
+
+
+async def test_one_instance_leads_and_the_other_takes_over_when_it_stops(
+    short_leases: NatsServer, tmp_path: Path
+) -> None:
+    """Two instances, one store: one leads; stopped, it hands the lease to the other."""
+    leading: list[str] = []
+    first = candidate(short_leases, tmp_path, leading, "first")
+    second = candidate(short_leases, tmp_path, leading, "second")
+    first_task = asyncio.create_task(first.run(install_signals=False))
+    await asyncio.wait_for(first.started.wait(), 20)
+    second_task = asyncio.create_task(second.run(install_signals=False))
+
+    def holder_is(instance: str) -> None:
+        assert leading == [instance]
+
+    await assert_eventually(lambda: holder_is("first"))
+    await asyncio.sleep(1.0)  # two renewals later, the standby still waits
+    assert leading == ["first"] and not second.started.is_set()
+
+    first.stop()
+    await asyncio.wait_for(first_task, 20)
+    await asyncio.wait_for(second.started.wait(), 20)
+    assert leading == ["second"]
+    assert second.lease is not None and second.lease.held
+    second.stop()
+    await asyncio.wait_for(second_task, 20)
+    assert first.exit_code == second.exit_code == 0
+
+
+async def test_a_killed_leader_is_replaced_once_its_lease_expires(
+    short_leases: NatsServer, tmp_path: Path
+) -> None:
+    """SIGKILL the leading process: the standby process leads within the ttl."""
+    script = tmp_path / "leader.py"
+    script.write_text(LEADER)
+    root = str(Path(__file__).resolve().parents[2])
+    argv = [
+        str(script),
+        short_leases.url,
+        "keyring",
+        short_leases.users["keyring"],
+        str(tmp_path / "home"),
+    ]
+    procs: list[asyncio.subprocess.Process] = []
+    for _ in range(2):
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                *argv,
+                cwd=root,
+                env={**os.environ, "PYTHONPATH": root},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
+        )
+    try:
+        lines = {
+            asyncio.create_task(proc.stdout.readline()): proc  # type: ignore[union-attr]
+            for proc in procs
+        }
+        done, _ = await asyncio.wait(lines, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        assert done, "no instance started leading"
+        first = done.pop()
+        assert first.result() == b"leading\n"
+        leader = lines.pop(first)
+        standby_line = next(iter(lines))
+        await asyncio.sleep(0.5)
+        assert not standby_line.done(), "both instances lead"
+
+        leader.send_signal(signal.SIGKILL)
+        await leader.wait()
+        assert await asyncio.wait_for(standby_line, 20) == b"leading\n"
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(proc.wait(), 20)
+
+
+async def test_a_leader_whose_lease_was_taken_stops_and_says_so(
+    short_leases: NatsServer, tmp_path: Path
+) -> None:
+    """The lease removed behind the leader's back: it stops with EXIT_LEASE_LOST."""
+    leading: list[str] = []
+    app = candidate(short_leases, tmp_path, leading, "only")
+    task = asyncio.create_task(app.run(install_signals=False))
+    await asyncio.wait_for(app.started.wait(), 20)
+    nc, kv = await operator_kv(short_leases)
+    try:
+        await kv.purge(str(Service.KEYRING))
+        await asyncio.wait_for(task, 20)
+    finally:
+        await nc.close()
+    assert app.exit_code == EXIT_LEASE_LOST
+    assert leading == []
+
+
+async def test_a_service_cannot_write_another_services_lease(
+    short_leases: NatsServer, tmp_path: Path
+) -> None:
+    """The keyring's user may not overwrite the scheduler's lease, nor take its key."""
+    nc = await nats.connect(
+        short_leases.url,
+        user="keyring",
+        password=short_leases.users["keyring"],
+        inbox_prefix=subjects.inbox_prefix("keyring"),
+    )
+    try:
+        js = nc.jetstream(timeout=2.0)
+        kv = await js.key_value(KV_LEASES)
+        await kv.create("keyring", b"mine")  # its own: allowed
+        with pytest.raises((nats.errors.TimeoutError, nats.js.errors.APIError)):
+            await kv.create("scheduler", b"deposed")
+        with pytest.raises((nats.errors.TimeoutError, nats.js.errors.APIError)):
+            await kv.put("scheduler", b"deposed")
+    finally:
+        await nc.close()
+    nc, operator = await operator_kv(short_leases)
+    try:
+        with pytest.raises(nats.js.errors.KeyNotFoundError):
+            await operator.get("scheduler")
+    finally:
+        await nc.close()
+
+
+async def test_renewing_a_lease_someone_else_holds_fails(short_leases: NatsServer) -> None:
+    """Two candidates of one service: the second cannot renew the first's revision."""
+    nc = await nats.connect(
+        short_leases.url,
+        user="keyring",
+        password=short_leases.users["keyring"],
+        inbox_prefix=subjects.inbox_prefix("keyring"),
+    )
+    try:
+        js = nc.jetstream(timeout=2.0)
+        one = await Lease.bind(js, Service.KEYRING, holder_for(Service.KEYRING, "one"))
+        two = await Lease.bind(js, Service.KEYRING, holder_for(Service.KEYRING, "two"))
+        assert one.ttl == 2.0
+        stop = asyncio.Event()
+        assert await one.acquire(until=stop)
+        holder = await two.current()
+        assert holder is not None and holder.instance == "one"
+        two.revision = one.revision  # a stale leader that believes it still holds it
+        await one.renew()
+        with pytest.raises(LeaseLost):
+            await two.renew()
+        await one.release()
+        assert await two.current() is None
+        assert await two.acquire(until=stop)
+    finally:
+        await nc.close()
+
+
+async def test_the_fence_keeps_a_second_leader_waiting(tmp_path: Path) -> None:
+    """Whoever holds the store's lock keeps the next leader out until it lets go."""
+    lock = tmp_path / "leader.lock"
+    never = asyncio.Event()
+    order: list[str] = []
+
+    async def second() -> None:
+        async with fence(lock, until=never) as fenced:
+            assert fenced
+            order.append("second in")
+
+    async with fence(lock, until=never) as fenced:
+        assert fenced
+        waiting = asyncio.create_task(second())
+        await asyncio.sleep(0.5)
+        assert order == []
+        order.append("first out")
+    await asyncio.wait_for(waiting, 5)
+    assert order == ["first out", "second in"]
+
+    stop = asyncio.Event()
+    stop.set()
+    async with fence(lock, until=never), fence(lock, until=stop) as fenced:
+        assert fenced is False  # asked to stop while waiting: gives up, holds nothing
