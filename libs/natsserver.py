@@ -14,6 +14,9 @@ TLS (libs/bus/tls.py) is on whenever the server listens on anything but loopback
 (`tls=None`, the default, decides by the host): a platform CA made at first start,
 a server certificate, a client certificate per user, and clients must present theirs.
 
+`NatsCluster` runs several of them on loopback as one JetStream cluster, the streams
+replicated on each (tests and benchmarks of what compose/'s 3-node bus costs and survives).
+
     python -m slipway.libs.natsserver --data var/nats --port 4222
 """
 
@@ -24,6 +27,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import secrets
 import shutil
 import socket
 import ssl
@@ -34,6 +38,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+import nats
+import nats.errors
+import nats.js.errors
+
+from slipway.contracts import subjects
 from slipway.libs.bus import tls as bus_tls
 from slipway.libs.bus.provision import provision_at
 from slipway.libs.foreground import serve_until_signalled, stop_child
@@ -279,6 +288,162 @@ def cluster_node_config(
         f"  routes: {json.dumps(routes)}\n"
         "}\n"
     )
+
+
+class NatsCluster:
+    """`size` nats-server processes on loopback routed into one JetStream cluster, hardened,
+    with the streams stored on every node: what compose/ runs, on one machine, for tests
+    and benchmarks of what replication costs and survives.
+
+    As `NatsServer` hardened: one users.json for every node (in `data_dir`), a user per
+    service with its generated permissions, each node its own store with
+    `sync_interval: always`; once all are up, the provisioner makes the streams with
+    `replicas=size` and every declared consumer. Routes carry a password but stay plain
+    text, on loopback only; clients use TLS when `tls`, all nodes' certificates from one CA.
+    Unlike `cluster_node_config` (nodes reached by host name, one route port), the nodes
+    differ by port, picked free at start.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        size: int = 3,
+        tls: bool = False,
+        instances: Mapping[str, Iterable[str | None]] | None = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError(f"a cluster needs at least one node, not {size}")
+        self.data_dir = Path(data_dir)
+        self.size = size
+        self.tls = tls
+        self.instances = instances
+        self.users: dict[str, str] = {}
+        self.nodes: list[NatsServer] = []
+        self.names = [f"n{i}" for i in range(1, size + 1)]
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    @property
+    def tls_dir(self) -> Path:
+        """The CA and every certificate, shared by the nodes (SLIPWAY_NATS_TLS_DIR)."""
+        return self.data_dir / "tls"
+
+    def node(self, name: str) -> NatsServer:
+        """The node whose server_name is `name` (as stream and consumer infos report leaders)."""
+        return self.nodes[self.names.index(name)]
+
+    def start(self, timeout: float = 30.0) -> list[str]:
+        """Start every node, wait for the cluster to provision; returns the nodes' URLs."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)
+        self.users = load_or_create_users(self.data_dir)
+        if not self.nodes:
+            self.nodes = self._make_nodes()
+        try:
+            for node in self.nodes:
+                node.start(timeout)
+            self._provision(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self.urls
+
+    def _make_nodes(self) -> list[NatsServer]:
+        route_password = secrets.token_urlsafe(24)
+        route_ports = _free_ports(self.size)
+        auth = authorization_block(self.users, self.instances)
+        nodes = []
+        for name, port in zip(self.names, route_ports, strict=True):
+            routes = [
+                f"nats-route://route:{route_password}@127.0.0.1:{peer}"
+                for peer in route_ports
+                if peer != port
+            ]
+            cluster = (
+                f"server_name: {json.dumps(name)}\n"
+                "cluster {\n"
+                '  name: "slipway-local"\n'
+                f"  listen: 127.0.0.1:{port}\n"
+                f"  authorization {{\n    user: route\n"
+                f"    password: {json.dumps(route_password)}\n  }}\n"
+                f"  routes: {json.dumps(routes)}\n"
+                "}\n"
+            )
+            # Not `hardened`: that would provision one node alone, before the others
+            # make a quorum. The users and permissions come in through the extra config.
+            node = NatsServer(self.data_dir / name, tls=self.tls, extra_config=auth + cluster)
+            node.users = self.users  # whose client certificates a TLS node issues
+            if self.tls:
+                self.tls_dir.mkdir(mode=0o700, exist_ok=True)
+                node.data_dir.mkdir(mode=0o700, exist_ok=True)
+                if not node.tls_dir.is_symlink():
+                    node.tls_dir.symlink_to(Path("..", "tls"), target_is_directory=True)
+            nodes.append(node)
+        return nodes
+
+    def _provision(self, timeout: float) -> None:
+        # Until the nodes have elected a meta leader JetStream leaves requests unanswered
+        # (provisioning would wait out its 10 s timeout), and a stream of `size` replicas
+        # is placed only once every node has joined: ask briefly, and retry until then.
+        async def when_ready() -> None:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    await self._meta_leader_answers()
+                    await provision_at(
+                        self.urls[0],
+                        user=PROVISIONER,
+                        password=self.users[PROVISIONER],
+                        instances=self.instances,
+                        tls=self.nodes[0].client_tls(PROVISIONER),
+                        replicas=self.size,
+                    )
+                    return
+                except (nats.errors.Error, OSError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, when_ready()).result(timeout=timeout + 15)
+
+    async def _meta_leader_answers(self) -> None:
+        nc = await nats.connect(
+            self.urls[0],
+            user=PROVISIONER,
+            password=self.users[PROVISIONER],
+            inbox_prefix=subjects.inbox_prefix(PROVISIONER),
+            tls=self.nodes[0].client_tls(PROVISIONER),
+            allow_reconnect=False,
+        )
+        try:
+            await nc.jetstream(timeout=0.5).stream_info(subjects.STREAM_CMD)
+        except nats.js.errors.NotFoundError:
+            pass  # an answer all the same: not provisioned yet
+        finally:
+            await nc.close()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every node gracefully."""
+        for node in self.nodes:
+            node.stop(timeout)
+
+
+def _free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports free now (held together so they differ)."""
+    held: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            held.append(sock)
+        return [sock.getsockname()[1] for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def _accepts(host: str, port: int) -> bool:

@@ -1,0 +1,102 @@
+"""A 3-node nats-server cluster on loopback (`NatsCluster`): streams on every node, and an
+acknowledged command that outlives the node leading its stream."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.js import api
+
+from slipway.contracts import subjects
+from slipway.contracts.base import Command, CommandSpec
+from slipway.contracts.builder import BUILD_REQUEST
+from slipway.contracts.subjects import PROVISIONER, Service
+from slipway.libs.bus import Bus, route
+from slipway.libs.natsserver import NatsCluster
+from tests.conftest import assert_eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+class Job(Command, tag="test.cluster.job.v1", frozen=True, kw_only=True):
+    n: int
+
+
+# On a subject the gateway is declared to send and the builder's durable takes, so the
+# hardened nodes let it through.
+JOB = CommandSpec(Service.BUILDER, "job", BUILD_REQUEST.subject, Job)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    found = NatsCluster(tmp_path / "cluster")
+    found.start()
+    yield found
+    found.stop()
+
+
+async def stream_info(cluster: NatsCluster, url: str, stream: str) -> api.StreamInfo:
+    nc = await nats.connect(
+        url,
+        user=PROVISIONER,
+        password=cluster.users[PROVISIONER],
+        inbox_prefix=subjects.inbox_prefix(PROVISIONER),
+    )
+    try:
+        return await nc.jetstream().stream_info(stream)
+    finally:
+        await nc.close()
+
+
+async def connect(cluster: NatsCluster, url: str, service: str) -> Bus:
+    return await Bus.connect(url, service, user=service, password=cluster.users[service])
+
+
+async def test_every_stream_is_stored_on_all_three_nodes(cluster: NatsCluster) -> None:
+    """Provisioned with three replicas: each stream has a leader and two current followers."""
+    for stream in (subjects.STREAM_CMD, subjects.STREAM_EVT, subjects.STREAM_DLQ):
+
+        async def replicated(stream: str = stream) -> None:
+            info = await stream_info(cluster, cluster.urls[0], stream)
+            assert info.config.num_replicas == 3
+            assert info.cluster is not None
+            leader, followers = info.cluster.leader, info.cluster.replicas or []
+            assert leader is not None
+            assert sorted([leader, *(str(r.name) for r in followers)]) == cluster.names
+            assert all(r.current for r in followers)
+
+        await assert_eventually(replicated)
+
+
+async def test_a_command_outlives_the_crash_of_its_streams_leader(cluster: NatsCluster) -> None:
+    """Sent, then the CMD stream's leader is SIGKILLed: the stream takes the next command
+    and the builder fetches both from the two nodes left."""
+    info = await stream_info(cluster, cluster.urls[0], subjects.STREAM_CMD)
+    assert info.cluster is not None and info.cluster.leader is not None
+    leader = cluster.node(info.cluster.leader)
+    survivor = next(node for node in cluster.nodes if node is not leader)
+    sender = await connect(cluster, survivor.url, Service.GATEWAY)
+    await sender.send(JOB, Job(n=1))
+
+    leader.kill()
+    await sender.send(JOB, Job(n=2))  # retried while the two left elect a leader
+    after = await stream_info(cluster, survivor.url, subjects.STREAM_CMD)
+    assert after.cluster is not None and after.cluster.leader != info.cluster.leader
+
+    handled: list[int] = []
+
+    async def handle(job: Job) -> None:
+        handled.append(job.n)
+
+    worker = await connect(cluster, survivor.url, Service.BUILDER)
+    await worker.consume_commands([route(JOB, handle)])
+
+    def both_handled() -> None:
+        assert sorted(handled) == [1, 2]
+
+    await assert_eventually(both_handled, timeout=30)
+    await worker.close()
+    await sender.close()
