@@ -32,6 +32,7 @@ JOB = CommandSpec(Service.BUILDER, "job", BUILD_REQUEST.subject, Job)
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three hardened nodes on loopback, the streams provisioned with three replicas."""
     found = NatsCluster(tmp_path / "cluster")
     found.start()
     yield found
