@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -69,9 +70,19 @@ class BuilderSettings(Settings, frozen=True, kw_only=True):
     keep_builds_days: float = 30.0
     docker_url: str | None = None  # None: the engine's usual socket
 
+    # Where build folders go instead of <home>/builder/builds. Build containers mount them
+    # by path, and the engine reads that path on *its* machine: a builder in a container
+    # names here a host folder mounted at the same path (compose/docker-compose.yml). Each
+    # builder takes a subfolder of its own (its instance, else its host name), since each
+    # empties its folder at start.
+    builds_root: str = ""
+
     def builds_dir(self) -> Path:
         """Scratch space for builds in progress (removed after each build)."""
-        path = self.state_dir("builder") / "builds"
+        if self.builds_root:
+            path = Path(self.builds_root) / (self.instance or socket.gethostname())
+        else:
+            path = self.state_dir("builder") / "builds"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
