@@ -196,6 +196,9 @@ def write_shared_folders(state: Path, uids: Mapping[str, int]) -> None:
     addons = state / "addons"
     addons.mkdir(exist_ok=True)
     addons.chmod(0o711)
+    # Build folders: the builders (root) mount them into build containers by this host
+    # path (SLIPWAY_BUILDS_ROOT), each in a subfolder of its own.
+    _private_dir(state / "builds")
 
 
 def write_compose_env(state: Path, values: Mapping[str, str]) -> None:
@@ -212,6 +215,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", required=True, help="the platform image to run")
     parser.add_argument("--api-port", type=int, required=True)
     parser.add_argument("--router-port", type=int, required=True)
+    parser.add_argument("--router-https-port", type=int, required=True)
+    parser.add_argument(
+        "--nats-port", type=int, required=True, help="nats-1's client port, for host services"
+    )
     parser.add_argument("--registry-port", type=int, required=True)
     parser.add_argument("--scope", default="", help="this installation's scope (README)")
     parser.add_argument("--replicas", type=int, default=len(NODES), help="stream replicas")
@@ -222,7 +229,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    for name in ("api_port", "router_port", "registry_port"):
+    for name in ("api_port", "router_port", "router_https_port", "registry_port", "nats_port"):
         port = getattr(args, name)
         if not 1 <= port <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be a port (1-65535), not {port}")
@@ -249,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             "SLIPWAY_PLATFORM_IMAGE": args.image,
             "SLIPWAY_COMPOSE_API_PORT": str(args.api_port),
             "SLIPWAY_COMPOSE_ROUTER_PORT": str(args.router_port),
+            "SLIPWAY_COMPOSE_ROUTER_HTTPS_PORT": str(args.router_https_port),
+            "SLIPWAY_COMPOSE_NATS_PORT": str(args.nats_port),
             "SLIPWAY_COMPOSE_REGISTRY_PORT": str(args.registry_port),
             "SLIPWAY_SCOPE": args.scope,
         },

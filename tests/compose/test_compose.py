@@ -1,8 +1,9 @@
-"""The platform as containers (compose/): image, cluster, every service, scaling, a node lost.
+"""The platform as containers (compose/): image, cluster, every service, scaling, a push
+served through the router, a node lost.
 
 One deployment for the whole module, under its own Compose project, scope, ports and state
 folder, so it runs beside `scripts/up` and other tests; it is removed at the end whatever
-happened (containers, volumes, network, the scope's Docker objects).
+happened (containers, volumes, networks, the scope's Docker objects and iptables chains).
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from slipway.contracts.scheduler import LABEL_APP
 from slipway.contracts.scope import Scope
 from slipway.contracts.subjects import Service
+from slipway.services.builder.firewall import chain_names
 from tests.conftest import assert_eventually, new_scope, remove_scope_objects
 from tests.e2e.supervised import free_port
+from tests.gateway.gitclient import git, push_url
 
 pytestmark = [
     pytest.mark.integration,
@@ -35,6 +39,9 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
+# The smallest example a buildpack builds with nothing fetched (no dependencies): the
+# build folders, build container, registry, scheduler and router all take part.
+EXAMPLE = ROOT / "examples" / "node-hello"
 EVERY_SERVICE = {str(service) for service in Service}
 NODES = ("nats-1", "nats-2", "nats-3")
 ACCEPT = "application/vnd.heroku+json; version=3"
@@ -50,6 +57,8 @@ class Deployment:
     api_port: int
     scope: Scope
     env: dict[str, str] = field(default_factory=dict)
+    router_port: int = 0
+    registry_port: int = 0
 
     def script(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -119,7 +128,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     assert shutil.which("docker-compose"), "docker-compose is missing: run scripts/install.sh"
     scope = new_scope()
     project = f"slipway-test-{uuid.uuid4().hex[:8]}"
-    ports = {name: free_port() for name in ("API", "ROUTER", "REGISTRY")}
+    ports = {name: free_port() for name in ("API", "ROUTER", "ROUTER_HTTPS", "REGISTRY", "NATS")}
     state = tmp_path_factory.mktemp("compose") / "state"
     env = {
         **os.environ,
@@ -129,7 +138,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "SLIPWAY_UP_TIMEOUT": "180",
         **{f"SLIPWAY_COMPOSE_{name}_PORT": str(port) for name, port in ports.items()},
     }
-    deployed = Deployment(project, state, ports["API"], scope, env)
+    deployed = Deployment(
+        project,
+        state,
+        ports["API"],
+        scope,
+        env,
+        router_port=ports["ROUTER"],
+        registry_port=ports["REGISTRY"],
+    )
     try:
         up = deployed.script("compose-up")
         assert up.returncode == 0, up.stdout + up.stderr
@@ -138,8 +155,62 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         down = deployed.script("compose-down", "--purge")
         _remove_project(project)
         remove_scope_objects(scope)
+        _remove_host_network_objects(scope)
         shutil.rmtree(state, ignore_errors=True)
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+def _remove_host_network_objects(scope: Scope) -> None:
+    """The build network and the iptables chains (with their jumps) the builder and
+    network-wirer made on the host for this scope: they outlive the containers on purpose."""
+    subprocess.run(
+        ["docker", "network", "rm", scope.build_network], capture_output=True, check=False
+    )
+    inbound, forward = chain_names(scope.build_network)
+    for parent, chain in (("INPUT", scope.chain), ("INPUT", inbound), ("DOCKER-USER", forward)):
+        listing = subprocess.run(
+            ["iptables", "-S", parent], capture_output=True, text=True, check=False
+        ).stdout
+        for line in listing.splitlines():
+            words = line.split()
+            if words[:2] == ["-A", parent] and words[-2:] == ["-j", chain]:
+                subprocess.run(["iptables", "-D", *words[1:]], capture_output=True, check=False)
+        for flag in ("-F", "-X"):
+            subprocess.run(["iptables", flag, chain], capture_output=True, check=False)
+
+
+def _remove_app_objects(deployed: Deployment, app_id: str) -> None:
+    """What the platform made on the engine for one app, should destroying it leave any."""
+    dynos = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label={LABEL_APP}={app_id}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if dynos:
+        subprocess.run(["docker", "rm", "-f", *dynos], capture_output=True, check=False)
+    network = deployed.scope.network(app_id)
+    subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
+    # Built here (labelled by the builder) or pulled from the registry by the scheduler.
+    images: set[str] = set()
+    for wanted in (
+        f"label=slipway.app={app_id}",
+        f"reference=127.0.0.1:{deployed.registry_port}/apps/{app_id}",
+    ):
+        listing = subprocess.run(
+            ["docker", "images", "-q", "--filter", wanted],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        images.update(listing.stdout.split())
+    if images:
+        subprocess.run(["docker", "rmi", "-f", *images], capture_output=True, check=False)
+    subprocess.run(
+        ["docker", "volume", "rm", "-f", f"slipway-build-cache-{app_id}"],
+        capture_output=True,
+        check=False,
+    )
 
 
 async def _status(session: aiohttp.ClientSession, deployed: Deployment) -> dict[str, Any]:
@@ -220,6 +291,46 @@ async def test_three_builders_after_scaling(deployment: Deployment) -> None:
             assert _instances(await _status(session, deployment), "builder") == 3
 
         await assert_eventually(three, timeout=90, interval=1.0)
+
+
+async def test_a_git_push_is_built_released_and_served_through_the_router(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """An example app pushed with git over smart HTTP to the compose gateway is built by a
+    builder container, run by the scheduler and answers 200 through the compose router."""
+    name = f"p{uuid.uuid4().hex[:10]}"
+    tree = tmp_path / "app"
+    shutil.copytree(EXAMPLE, tree)
+    await git(tree, "init", "-q", "-b", "main")
+    await git(tree, "add", "-A")
+    assert (await git(tree, "commit", "-q", "-m", "hello")).code == 0
+    async with _session(deployment) as session:
+        async with session.post(f"{deployment.api}/apps", json={"name": name}) as response:
+            assert response.status == 201, await response.text()
+            app_id = (await response.json())["id"]
+        try:
+            pushed = await git(
+                tree, "push", push_url(deployment.api, name, deployment.token), "main"
+            )
+            assert pushed.code == 0, pushed.out
+            assert "remote: -----> Node.js app detected" in pushed.out, pushed.out
+            assert "remote: -----> Released v2" in pushed.out, pushed.out
+
+            async def served() -> None:
+                async with aiohttp.ClientSession() as anonymous:
+                    url = f"http://127.0.0.1:{deployment.router_port}/"
+                    headers = {"Host": f"{name}.localhost"}
+                    async with anonymous.get(url, headers=headers) as answer:
+                        assert answer.status == 200, (answer.status, await answer.text())
+                        assert "Hello from node-hello on web.1" in await answer.text()
+
+            await assert_eventually(served, timeout=120, interval=1.0)
+        finally:
+            # Destroying the app removes its dynos, images, cache and network; what it
+            # might leave is removed by hand.
+            async with session.delete(f"{deployment.api}/apps/{name}"):
+                pass
+            await asyncio.to_thread(_remove_app_objects, deployment, app_id)
 
 
 def _node_serving(deployment: Deployment, client: str) -> str:
