@@ -117,12 +117,16 @@ BUILD_REQUEST: CommandSpec[BuildRequested] = CommandSpec(
 BUILD_FINISHED: EventSpec[BuildFinished] = EventSpec(
     subjects.evt("build", "finished"), BuildFinished, publishers=only(Service.BUILDER)
 )
+# Both are asked of every builder (fan-out): a build's output is kept by the builder that
+# ran it, and each builder's engine holds its own caches. A builder that did not run the
+# build answers NotFound at once, so the caller's gather settles quickly either way.
 BUILD_OUTPUT_GET: Rpc[GetBuildOutput, BuildOutputText] = Rpc(
     Service.BUILDER,
     "output.get",
     subjects.rpc(Service.BUILDER, "output.get"),
     GetBuildOutput,
     BuildOutputText,
+    fanout=True,
     callers=only(Service.GATEWAY),
 )
 CACHE_PURGE: Rpc[PurgeCache, Ok] = Rpc(
@@ -131,6 +135,7 @@ CACHE_PURGE: Rpc[PurgeCache, Ok] = Rpc(
     subjects.rpc(Service.BUILDER, "cache.purge"),
     PurgeCache,
     Ok,
+    fanout=True,
     callers=only(Service.GATEWAY),
 )
 

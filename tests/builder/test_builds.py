@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import aiodocker
+import msgspec
 import pytest
 
 from slipway.contracts.base import Ok
@@ -24,6 +25,7 @@ from slipway.contracts.builder import (
     output_subject,
 )
 from slipway.libs.natsserver import NatsServer
+from slipway.services.builder.app import create_service
 from slipway.services.builder.settings import BuilderSettings
 from slipway.services.builder.store import BuildStore
 from tests.builder.conftest import (
@@ -34,6 +36,7 @@ from tests.builder.conftest import (
     run_once,
     tarball,
 )
+from tests.gateway.conftest import run_in_background, stop
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="session"),
@@ -274,7 +277,8 @@ async def test_output_is_kept_encrypted_and_served_whole(
 ) -> None:
     """BUILD_OUTPUT_GET returns the whole output; the database holds only ciphertext."""
     result = await harness.build(tarball(EXAMPLES / "docker-hello"), app_id=harness.app_id())
-    reply = await harness.bus.call(BUILD_OUTPUT_GET, GetBuildOutput(build_id=result.build_id))
+    found = await harness.bus.gather(BUILD_OUTPUT_GET, GetBuildOutput(build_id=result.build_id))
+    (reply,) = found.replies.values()
     assert reply.finished
     assert reply.status == "succeeded"
     assert reply.text == result.text
@@ -289,6 +293,30 @@ async def test_output_is_kept_encrypted_and_served_whole(
     assert b"Building from the app's Dockerfile" not in stored
 
 
+async def test_a_second_builder_knows_nothing_of_the_first_ones_build(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """Asked of every builder, a build's output comes from the one that ran it; the other
+    answers NotFound rather than leaving the caller to wait."""
+    result = await harness.build(tarball(EXAMPLES / "docker-hello"), app_id=harness.app_id())
+    other = create_service(
+        msgspec.structs.replace(harness.settings, home=str(tmp_path / "other"), instance="other")
+    )
+    task = await run_in_background(other)
+    try:
+        both = {other.bus.instance, harness.builder.bus.instance}
+        found = await harness.bus.gather(
+            BUILD_OUTPUT_GET, GetBuildOutput(build_id=result.build_id), expect=both
+        )
+        assert set(found.errors) == {other.bus.instance}
+        assert found.errors[other.bus.instance].code == "not_found"
+        (ran_it,) = found.replies
+        assert ran_it == harness.builder.bus.instance
+        assert found.replies[ran_it].text == result.text
+    finally:
+        await stop(other, task)
+
+
 async def test_cache_purge_removes_the_app_cache(harness: Harness) -> None:
     """CACHE_PURGE deletes the app's cache volume."""
     app_id = harness.app_id()
@@ -296,7 +324,9 @@ async def test_cache_purge_removes_the_app_cache(harness: Harness) -> None:
     assert result.status == "succeeded"
     volume = f"slipway-build-cache-{app_id}"
     await harness.docker.volumes.get(volume)  # type: ignore[no-untyped-call]
-    reply = await harness.bus.call(CACHE_PURGE, PurgeCache(app_id=app_id, team_id=TEAM))
+    purged = await harness.bus.gather(CACHE_PURGE, PurgeCache(app_id=app_id, team_id=TEAM))
+    assert not purged.errors
+    (reply,) = purged.replies.values()
     assert isinstance(reply, Ok)
     with pytest.raises(aiodocker.DockerError):
         await harness.docker.volumes.get(volume)  # type: ignore[no-untyped-call]

@@ -98,13 +98,7 @@ class Follower:
 
     async def catch_up(self) -> str:
         """What the builder produced so far, minus nothing: later chunks skip what it holds."""
-        try:
-            so_far: BuildOutputText | None = await self.gw.bus.call(
-                BUILD_OUTPUT_GET, GetBuildOutput(build_id=self.build_id), timeout=5.0
-            )
-        except SlipwayError as exc:
-            log.info("build.output_unavailable", build=self.build_id, error=repr(exc))
-            so_far = None
+        so_far = await builder_output(self.gw, self.build_id)
         queued = await self._take_queued()
         if so_far is None:
             self.pending = queued
@@ -170,6 +164,25 @@ class Follower:
         build = await builds.get_build(self.gw.reader, self.build_id)
         if build is not None and build.status != "pending":
             self.status = build.status
+
+
+async def builder_output(gw: Gateway, build_id: str) -> BuildOutputText | None:
+    """What the builder that runs or ran `build_id` holds of its output (None: none does).
+
+    Every builder is asked (each keeps the builds it ran); the others answer NotFound.
+    """
+    try:
+        found = await gw.bus.gather(
+            BUILD_OUTPUT_GET, GetBuildOutput(build_id=build_id), timeout=5.0, settle=1.0
+        )
+    except SlipwayError as exc:
+        log.info("build.output_unavailable", build=build_id, error=repr(exc))
+        return None
+    if not found.replies:
+        log.info("build.output_unavailable", build=build_id, errors=len(found.errors))
+        return None
+    # One builder ran it; were a redelivered build ever run twice, the finished run wins.
+    return max(found.replies.values(), key=lambda out: (out.finished, len(out.text)))
 
 
 @routes.get(

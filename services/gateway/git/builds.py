@@ -40,7 +40,7 @@ from slipway.contracts.builder import (
     SourceBlob,
 )
 from slipway.libs import egress
-from slipway.libs.errors import NotFound
+from slipway.libs.errors import NotFound, Unavailable
 from slipway.libs.storage import claim
 from slipway.services.gateway.core import store
 from slipway.services.gateway.core.state import GATEWAY, Gateway
@@ -398,7 +398,14 @@ async def info(request: web.Request) -> web.Response:
 async def purge_cache(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     app = await app_for(request, Action.DEPLOY, "purge its build cache")
-    await gw.bus.call(CACHE_PURGE, PurgeCache(app_id=app.id, team_id=app.team_id), timeout=30.0)
+    # Each builder purges the cache its own engine holds.
+    purged = await gw.bus.gather(
+        CACHE_PURGE, PurgeCache(app_id=app.id, team_id=app.team_id), timeout=30.0
+    )
+    if purged.errors:
+        raise next(iter(purged.errors.values()))
+    if not purged.replies:
+        raise Unavailable("No builder is running to purge the build cache. Retry later.")
     async with change(gw, actor(request)) as tx:
         tx.audit(app.team_id, "build-cache.purge", app_name=app.name, app_id=app.id)
     return reply({}, 202)
