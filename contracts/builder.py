@@ -89,6 +89,7 @@ class BuildFinished(Event, tag="build.finished.v1", frozen=True, kw_only=True):
     process_types: dict[str, str] = {}
     error: str | None = None  # a one-line reason when failed
     duration_s: float = 0.0
+    builder: str = ""  # the instance that ran it (its bus name), which holds its output
 
 
 class GetBuildOutput(Message, tag="builder.output.get.v1", frozen=True, kw_only=True):

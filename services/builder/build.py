@@ -260,6 +260,7 @@ class Builder:
                 process_types=record.process_types or {},
                 error=record.error,
                 duration_s=record.duration_s,
+                builder=self.bus.instance,
             ),
         )
 

@@ -312,6 +312,8 @@ async def test_a_second_builder_knows_nothing_of_the_first_ones_build(
         assert found.errors[other.bus.instance].code == "not_found"
         (ran_it,) = found.replies
         assert ran_it == harness.builder.bus.instance
+        assert result.finished is not None
+        assert result.finished.builder == ran_it  # the event names who holds the output
         assert found.replies[ran_it].text == result.text
     finally:
         await stop(other, task)
