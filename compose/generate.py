@@ -217,7 +217,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--router-port", type=int, required=True)
     parser.add_argument("--router-https-port", type=int, required=True)
     parser.add_argument(
-        "--nats-port", type=int, required=True, help="nats-1's client port, for host services"
+        "--nats-net",
+        default="127.77.0",
+        help="nats-N publishes its client port on <this>.N (a loopback /24), for host services",
     )
     parser.add_argument("--registry-port", type=int, required=True)
     parser.add_argument("--scope", default="", help="this installation's scope (README)")
@@ -229,10 +231,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    for name in ("api_port", "router_port", "router_https_port", "registry_port", "nats_port"):
+    for name in ("api_port", "router_port", "router_https_port", "registry_port"):
         port = getattr(args, name)
         if not 1 <= port <= 65535:
             parser.error(f"--{name.replace('_', '-')} must be a port (1-65535), not {port}")
+    if not re.fullmatch(
+        r"127\.(25[0-5]|2[0-4]\d|1?\d?\d)\.(25[0-5]|2[0-4]\d|1?\d?\d)", args.nats_net
+    ):
+        parser.error(f"--nats-net {args.nats_net!r} is not the first three numbers of a 127.x.y.z")
     if not 1 <= args.replicas <= len(NODES):
         parser.error(f"--replicas must be 1 to {len(NODES)}, not {args.replicas}")
     if not re.fullmatch(SCOPE_PATTERN, args.scope):
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             "SLIPWAY_COMPOSE_API_PORT": str(args.api_port),
             "SLIPWAY_COMPOSE_ROUTER_PORT": str(args.router_port),
             "SLIPWAY_COMPOSE_ROUTER_HTTPS_PORT": str(args.router_https_port),
-            "SLIPWAY_COMPOSE_NATS_PORT": str(args.nats_port),
+            "SLIPWAY_COMPOSE_NATS_NET": args.nats_net,
             "SLIPWAY_COMPOSE_REGISTRY_PORT": str(args.registry_port),
             "SLIPWAY_SCOPE": args.scope,
         },

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -128,7 +130,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     assert shutil.which("docker-compose"), "docker-compose is missing: run scripts/install.sh"
     scope = new_scope()
     project = f"slipway-test-{uuid.uuid4().hex[:8]}"
-    ports = {name: free_port() for name in ("API", "ROUTER", "ROUTER_HTTPS", "REGISTRY", "NATS")}
+    ports = {name: free_port() for name in ("API", "ROUTER", "ROUTER_HTTPS", "REGISTRY")}
     state = tmp_path_factory.mktemp("compose") / "state"
     env = {
         **os.environ,
@@ -137,6 +139,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "SLIPWAY_SCOPE": scope.name,
         "SLIPWAY_UP_TIMEOUT": "180",
         **{f"SLIPWAY_COMPOSE_{name}_PORT": str(port) for name, port in ports.items()},
+        "SLIPWAY_COMPOSE_NATS_NET": _free_loopback_net(),
     }
     deployed = Deployment(
         project,
@@ -158,6 +161,20 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         _remove_host_network_objects(scope)
         shutil.rmtree(state, ignore_errors=True)
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+def _free_loopback_net() -> str:
+    """A loopback /24 whose .1 to .3 are free on the nodes' port (compose/: x-host-bus)."""
+    for _ in range(20):
+        net = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(256)}"
+        try:
+            for node in (1, 2, 3):
+                with socket.socket() as sock:
+                    sock.bind((f"{net}.{node}", 4222))
+        except OSError:
+            continue
+        return net
+    raise AssertionError("no loopback /24 with port 4222 free on .1 to .3")
 
 
 def _remove_host_network_objects(scope: Scope) -> None:
