@@ -55,9 +55,14 @@ class RunningKeyring:
         self.app, self.task = started.app, started.task
 
 
-async def start_keyring(settings: KeyringSettings) -> RunningKeyring:
-    """Run a keyring until it serves; re-raise its start-up error if it stops first."""
+async def start_keyring(settings: KeyringSettings, *, leased: bool = True) -> RunningKeyring:
+    """Run a keyring until it serves; re-raise its start-up error if it stops first.
+
+    `leased=False`: it serves beside the leader, as a paused leader that lost its lease
+    might for a moment (what the store's own guards are for).
+    """
     app = create_service(settings)
+    app.leased = leased
     task = asyncio.create_task(app.run(install_signals=False))
     started = asyncio.create_task(app.started.wait())
     await asyncio.wait({task, started}, timeout=30, return_when=asyncio.FIRST_COMPLETED)

@@ -381,8 +381,9 @@ async def test_a_keyring_killed_during_a_rotation_restarts_and_finishes(
 
 
 async def test_a_second_rotation_while_one_runs_is_refused(keyring: RunningKeyring) -> None:
-    """While a rotation runs, another on the same or another instance is refused."""
-    other = await start_keyring(keyring.settings)
+    """While a rotation runs, another on the same or another instance is refused (one
+    beside the leader, as a paused ex-leader: the store's lease still guards it)."""
+    other = await start_keyring(keyring.settings, leased=False)
     reached, go_on = asyncio.Event(), asyncio.Event()
 
     async def pause(at: str) -> None:
@@ -430,7 +431,7 @@ async def test_another_instance_decrypts_with_the_new_key(
     """An instance started before the rotation opens every key after it (it reloads the files)."""
     gateway, backup = await bus_factory("gateway"), await bus_factory("backup")
     estate = await make_estate(gateway, backup)
-    other = await start_keyring(keyring.settings)
+    other = await start_keyring(keyring.settings, leased=False)  # beside the leader
     try:
         await keyring.app[ROTATOR].rotate()
         assert leftovers(keyring.settings) == []
@@ -450,7 +451,7 @@ async def test_another_instance_wraps_with_the_new_key(
 ) -> None:
     """Its first act after the rotation a wrap, an older instance uses the new key, not its own."""
     gateway = await bus_factory("gateway")
-    other = await start_keyring(keyring.settings)
+    other = await start_keyring(keyring.settings, leased=False)  # beside the leader
     try:
         await keyring.app[ROTATOR].rotate()
         vault = other.app[VAULT]
@@ -469,7 +470,7 @@ async def test_keys_made_by_another_instance_during_the_rotation_are_rewrapped(
 ) -> None:
     """A KEK another instance wraps under the old key midway is re-wrapped before the switch."""
     gateway = await bus_factory("gateway")
-    other = await start_keyring(keyring.settings)
+    other = await start_keyring(keyring.settings, leased=False)  # beside the leader
     try:
         reached, go_on = asyncio.Event(), asyncio.Event()
 
