@@ -109,8 +109,8 @@ async def test_the_builder_refuses_output_and_cache_purges_from_undeclared_calle
         assert not asked.replies
         assert isinstance(refusal, Forbidden)
         assert "scheduler may not call builder output.get" in refusal.message
-        asked = await scheduler_bus.gather(CACHE_PURGE, PurgeCache(app_id="a1", team_id="t1"))
-        (refusal,) = asked.errors.values()
-        assert not asked.replies
+        purged = await scheduler_bus.gather(CACHE_PURGE, PurgeCache(app_id="a1", team_id="t1"))
+        (refusal,) = purged.errors.values()
+        assert not purged.replies
         assert isinstance(refusal, Forbidden)
         assert "scheduler may not call builder cache.purge" in refusal.message
