@@ -122,14 +122,18 @@ class Lease:
 
     async def current(self) -> LeaseHolder | None:
         """Who holds the lease now, as far as the bucket says (None: nobody)."""
+        entry = await self._entry()
+        return entry[0] if entry is not None else None
+
+    async def _entry(self) -> tuple[LeaseHolder, int] | None:
         try:
             entry = await self.kv.get(self.key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
             return None
-        if entry.value is None:
+        if entry.value is None or entry.revision is None:
             return None
         try:
-            return _decode.decode(entry.value)
+            return _decode.decode(entry.value), entry.revision
         except msgspec.DecodeError:
             return None
 
@@ -164,17 +168,27 @@ class Lease:
         try:
             self.revision = await self.kv.update(self.key, self._value(), last=self.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            self.revision = None
-            raise LeaseLost(f"the {self.key} lease was taken over or removed") from None
+            # A renewal cut short by a timeout may have been stored all the same: if the
+            # key's last value is still ours, nobody else wrote it since, and we go on.
+            entry = await self._entry()
+            if entry is None or entry[0] != self.holder:
+                self.revision = None
+                raise LeaseLost(f"the {self.key} lease was taken over or removed") from None
+            self.revision = await self.kv.update(self.key, self._value(), last=entry[1])
         self._renewed_at = sent
 
     async def keep(self, on_lost: Callable[[str], None]) -> None:
-        """Renew until cancelled; when that fails for too long, call `on_lost(why)` once."""
+        """Renew until cancelled; when that fails for too long, call `on_lost(why)` once.
+
+        Past its deadline (a stalled event loop wakes up late) it still tries once: a
+        renewal the server accepts at our revision proves the key never expired nor
+        changed hands, so the lease was ours all along.
+        """
         while True:
             await asyncio.sleep(self.renew_every)
             deadline = self._renewed_at + self.give_up_after
             try:
-                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                async with asyncio.timeout(max(self.renew_every, deadline - time.monotonic())):
                     await self.renew()
             except LeaseLost as exc:
                 self._lost(on_lost, str(exc))

@@ -14,6 +14,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from slipway.contracts import subjects
@@ -270,3 +271,52 @@ async def test_the_fence_keeps_a_second_leader_waiting(tmp_path: Path) -> None:
     stop.set()
     async with fence(lock, until=never), fence(lock, until=stop) as fenced:
         assert fenced is False  # asked to stop while waiting: gives up, holds nothing
+
+
+async def keyring_js(server: NatsServer) -> tuple[NATS, JetStreamContext]:
+    nc = await nats.connect(
+        server.url,
+        user="keyring",
+        password=server.users["keyring"],
+        inbox_prefix=subjects.inbox_prefix("keyring"),
+    )
+    return nc, nc.jetstream(timeout=2.0)
+
+
+async def test_a_renewal_stored_after_its_timeout_keeps_the_lease(
+    short_leases: NatsServer,
+) -> None:
+    """Our own value written behind our back (a renewal whose ack came too late): kept."""
+    nc, js = await keyring_js(short_leases)
+    try:
+        lease = await Lease.bind(js, Service.KEYRING, holder_for(Service.KEYRING, "one"))
+        assert await lease.acquire(until=asyncio.Event())
+        assert lease.revision is not None
+        landed = await lease.kv.update("keyring", lease._value(), last=lease.revision)
+        await lease.renew()
+        assert lease.revision is not None and lease.revision > landed
+    finally:
+        await nc.close()
+
+
+async def test_a_leader_woken_late_keeps_a_lease_that_never_changed_hands(
+    short_leases: NatsServer,
+) -> None:
+    """Past its own deadline (a stalled loop) a renewal the server accepts keeps the lease;
+    one the server refuses (the key expired meanwhile) loses it."""
+    nc, js = await keyring_js(short_leases)
+    lost: list[str] = []
+    try:
+        lease = await Lease.bind(js, Service.KEYRING, holder_for(Service.KEYRING, "one"))
+        assert await lease.acquire(until=asyncio.Event())
+        lease._renewed_at -= 100  # as if the loop had stalled since the last renewal
+        keeper = asyncio.create_task(lease.keep(lost.append))
+        await asyncio.sleep(lease.renew_every * 2.5)
+        assert lost == [] and lease.held
+        keeper.cancel()
+        await asyncio.sleep(lease.ttl + 1.0)  # nobody renews: the server expires the key
+        lease._renewed_at -= 100
+        await asyncio.wait_for(lease.keep(lost.append), lease.renew_every * 3)
+        assert len(lost) == 1 and not lease.held
+    finally:
+        await nc.close()
