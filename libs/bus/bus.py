@@ -43,7 +43,7 @@ from slipway.libs import logcontext
 from slipway.libs.bus import context
 from slipway.libs.bus import tls as bus_tls
 from slipway.libs.bus.consumer import Consumer, Route
-from slipway.libs.bus.provision import ensure_streams, lease_ttl_from_env
+from slipway.libs.bus.provision import ensure_streams
 from slipway.libs.errors import (
     InsufficientStorage,
     Internal,
@@ -185,7 +185,7 @@ class Bus:
     async def ensure_streams(self) -> None:
         """Create the platform's streams if missing; under hardened NATS, the provisioner's job."""
         if self.provisions_itself:
-            await ensure_streams(self.js, lease_ttl=lease_ttl_from_env())
+            await ensure_streams(self.js)
 
     # ---- request / reply -------------------------------------------------------------
 

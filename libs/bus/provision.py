@@ -132,11 +132,15 @@ async def ensure_streams(
     *,
     evt_max_age: float = 30 * 86400,
     replicas: int = 1,
-    lease_ttl: float = DEFAULT_LEASE_TTL,
+    lease_ttl: float | None = None,
 ) -> None:
-    """Create the CMD, EVT, DLQ and lease streams, or update them to this config."""
+    """Create the CMD, EVT, DLQ and lease streams, or update them to this config.
+
+    `lease_ttl` None: $SLIPWAY_LEASE_TTL, or the default.
+    """
+    ttl = lease_ttl_from_env() if lease_ttl is None else lease_ttl
     configs = stream_configs(evt_max_age, replicas=replicas)
-    for config in [*configs, lease_bucket_config(lease_ttl, replicas=replicas)]:
+    for config in [*configs, lease_bucket_config(ttl, replicas=replicas)]:
         assert config.name is not None
         try:
             await js.stream_info(config.name)
@@ -176,7 +180,7 @@ async def provision(
     instances: Mapping[str, Iterable[str | None]] | None = None,
     *,
     replicas: int = 1,
-    lease_ttl: float = DEFAULT_LEASE_TTL,
+    lease_ttl: float | None = None,
 ) -> None:
     """Create the streams and every declared consumer; safe to run at every start.
 
