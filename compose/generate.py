@@ -12,6 +12,9 @@ run (a changed port, an upgrade) leaves a running bus's credentials as they are.
     <state>/nats/                nats-1.conf ... and tls/ (CA, server certificate), nats' uid
     <state>/tls/<user>/          ca.pem and that user's certificate and key, that user's uid
     <state>/env/<user>.env       SLIPWAY_NATS_USER / _PASSWORD, root only (Compose reads it)
+
+The operator (scripts, tests, `nats` tools on the host) gets a certificate and env file too;
+no container uses them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from slipway.contracts.scope import SCOPE_PATTERN
-from slipway.contracts.subjects import PROVISIONER, Service
+from slipway.contracts.subjects import OPERATOR, PROVISIONER, Service
 from slipway.libs.bus import tls as bus_tls
 from slipway.libs.natsauth import load_or_create_users
 from slipway.libs.natsserver import cluster_node_config
@@ -169,7 +172,7 @@ def write_bus(state: Path, uids: Mapping[str, int], replicas: int) -> None:
 
     env_dir = _private_dir(state / "env")
     _private_dir(state / "tls")
-    for user in [PROVISIONER, *(str(service) for service in Service)]:
+    for user in [OPERATOR, PROVISIONER, *(str(service) for service in Service)]:
         uid = uids.get(user, 0)  # not listed: the service runs as root (compose/uids)
         identity = bus_tls.issue(ca_dir, user)
         folder = _private_dir(state / "tls" / user, uid)
@@ -223,6 +226,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--registry-port", type=int, required=True)
     parser.add_argument("--scope", default="", help="this installation's scope (README)")
+    parser.add_argument(
+        "--builder-concurrency", type=int, default=2, help="builds at once in each builder"
+    )
     parser.add_argument("--replicas", type=int, default=len(NODES), help="stream replicas")
     parser.add_argument("--uids", type=Path, default=Path(__file__).with_name("uids"))
     return parser
@@ -241,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--nats-net {args.nats_net!r} is not the first three numbers of a 127.x.y.z")
     if not 1 <= args.replicas <= len(NODES):
         parser.error(f"--replicas must be 1 to {len(NODES)}, not {args.replicas}")
+    if args.builder_concurrency < 1:
+        parser.error(f"--builder-concurrency must be at least 1, not {args.builder_concurrency}")
     if not re.fullmatch(SCOPE_PATTERN, args.scope):
         parser.error(f"--scope {args.scope!r} is not a scope name (README: scopes)")
     if os.geteuid() != 0:
@@ -266,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             "SLIPWAY_COMPOSE_NATS_NET": args.nats_net,
             "SLIPWAY_COMPOSE_REGISTRY_PORT": str(args.registry_port),
             "SLIPWAY_SCOPE": args.scope,
+            "SLIPWAY_COMPOSE_BUILDER_CONCURRENCY": str(args.builder_concurrency),
         },
     )
     print(f"configuration written to {state}", flush=True)
