@@ -10,26 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
 import shutil
-import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from slipway.contracts.scheduler import LABEL_APP
-from slipway.contracts.scope import Scope
 from slipway.contracts.subjects import Service
-from slipway.services.builder.firewall import chain_names
-from tests.conftest import assert_eventually, new_scope, remove_scope_objects
-from tests.e2e.supervised import free_port
+from tests.compose.deployed import (
+    NODES,
+    Deployment,
+    deployed,
+    destroy_apps,
+    gateway_roles,
+    instances,
+    status,
+)
+from tests.conftest import assert_eventually
 from tests.gateway.gitclient import git, push_url
 
 pytestmark = [
@@ -45,223 +45,33 @@ ROOT = Path(__file__).resolve().parents[2]
 # build folders, build container, registry, scheduler and router all take part.
 EXAMPLE = ROOT / "examples" / "node-hello"
 EVERY_SERVICE = {str(service) for service in Service}
-NODES = ("nats-1", "nats-2", "nats-3")
-ACCEPT = "application/vnd.heroku+json; version=3"
-UP_TIMEOUT = 240.0  # seconds a compose-up may take, image build included
-
-
-@dataclass
-class Deployment:
-    """A running compose deployment and how to reach it."""
-
-    project: str
-    state: Path
-    api_port: int
-    scope: Scope
-    env: dict[str, str] = field(default_factory=dict)
-    router_port: int = 0
-    registry_port: int = 0
-
-    def script(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["bash", str(ROOT / "scripts" / name), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=UP_TIMEOUT,
-            check=False,
-        )
-
-    def compose(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                "docker-compose",
-                "--project-name",
-                self.project,
-                "--file",
-                str(ROOT / "compose" / "docker-compose.yml"),
-                "--env-file",
-                str(self.state / "compose.env"),
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-
-    def container(self, service: str) -> str:
-        found = self.compose("ps", "-q", service).stdout.split()
-        assert len(found) == 1, (service, found)
-        return found[0]
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    @property
-    def token(self) -> str:
-        creds = json.loads((self.state / "cli" / "credentials.json").read_text())
-        token: str = creds["token"]
-        return token
-
-
-def _remove_project(project: str) -> None:
-    """Whatever Compose made for `project`, found by its label: a failed `down` leaves none."""
-    label = f"label=com.docker.compose.project={project}"
-    for listing, remove in (
-        (["ps", "-aq"], ["rm", "-f", "-v"]),
-        (["volume", "ls", "-q"], ["volume", "rm", "-f"]),
-        (["network", "ls", "-q"], ["network", "rm"]),
-    ):
-        ids = subprocess.run(
-            ["docker", *listing, "--filter", label], capture_output=True, text=True, check=False
-        ).stdout.split()
-        if ids:
-            subprocess.run(["docker", *remove, *ids], capture_output=True, check=False)
+# The services that lead through a lease, and how many of each compose runs.
+LEASED = {"gateway": 2, "keyring": 2, "scheduler": 2}
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     """scripts/compose-up under a project, scope and ports of its own; removed at the end."""
-    if os.geteuid() != 0:
-        pytest.skip("compose-up hands secrets to the services' uids: needs root")
-    # scripts/install.sh installs it: missing is a broken set-up, not a reason to skip.
-    assert shutil.which("docker-compose"), "docker-compose is missing: run scripts/install.sh"
-    scope = new_scope()
-    project = f"slipway-test-{uuid.uuid4().hex[:8]}"
-    ports = {name: free_port() for name in ("API", "ROUTER", "ROUTER_HTTPS", "REGISTRY")}
-    state = tmp_path_factory.mktemp("compose") / "state"
-    env = {
-        **os.environ,
-        "SLIPWAY_COMPOSE_PROJECT": project,
-        "SLIPWAY_COMPOSE_HOME": str(state),
-        "SLIPWAY_SCOPE": scope.name,
-        "SLIPWAY_UP_TIMEOUT": "180",
-        **{f"SLIPWAY_COMPOSE_{name}_PORT": str(port) for name, port in ports.items()},
-        "SLIPWAY_COMPOSE_NATS_NET": _free_loopback_net(),
-    }
-    deployed = Deployment(
-        project,
-        state,
-        ports["API"],
-        scope,
-        env,
-        router_port=ports["ROUTER"],
-        registry_port=ports["REGISTRY"],
-    )
-    try:
-        up = deployed.script("compose-up")
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield deployed
-    finally:
-        down = deployed.script("compose-down", "--purge")
-        _remove_project(project)
-        remove_scope_objects(scope)
-        _remove_host_network_objects(scope)
-        shutil.rmtree(state, ignore_errors=True)
-        assert down.returncode == 0, down.stdout + down.stderr
-
-
-def _free_loopback_net() -> str:
-    """A loopback /24 whose .1 to .3 are free on the nodes' port (compose/: x-host-bus)."""
-    for _ in range(20):
-        net = f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(256)}"
-        try:
-            for node in (1, 2, 3):
-                with socket.socket() as sock:
-                    sock.bind((f"{net}.{node}", 4222))
-        except OSError:
-            continue
-        return net
-    raise AssertionError("no loopback /24 with port 4222 free on .1 to .3")
-
-
-def _remove_host_network_objects(scope: Scope) -> None:
-    """The build network and the iptables chains (with their jumps) the builder and
-    network-wirer made on the host for this scope: they outlive the containers on purpose."""
-    subprocess.run(
-        ["docker", "network", "rm", scope.build_network], capture_output=True, check=False
-    )
-    inbound, forward = chain_names(scope.build_network)
-    for parent, chain in (("INPUT", scope.chain), ("INPUT", inbound), ("DOCKER-USER", forward)):
-        listing = subprocess.run(
-            ["iptables", "-S", parent], capture_output=True, text=True, check=False
-        ).stdout
-        for line in listing.splitlines():
-            words = line.split()
-            if words[:2] == ["-A", parent] and words[-2:] == ["-j", chain]:
-                subprocess.run(["iptables", "-D", *words[1:]], capture_output=True, check=False)
-        for flag in ("-F", "-X"):
-            subprocess.run(["iptables", flag, chain], capture_output=True, check=False)
-
-
-def _remove_app_objects(deployed: Deployment, app_id: str) -> None:
-    """What the platform made on the engine for one app, should destroying it leave any."""
-    dynos = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label={LABEL_APP}={app_id}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    if dynos:
-        subprocess.run(["docker", "rm", "-f", *dynos], capture_output=True, check=False)
-    network = deployed.scope.network(app_id)
-    subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
-    # Built here (labelled by the builder) or pulled from the registry by the scheduler.
-    images: set[str] = set()
-    for wanted in (
-        f"label=slipway.app={app_id}",
-        f"reference=127.0.0.1:{deployed.registry_port}/apps/{app_id}",
-    ):
-        listing = subprocess.run(
-            ["docker", "images", "-q", "--filter", wanted],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        images.update(listing.stdout.split())
-    if images:
-        subprocess.run(["docker", "rmi", "-f", *images], capture_output=True, check=False)
-    subprocess.run(
-        ["docker", "volume", "rm", "-f", f"slipway-build-cache-{app_id}"],
-        capture_output=True,
-        check=False,
-    )
-
-
-async def _status(session: aiohttp.ClientSession, deployed: Deployment) -> dict[str, Any]:
-    async with session.get(f"{deployed.api}/admin/status") as response:
-        assert response.status == 200, await response.text()
-        status: dict[str, Any] = await response.json()
-        return status
-
-
-def _instances(status: dict[str, Any], service: str) -> int:
-    return sum(1 for seen in status["instances"] if seen["service"] == service)
-
-
-def _session(deployed: Deployment) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        headers={"Authorization": f"Bearer {deployed.token}", "Accept": ACCEPT}
-    )
+    with deployed(tmp_path_factory) as made:
+        yield made
 
 
 async def test_every_service_answers_through_the_monitor(deployment: Deployment) -> None:
     """Once up, the monitor's status lists an instance of every service and none missing."""
-    async with _session(deployment) as session:
+    async with deployment.session() as session:
 
         async def all_seen() -> None:
-            status = await _status(session, deployment)
-            seen = {instance["service"] for instance in status["instances"]}
-            assert seen == EVERY_SERVICE, (sorted(EVERY_SERVICE - seen), status["problems"])
-            assert status["missing"] == []
+            now = await status(session, deployment)
+            seen = {instance["service"] for instance in now["instances"]}
+            assert seen == EVERY_SERVICE, (sorted(EVERY_SERVICE - seen), now["problems"])
+            assert now["missing"] == []
 
         await assert_eventually(all_seen, timeout=120, interval=1.0)
 
 
 def test_streams_are_replicated_on_three_nodes(deployment: Deployment) -> None:
-    """The provisioner made the CMD, EVT and DLQ streams with three replicas."""
+    """The provisioner made the CMD, EVT and DLQ streams and the leases' bucket with three
+    replicas."""
     jsz = subprocess.run(
         [
             "docker",
@@ -280,13 +90,37 @@ def test_streams_are_replicated_on_three_nodes(deployment: Deployment) -> None:
         for account in json.loads(jsz.stdout)["account_details"]
         for stream in account["stream_detail"]
     }
-    assert replicas == {"CMD": 3, "EVT": 3, "DLQ": 3}
+    assert replicas == {"CMD": 3, "EVT": 3, "DLQ": 3, "KV_slipway_leases": 3}
+
+
+async def test_two_instances_of_each_leased_service_and_the_api_reaches_the_leader(
+    deployment: Deployment,
+) -> None:
+    """Gateway, keyring and scheduler run two containers each; of the gateways one leads and
+    one stands by, and the API's load balancer answers with the leader."""
+    for service, count in LEASED.items():
+        running = await asyncio.to_thread(deployment.containers, service)
+        assert len(running) == count, (service, running)
+
+    async def one_leads() -> dict[str, tuple[str, str]]:
+        roles = await gateway_roles(deployment)
+        assert sorted(role for role, _ in roles.values()) == ["leader", "standby"], roles
+        return roles
+
+    roles = await assert_eventually(one_leads, timeout=60, interval=0.5)
+    leader = next(instance for role, instance in roles.values() if role == "leader")
+    async with (
+        aiohttp.ClientSession() as anonymous,
+        anonymous.get(f"{deployment.api}/healthz") as answer,
+    ):
+        assert answer.status == 200
+        assert await answer.json() == {"role": "leader", "instance": leader}
 
 
 async def test_an_app_and_its_config_through_the_api(deployment: Deployment) -> None:
     """An app is created and a config var set and read back (gateway, keyring, the bus)."""
     name = f"c{uuid.uuid4().hex[:10]}"
-    async with _session(deployment) as session:
+    async with deployment.session() as session:
         async with session.post(f"{deployment.api}/apps", json={"name": name}) as response:
             assert response.status == 201, await response.text()
         url = f"{deployment.api}/apps/{name}/config-vars"
@@ -302,10 +136,10 @@ async def test_three_builders_after_scaling(deployment: Deployment) -> None:
     assert scaled.returncode == 0, scaled.stdout + scaled.stderr
     listed = await asyncio.to_thread(deployment.compose, "ps", "-q", "builder")
     assert len(listed.stdout.split()) == 3
-    async with _session(deployment) as session:
+    async with deployment.session() as session:
 
         async def three() -> None:
-            assert _instances(await _status(session, deployment), "builder") == 3
+            assert instances(await status(session, deployment), "builder") == 3
 
         await assert_eventually(three, timeout=90, interval=1.0)
 
@@ -321,7 +155,7 @@ async def test_a_git_push_is_built_released_and_served_through_the_router(
     await git(tree, "init", "-q", "-b", "main")
     await git(tree, "add", "-A")
     assert (await git(tree, "commit", "-q", "-m", "hello")).code == 0
-    async with _session(deployment) as session:
+    async with deployment.session() as session:
         async with session.post(f"{deployment.api}/apps", json={"name": name}) as response:
             assert response.status == 201, await response.text()
             app_id = (await response.json())["id"]
@@ -345,13 +179,11 @@ async def test_a_git_push_is_built_released_and_served_through_the_router(
         finally:
             # Destroying the app removes its dynos, images, cache and network; what it
             # might leave is removed by hand.
-            async with session.delete(f"{deployment.api}/apps/{name}"):
-                pass
-            await asyncio.to_thread(_remove_app_objects, deployment, app_id)
+            await destroy_apps(deployment, {name: app_id})
 
 
 def _node_serving(deployment: Deployment, client: str) -> str:
-    """The container of the nats-server node `client` (a service) is connected to."""
+    """The container of the nats-server node the connection named `client` is on."""
     for node in NODES:
         container = deployment.container(node)
         connz = subprocess.run(
@@ -361,21 +193,23 @@ def _node_serving(deployment: Deployment, client: str) -> str:
             check=True,
         )
         names = [c.get("name", "") for c in json.loads(connz.stdout)["connections"] or []]
-        if any(name.startswith(f"{client}-") for name in names):
+        if client in names:
             return container
     raise AssertionError(f"no node serves {client}")
 
 
 async def test_the_api_answers_with_one_node_killed(deployment: Deployment) -> None:
-    """With the gateway's own nats-server node killed, config changes still go through the
-    bus (it reconnects to another node) and the replicated streams."""
+    """With the leading gateway's own nats-server node killed, config changes still go
+    through the bus (it reconnects to another node) and the replicated streams."""
     name = f"k{uuid.uuid4().hex[:10]}"
-    node = await asyncio.to_thread(_node_serving, deployment, str(Service.GATEWAY))
+    roles = await gateway_roles(deployment)
+    leader = next(instance for role, instance in roles.values() if role == "leader")
+    node = await asyncio.to_thread(_node_serving, deployment, f"{Service.GATEWAY}-{leader}")
     killed = await asyncio.to_thread(
         subprocess.run, ["docker", "kill", node], capture_output=True, text=True, check=False
     )
     assert killed.returncode == 0, killed.stderr
-    async with _session(deployment) as session:
+    async with deployment.session() as session:
         async with session.post(f"{deployment.api}/apps", json={"name": name}) as response:
             assert response.status == 201, await response.text()
         url = f"{deployment.api}/apps/{name}/config-vars"
