@@ -94,19 +94,32 @@ def cache_volume_name(app_id: str) -> str:
 
 
 async def ensure_network(docker: aiodocker.Docker, name: str) -> None:
-    """Create the builders' bridge network if missing (no traffic between containers)."""
-    with contextlib.suppress(aiodocker.DockerError):
-        await docker.networks.get(name)
-        return
-    with contextlib.suppress(aiodocker.DockerError):  # another builder made it meanwhile
-        await docker.networks.create(
-            {
-                "Name": name,
-                "Driver": "bridge",
-                "Labels": {"slipway.network": "builds"},
-                "Options": {"com.docker.network.bridge.enable_icc": "false"},
-            }
-        )
+    """Create the builders' bridge network if missing (no traffic between containers).
+
+    The engine does not refuse a second network of the same name: builders starting
+    together can each make one, and a name then means nothing to it. Every builder keeps
+    the same one (the lowest id) and removes the others, so they agree whatever the order.
+    """
+    if not await _networks_named(docker, name):
+        with contextlib.suppress(aiodocker.DockerError):  # another builder made it meanwhile
+            await docker.networks.create(
+                {
+                    "Name": name,
+                    "Driver": "bridge",
+                    "Labels": {"slipway.network": "builds"},
+                    "Options": {"com.docker.network.bridge.enable_icc": "false"},
+                }
+            )
+    found = await _networks_named(docker, name)
+    for extra in sorted(found)[1:]:
+        with contextlib.suppress(aiodocker.DockerError):  # gone already, or another's to remove
+            await (await docker.networks.get(extra)).delete()
+
+
+async def _networks_named(docker: aiodocker.Docker, name: str) -> list[str]:
+    """Ids of the networks called exactly `name` (the engine's filter matches substrings)."""
+    listed = await docker.networks.list(filters={"name": [name]})
+    return [n["Id"] for n in listed if n.get("Name") == name]
 
 
 async def ensure_cache_volume(
