@@ -33,7 +33,7 @@ from slipway.contracts import subjects
 from slipway.contracts.base import Command, CommandSpec, Event, EventSpec
 from slipway.libs import logcontext
 from slipway.libs.bus import context
-from slipway.libs.bus.provision import ACK_WAIT, consumer_config
+from slipway.libs.bus.provision import ACK_WAIT, consumer_config, undeclared
 
 log = structlog.get_logger("slipway.bus")
 
@@ -41,6 +41,11 @@ M = TypeVar("M", Command, Event)
 MsgT = TypeVar("MsgT", bound=Command | Event)
 
 DEFAULT_BACKOFF = (1.0, 5.0, 15.0, 60.0)
+
+
+# How long a declared consumer may go unanswered at start (a cluster electing its leaders
+# after a node's loss) before the service gives up starting.
+UNANSWERED_WINDOW = 60.0
 
 
 class NotProvisioned(RuntimeError):
@@ -120,16 +125,35 @@ class Consumer:
     async def _check_provisioned(self) -> None:
         # Without JetStream admin rights the service cannot fix a missing or narrower
         # consumer itself: say what to declare rather than silently miss messages.
-        try:
-            info = await self.bus.js.consumer_info(self.stream, self.durable)
-        except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
-            # A consumer this user was not granted looks like no answer at all.
-            raise NotProvisioned(
-                f"the durable consumer {self.durable} on stream {self.stream} does not exist"
-                " or is not this service's:"
-                " declare it in contracts/catalog.py and run the provisioner"
-                " (python -m slipway.libs.bus.provision)"
-            ) from None
+        absent = NotProvisioned(
+            f"the durable consumer {self.durable} on stream {self.stream} does not exist"
+            " or is not this service's:"
+            " declare it in contracts/catalog.py and run the provisioner"
+            " (python -m slipway.libs.bus.provision)"
+        )
+        deadline = time.monotonic() + UNANSWERED_WINDOW
+        delay = 0.25
+        while True:
+            try:
+                info = await self.bus.js.consumer_info(self.stream, self.durable)
+                break
+            except nats.js.errors.NotFoundError:
+                raise absent from None
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+                # A consumer this user was not granted looks like no answer at all; so does
+                # a declared one while the cluster elects its leader after losing a node,
+                # which only waiting cures.
+                if undeclared([(self.stream, self.durable)]):
+                    raise absent from None
+                if time.monotonic() > deadline:
+                    raise NotProvisioned(
+                        f"JetStream did not answer for the durable consumer {self.durable} on"
+                        f" stream {self.stream} within {UNANSWERED_WINDOW:g} s: is every"
+                        " nats-server node up and the stream's quorum there?"
+                    ) from None
+                log.warning("consumer.info_unanswered", durable=self.durable, error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 4.0)
         config = info.config
         carried = set(config.filter_subjects or []) | {config.filter_subject or ""}
         missing = sorted(set(self.filter_subjects) - carried)

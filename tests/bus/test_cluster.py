@@ -3,6 +3,7 @@ acknowledged command that outlives the node leading its stream."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +127,37 @@ async def test_a_command_outlives_the_crash_of_its_streams_leader(cluster: NatsC
     await assert_eventually(both_handled, timeout=30)
     await worker.close()
     await sender.close()
+
+
+async def test_a_consumer_bound_while_the_cluster_has_no_quorum_waits_for_it(
+    cluster: NatsCluster,
+) -> None:
+    """Two nodes of three down: a service binding its declared consumer waits (JetStream does
+    not answer) instead of calling it unprovisioned, and binds once the nodes are back."""
+    survivor, *lost = cluster.nodes
+    for node in lost:
+        node.kill()
+    handled: list[int] = []
+
+    async def handle(job: Job) -> None:
+        handled.append(job.n)
+
+    worker = await connect(cluster, survivor.url, Service.BUILDER)
+    binding = asyncio.create_task(worker.consume_commands([route(JOB, handle)]))
+    try:
+        await asyncio.sleep(3.0)  # several unanswered looks at the consumer
+        assert not binding.done(), binding.exception() if binding.done() else None
+        for node in lost:
+            node.start()
+        await asyncio.wait_for(binding, 60)
+        sender = await connect(cluster, survivor.url, Service.GATEWAY)
+        await sender.send(JOB, Job(n=7))
+
+        def handled_it() -> None:
+            assert handled == [7]
+
+        await assert_eventually(handled_it, timeout=30)
+        await sender.close()
+    finally:
+        binding.cancel()
+        await worker.close()
