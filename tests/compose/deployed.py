@@ -257,19 +257,26 @@ def remove_app_objects(deployment: Deployment, app_id: str) -> None:
         subprocess.run(["docker", "rm", "-f", *dynos], capture_output=True, check=False)
     network = deployment.scope.network(app_id)
     subprocess.run(["docker", "network", "rm", network], capture_output=True, check=False)
-    # Built here (labelled by the builder) or pulled from the registry by the scheduler.
-    images: set[str] = set()
-    for wanted in (
-        f"label=slipway.app={app_id}",
-        f"reference=127.0.0.1:{deployment.registry_port}/apps/{app_id}",
-    ):
-        listing = subprocess.run(
-            ["docker", "images", "-q", "--filter", wanted],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        images.update(listing.stdout.split())
+    # Built here (labelled by the builder) or pulled from the registry by the scheduler,
+    # by digest: such an image has no tag, which a `reference` filter would not match.
+    listing = subprocess.run(
+        ["docker", "images", "-q", "--filter", f"label=slipway.app={app_id}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    images = set(listing.stdout.split())
+    pulled = f"127.0.0.1:{deployment.registry_port}/apps/{app_id}"
+    every = subprocess.run(
+        ["docker", "images", "--format", "{{.Repository}} {{.ID}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    for line in every.stdout.splitlines():
+        repository, _, image = line.partition(" ")
+        if repository == pulled:
+            images.add(image)
     if images:
         subprocess.run(["docker", "rmi", "-f", *images], capture_output=True, check=False)
     subprocess.run(

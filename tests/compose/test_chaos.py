@@ -343,6 +343,9 @@ async def test_no_acknowledged_change_is_lost_and_the_app_keeps_answering_throug
             server.write_text(server.read_text().replace("Hello from", "Hello v2 from"))
             assert (await git(tree, "commit", "-q", "-am", "v2")).code == 0
             before = {build["id"] for build in await _builds(session, deployment, app)}
+            roles = await gateway_roles(deployment)
+            leader = next(c for c, (role, _) in roles.items() if role == "leader")
+            node = (await asyncio.to_thread(deployment.containers, KILLED_NODE))[0]
             push = asyncio.create_task(_push(deployment, tree, app))
 
             async def building() -> None:
@@ -350,13 +353,10 @@ async def test_no_acknowledged_change_is_lost_and_the_app_keeps_answering_throug
                 assert any(b["id"] not in before and b["status"] == "pending" for b in builds)
 
             await assert_eventually(building, timeout=120, interval=0.2)
-            roles = await gateway_roles(deployment)
-            leader = next(c for c, (role, _) in roles.items() if role == "leader")
-            node = (await asyncio.to_thread(deployment.containers, KILLED_NODE))[0]
-            await _docker("kill", node)
-            stopped.append(node)
-            await _docker("kill", leader)
-            stopped.append(leader)
+            # Both at once: a cached build takes seconds.
+            assert not push.done(), "the push ended before the kill: the chaos would miss it"
+            stopped.extend([node, leader])
+            await _docker("kill", node, leader)
             failover = await _first_api_answer(session, deployment)
             print(f"\nfailover through the load balancer: first 2xx {failover:.2f} s after kill")
 
