@@ -63,15 +63,9 @@ KILLED_NODE = NODES[1]
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """Builders take one build at a time, so that three builds at once need three builders.
-
-    Scaled to three after the first start, not by the first compose-up: builders starting
-    together race to create the build network (services/builder/container.py
-    ensure_network), which is not this test's subject.
-    """
-    with deployed(tmp_path_factory, BUILDER_CONCURRENCY="1") as made:
-        scaled = made.script("compose-up", "--scale", "builder=3")
-        assert scaled.returncode == 0, scaled.stdout + scaled.stderr
+    """Three builders from the first start, each taking one build at a time, so that
+    three builds at once need all three."""
+    with deployed(tmp_path_factory, "--scale", "builder=3", BUILDER_CONCURRENCY="1") as made:
         yield made
 
 
