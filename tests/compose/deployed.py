@@ -51,6 +51,8 @@ class Deployment:
     router_port: int = 0
     registry_port: int = 0
     nats_net: str = ""
+    # Apps the tests destroyed: their leftovers are removed again once nothing runs.
+    apps: set[str] = field(default_factory=set)
 
     def script(self, name: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -172,6 +174,9 @@ def deployed(
         down = deployment.script("compose-down", "--purge")
         _remove_project(project)
         remove_scope_objects(scope)
+        # Once no scheduler restarts dynos nor builder uses a cache, nothing is in use.
+        for app_id in deployment.apps:
+            remove_app_objects(deployment, app_id)
         _remove_host_network_objects(scope)
         shutil.rmtree(state, ignore_errors=True)
         assert down.returncode == 0, down.stdout + down.stderr
@@ -287,11 +292,21 @@ def remove_app_objects(deployment: Deployment, app_id: str) -> None:
 
 
 async def destroy_apps(deployment: Deployment, apps: dict[str, str]) -> None:
-    """Destroy the apps (name -> id) through the API, then remove what they might leave."""
+    """Destroy the apps (name -> id) through the API, then remove what they might leave.
+
+    Each delete is retried while the API says to (a gateway failing over), for a while.
+    """
+    deployment.apps.update(apps.values())
     async with deployment.session() as session:
         for name in apps:
-            async with session.delete(f"{deployment.api}/apps/{name}"):
-                pass
+            for _ in range(60):
+                try:
+                    async with session.delete(f"{deployment.api}/apps/{name}") as answer:
+                        if answer.status not in (502, 503, 504):
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(1.0)
     for app_id in apps.values():
         await asyncio.to_thread(remove_app_objects, deployment, app_id)
 
