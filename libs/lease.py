@@ -51,19 +51,12 @@ from slipway.contracts.subjects import KV_LEASES, Service
 
 log = structlog.get_logger("slipway.lease")
 
-# What a lost or unreachable bus raises while we renew or campaign: retried until the
-# lease's own deadline says otherwise.
-_BUS_ERRORS: tuple[type[BaseException], ...] = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.ServerError,
-)
+# What a lost, unreachable or leaderless bus raises while we bind, campaign or renew
+# (no answer, no stream response while the bucket elects its leader after a node's loss,
+# "temporarily unavailable"): retried, until the lease's own deadline says otherwise. A
+# refused write at the wrong revision is not among them: that is an answer.
+_BUS_ERRORS: tuple[type[BaseException], ...] = (nats.errors.Error, asyncio.TimeoutError)
 _RENEW_ERRORS: tuple[type[BaseException], ...] = (*_BUS_ERRORS, TimeoutError)
-_RELEASE_ERRORS: tuple[type[BaseException], ...] = (*_BUS_ERRORS, nats.js.errors.APIError)
 _decode = msgspec.json.Decoder(LeaseHolder)
 
 
@@ -115,6 +108,32 @@ class Lease:
         if not ttl:
             raise RuntimeError(f"the {KV_LEASES} bucket has no max age: leases would never expire")
         return cls(kv, service, holder, ttl=ttl, poll=poll)
+
+    @classmethod
+    async def bind_when_ready(
+        cls,
+        js: JetStreamContext,
+        service: Service,
+        holder: LeaseHolder,
+        *,
+        until: asyncio.Event,
+        poll: float = 0.5,
+    ) -> Lease | None:
+        """`bind`, retried while the bus cannot answer (None if `until` is set first).
+
+        A service starting while the cluster elects leaders, or before the provisioner
+        made the bucket, waits rather than dies and restarts.
+        """
+        delay = poll
+        while not until.is_set():
+            try:
+                return await cls.bind(js, service, holder, poll=poll)
+            except _BUS_ERRORS as exc:
+                log.warning("lease.bucket_unavailable", service=str(service), error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(until.wait(), delay)
+            delay = min(delay * 2, 5.0)
+        return None
 
     @property
     def held(self) -> bool:
@@ -208,7 +227,7 @@ class Lease:
         try:
             # Only the revision we wrote: never a successor's lease.
             await self.kv.delete(self.key, last=revision)
-        except _RELEASE_ERRORS as exc:
+        except _BUS_ERRORS as exc:
             log.warning("lease.release_failed", service=self.key, error=repr(exc))
         else:
             log.info("lease.released", service=self.key)

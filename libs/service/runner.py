@@ -233,7 +233,11 @@ class ServiceApp:
         Yields False if asked to stop first. On the way out the lock is let go and the
         lease released, so a standby takes over at once rather than after the ttl.
         """
-        lease = await Lease.bind(bus.js, self.service, holder_for(self.service, bus.instance))
+        holder = holder_for(self.service, bus.instance)
+        lease = await Lease.bind_when_ready(bus.js, self.service, holder, until=self.stopping)
+        if lease is None:
+            yield False
+            return
         async with AsyncExitStack() as standby:
             for fn in self._standby:
                 await standby.enter_async_context(asynccontextmanager(fn)(self))

@@ -19,8 +19,9 @@ from nats.js.kv import KeyValue
 
 from slipway.contracts import subjects
 from slipway.contracts.subjects import KV_LEASES, OPERATOR, Service
+from slipway.libs.bus.provision import ensure_streams
 from slipway.libs.lease import Lease, LeaseLost, fence, holder_for
-from slipway.libs.natsserver import NatsServer
+from slipway.libs.natsserver import NatsCluster, NatsServer
 from slipway.libs.service import ServiceApp, Settings
 from slipway.libs.service.runner import EXIT_LEASE_LOST
 from tests.conftest import assert_eventually
@@ -320,3 +321,54 @@ async def test_a_leader_woken_late_keeps_a_lease_that_never_changed_hands(
         assert len(lost) == 1 and not lease.held
     finally:
         await nc.close()
+
+
+async def test_a_candidate_waits_out_a_bucket_that_is_not_there_yet(
+    nats_server: NatsServer,
+) -> None:
+    """Started before the bucket exists (the provisioner has not run yet): it waits, then binds."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream(timeout=1.0)
+        holder = holder_for(Service.KEYRING, "early")
+        binding = asyncio.create_task(
+            Lease.bind_when_ready(js, Service.KEYRING, holder, until=asyncio.Event(), poll=0.2)
+        )
+        await asyncio.sleep(1.0)
+        assert not binding.done()
+        await ensure_streams(js, lease_ttl=2.0)
+        lease = await asyncio.wait_for(binding, 10)
+        assert lease is not None and lease.ttl == 2.0
+    finally:
+        await nc.close()
+
+
+async def test_a_candidate_keeps_campaigning_while_the_cluster_has_no_quorum(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes of three gone while standing by: the candidate retries (no crash) and
+    leads once they are back."""
+    monkeypatch.setenv("SLIPWAY_LEASE_TTL", "2")
+    cluster = NatsCluster(tmp_path / "cluster")
+    cluster.start()
+    survivor, *lost = cluster.nodes
+    nc = await nats.connect(
+        survivor.url,
+        user="keyring",
+        password=cluster.users["keyring"],
+        inbox_prefix=subjects.inbox_prefix("keyring"),
+    )
+    try:
+        js = nc.jetstream(timeout=1.0)
+        lease = await Lease.bind(js, Service.KEYRING, holder_for(Service.KEYRING, "one"), poll=0.2)
+        for node in lost:
+            node.kill()
+        campaign = asyncio.create_task(lease.acquire(until=asyncio.Event()))
+        await asyncio.sleep(2.0)
+        assert not campaign.done(), campaign.exception() if campaign.done() else None
+        for node in lost:
+            node.start()
+        assert await asyncio.wait_for(campaign, 60)
+    finally:
+        await nc.close()
+        cluster.stop()
