@@ -187,13 +187,24 @@ class Lease:
         try:
             self.revision = await self.kv.update(self.key, self._value(), last=self.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            # A renewal cut short by a timeout may have been stored all the same: if the
-            # key's last value is still ours, nobody else wrote it since, and we go on.
             entry = await self._entry()
-            if entry is None or entry[0] != self.holder:
+            if entry is None and time.monotonic() < self._renewed_at + self.give_up_after:
+                # Gone while it could not have expired: the server restarted (the bucket
+                # is in memory) or an operator removed it. Nobody else could hold it
+                # meanwhile; writing it again fails if somebody does now.
+                try:
+                    self.revision = await self.kv.create(self.key, self._value())
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    self.revision = None
+                    raise LeaseLost(f"the {self.key} lease was taken over") from None
+                log.warning("lease.rewritten", service=self.key, revision=self.revision)
+            elif entry is None or entry[0] != self.holder:
                 self.revision = None
-                raise LeaseLost(f"the {self.key} lease was taken over or removed") from None
-            self.revision = await self.kv.update(self.key, self._value(), last=entry[1])
+                raise LeaseLost(f"the {self.key} lease was taken over or lapsed") from None
+            else:
+                # A renewal cut short by a timeout may have been stored all the same: the
+                # key's last value is still ours, so nobody else wrote it since.
+                self.revision = await self.kv.update(self.key, self._value(), last=entry[1])
         self._renewed_at = sent
 
     async def keep(self, on_lost: Callable[[str], None]) -> None:

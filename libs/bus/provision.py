@@ -106,8 +106,12 @@ def lease_ttl_from_env(environ: Mapping[str, str] | None = None) -> float:
 def lease_bucket_config(ttl: float = DEFAULT_LEASE_TTL, *, replicas: int = 1) -> api.StreamConfig:
     """The stream behind the `KV_LEASES` bucket (libs/lease.py): one value per key, expiring.
 
-    Its max age is the lease ttl, which services read back from it. Stored on disk like
-    the others, so a lease outlives a restart of the server (its expiry still counts).
+    Its max age is the lease ttl, which services read back from it. Held in memory, not on
+    disk: a lease is worth nothing after its ttl, a renewal every second per leased service
+    would be an fsync each (`sync_interval: always`), and a write meeting a full disk
+    would break JetStream and depose every leader at the moment the platform most needs
+    its readers. A server restart empties it; a leader then writes its key again
+    (libs/lease.py `renew`).
     """
     if ttl <= 1.0:
         raise ValueError(f"a lease ttl must exceed one second, not {ttl}")
@@ -122,7 +126,7 @@ def lease_bucket_config(ttl: float = DEFAULT_LEASE_TTL, *, replicas: int = 1) ->
         deny_delete=True,
         allow_direct=True,
         duplicate_window=min(ttl, 120.0),
-        storage=api.StorageType.FILE,
+        storage=api.StorageType.MEMORY,
     )
     return config if replicas == 1 else dataclasses.replace(config, num_replicas=replicas)
 
@@ -143,7 +147,7 @@ async def ensure_streams(
     for config in [*configs, lease_bucket_config(ttl, replicas=replicas)]:
         assert config.name is not None
         try:
-            await js.stream_info(config.name)
+            found = await js.stream_info(config.name)
         except nats.js.errors.NotFoundError:
             try:
                 await js.add_stream(config)
@@ -151,6 +155,11 @@ async def ensure_streams(
                 # Another instance created it between our look and our add.
                 await js.update_stream(config)
         else:
+            if found.config.storage != config.storage:
+                # The server never changes a stream's storage, and the provisioner may not
+                # delete one: a lease bucket made on disk by an earlier version stays on
+                # disk (the operator may delete KV_slipway_leases to have it in memory).
+                config = dataclasses.replace(config, storage=found.config.storage)
             await js.update_stream(config)
 
 

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
 from slipway.contracts import subjects
 from slipway.contracts.subjects import KV_LEASES, OPERATOR, Service
-from slipway.libs.bus.provision import ensure_streams
+from slipway.libs.bus.provision import ensure_streams, lease_bucket_config
 from slipway.libs.lease import Lease, LeaseLost, fence, holder_for
 from slipway.libs.natsserver import NatsCluster, NatsServer
 from slipway.libs.service import ServiceApp, Settings
@@ -177,19 +179,56 @@ async def test_a_killed_leader_is_replaced_once_its_lease_expires(
 async def test_a_leader_whose_lease_was_taken_stops_and_says_so(
     short_leases: NatsServer, tmp_path: Path
 ) -> None:
-    """The lease removed behind the leader's back: it stops with EXIT_LEASE_LOST."""
+    """Someone else's holder written over the leader's: it stops with EXIT_LEASE_LOST."""
     leading: list[str] = []
     app = candidate(short_leases, tmp_path, leading, "only")
     task = asyncio.create_task(app.run(install_signals=False))
     await asyncio.wait_for(app.started.wait(), 20)
     nc, kv = await operator_kv(short_leases)
     try:
-        await kv.purge(str(Service.KEYRING))
+        usurper = holder_for(Service.KEYRING, "usurper")
+        await kv.put(str(Service.KEYRING), msgspec.json.encode(usurper))
         await asyncio.wait_for(task, 20)
     finally:
         await nc.close()
     assert app.exit_code == EXIT_LEASE_LOST
     assert leading == []
+
+
+async def test_a_leader_keeps_its_lease_across_a_restart_of_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bucket lives in memory: a restarted nats-server forgets the key, and the leader,
+    reconnected within its ttl, writes it again instead of stopping."""
+    monkeypatch.setenv("SLIPWAY_LEASE_TTL", "6")
+    server = NatsServer(tmp_path / "nats", hardened=True)
+    server.start()
+    leading: list[str] = []
+    app = candidate(server, tmp_path, leading, "only")
+    task = asyncio.create_task(app.run(install_signals=False))
+    try:
+        await asyncio.wait_for(app.started.wait(), 20)
+        server.restart()
+
+        async def written_again() -> None:
+            assert app.lease is not None and app.lease.held
+            nc, kv = await operator_kv(server)
+            try:
+                entry = await kv.get(str(Service.KEYRING))
+            except nats.js.errors.KeyNotFoundError as exc:
+                raise AssertionError("not written again yet") from exc
+            finally:
+                await nc.close()
+            assert entry.value is not None
+            assert msgspec.json.decode(entry.value)["instance"] == app.bus.instance
+
+        await assert_eventually(written_again, timeout=20, interval=0.5)
+        assert not task.done() and leading == ["only"]
+    finally:
+        app.stop()
+        await asyncio.wait_for(task, 20)
+        server.stop()
+    assert app.exit_code == 0
 
 
 async def test_a_service_cannot_write_another_services_lease(
@@ -372,3 +411,22 @@ async def test_a_candidate_keeps_campaigning_while_the_cluster_has_no_quorum(
     finally:
         await nc.close()
         cluster.stop()
+
+
+async def test_a_lease_bucket_an_earlier_version_made_on_disk_is_kept_and_updated(
+    nats_server: NatsServer,
+) -> None:
+    """The server cannot move a stream to memory: provisioning keeps it on disk, still
+    applying the ttl, rather than failing every start."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream(timeout=2.0)
+        await js.add_stream(
+            dataclasses.replace(lease_bucket_config(5.0), storage=api.StorageType.FILE)
+        )
+        await ensure_streams(js, lease_ttl=3.0)
+        info = await js.stream_info(subjects.STREAM_LEASES)
+        assert info.config.storage == api.StorageType.FILE
+        assert info.config.max_age == 3.0
+    finally:
+        await nc.close()
