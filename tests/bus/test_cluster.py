@@ -53,6 +53,23 @@ async def stream_info(cluster: NatsCluster, url: str, stream: str) -> api.Stream
         await nc.close()
 
 
+BUILDER_CMD = subjects.durable(Service.BUILDER, "cmd")
+
+
+async def consumer_info(cluster: NatsCluster, stream: str, durable: str) -> api.ConsumerInfo:
+    nc = await nats.connect(
+        cluster.urls,
+        user=PROVISIONER,
+        password=cluster.users[PROVISIONER],
+        inbox_prefix=subjects.inbox_prefix(PROVISIONER),
+    )
+    try:
+        info: api.ConsumerInfo = await nc.jetstream().consumer_info(stream, durable)
+        return info
+    finally:
+        await nc.close()
+
+
 async def led_without(cluster: NatsCluster, url: str, gone: str) -> None:
     """The CMD stream and the builder's durable each have a leader, not node `gone`."""
     nc = await nats.connect(
@@ -134,7 +151,16 @@ async def test_a_consumer_bound_while_the_cluster_has_no_quorum_waits_for_it(
 ) -> None:
     """Two nodes of three down: a service binding its declared consumer waits (JetStream does
     not answer) instead of calling it unprovisioned, and binds once the nodes are back."""
-    survivor, *lost = cluster.nodes
+    # Only the consumer's leader answers for it, and without a quorum no new one is
+    # elected: the node left is one of its followers.
+    durable = await consumer_info(cluster, subjects.STREAM_CMD, BUILDER_CMD)
+    assert durable.cluster is not None and durable.cluster.leader is not None
+    survivor = next(
+        n
+        for n, name in zip(cluster.nodes, cluster.names, strict=True)
+        if name != durable.cluster.leader
+    )
+    lost = [node for node in cluster.nodes if node is not survivor]
     for node in lost:
         node.kill()
     handled: list[int] = []

@@ -402,6 +402,7 @@ async def test_a_candidate_keeps_campaigning_while_the_cluster_has_no_quorum(
         lease = await Lease.bind(js, Service.KEYRING, holder_for(Service.KEYRING, "one"), poll=0.2)
         for node in lost:
             node.kill()
+        # A write needs a quorum of the bucket's nodes: none commits with one node of three.
         campaign = asyncio.create_task(lease.acquire(until=asyncio.Event()))
         await asyncio.sleep(2.0)
         assert not campaign.done(), campaign.exception() if campaign.done() else None
