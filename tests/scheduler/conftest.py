@@ -35,6 +35,7 @@ from slipway.services.scheduler.reconcile import Scheduler
 from slipway.services.scheduler.settings import SchedulerSettings
 from tests.conftest import new_scope, remove_scope_objects
 from tests.dockerhosts import DockerHost, extra_docker_hosts
+from tests.tlsclose import settle_tls_closes
 
 STACK = "slipway/stack-run:bookworm"
 
@@ -343,6 +344,8 @@ async def cluster(
     finally:
         try:
             await made.stop()
+            # Its connections to tcp+TLS engines finish closing inside this loop.
+            await settle_tls_closes()
         finally:
             await bus.close()
             # Every engine: this test's containers, then its networks (by its scope's label).
