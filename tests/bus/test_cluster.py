@@ -10,6 +10,7 @@ from pathlib import Path
 import nats
 import pytest
 from nats.js import api
+from structlog.testing import capture_logs
 
 from slipway.contracts import subjects
 from slipway.contracts.base import Command, CommandSpec
@@ -169,9 +170,15 @@ async def test_a_consumer_bound_while_the_cluster_has_no_quorum_waits_for_it(
         handled.append(job.n)
 
     worker = await connect(cluster, survivor.url, Service.BUILDER)
-    binding = asyncio.create_task(worker.consume_commands([route(JOB, handle)]))
+    with capture_logs() as logs:
+        binding = asyncio.create_task(worker.consume_commands([route(JOB, handle)]))
+
+        def looked_twice() -> None:
+            unanswered = [e for e in logs if e["event"] == "consumer.info_unanswered"]
+            assert len(unanswered) >= 2, logs
+
+        await assert_eventually(looked_twice, timeout=30)
     try:
-        await asyncio.sleep(3.0)  # several unanswered looks at the consumer
         assert not binding.done(), binding.exception() if binding.done() else None
         for node in lost:
             node.start()

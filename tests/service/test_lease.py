@@ -18,6 +18,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
+from structlog.testing import capture_logs
 
 from slipway.contracts import subjects
 from slipway.contracts.subjects import KV_LEASES, OPERATOR, Service
@@ -403,8 +404,14 @@ async def test_a_candidate_keeps_campaigning_while_the_cluster_has_no_quorum(
         for node in lost:
             node.kill()
         # A write needs a quorum of the bucket's nodes: none commits with one node of three.
-        campaign = asyncio.create_task(lease.acquire(until=asyncio.Event()))
-        await asyncio.sleep(2.0)
+        with capture_logs() as logs:
+            campaign = asyncio.create_task(lease.acquire(until=asyncio.Event()))
+
+            def failed_twice() -> None:
+                failed = [e for e in logs if e["event"] == "lease.campaign_failed"]
+                assert len(failed) >= 2, logs
+
+            await assert_eventually(failed_twice, timeout=30)
         assert not campaign.done(), campaign.exception() if campaign.done() else None
         for node in lost:
             node.start()
