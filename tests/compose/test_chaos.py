@@ -44,6 +44,7 @@ from tests.conftest import assert_eventually
 from tests.gateway.gitclient import git, git_env, push_url
 
 pytestmark = [
+    pytest.mark.alone,
     pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.docker,

@@ -35,6 +35,7 @@ from tests.e2e.test_walkthrough import push, remove_docker_leftovers, web_dynos_
 
 # The first test also waits for the module's platform and its first push (a build).
 pytestmark = [
+    pytest.mark.alone,
     pytest.mark.integration,
     pytest.mark.docker,
     pytest.mark.slow,

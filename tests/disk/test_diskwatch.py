@@ -17,6 +17,7 @@ from slipway.libs.natsserver import NatsServer
 from tests.disk.loopfs import LoopFs, available
 
 pytestmark = [
+    pytest.mark.alone,
     pytest.mark.integration,
     pytest.mark.skipif(available() is not None, reason=available() or ""),
 ]

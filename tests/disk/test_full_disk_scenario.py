@@ -40,6 +40,7 @@ from tests.e2e.test_walkthrough import remove_docker_leftovers
 from tests.e2e.webhookreceiver import Receiver, receiving
 
 pytestmark = [
+    pytest.mark.alone,
     pytest.mark.integration,
     pytest.mark.docker,
     pytest.mark.slow,

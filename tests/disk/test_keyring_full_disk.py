@@ -19,6 +19,7 @@ from tests.conftest import assert_eventually
 from tests.disk.loopfs import LoopFs, available
 
 pytestmark = [
+    pytest.mark.alone,
     pytest.mark.integration,
     pytest.mark.skipif(available() is not None, reason=available() or ""),
 ]

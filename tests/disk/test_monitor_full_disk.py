@@ -48,6 +48,7 @@ from tests.webhooks.conftest import (  # noqa: F401 - fixtures
 )
 
 pytestmark = [
+    pytest.mark.alone,
     pytest.mark.integration,
     pytest.mark.skipif(available() is not None, reason=available() or ""),
 ]

@@ -40,6 +40,7 @@ from tests.gateway.conftest import (
 from tests.gateway.gitclient import git, push_url, work_tree
 
 pytestmark = [
+    pytest.mark.alone,
     pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.skipif(available() is not None, reason=available() or ""),

@@ -33,7 +33,7 @@ from tests.e2e.supervised import (
 from tests.e2e.test_walkthrough import push, remove_docker_leftovers
 from tests.e2e.webhookreceiver import Receiver, receiving
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.alone]
 
 APP = "alerty"
 SECRET = "alert-secret-" + "x" * 20

@@ -40,7 +40,7 @@ from tests.addons.test_postgresql import psql
 from tests.conftest import new_scope, remove_scope_objects
 from tests.e2e.supervised import ROOT, Platform, answered, free_port, start, stop, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow, pytest.mark.alone]
 
 
 def wipe_engine(scope: Scope, registry: str) -> None:

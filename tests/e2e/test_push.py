@@ -26,7 +26,7 @@ from tests.gateway import conftest as gateway_fixtures
 from tests.gateway.conftest import Stack, run_in_background, stop
 from tests.gateway.gitclient import git, push_url
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow, pytest.mark.alone]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"

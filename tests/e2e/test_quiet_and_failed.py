@@ -28,7 +28,7 @@ from slipway.services.network_wirer.uptime import USER_AGENT
 from tests.e2e.supervised import Platform, answered, wait_for, with_text
 from tests.e2e.test_walkthrough import LoadLoop, platform, push, web_dynos_up
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow, pytest.mark.alone]
 
 __all__ = ["platform"]  # the fixture this module borrows
 

@@ -26,7 +26,7 @@ from slipway.services.scheduler.app import create_service
 from slipway.services.scheduler.settings import SchedulerSettings
 from tests.conftest import assert_eventually, new_scope, remove_scope_objects
 
-pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.slow, pytest.mark.alone]
 
 LOCAL = "unix:///var/run/docker.sock"
 RUN_STACK = "slipway/stack-run:bookworm"

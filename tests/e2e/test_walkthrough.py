@@ -41,7 +41,7 @@ from tests.e2e.supervised import (
     with_text,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow, pytest.mark.alone]
 
 SECRET = f"canary-{uuid.uuid4().hex}"
 LINE_CANARY = f"line-canary-{uuid.uuid4().hex}"  # printed by the dyno (its access log)

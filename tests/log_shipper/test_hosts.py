@@ -24,7 +24,7 @@ from tests.conftest import assert_eventually
 from tests.gateway.conftest import Stack
 from tests.log_shipper.conftest import Dynos, ShipperFactory, socket_folder
 
-pytestmark = [pytest.mark.docker, pytest.mark.integration]
+pytestmark = [pytest.mark.docker, pytest.mark.integration, pytest.mark.alone]
 
 # Two dynos printing at the same pace: their lines interleave in time.
 PRINTER = """

@@ -15,7 +15,7 @@ from tests.conftest import assert_eventually
 from tests.gateway.conftest import Stack
 from tests.log_shipper.conftest import RunningShipper, ShipperFactory
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 DAY = 86400.0
 
