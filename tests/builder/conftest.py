@@ -239,6 +239,11 @@ async def builder_stack(nats: NatsServer, home: Path, **overrides: Any) -> Async
     }
     settings = BuilderSettings(**values)
     keyring = create_keyring(KeyringSettings(nats_url=nats.url, home=str(home), shutdown_grace=5.0))
+    # A helper for the whole session, not under test: its loop is the tests' own, which
+    # block it with synchronous git and docker calls. Leased, a stall past the lease's ttl
+    # makes it stand down (as a real leader must) and fails every later builder test; two
+    # test processes on two cores did that once.
+    keyring.leased = False
     keyring_task = await run_in_background(keyring)
     builder = create_service(settings)
     builder_task = await run_in_background(builder)
