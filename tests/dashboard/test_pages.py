@@ -49,7 +49,7 @@ async def test_index_is_served_with_the_security_headers(stack: Stack) -> None:
         assert answer.headers["Referrer-Policy"] == "no-referrer"
         assert answer.headers["Cache-Control"] == "no-cache"
         assert answer.headers["ETag"]
-    assert '<script type="module" src="/dashboard/app.js">' in body
+    assert '<script type="module" src="/dashboard/boot.js">' in body
 
 
 async def test_every_asset_is_served_with_its_type(stack: Stack) -> None:
@@ -130,11 +130,15 @@ async def test_pages_are_not_part_of_the_api_document(stack: Stack) -> None:
 
 
 def test_every_imported_module_is_in_the_allow_list() -> None:
-    """Each `import ... from "./x.js"` of the app resolves to a served file (else a blank page)."""
+    """Each `import ... from "./x.js"` or `import("./x.js")` of the app resolves to a served
+    file (else a blank page)."""
     for name, asset in pages.ASSETS.items():
         if not name.endswith(".js"):
             continue
-        for target in re.findall(r'from\s+"(\.{1,2}/[^"]+)"', asset.body.decode()):
+        text = asset.body.decode()
+        imported = re.findall(r'from\s+"(\.{1,2}/[^"]+)"', text)
+        imported += re.findall(r'import\("(\.{1,2}/[^"]+)"\)', text)  # boot.js loads app.js
+        for target in imported:
             resolved = (Path("/") / Path(name).parent / target).resolve().relative_to("/")
             assert resolved.as_posix() in pages.ASSETS, (name, target)
 
