@@ -292,28 +292,30 @@ async def run_build_container(
 async def read_output(output: Stream, sink: LineSink) -> None:
     """Send a container's attached stdout and stderr to `sink` line by line, to the end.
 
-    Both streams go through one splitter in the order the engine sent them. If `sink`
-    fails, the rest is still read (and dropped) so that the container, which waits on
-    its reader, runs to its end; then the failure is raised.
+    Each stream has its own decoder and splitter (a frame may end mid-character or
+    mid-line, and the other stream's next frame must not land inside that line); lines go
+    to `sink` in the order they are completed. If `sink` fails, the rest is still read
+    (and dropped) so that the container, which waits on its reader, runs to its end; then
+    the failure is raised.
     """
-    splitter = LineSplitter(sink)
-    decoders: dict[int, codecs.IncrementalDecoder] = {}
+    streams: dict[int, tuple[codecs.IncrementalDecoder, LineSplitter]] = {}
     failure: Exception | None = None
     while (message := await output.read_out()) is not None:
         if failure is not None:
             continue
-        decoder = decoders.get(message.stream)
-        if decoder is None:  # one per stream: a character may be split between frames
-            decoder = decoders[message.stream] = _utf8()
+        found = streams.get(message.stream)
+        if found is None:
+            found = streams[message.stream] = (_utf8(), LineSplitter(sink))
+        decoder, splitter = found
         try:
             await splitter.feed(decoder.decode(message.data))
         except Exception as exc:  # raised once the output has ended
             failure = exc
     if failure is not None:
         raise failure
-    for decoder in decoders.values():
+    for decoder, splitter in streams.values():
         await splitter.feed(decoder.decode(b"", final=True))
-    await splitter.close()
+        await splitter.close()
 
 
 async def _wait(

@@ -12,12 +12,14 @@ from typing import Any
 
 import aiodocker
 import pytest
+from aiodocker.stream import Message
 
 from slipway.services.builder.container import (
     NO_LOG,
     BuildMounts,
     container_config,
     fetch_config,
+    read_output,
     run_build_container,
 )
 from slipway.services.builder.errors import BuildTimedOut
@@ -108,3 +110,36 @@ async def test_a_failing_sink_does_not_hold_the_container(docker: aiodocker.Dock
     # 8 MB: far past what the attach buffers hold, so a reader that stopped would stall it.
     with pytest.raises(RuntimeError, match="sink gone at '1'"):
         await run_build_container(docker, shell("seq 1 1000000; echo done"), sink, timeout=60)
+
+
+class Frames:
+    """An attach that hands over these frames, in this order (what the engine interleaves)."""
+
+    def __init__(self, *frames: tuple[int, bytes]) -> None:
+        self.frames = [Message(stream, data) for stream, data in frames]
+
+    async def read_out(self) -> Message | None:
+        return self.frames.pop(0) if self.frames else None
+
+
+async def test_a_line_of_one_stream_is_not_cut_by_a_frame_of_the_other() -> None:
+    """stderr's frame arriving while stdout is mid-line (and mid-character) stays its own
+    line; stdout's line is whole once its end arrives. The engine interleaves so under load
+    (a CI run lost "to-stderr" inside a line of `seq` output)."""
+    lines: list[str] = []
+
+    async def sink(line: str) -> None:
+        lines.append(line)
+
+    stdout, stderr = 1, 2
+    attach = Frames(
+        (stdout, b"12"),
+        (stderr, b"to-stderr\n"),
+        (stdout, b"34 caf\xc3"),
+        (stderr, b"half "),
+        (stdout, b"\xa9\n"),
+        (stderr, b"and the rest\n"),
+        (stdout, b"no newline at the end"),
+    )
+    await read_output(attach, sink)  # type: ignore[arg-type]
+    assert lines == ["to-stderr", "1234 café", "half and the rest", "no newline at the end"]
